@@ -1,0 +1,26 @@
+# make run: set up and launch the damicm experiment; make test: the suite; make bench: benchmarks.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXPERIMENT ?= damicm
+
+.PHONY: run test bench fuzz clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) run.py $(EXPERIMENT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_routing.py
+	$(PY) benchmarks/bench_scale.py
+
+clean:
+	rm -rf $(VENV) var *.egg-info

@@ -1,0 +1,164 @@
+"""Experiment descriptions: find the JSON file, validate it, fill defaults, freeze it.
+
+Owns the format of SPEC.md ("The experiment description") and its JSON Schema
+(`schema.json` beside this file). Turns a file into frozen specs; must not start
+anything.
+"""
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+import jsonschema
+
+from runcontrol.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).with_name("schema.json")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class NotFound(ConfigError):
+    """No file for the experiment name or path."""
+
+
+@dataclass(frozen=True)
+class BeaconSpec:
+    address: str
+    port: int
+    interval_s: float
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    router: str
+    events: str
+    beacon: BeaconSpec
+    heartbeat_s: float
+    timeout_s: float
+    stale_after_s: float
+    max_message_bytes: int
+
+
+@dataclass(frozen=True)
+class PathsSpec:
+    logs: Path
+    data: Path
+    state: Path
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    path: Path
+    server: ServerSpec
+    paths: PathsSpec
+    programs: MappingProxyType
+
+
+def find(name_or_path, cwd=None):
+    """The file an experiment name or path stands for: a path, NAME.json here, or in experiments/."""
+    cwd = Path(cwd or os.getcwd())
+    direct = cwd / name_or_path
+    if direct.is_file():
+        return direct.resolve()
+    stem = name_or_path if name_or_path.endswith(".json") else f"{name_or_path}.json"
+    for folder in (cwd, cwd / "experiments", PROJECT_ROOT, PROJECT_ROOT / "experiments"):
+        candidate = folder / stem
+        if candidate.is_file():
+            return candidate.resolve()
+    raise NotFound(f"experiment {name_or_path!r} not found: no such file, and no {stem} "
+                      f"in {cwd}, {cwd / 'experiments'} or {PROJECT_ROOT / 'experiments'}")
+
+
+def load(name_or_path, cwd=None):
+    """Load, validate and freeze an experiment; ConfigError lists every problem at once."""
+    path = find(str(name_or_path), cwd)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                          [f"line {exc.lineno} column {exc.colno}: {exc.msg}"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc}") from None
+    return from_dict(raw, path)
+
+
+def from_dict(raw, path):
+    """Validate a decoded description; `path` is where it came from (relative paths resolve there)."""
+    path = Path(path)
+    problems = validate(raw)
+    if problems:
+        listing = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"{path}: {len(problems)} problem(s):\n{listing}", problems)
+    filled = fill_defaults(copy.deepcopy(raw), schema())
+    return freeze(filled, path)
+
+
+def schema():
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def validate(raw):
+    """Every problem of a decoded description, as 'json.path: sentence'."""
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
+    return [f"{json_path(e.absolute_path)}: {explain(e)}" for e in errors]
+
+
+def json_path(parts):
+    return ".".join(str(p) for p in parts) or "(top level)"
+
+
+def explain(error):
+    """A sentence a person understands for one schema error."""
+    value = json.dumps(error.instance) if not isinstance(error.instance, (dict, list)) else None
+    kind = error.validator
+    if kind == "enum":
+        return f"{value} is not one of {', '.join(map(str, error.validator_value))}"
+    if kind == "type":
+        return f"{value or 'this'} is not of type {error.validator_value}"
+    if kind == "required":
+        return error.message.replace("is a required property", "is required")
+    if kind == "additionalProperties":
+        return error.message.replace("Additional properties are not allowed", "unknown key(s)")
+    if kind == "pattern":
+        return f"{value} does not match {error.validator_value}"
+    if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        words = {"minimum": "at least", "exclusiveMinimum": "more than",
+                 "maximum": "at most", "exclusiveMaximum": "less than"}
+        return f"{value} must be {words[kind]} {error.validator_value}"
+    if kind == "oneOf" and error.validator_value and "cmd" in str(error.path):
+        return "must be a list of strings or a command string"
+    return error.message
+
+
+def fill_defaults(value, node):
+    """Fill `default`s of the schema's object properties into `value`, recursively."""
+    if not isinstance(value, dict):
+        return value
+    for key, sub in node.get("properties", {}).items():
+        if key not in value and "default" in sub:
+            value[key] = copy.deepcopy(sub["default"])
+        if key in value:
+            fill_defaults(value[key], sub)
+    return value
+
+
+def freeze(raw, path):
+    server, beacon, paths = raw["server"], raw["server"]["beacon"], raw["paths"]
+    folder = path.resolve().parent
+    return Experiment(
+        name=raw.get("name", path.stem),
+        path=path.resolve(),
+        server=ServerSpec(
+            router=server["router"], events=server["events"],
+            beacon=BeaconSpec(beacon["address"], beacon["port"], float(beacon["interval"])),
+            heartbeat_s=float(server["heartbeat"]), timeout_s=float(server["timeout"]),
+            stale_after_s=float(server["stale_after"]),
+            max_message_bytes=server["max_message_bytes"]),
+        paths=PathsSpec(*(folder / paths[key] for key in ("logs", "data", "state"))),
+        programs=MappingProxyType(copy.deepcopy(raw.get("programs", {}))),
+    )

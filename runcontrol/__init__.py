@@ -1,0 +1,1 @@
+"""Orbit run control: the protocol, the central server, discovery and supervision."""

@@ -1,0 +1,3 @@
+"""What command modules share: the marker for "already answered"."""
+
+ANSWERED = object()

@@ -1,0 +1,16 @@
+"""Check that the server is there; allowed before _hello.
+
+  {"cmd": "_ping", "id": 7}  ->  {"cmd": "_pong", "re": 7}
+"""
+
+from runcontrol.commands.base import ANSWERED
+
+CMD = "_ping"
+
+
+def handle(server, identity, peer, msg):
+    pong = {"cmd": "_pong"}
+    if "id" in msg:
+        pong["re"] = msg["id"]
+    server.answer(identity, pong)
+    return ANSWERED

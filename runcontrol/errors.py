@@ -1,0 +1,66 @@
+"""The exception hierarchy shared by the server, the client library and the tools.
+
+A refusal (the other side answered `ok: false`) and a failure (nothing usable
+came back) are different exceptions, so callers can tell a "no" from a fault.
+"""
+
+
+class RunControlError(Exception):
+    """Base of every error Orbit raises on purpose."""
+
+
+class ConfigError(RunControlError):
+    """An experiment description or a setting is invalid; `problems` lists each one."""
+
+    def __init__(self, message, problems=()):
+        super().__init__(message)
+        self.problems = list(problems)
+
+
+class ProtocolError(RunControlError):
+    """A message breaks the wire contract; `code` is one of protocol.ERROR_CODES."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+class Refused(RunControlError):
+    """The other side answered `ok: false`: it understood and said no.
+
+    Handlers raise it to refuse with a machine code; requesters receive it.
+    """
+
+    def __init__(self, message, code="refused"):
+        super().__init__(message)
+        self.code = code
+
+
+class RequestFailed(RunControlError):
+    """No usable answer: nobody answered, no such client, or the server refused to route."""
+
+    def __init__(self, message, code="failed"):
+        super().__init__(message)
+        self.code = code
+
+
+class RequestTimeout(RequestFailed):
+    def __init__(self, message):
+        super().__init__(message, "timeout")
+
+
+class NoSuchClient(RequestFailed):
+    def __init__(self, message):
+        super().__init__(message, "no_such_client")
+
+
+class ClientLost(RequestFailed):
+    def __init__(self, message):
+        super().__init__(message, "client_lost")
+
+
+class ServerUnavailable(RequestFailed):
+    """No server answered: none found by beacon, or none at the given address."""
+
+    def __init__(self, message):
+        super().__init__(message, "no_server")

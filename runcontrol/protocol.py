@@ -1,0 +1,296 @@
+"""Wire protocol, version 1: envelope fields, error codes, builders and parsers.
+
+Owns the shape of every message on the command bus, the event stream and the
+beacon (see PROTOCOL.md). Builders (`make_*`) and parsers (`parse_*`) come in
+pairs. This module must not touch sockets, log, or sleep.
+"""
+
+import re
+from dataclasses import dataclass, field
+
+import orjson
+
+from runcontrol.errors import ProtocolError, Refused, RequestFailed, ClientLost, NoSuchClient
+
+VERSION = 1
+SERVICE = "orbit"
+SERVER = "server"
+BROADCAST = "*"
+
+DEFAULT_ROUTER = "tcp://127.0.0.1:9820"
+DEFAULT_EVENTS = "tcp://127.0.0.1:9821"
+DEFAULT_BEACON_ADDRESS = "127.255.255.255"
+DEFAULT_BEACON_PORT = 7886
+DEFAULT_BEACON_INTERVAL_S = 1.0
+DEFAULT_HEARTBEAT_S = 5.0
+DEFAULT_TIMEOUT_S = 30.0
+MAX_MESSAGE_BYTES = 1 << 20
+MAX_BEACON_BYTES = 2048
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_CMD_LEN = 64
+MAX_ID_LEN = 64
+MAX_TOPIC_LEN = 200
+
+# Error codes the server uses; clients may use their own in `_reply` refusals.
+BAD_JSON = "bad_json"
+NOT_OBJECT = "not_object"
+BAD_FRAMES = "bad_frames"
+TOO_LARGE = "too_large"
+NO_CMD = "no_cmd"
+BAD_FIELD = "bad_field"
+NOT_REGISTERED = "not_registered"
+NAME_TAKEN = "name_taken"
+BAD_NAME = "bad_name"
+NO_SUCH_CLIENT = "no_such_client"
+UNKNOWN_COMMAND = "unknown_command"
+CLIENT_LOST = "client_lost"
+QUEUE_FULL = "queue_full"
+INTERNAL = "internal"
+HANDLER_ERROR = "handler_error"
+ERROR_CODES = frozenset({
+    BAD_JSON, NOT_OBJECT, BAD_FRAMES, TOO_LARGE, NO_CMD, BAD_FIELD, NOT_REGISTERED,
+    NAME_TAKEN, BAD_NAME, NO_SUCH_CLIENT, UNKNOWN_COMMAND, CLIENT_LOST, QUEUE_FULL,
+    INTERNAL, HANDLER_ERROR,
+})
+
+# Commands a connection may send before its `_hello` succeeds.
+UNREGISTERED_COMMANDS = frozenset({"_hello", "_ping", "_bye"})
+
+encode = orjson.dumps
+
+# Finds `"id": <string or integer>` near the start of a message too large to parse.
+_ID_NEAR_START = re.compile(rb'"id"\s*:\s*("(?:[^"\\]|\\.){0,64}"|-?\d{1,20})')
+
+
+def decode(data):
+    """Parse one message frame into a dict, or raise ProtocolError (bad_json, not_object)."""
+    try:
+        msg = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(BAD_JSON, f"message is not valid JSON: {exc}") from None
+    if type(msg) is not dict:
+        raise ProtocolError(NOT_OBJECT, f"message must be a JSON object, not {type_name(msg)}")
+    return msg
+
+
+def type_name(value):
+    """The JSON name of a decoded value's type, for error messages."""
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def valid_name(name):
+    return type(name) is str and name != SERVER and NAME_RE.match(name) is not None
+
+
+def valid_id(value):
+    if type(value) is str:
+        return len(value) <= MAX_ID_LEN
+    return type(value) is int and len(str(value)) <= MAX_ID_LEN
+
+
+def check_envelope(msg):
+    """Return (code, text) for the first reserved field that breaks the contract, else None."""
+    cmd = msg.get("cmd")
+    if cmd is None:
+        return NO_CMD, "message has no 'cmd'"
+    if type(cmd) is not str or not 0 < len(cmd) <= MAX_CMD_LEN:
+        return BAD_FIELD, f"'cmd' must be a string of 1 to {MAX_CMD_LEN} characters"
+    to = msg.get("to")
+    if to is not None and type(to) is not str:
+        return BAD_FIELD, f"'to' must be a string, not {type_name(to)}"
+    if "id" in msg and not valid_id(msg["id"]):
+        return BAD_FIELD, f"'id' must be a string or integer of at most {MAX_ID_LEN} characters"
+    if "re" in msg and not valid_id(msg["re"]):
+        return BAD_FIELD, f"'re' must be a string or integer of at most {MAX_ID_LEN} characters"
+    return None
+
+
+def request_id(msg):
+    """The message's `id` if it is a valid one, else None (errors then go without `re`)."""
+    value = msg.get("id")
+    return value if value is not None and valid_id(value) else None
+
+
+def find_id_in_prefix(data, limit=4096):
+    """The `id` of a message too large to parse, when it stands near the start."""
+    match = _ID_NEAR_START.search(data, 0, limit)
+    if match is None:
+        return None
+    try:
+        value = orjson.loads(match.group(1))
+    except orjson.JSONDecodeError:
+        return None
+    return value if valid_id(value) else None
+
+
+# --- answers -----------------------------------------------------------------
+
+def make_reply(re_id, result=None):
+    return {"cmd": "_reply", "re": re_id, "ok": True, "result": result}
+
+
+def make_refusal(re_id, error, code):
+    return {"cmd": "_reply", "re": re_id, "ok": False, "error": error, "code": code}
+
+
+def make_error(code, error, re_id=None):
+    msg = {"cmd": "_error", "error": error, "code": code}
+    if re_id is not None:
+        msg["re"] = re_id
+    return msg
+
+
+def make_progress(re_id, **data):
+    return {"cmd": "_progress", "re": re_id, **data}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A final answer to a request: a `_reply` (ok or not) or a server `_error`."""
+    re: object
+    ok: bool
+    result: object = None
+    error: str = ""
+    code: str = ""
+    from_server: bool = False
+
+    def value(self):
+        """The result, or the exception this answer stands for raised."""
+        if self.ok:
+            return self.result
+        raise answer_exception(self)
+
+
+def parse_answer(msg):
+    """Turn a `_reply` or `_error` message into an Answer; ProtocolError if it is neither."""
+    cmd = msg.get("cmd")
+    if cmd == "_reply":
+        if msg.get("ok") is True:
+            return Answer(msg.get("re"), True, msg.get("result"))
+        return Answer(msg.get("re"), False, error=str(msg.get("error", "refused")),
+                      code=str(msg.get("code", "refused")))
+    if cmd == "_error":
+        return Answer(msg.get("re"), False, error=str(msg.get("error", "error")),
+                      code=str(msg.get("code", INTERNAL)), from_server=True)
+    raise ProtocolError(BAD_FIELD, f"{cmd!r} is not an answer")
+
+
+def answer_exception(answer):
+    """The exception a requester raises for an answer that is not ok."""
+    if not answer.from_server:
+        return Refused(answer.error, answer.code)
+    if answer.code == NO_SUCH_CLIENT:
+        return NoSuchClient(answer.error)
+    if answer.code == CLIENT_LOST:
+        return ClientLost(answer.error)
+    return RequestFailed(answer.error, answer.code)
+
+
+# --- registration --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Hello:
+    name: str
+    pid: object = None
+    host: object = None
+    actions: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+
+def make_hello(name, pid=None, host=None, actions=None, meta=None, id=None):
+    msg = {"cmd": "_hello", "name": name}
+    for key, value in (("pid", pid), ("host", host), ("actions", actions), ("meta", meta), ("id", id)):
+        if value is not None:
+            msg[key] = value
+    return msg
+
+
+def parse_hello(msg):
+    """Validate a `_hello`; raise ProtocolError (bad_name, bad_field) with the reason."""
+    name = msg.get("name")
+    if not valid_name(name):
+        raise ProtocolError(BAD_NAME, f"name {name!r} must match {NAME_RE.pattern} and not be 'server'")
+    pid = msg.get("pid")
+    if pid is not None and (type(pid) is not int or pid < 0):
+        raise ProtocolError(BAD_FIELD, f"'pid' must be a non-negative integer, not {type_name(pid)}")
+    host = msg.get("host")
+    if host is not None and (type(host) is not str or len(host) > 255):
+        raise ProtocolError(BAD_FIELD, "'host' must be a string of at most 255 characters")
+    actions = msg.get("actions", {})
+    if type(actions) is not dict or not all(type(v) is str for v in actions.values()):
+        raise ProtocolError(BAD_FIELD, "'actions' must be an object of command name to description")
+    meta = msg.get("meta", {})
+    if type(meta) is not dict:
+        raise ProtocolError(BAD_FIELD, f"'meta' must be an object, not {type_name(meta)}")
+    return Hello(name, pid, host, actions, meta)
+
+
+def make_welcome(name, instance, heartbeat_s, timeout_s, events):
+    return {"name": name, "server": instance, "heartbeat": heartbeat_s,
+            "timeout": timeout_s, "events": events}
+
+
+# --- beacon ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Beacon:
+    experiment: str
+    instance: str
+    router: str
+    events: str
+    pid: int
+    started: float
+    source: str = ""
+
+    def with_source(self, host):
+        """The beacon with wildcard hosts in its addresses replaced by the sender's address."""
+        return Beacon(self.experiment, self.instance, resolve_wildcard(self.router, host),
+                      resolve_wildcard(self.events, host), self.pid, self.started, host)
+
+
+def make_beacon(experiment, instance, router, events, pid, started):
+    return encode({"service": SERVICE, "experiment": experiment, "instance": instance,
+                   "router": router, "events": events, "pid": pid, "started": started})
+
+
+def parse_beacon(data):
+    """Parse a beacon datagram; ProtocolError if it is not an Orbit beacon."""
+    if len(data) > MAX_BEACON_BYTES:
+        raise ProtocolError(TOO_LARGE, f"beacon of {len(data)} bytes exceeds {MAX_BEACON_BYTES}")
+    msg = decode(data)
+    if msg.get("service") != SERVICE:
+        raise ProtocolError(BAD_FIELD, "not an orbit beacon")
+    fields = ("experiment", "instance", "router", "events")
+    if not all(type(msg.get(key)) is str and msg[key] for key in fields):
+        raise ProtocolError(BAD_FIELD, "beacon lacks experiment, instance, router or events")
+    pid, started = msg.get("pid"), msg.get("started")
+    if type(pid) is not int or type(started) not in (int, float):
+        raise ProtocolError(BAD_FIELD, "beacon 'pid' or 'started' has the wrong type")
+    return Beacon(msg["experiment"], msg["instance"], msg["router"], msg["events"], pid, float(started))
+
+
+def resolve_wildcard(address, host):
+    """`tcp://*:9820` or `tcp://0.0.0.0:9820` seen from `host` becomes `tcp://host:9820`."""
+    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
+        if address.startswith(wildcard):
+            return f"tcp://{host}:{address[len(wildcard):]}"
+    return address
+
+
+# --- event stream -----------------------------------------------------------------
+
+def event_topic(kind):
+    return f"event.{kind}"
+
+
+def make_event(kind, ts, **payload):
+    return {**payload, "kind": kind, "ts": ts}
+
+
+def split_stream_frames(frames):
+    """Parse the two frames of the event stream into (topic, object)."""
+    if len(frames) != 2:
+        raise ProtocolError(BAD_FRAMES, f"event stream messages have 2 frames, not {len(frames)}")
+    return frames[0].decode("ascii", "replace"), decode(frames[1])
