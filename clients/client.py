@@ -72,7 +72,6 @@ class Client:
         self.meta = dict(meta or {})
         self._actions = dict(actions or {})
         self._handlers = {}
-        self._collect_methods()
         self._server_fixed = server or os.environ.get("ORBIT_SERVER") or None
         self.experiment, port, address = resolve_experiment(experiment or os.environ.get("ORBIT_EXPERIMENT"))
         self._queue_size = queue_size
@@ -100,6 +99,7 @@ class Client:
         self._ctx = zmq.Context()
         self._poller = zmq.Poller()
         self._sock = self._monitor = self._sub = None
+        self._collect_methods()
         self._beacons = self._listen(beacon_port or port, beacon_address or address)
         if self._server_fixed:
             self._open(self._server_fixed)
@@ -213,7 +213,8 @@ class Client:
             return True
         except zmq.Again:
             pass
-        if self._sock.poll(SEND_WAIT_MS, zmq.POLLOUT):
+        self._on_monitor()  # a closed connection also says Again: learn of it before waiting
+        if self.registered and self._sock.poll(SEND_WAIT_MS, zmq.POLLOUT):
             try:
                 self._sock.send(data, zmq.NOBLOCK)
                 return True
@@ -261,11 +262,11 @@ class Client:
             self.poll(remaining)
         return self
 
-    def run_forever(self):
-        """Serve until `stop()` is called (from a handler) or the process is signalled."""
+    def run_forever(self, poll_s=1.0):
+        """Serve until `stop()` is called (from a handler, or another thread within `poll_s`)."""
         self._stopping = False
         while not self._stopping:
-            self.poll(1.0)
+            self.poll(poll_s)
 
     def stop(self):
         self._stopping = True
@@ -361,7 +362,7 @@ class Client:
         sock.setsockopt(zmq.RCVHWM, HWM)
         sock.setsockopt(zmq.RECONNECT_IVL, 50)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        self._monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         try:
             sock.connect(router)
         except zmq.ZMQError as exc:
@@ -411,7 +412,7 @@ class Client:
                 log.info("connection to %s closed", self._router)
                 self._unregister()
                 self._hello_due = time.monotonic() + HELLO_RETRY_S
-            elif event["event"] == zmq.EVENT_CONNECTED and not self.registered:
+            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED and not self.registered:
                 self._send_hello()
 
     def _on_beacon(self, beacon):
@@ -462,11 +463,11 @@ class Client:
         cmd = msg.get("cmd")
         if cmd == "_ping":
             self._pong(msg.get("id"))
-        elif cmd == "_reply" or cmd == "_error":
+        elif cmd == "_reply" or cmd == "_error" or cmd == "_pong":
             self._on_answer(msg)
         elif cmd == "_progress":
             self._on_progress(msg)
-        elif cmd != "_pong":
+        else:
             self._serve(msg)
 
     def _pong(self, msg_id):

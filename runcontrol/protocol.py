@@ -164,7 +164,7 @@ class Answer:
 
 
 def parse_answer(msg):
-    """Turn a `_reply` or `_error` message into an Answer; ProtocolError if it is neither."""
+    """Turn a `_reply`, `_error` or `_pong` into an Answer; ProtocolError if it is none of them."""
     cmd = msg.get("cmd")
     if cmd == "_reply":
         if msg.get("ok") is True:
@@ -174,6 +174,8 @@ def parse_answer(msg):
     if cmd == "_error":
         return Answer(msg.get("re"), False, error=str(msg.get("error", "error")),
                       code=str(msg.get("code", INTERNAL)), from_server=True)
+    if cmd == "_pong":
+        return Answer(msg.get("re"), True, "pong")
     raise ProtocolError(BAD_FIELD, f"{cmd!r} is not an answer")
 
 

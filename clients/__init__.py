@@ -1,0 +1,1 @@
+"""The client library and the clients Orbit ships (spy, simulated instruments in `sim/`)."""

@@ -1,0 +1,1 @@
+"""Simulated instruments for the DAMIC-M example experiment."""

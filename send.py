@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Send one message to an Orbit client or the server, and print the answer.
+
+  python send.py '{"to": "lta1", "cmd": "status"}'
+  python send.py lta1 set_point value=140 unit=K
+  python send.py server _status
+
+Values of key=value are JSON when they parse as JSON (40, true, [1,2]), else strings.
+Exit status: 0 ok answer (or sent, with --no-wait), 1 error answer, 2 bad usage or
+bad JSON, 3 no answer (no server found, or no reply within --wait).
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from clients.client import Client
+from runcontrol import commands, logsetup, protocol
+from runcontrol.errors import ConfigError, Refused, RequestFailed, RequestTimeout, ServerUnavailable
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
+DEFAULT_WAIT_S = 5.0
+CONNECT_TIMEOUT_S = 3.0
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="send.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Commands the server answers itself:\n\n" + commands.help_text())
+    parser.add_argument("words", nargs="+", metavar="MESSAGE | TO CMD [KEY=VALUE ...]")
+    parser.add_argument("--wait", type=float, default=DEFAULT_WAIT_S, metavar="SECONDS",
+                        help=f"how long to wait for the answer (default {DEFAULT_WAIT_S:g}; 0: do not wait)")
+    parser.add_argument("--no-wait", action="store_true", help="send one-way, without waiting for an answer")
+    parser.add_argument("--server", help="router address of the server (default: $ORBIT_SERVER, else the beacon)")
+    parser.add_argument("--experiment", help="experiment name or file whose server to use")
+    parser.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S, metavar="SECONDS")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def build_message(words):
+    """The message the words stand for: one JSON object, or TO CMD KEY=VALUE..."""
+    if len(words) == 1 and words[0].lstrip().startswith(("{", "[")):
+        try:
+            msg = json.loads(words[0])
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"bad JSON at line {exc.lineno} column {exc.colno} (char {exc.pos}): {exc.msg}")
+        if not isinstance(msg, dict):
+            raise UsageError("the message must be a JSON object")
+        if not isinstance(msg.get("cmd"), str) or not msg["cmd"]:
+            raise UsageError('the message needs "cmd", a non-empty string')
+        return msg
+    if len(words) < 2:
+        raise UsageError("give a JSON message, or TO CMD [KEY=VALUE ...]")
+    to, cmd, pairs = words[0], words[1], words[2:]
+    msg = {"cmd": cmd} if to == protocol.SERVER else {"to": to, "cmd": cmd}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"argument {pair!r} is not KEY=VALUE")
+        if key in ("to", "cmd", "from", "ts", "re"):
+            raise UsageError(f"{key!r} is reserved and cannot be given as KEY=VALUE")
+        msg[key] = parse_value(value)
+    return msg
+
+
+def parse_value(text):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def show_progress(msg):
+    data = {k: v for k, v in msg.items() if k not in ("cmd", "re", "from", "to", "ts")}
+    print(f"progress: {json.dumps(data)}", file=sys.stderr, flush=True)
+
+
+def send(args, msg):
+    wait_s = 0.0 if args.no_wait else args.wait
+    with Client(f"send-{os.getpid()}", experiment=args.experiment, server=args.server) as client:
+        client.connect(args.connect_timeout)
+        if wait_s <= 0:
+            msg.pop("id", None)
+            client.send(msg.pop("to", None), msg.pop("cmd"), **msg)
+            client.poll(0)
+            return EXIT_OK
+        result = client.call(msg, wait_s, show_progress)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logsetup.configure(logging.INFO if args.verbose else logging.WARNING, sys.stderr)
+    try:
+        return send(args, build_message(args.words))
+    except UsageError as exc:
+        print(f"send.py: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as exc:
+        print(f"send.py: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ServerUnavailable, RequestTimeout) as exc:
+        print(f"send.py: no answer: {exc}", file=sys.stderr)
+        return EXIT_NO_ANSWER
+    except (Refused, RequestFailed) as exc:
+        print(f"error ({exc.code}): {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

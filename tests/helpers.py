@@ -1,0 +1,261 @@
+"""What tests share: waiting on conditions, a real server process, raw sockets, helper programs."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import zmq
+
+from runcontrol import discovery, pidfile, protocol
+
+ROOT = Path(__file__).resolve().parent.parent
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+
+
+def wait_until(predicate, timeout_s=10.0, interval_s=0.02, what=None):
+    """Poll `predicate` until it returns something true; return it, or fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or predicate}")
+        time.sleep(interval_s)
+
+
+def env_for_children():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("ORBIT_SERVER", None)
+    env.pop("ORBIT_EXPERIMENT", None)
+    return env
+
+
+def free_beacon_port():
+    # Beacon listeners share ports (SO_REUSEPORT) and filter by experiment name, so a
+    # collision between tests is harmless; a random port only keeps the traffic apart.
+    return random.randint(20000, 60000)
+
+
+def write_experiment(folder, name, router="tcp://127.0.0.1:0", events="tcp://127.0.0.1:0",
+                     beacon_port=None, heartbeat=0.5, timeout=3.0, **server):
+    path = Path(folder) / f"{name}.json"
+    description = {
+        "name": name,
+        "server": {"router": router, "events": events,
+                   "beacon": {"port": beacon_port or free_beacon_port(), "interval": 0.5},
+                   "heartbeat": heartbeat, "timeout": timeout, **server},
+        "paths": {"logs": "log", "data": "data", "state": "state"},
+    }
+    path.write_text(json.dumps(description), encoding="utf-8")
+    return path
+
+
+class ServerProcess:
+    """A real `python -m runcontrol.server` for one experiment file, found by its beacon."""
+
+    def __init__(self, experiment_path):
+        self.path = Path(experiment_path)
+        self.description = json.loads(self.path.read_text())
+        self.name = self.description["name"]
+        self.beacon_port = self.description["server"]["beacon"]["port"]
+        self.pidfile = self.path.parent / "state" / "server.pid"
+        self.proc = None
+        self.beacon = None
+        self.log = self.path.parent / f"{self.name}.server.log"
+
+    def start(self, timeout_s=15.0):
+        listener = discovery.BeaconListener(self.beacon_port, experiment=self.name)
+        try:
+            with open(self.log, "ab") as out:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "runcontrol.server", "--experiment", str(self.path)],
+                    cwd=ROOT, env=env_for_children(), stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                beacon = listener.wait(0.2)
+                if beacon is not None and beacon.pid == self.proc.pid:
+                    self.beacon = beacon
+                    return self
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"server did not start: {self.log.read_text()[-2000:]}")
+        finally:
+            listener.close()
+
+    @property
+    def router(self):
+        return self.beacon.router
+
+    @property
+    def events(self):
+        return self.beacon.events
+
+    def pin_ports(self):
+        """Make the next start bind the same addresses as this one."""
+        self.description["server"]["router"] = self.router
+        self.description["server"]["events"] = self.events
+        self.path.write_text(json.dumps(self.description))
+
+    def signal(self, signum):
+        os.killpg(self.proc.pid, signum)
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout_s=10.0):
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError("server ignored SIGTERM")
+
+    def pid_in_file(self):
+        return pidfile.read(self.pidfile)
+
+
+class RawClient:
+    """A foreign client speaking the wire protocol over a bare DEALER socket."""
+
+    def __init__(self, router, ctx=None):
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(router)
+        self.seq = 0
+
+    def send(self, msg):
+        self.sock.send(msg if isinstance(msg, bytes) else json.dumps(msg).encode())
+
+    def send_frames(self, frames):
+        self.sock.send_multipart(frames)
+
+    def recv(self, timeout_s=5.0):
+        if not self.sock.poll(timeout_s * 1000):
+            raise AssertionError(f"no message within {timeout_s} s")
+        return json.loads(self.sock.recv())
+
+    def recv_until(self, predicate, timeout_s=5.0):
+        """The first message matching `predicate` (skipping heartbeat pings)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError("no matching message in time")
+            msg = self.recv(remaining)
+            if msg.get("cmd") == "_ping" and "id" not in msg:
+                self.send({"cmd": "_pong"})
+            if predicate(msg):
+                return msg
+
+    def request(self, msg, timeout_s=5.0):
+        self.seq += 1
+        msg = {**msg, "id": f"raw-{self.seq}"}
+        self.send(msg)
+        return self.recv_until(lambda m: m.get("re") == msg["id"], timeout_s)
+
+    def hello(self, name, **extra):
+        return self.request({"cmd": "_hello", "name": name, "pid": os.getpid(), **extra})
+
+    def close(self):
+        self.sock.close(linger=0)
+
+
+class EventWatcher:
+    """Collects event-stream messages in a background thread."""
+
+    def __init__(self, events_address, prefix=""):
+        self.items = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(events_address, prefix), daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+
+    def _run(self, address, prefix):
+        ctx = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
+        sub.connect(address)
+        self._ready.set()
+        while not self._stop.is_set():
+            if sub.poll(50):
+                topic, data = sub.recv_multipart()
+                self.items.append((topic.decode(), json.loads(data)))
+        sub.close()
+        ctx.term()
+
+    def sync(self, router, timeout_s=10.0):
+        """Wait until the subscription is live: announce a marker event until it comes through."""
+        probe = RawClient(router)
+        try:
+            probe.hello(f"sync-{os.getpid()}-{time.monotonic_ns() % 10**9}")
+            wait_until(lambda: probe.send({"cmd": "_event", "kind": "sync"}) or self.find("event.sync"),
+                       timeout_s, interval_s=0.1, what="the event stream")
+        finally:
+            probe.send({"cmd": "_bye"})
+            probe.close()
+        return self
+
+    def find(self, topic, **fields):
+        for t, obj in list(self.items):
+            if t == topic and all(obj.get(k) == v for k, v in fields.items()):
+                return obj
+        return None
+
+    def wait_for(self, topic, timeout_s=10.0, **fields):
+        return wait_until(lambda: self.find(topic, **fields), timeout_s, what=f"{topic} {fields}")
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(5)
+
+
+def start_program(name, *args, log=None, env=None, cwd=None):
+    """Start a helper program of tests/programs in its own session; output to `log` (a path)."""
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    try:
+        return subprocess.Popen([sys.executable, str(PROGRAMS / name), *map(str, args)],
+                                cwd=cwd or ROOT, env=env or env_for_children(),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        if log:
+            out.close()
+
+
+def stop_process(proc, timeout_s=10.0):
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGCONT)
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout_s)
+        except ProcessLookupError:
+            proc.wait(timeout_s)
+
+
+def registered_names(router):
+    """Names registered with the server at `router`, asked by a short-lived raw client."""
+    raw = RawClient(router)
+    try:
+        raw.hello(f"probe-{os.getpid()}-{time.monotonic_ns() % 10**9}")
+        return [c["name"] for c in raw.request({"cmd": "_list"})["result"]]
+    finally:
+        raw.send({"cmd": "_bye"})
+        raw.close()

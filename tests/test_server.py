@@ -1,0 +1,340 @@
+"""The central server, spoken to over raw sockets as a foreign client would."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import zmq
+
+from tests.helpers import (ROOT, EventWatcher, RawClient, ServerProcess, env_for_children, start_program,
+                           stop_process, wait_until, write_experiment)
+
+
+@pytest.fixture
+def raw(server):
+    made = []
+
+    def make(name=None):
+        client = RawClient(server.router)
+        if name:
+            assert client.hello(name)["ok"] is True
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def watcher(server):
+    watch = EventWatcher(server.events).sync(server.router)
+    yield watch
+    watch.close()
+
+
+def test_route_to_named_client_stamps_from_and_ts(raw):
+    alice, bob = raw("alice"), raw("bob")
+    before = time.time()
+    alice.send({"to": "bob", "cmd": "ramp", "volts": 40, "from": "mallory", "ts": 1})
+    msg = bob.recv_until(lambda m: m["cmd"] == "ramp")
+    assert msg["from"] == "alice"
+    assert msg["volts"] == 40 and msg["to"] == "bob"
+    assert before - 1 <= msg["ts"] <= time.time() + 1
+
+
+def test_request_reply_round_trip_matches_by_id(raw):
+    alice, bob = raw("alice"), raw("bob")
+    alice.send({"to": "bob", "cmd": "status", "id": "q1"})
+    request = bob.recv_until(lambda m: m["cmd"] == "status")
+    bob.send({"to": request["from"], "cmd": "_reply", "re": request["id"], "ok": True, "result": 7})
+    reply = alice.recv_until(lambda m: m.get("re") == "q1")
+    assert reply["ok"] is True and reply["result"] == 7 and reply["from"] == "bob"
+
+
+def test_broadcast_reaches_everyone_but_sender_and_is_published_once(raw, watcher):
+    alice, bob, carol = raw("alice"), raw("bob"), raw("carol")
+    answer = alice.request({"to": "*", "cmd": "wake"})
+    assert answer["cmd"] == "_reply" and sorted(answer["result"]["to"]) == ["bob", "carol"]
+    for other in (bob, carol):
+        msg = other.recv_until(lambda m: m["cmd"] == "wake")
+        assert msg["from"] == "alice" and "id" not in msg
+    watcher.wait_for("msg.*", cmd="wake")
+    assert sum(1 for t, m in watcher.items if t == "msg.*" and m["cmd"] == "wake") == 1
+
+
+def test_routed_messages_are_published_on_msg_topic(raw, watcher):
+    alice, bob = raw("alice"), raw("bob")
+    alice.send({"to": "bob", "cmd": "expose", "seconds": 3})
+    published = watcher.wait_for("msg.bob", cmd="expose")
+    assert published["from"] == "alice" and published["seconds"] == 3
+
+
+ERROR_CASES = [
+    ("bad_json", b'{"cmd": "x", ', False),
+    ("not_object", b'[1, 2, 3]', False),
+    ("no_cmd", b'{"to": "server", "id": 5}', True),
+    ("bad_field", b'{"cmd": 42, "id": 5}', True),
+    ("bad_field", b'{"cmd": "x", "to": 3, "id": 5}', True),
+    ("bad_field", b'{"cmd": "x", "id": {"a": 1}}', False),
+    ("bad_field", b'{"cmd": "_logs", "n": "many", "id": 5}', True),
+    ("unknown_command", b'{"cmd": "_reboot", "id": 5}', True),
+    ("no_such_client", b'{"to": "nobody", "cmd": "x", "id": 5}', True),
+    ("bad_name", b'{"cmd": "_hello", "name": "server", "id": 5}', True),
+    ("bad_name", b'{"cmd": "_hello", "name": "-lead", "id": 5}', True),
+    ("bad_name", b'{"cmd": "_hello", "name": "has space", "id": 5}', True),
+]
+
+
+@pytest.mark.parametrize("code,data,has_re", ERROR_CASES)
+def test_bad_message_gets_error_code_with_re(raw, code, data, has_re):
+    client = raw("sender")
+    client.send(data)
+    error = client.recv_until(lambda m: m["cmd"] == "_error")
+    assert error["code"] == code, error
+    assert error["error"]
+    assert error.get("re") == (5 if has_re else None)
+    assert client.request({"cmd": "_ping"})["cmd"] == "_pong"  # still served
+
+
+def test_bad_json_error_says_where(raw):
+    client = raw()
+    client.send(b'{"cmd": "x",, }')
+    error = client.recv_until(lambda m: m["cmd"] == "_error")
+    assert error["code"] == "bad_json" and "column" in error["error"]
+
+
+def test_multipart_message_gets_bad_frames(raw):
+    client = raw()
+    client.send_frames([b'{"cmd": "_ping"}', b'{"cmd": "_ping"}'])
+    assert client.recv_until(lambda m: m["cmd"] == "_error")["code"] == "bad_frames"
+
+
+def test_too_large_message_refused_with_re_and_server_serves_on(raw):
+    client = raw("big")
+    other = raw("small")
+    client.send(b'{"id": "huge-1", "cmd": "x", "to": "small", "blob": "' + b"a" * (2 << 20) + b'"}')
+    error = client.recv_until(lambda m: m["cmd"] == "_error")
+    assert error["code"] == "too_large" and error["re"] == "huge-1"
+    assert other.request({"cmd": "_ping"})["cmd"] == "_pong"
+
+
+def test_unregistered_connection_may_only_hello_ping_bye(raw):
+    client = raw()
+    assert client.request({"cmd": "_ping"})["cmd"] == "_pong"
+    for msg in ({"cmd": "_list"}, {"to": "anyone", "cmd": "x"}, {"cmd": "_publish", "topic": "t", "data": 1}):
+        answer = client.request(msg)
+        assert answer["cmd"] == "_error" and answer["code"] == "not_registered", answer
+    assert client.request({"cmd": "_bye"})["ok"] is True
+
+
+def test_one_way_message_that_goes_nowhere_still_gets_error(raw):
+    client = raw("lonely")
+    client.send({"to": "nobody", "cmd": "x"})
+    error = client.recv_until(lambda m: m["cmd"] == "_error")
+    assert error["code"] == "no_such_client" and "re" not in error
+
+
+def test_duplicate_live_name_refused(raw):
+    first = raw("lta1")
+    second = raw()
+    # The holder answers the server's probe ping, so the claim is refused.
+    second.send({"cmd": "_hello", "name": "lta1", "id": "h"})
+    probe = first.recv_until(lambda m: m["cmd"] == "_ping" and "id" in m)
+    first.send({"cmd": "_pong", "re": probe["id"]})
+    answer = second.recv_until(lambda m: m.get("re") == "h")
+    assert answer["cmd"] == "_error" and answer["code"] == "name_taken"
+    assert first.request({"cmd": "_ping"})["cmd"] == "_pong"
+
+
+def test_same_name_hello_again_is_answered_as_first(raw):
+    client = raw("lta1")
+    again = client.hello("lta1")
+    assert again["ok"] is True and again["result"]["name"] == "lta1"
+
+
+def test_hello_with_new_name_frees_old_one(raw):
+    client = raw("old-name")
+    assert client.hello("new-name")["ok"] is True
+    other = raw("old-name")  # free at once: no probe, no wait
+    names = [c["name"] for c in other.request({"cmd": "_list"})["result"]]
+    assert "new-name" in names and names.count("old-name") == 1
+
+
+def test_name_taken_over_at_once_after_holder_killed(server, tmp_path, watcher):
+    holder = start_program("echo_client.py", "lta1", "--experiment", server.path, log=tmp_path / "a.log")
+    try:
+        watcher.wait_for("event.client_joined", name="lta1")
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+        claimant = RawClient(server.router)
+        answer = claimant.hello("lta1")
+        assert answer["ok"] is True
+        replaced = watcher.wait_for("event.client_replaced", name="lta1")
+        assert replaced["reason"] == "its connection is closed"  # no grace waited
+        claimant.close()
+    finally:
+        stop_process(holder)
+
+
+def test_name_handed_over_after_grace_when_holder_hangs(server, tmp_path, watcher):
+    holder = start_program("echo_client.py", "lta1", "--experiment", server.path, log=tmp_path / "a.log")
+    try:
+        watcher.wait_for("event.client_joined", name="lta1")
+        os.killpg(holder.pid, signal.SIGSTOP)
+        claimant = RawClient(server.router)
+        answer = claimant.hello("lta1")
+        assert answer["ok"] is True, answer
+        assert watcher.wait_for("event.client_replaced", name="lta1")["reason"] == "it did not answer a ping"
+        claimant.close()
+    finally:
+        stop_process(holder)
+
+
+def test_silent_client_is_lost_after_timeout(server, tmp_path, watcher):
+    sleeper = start_program("echo_client.py", "sleepy", "--experiment", server.path, log=tmp_path / "s.log")
+    try:
+        watcher.wait_for("event.client_joined", name="sleepy")
+        os.killpg(sleeper.pid, signal.SIGSTOP)
+        lost = watcher.wait_for("event.client_lost", name="sleepy", timeout_s=15)
+        assert lost["reason"].startswith("silent for")
+        os.killpg(sleeper.pid, signal.SIGCONT)  # it notices and registers again
+        wait_until(lambda: len([1 for t, m in watcher.items
+                                if t == "event.client_joined" and m["name"] == "sleepy"]) == 2, 15)
+    finally:
+        stop_process(sleeper)
+
+
+def test_heartbeat_pings_arrive_every_interval(raw):
+    client = raw("hb")
+    start = time.monotonic()
+    pings = 0
+    while pings < 3:
+        msg = client.recv(5)
+        if msg["cmd"] == "_ping":
+            pings += 1
+            client.send({"cmd": "_pong"})
+    assert time.monotonic() - start < 5  # heartbeat is 0.5 s in the test experiment
+
+
+def test_request_to_client_that_is_lost_fails_with_client_lost(server, tmp_path, raw):
+    sleeper = start_program("echo_client.py", "sleepy", "--experiment", server.path, log=tmp_path / "s.log")
+    try:
+        asker = raw("asker")
+        wait_until(lambda: asker.request({"cmd": "_list"})["result"] and "sleepy" in
+                   [c["name"] for c in asker.request({"cmd": "_list"})["result"]], 15)
+        os.killpg(sleeper.pid, signal.SIGSTOP)
+        asker.send({"to": "sleepy", "cmd": "echo", "id": "never"})
+        error = asker.recv_until(lambda m: m.get("re") == "never", timeout_s=15)
+        assert error["cmd"] == "_error" and error["code"] == "client_lost"
+    finally:
+        stop_process(sleeper)
+
+
+def test_list_and_status_describe_clients_and_server(raw, server):
+    client = raw()
+    assert client.hello("lta1", host="daq1", actions={"expose": "take one"}, meta={"run": True})["ok"]
+    listing = client.request({"cmd": "_list"})["result"]
+    entry = next(c for c in listing if c["name"] == "lta1")
+    assert entry["host"] == "daq1" and entry["actions"] == {"expose": "take one"}
+    assert entry["meta"] == {"run": True} and entry["pid"] == os.getpid()
+    for key in ("connected_at", "last_seen", "msgs_in", "msgs_out"):
+        assert key in entry
+    status = client.request({"cmd": "_status"})["result"]
+    assert status["experiment"] == server.name and status["pid"] == server.proc.pid
+    assert status["clients"] == 1 and status["router"] == server.router
+    assert status["instance"] == server.beacon.instance and status["uptime"] >= 0
+
+
+def test_stats_show_rates_refreshed(raw):
+    alice, bob = raw("alice"), raw("bob")
+    for i in range(200):
+        alice.send({"to": "bob", "cmd": "tick", "i": i})
+
+    def busy():
+        stats = alice.request({"cmd": "_stats"})["result"]
+        return stats.get("clients", {}).get("alice", {}).get("msgs_in_per_s", 0) > 0 and stats
+    stats = wait_until(busy, 10, interval_s=0.2)
+    assert stats["total"]["msgs_in"] >= 200
+    assert stats["clients"]["bob"]["msgs_out"] >= 200
+
+
+def test_logs_returns_last_events_newest_first(raw):
+    client = raw("first")
+    raw("second")
+    logs = client.request({"cmd": "_logs", "n": 2})["result"]
+    assert [e["kind"] for e in logs] == ["client_joined", "client_joined"]
+    assert logs[0]["name"] == "second" and logs[1]["name"] == "first"
+    everything = client.request({"cmd": "_logs"})["result"]
+    assert everything[-1]["kind"] == "server_started"
+
+
+def test_log_event_and_publish_reach_the_stream(raw, watcher):
+    client = raw("cryo")
+    client.send({"cmd": "_log", "level": "WARNING", "msg": "compressor hot", "logger": "cryo.comp"})
+    record = watcher.wait_for("log.cryo", msg="compressor hot")
+    assert record["level"] == "WARNING" and record["from"] == "cryo"
+    client.send({"cmd": "_event", "kind": "program_exited", "program": "lta1", "code": -9})
+    event = watcher.wait_for("event.program_exited", program="lta1")
+    assert event["from"] == "cryo" and event["code"] == -9 and "ts" in event
+    assert client.request({"cmd": "_publish", "topic": "temperature", "data": {"ccd": 140.2}})["ok"]
+    assert watcher.wait_for("pub.cryo.temperature")["data"] == {"ccd": 140.2}
+
+
+def test_retained_keeps_last_value_per_topic(raw):
+    cryo, gauge = raw("cryo"), raw("gauge")
+    for value in (150.0, 140.2):
+        cryo.request({"cmd": "_publish", "topic": "temperature", "data": value, "retain": True})
+    gauge.request({"cmd": "_publish", "topic": "pressure", "data": 1e-6, "retain": True})
+    gauge.request({"cmd": "_publish", "topic": "noise", "data": 1})  # not retained
+    retained = cryo.request({"cmd": "_retained"})["result"]
+    assert set(retained) == {"cryo.temperature", "gauge.pressure"}
+    assert retained["cryo.temperature"]["data"] == 140.2
+    assert set(cryo.request({"cmd": "_retained", "prefix": "gauge."})["result"]) == {"gauge.pressure"}
+
+
+def test_pid_file_written_touched_and_removed_on_sigterm(server, watcher):
+    assert server.pid_in_file() == server.proc.pid
+    first = server.pidfile.stat().st_mtime
+    wait_until(lambda: server.pidfile.stat().st_mtime > first, 5)
+    assert server.stop() == 0
+    assert not server.pidfile.exists()
+    assert watcher.wait_for("event.server_stopping", reason="SIGTERM")
+
+
+def test_sigint_stops_server_cleanly(server):
+    server.signal(signal.SIGINT)
+    assert server.proc.wait(10) == 0
+    assert not server.pidfile.exists()
+
+
+def test_server_refuses_invalid_experiment_with_message(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "bad", "server": {"heartbeat": "often"}}')
+    result = subprocess.run([sys.executable, "-m", "runcontrol.server", "--experiment", str(bad)],
+                            cwd=ROOT, env=env_for_children(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert 'server.heartbeat: "often" is not of type number' in result.stderr
+
+
+def test_slow_consumer_does_not_stall_others(raw):
+    sender, slow, quick = raw("sender"), raw("slow"), raw("quick")
+    slow.sock.setsockopt(zmq.RCVHWM, 10)
+    blob = "x" * 10000
+    for i in range(3000):
+        sender.send({"to": "slow", "cmd": "data", "blob": blob})
+    start = time.monotonic()
+    assert quick.request({"cmd": "_ping"}, timeout_s=10)["cmd"] == "_pong"
+    assert time.monotonic() - start < 10
+
+
+def test_second_server_on_same_ports_is_refused(server, tmp_path):
+    (tmp_path / "other").mkdir()
+    second = ServerProcess(write_experiment(tmp_path / "other", "other", router=server.router,
+                                            events=server.events))
+    with pytest.raises(AssertionError, match="cannot bind"):
+        second.start(timeout_s=10)
+    assert second.proc.wait(10) == 2
