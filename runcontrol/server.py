@@ -33,6 +33,7 @@ EVENT_HISTORY = 1000
 MAX_WAITING = 10000          # requests remembered per target, to fail them if it is lost
 HWM = 10000
 HARD_SIZE_FACTOR = 16        # above this many times the limit zmq drops the frame unread
+MAX_PARKED = 10000           # messages held for clients not yet back after a restart
 
 
 class Peer:
@@ -80,6 +81,11 @@ class Server:
         self.timeout_s = spec.timeout_s
         self.max_bytes = spec.max_message_bytes
         self.claim_grace_s = min(2.0, spec.timeout_s)
+        # Just after a (re)start the clients are registering again: a message for a name
+        # not yet back is held for them this long instead of refused.
+        self.settle_s = 2 * spec.beacon.interval_s + 1.0
+        self.parked = collections.deque()
+        self.settling = True
         self.instance = secrets.token_hex(6)
         self.started = time.time()
         self.pidfile = pidfile_path or experiment.paths.state / "server.pid"
@@ -148,7 +154,8 @@ class Server:
                            router=self.router_address, events=self.events_address)
         now = time.monotonic()
         self._next = {"beacon": now, "heartbeat": now + self.heartbeat_s,
-                      "stats": now + STATS_INTERVAL_S, "touch": now + TOUCH_INTERVAL_S}
+                      "stats": now + STATS_INTERVAL_S, "touch": now + TOUCH_INTERVAL_S,
+                      "settled": now + self.settle_s}
         try:
             while self._stop_signal is None:
                 self._run_timers(time.monotonic())
@@ -205,6 +212,10 @@ class Server:
         if now >= nxt["stats"]:
             self._refresh_stats()
             nxt["stats"] = now + STATS_INTERVAL_S
+        if now >= nxt["settled"]:
+            nxt["settled"] = float("inf")
+            self.settling = False
+            self._settled()
         if self.claims:
             self._settle_claims(now)
 
@@ -299,6 +310,9 @@ class Server:
     def _route(self, peer, to, msg):
         target = self.by_name.get(to)
         msg_id = msg.get("id")
+        if target is None and self.settling and len(self.parked) < MAX_PARKED:
+            self.parked.append((peer.name, to, msg))
+            return
         if target is None:
             self._reject(peer.identity, protocol.NO_SUCH_CLIENT, f"no client named {to!r} is registered",
                          msg_id)
@@ -413,7 +427,24 @@ class Server:
         log.info("client %s joined (pid %s, host %s)", hello.name, hello.pid, hello.host)
         self.publish_event("client_joined", name=hello.name, pid=hello.pid, host=hello.host,
                            actions=hello.actions, meta=hello.meta)
+        if self.parked:
+            self._unpark(lambda to: to == hello.name)
         return peer
+
+    def _unpark(self, matches):
+        """Route the held messages whose target `matches`, in the order they came."""
+        held, self.parked = self.parked, collections.deque()
+        for sender, to, msg in held:
+            peer = self.by_name.get(sender)
+            if not matches(to):
+                self.parked.append((sender, to, msg))
+            elif peer is not None:
+                self._route(peer, to, msg)
+
+    def _settled(self):
+        if self.parked:
+            log.info("%d held message(s) for clients that did not come back", len(self.parked))
+        self._unpark(lambda to: True)
 
     def pong(self, peer, re_id):
         """A pong answering a name-claim probe proves the holder alive: refuse the claimants."""

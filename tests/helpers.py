@@ -30,6 +30,15 @@ def wait_until(predicate, timeout_s=10.0, interval_s=0.02, what=None):
         time.sleep(interval_s)
 
 
+def pump(clients, predicate, timeout_s=10.0):
+    """Poll in-process clients in turn until `predicate` holds (each client is single-threaded)."""
+    def step():
+        for client in clients:
+            client.poll(0.02)
+        return predicate()
+    return wait_until(step, timeout_s, interval_s=0)
+
+
 def env_for_children():
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

@@ -1,0 +1,214 @@
+"""The client library against a real server process and real peers."""
+
+import logging
+import os
+import signal
+
+import pytest
+
+from clients.client import Client, LogHandler, NameTaken
+from runcontrol.errors import ClientLost, NoSuchClient, Refused, RequestTimeout, ServerUnavailable
+from tests.helpers import (EventWatcher, ServerProcess, pump, registered_names, start_program, stop_process,
+                           wait_until, write_experiment)
+
+
+@pytest.fixture
+def echo(server, tmp_path):
+    proc = start_program("echo_client.py", "echo", "--experiment", server.path, log=tmp_path / "echo.log")
+    wait_until(lambda: "echo" in registered_names(server.router), 15, interval_s=0.1)
+    yield proc
+    stop_process(proc)
+
+
+def test_request_returns_handler_result(make_client, echo):
+    client = make_client("operator")
+    assert client.request("echo", "echo", volts=40) == {"volts": 40}
+
+
+def test_handler_exception_becomes_refusal_with_message(make_client, echo):
+    client = make_client("operator")
+    with pytest.raises(Refused, match="the detector is on fire") as info:
+        client.request("echo", "fail")
+    assert info.value.code == "handler_error"
+
+
+def test_handler_refusal_keeps_its_code(make_client, echo):
+    client = make_client("operator")
+    with pytest.raises(Refused) as info:
+        client.request("echo", "refuse")
+    assert info.value.code == "out_of_range" and "35 V" in str(info.value)
+
+
+def test_unknown_command_refused_naming_what_is_offered(make_client, echo):
+    client = make_client("operator")
+    with pytest.raises(Refused, match="offers: echo, fail") as info:
+        client.request("echo", "reboot")
+    assert info.value.code == "unknown_command"
+
+
+def test_progress_arrives_before_result(make_client, echo):
+    client = make_client("operator")
+    seen = []
+    assert client.request("echo", "slow", on_progress=lambda m: seen.append(m["step"])) == "done"
+    assert seen == [0, 1, 2]
+
+
+def test_failures_are_not_refusals(make_client, echo):
+    client = make_client("operator")
+    with pytest.raises(NoSuchClient):
+        client.request("nobody", "echo")
+    os.killpg(echo.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(RequestTimeout, match="echo did not answer 'echo' within 0.5 s"):
+            client.request("echo", "echo", timeout=0.5)
+        with pytest.raises(ClientLost):  # the server gives up on it after its timeout
+            client.request("echo", "echo", timeout=15)
+    finally:
+        os.killpg(echo.pid, signal.SIGCONT)
+
+
+def test_actions_are_announced_in_hello(server, make_client):
+    class Board(Client):
+        def cmd_expose(self, msg):
+            """Take one exposure."""
+            return {"seconds": msg["seconds"]}
+
+    board = Board("board", experiment=str(server.path))
+    try:
+        @board.handler("temperature")
+        def read_temperature(msg):
+            """Read the CCD temperature."""
+            return 140.2
+
+        board.connect(10)
+        operator = make_client("operator")
+        listing = {c["name"]: c for c in operator.request(None, "_list")}
+        assert listing["board"]["actions"] == {"expose": "Take one exposure.",
+                                               "temperature": "Read the CCD temperature."}
+        pending = operator.start({"to": "board", "cmd": "temperature"})
+        pump([board, operator], lambda: pending.answer)
+        assert pending.answer.value() == 140.2
+        pending = operator.start({"to": "board", "cmd": "expose", "seconds": 3})
+        pump([board, operator], lambda: pending.answer)
+        assert pending.answer.value() == {"seconds": 3}
+    finally:
+        board.close()
+
+
+def test_missing_field_is_refused_as_bad_field(server, make_client):
+    board = make_client("board", threaded=True)
+    board.add_handler("ramp", lambda msg: msg["volts"])
+    operator = make_client("operator")
+    with pytest.raises(Refused, match="needs the field 'volts'") as info:
+        operator.request("board", "ramp")
+    assert info.value.code == "bad_field"
+
+
+def test_server_address_from_environment(server, monkeypatch):
+    monkeypatch.setenv("ORBIT_SERVER", server.router)
+    with Client("from-env", beacon_port=1) as client:  # no beacon can be heard on port 1
+        client.connect(10)
+        assert client.request(None, "_status")["experiment"] == server.name
+
+
+def test_no_server_raises_server_unavailable(tmp_path):
+    with Client("alone", experiment="no-such-experiment", beacon_port=1) as client:
+        with pytest.raises(ServerUnavailable, match="no server answered within 0.5 s"):
+            client.connect(0.5)
+
+
+def test_second_live_client_with_same_name_gets_name_taken(make_client):
+    make_client("lta1", threaded=True)
+    with pytest.raises(NameTaken, match="held by a live client"):
+        make_client("lta1")
+
+
+def test_beacons_of_other_experiments_are_ignored(tmp_path):
+    port = 20000 + os.getpid() % 30000
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    decoy = ServerProcess(write_experiment(tmp_path / "a", "decoy", beacon_port=port)).start()
+    real = ServerProcess(write_experiment(tmp_path / "b", "real", beacon_port=port)).start()
+    try:
+        for _ in range(3):
+            with Client("picky", experiment=str(real.path)) as client:
+                client.connect(10)
+                assert client.request(None, "_status")["experiment"] == "real"
+    finally:
+        decoy.stop()
+        real.stop()
+
+
+def test_log_handler_sends_records_to_the_stream(server, make_client):
+    watcher = EventWatcher(server.events).sync(server.router)
+    client = make_client("logger")
+    log = logging.getLogger("test.central")
+    handler = LogHandler(client)
+    log.addHandler(handler)
+    try:
+        log.warning("vacuum at %s mbar", "1e-3")
+        client.poll(0.1)
+        record = watcher.wait_for("log.logger", msg="vacuum at 1e-3 mbar")
+        assert record["level"] == "WARNING" and record["logger"] == "test.central"
+    finally:
+        log.removeHandler(handler)
+        watcher.close()
+
+
+def test_publish_retained_value(make_client):
+    client = make_client("gauge")
+    client.publish("pressure", {"mbar": 1e-6}, retain=True)
+    assert client.request(None, "_retained", prefix="gauge.")["gauge.pressure"]["data"] == {"mbar": 1e-6}
+
+
+@pytest.mark.parametrize("same_ports", [True, False], ids=["same-ports", "new-ports"])
+def test_server_killed_and_restarted_client_reregisters_and_queue_arrives(server, echo, make_client,
+                                                                          same_ports):
+    sender = make_client("sender")
+    assert sender.request("echo", "notes") == []
+    for seq in range(5):
+        sender.send("echo", "note", seq=seq)
+    wait_until(lambda: sender.request("echo", "notes") == list(range(5)), 10)
+    if same_ports:
+        server.pin_ports()
+    first_instance = server.beacon.instance
+    server.kill()
+    for seq in range(5, 50):  # sent while the server is away: queued
+        sender.send("echo", "note", seq=seq)
+    server.start()
+    assert server.beacon.instance != first_instance
+    wait_until(lambda: "echo" in registered_names(server.router), 15, interval_s=0.1)
+    pump([sender], lambda: sender.registered and sender.instance == server.beacon.instance, 15)
+    notes = sender.request("echo", "notes", timeout=10)
+    assert notes == list(range(50))  # in order, none lost, none doubled
+
+
+def test_queue_overflow_drops_oldest_and_logs_count(server, echo, make_client, caplog):
+    sender = make_client("sender", queue_size=10)
+    server.pin_ports()
+    server.kill()
+    for seq in range(25):
+        sender.send("echo", "note", seq=seq)
+    server.start()
+    wait_until(lambda: "echo" in registered_names(server.router), 15, interval_s=0.1)
+    with caplog.at_level(logging.WARNING, logger="clients.client"):
+        pump([sender], lambda: sender.registered, 15)
+    assert sender.request("echo", "notes", timeout=10) == list(range(15, 25))
+    assert "dropped 15 queued message(s)" in caplog.text
+
+
+def test_request_made_while_server_away_is_delivered_after_restart(server, echo, make_client):
+    client = make_client("patient")
+    server.pin_ports()
+    server.kill()
+    pending = client.start({"to": "echo", "cmd": "echo", "x": 1})
+    server.start()
+    assert client.wait(pending, timeout=20).value() == {"x": 1}
+
+
+def test_client_reregisters_when_new_instance_beacon_arrives(server, make_client):
+    client = make_client("watcher")
+    server.pin_ports()
+    server.kill()
+    server.start()
+    pump([client], lambda: client.registered and client.instance == server.beacon.instance, 10)
