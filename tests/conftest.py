@@ -1,4 +1,3 @@
-import os
 import signal
 import threading
 
@@ -9,19 +8,33 @@ from clients.client import Client
 from tests.helpers import ServerProcess, write_experiment
 
 
-@pytest.fixture(autouse=True)
-def no_orphans():
-    """Every process a test starts must be gone when it ends; leftovers are killed and fail it."""
-    yield
-    me = psutil.Process()
-    gone, alive = psutil.wait_procs(me.children(recursive=True), timeout=5)
+def reap_or_fail(procs, what):
+    """Give `procs` a moment to exit; kill any still alive and fail naming them."""
+    _, alive = psutil.wait_procs(procs, timeout=5)
     if alive:
+        names = []
         for proc in alive:
             try:
+                names.append((proc.pid, proc.name()))
                 proc.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:
                 pass
-        pytest.fail(f"processes left running: {[(p.pid, p.name()) for p in alive]}")
+        pytest.fail(f"processes left running after {what}: {names}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_orphans_at_end():
+    yield
+    reap_or_fail(psutil.Process().children(recursive=True), "the test session")
+
+
+@pytest.fixture(autouse=True)
+def no_orphans():
+    """Every process a test starts must be gone when it ends (module fixtures' are checked at the end)."""
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    reap_or_fail([p for p in me.children(recursive=True) if p.pid not in before], "this test")
 
 
 @pytest.fixture

@@ -1,0 +1,159 @@
+"""send.py, the spy and run.py, run as an operator runs them."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import (ROOT, env_for_children, registered_names, start_program, stop_process, wait_until,
+                           write_experiment)
+
+
+def run_tool(*args, timeout_s=60, env=None):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env or env_for_children(),
+                          capture_output=True, text=True, timeout=timeout_s)
+
+
+@pytest.fixture
+def echo(server, tmp_path):
+    proc = start_program("echo_client.py", "echo", "--experiment", server.path, log=tmp_path / "echo.log")
+    wait_until(lambda: "echo" in registered_names(server.router), 15, interval_s=0.1)
+    yield proc
+    stop_process(proc)
+
+
+def test_send_json_form_prints_result_exit_0(server, echo):
+    result = run_tool("send.py", "--experiment", server.path, '{"to": "echo", "cmd": "echo", "volts": 40}')
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"volts": 40}
+
+
+def test_send_word_form_parses_values(server, echo):
+    result = run_tool("send.py", "--server", server.router, "echo", "echo", "volts=40", "on=true",
+                      "label=ccd 3", "list=[1,2]")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"volts": 40, "on": True, "label": "ccd 3", "list": [1, 2]}
+
+
+def test_send_server_command(server):
+    result = run_tool("send.py", "--server", server.router, "server", "_status")
+    assert result.returncode == 0 and json.loads(result.stdout)["experiment"] == server.name
+
+
+def test_send_error_answer_exit_1(server, echo):
+    refused = run_tool("send.py", "--server", server.router, "echo", "refuse")
+    assert refused.returncode == 1
+    assert "error (out_of_range): 40 V is above the 35 V limit" in refused.stderr
+    missing = run_tool("send.py", "--server", server.router, "nobody", "status")
+    assert missing.returncode == 1 and "no_such_client" in missing.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (['{"to": "echo", "cmd": "echo",, }'], "bad JSON at line 1 column 30 (char 29)"),
+    (['[1, 2]'], "must be a JSON object"),
+    (['{"to": "echo"}'], 'needs "cmd"'),
+    (["echo"], "TO CMD"),
+    (["echo", "echo", "novalue"], "'novalue' is not KEY=VALUE"),
+    (["echo", "echo", "from=me"], "'from' is reserved"),
+])
+def test_send_bad_usage_exit_2_says_what(args, message):
+    result = run_tool("send.py", "--server", "tcp://127.0.0.1:1", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_send_no_server_exit_3(tmp_path):
+    result = run_tool("send.py", "--server", "tcp://127.0.0.1:1", "--connect-timeout", "0.5", "x", "y")
+    assert result.returncode == 3
+    assert "no server answered within 0.5 s (at tcp://127.0.0.1:1)" in result.stderr
+
+
+def test_send_no_reply_in_time_exit_3(server, echo):
+    os.killpg(echo.pid, signal.SIGSTOP)
+    try:
+        result = run_tool("send.py", "--server", server.router, "--wait", "0.5", "echo", "echo")
+    finally:
+        os.killpg(echo.pid, signal.SIGCONT)
+    assert result.returncode == 3 and "echo did not answer 'echo' within 0.5 s" in result.stderr
+
+
+def test_send_no_wait_delivers_one_way(server, echo):
+    result = run_tool("send.py", "--server", server.router, "--no-wait", "echo", "note", "seq=7")
+    assert result.returncode == 0, result.stderr
+    answer = run_tool("send.py", "--server", server.router, "echo", "notes")
+    assert json.loads(answer.stdout) == [7]
+
+
+def test_send_help_lists_server_commands():
+    result = run_tool("send.py", "--help")
+    assert result.returncode == 0
+    for cmd in ("_hello", "_list", "_retained", "_publish"):
+        assert cmd in result.stdout
+
+
+def test_spy_prints_and_logs_traffic_and_topic_narrows(server, echo, tmp_path):
+    logs = tmp_path / "spylogs"
+    everything = subprocess.Popen(
+        [sys.executable, "-m", "clients.spy", "--experiment", str(server.path), "--log-dir", str(logs)],
+        cwd=ROOT, env=env_for_children(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True)
+    events_only = subprocess.Popen(
+        [sys.executable, "-m", "clients.spy", "--experiment", str(server.path), "--topic", "event.",
+         "--log-dir", str(tmp_path / "other")],
+        cwd=ROOT, env=env_for_children(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True)
+    try:
+        wait_until(lambda: len([n for n in registered_names(server.router) if n.startswith("spy-")]) == 2, 15)
+
+        def spy_logged_marker():
+            run_tool("send.py", "--server", server.router, "echo", "echo", "tag=spy-marker")
+            log = logs / "spy.log"
+            return log.exists() and "spy-marker" in log.read_text()
+        wait_until(spy_logged_marker, 30, interval_s=0.2)
+        run_tool("send.py", "--server", server.router, "server", "_event", "kind=spy_check")
+    finally:
+        for proc in (everything, events_only):
+            proc.send_signal(signal.SIGTERM)
+        out_all = everything.communicate(timeout=10)[0]
+        out_events = events_only.communicate(timeout=10)[0]
+    line = next(l for l in out_all.splitlines() if "spy-marker" in l and " msg.echo " in l)
+    assert line.split(" ")[0].endswith("Z")  # a UTC stamp first
+    assert '"from":"send-' in line
+    assert "event.client_joined" in out_all
+    assert "spy-marker" not in out_events and "event.spy_check" in out_events
+    assert "msg.echo" in (logs / "spy.log").read_text()
+
+
+def test_run_py_starts_server_and_spy_and_stops_on_sigterm(tmp_path):
+    path = write_experiment(tmp_path, "runpy")
+    proc = subprocess.Popen([sys.executable, "run.py", str(path), "--headless"], cwd=ROOT,
+                            env=env_for_children(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        pid_file = tmp_path / "state" / "server.pid"
+        wait_until(pid_file.exists, 15)
+
+        def spy_registered():
+            listing = run_tool("send.py", "--experiment", path, "server", "_list")
+            return listing.returncode == 0 and "spy" in [c["name"] for c in json.loads(listing.stdout)]
+        wait_until(spy_registered, 30, interval_s=0.2)
+        answer = run_tool("send.py", "--experiment", path, "spy", "nothing")
+        assert answer.returncode == 1 and "spy has no command 'nothing'" in answer.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=20)[0]
+    assert proc.returncode == 0, out
+    assert "server stopped (exit status 0)" in out and "spy stopped" in out
+    assert not pid_file.exists()
+
+
+def test_run_py_refuses_invalid_experiment(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "bad", "server": {"beacon": {"port": "x"}}, "colour": 1}')
+    result = run_tool("run.py", bad)
+    assert result.returncode == 2
+    assert 'server.beacon.port: "x" is not of type integer' in result.stderr
+    assert "unknown key(s)" in result.stderr
