@@ -58,13 +58,12 @@ def make_client(server):
     def make(name, threaded=False, connect=True, **kwargs):
         kwargs.setdefault("experiment", str(server.path))
         client = Client(name, **kwargs)
+        made.append([client, None])
         if connect:
             client.connect(10)
-        thread = None
         if threaded:
-            thread = threading.Thread(target=client.run_forever, args=(0.05,), daemon=True)
-            thread.start()
-        made.append((client, thread))
+            made[-1][1] = threading.Thread(target=client.run_forever, args=(0.05,), daemon=True)
+            made[-1][1].start()
         return client
 
     yield make
