@@ -36,6 +36,7 @@ HELLO_RETRY_S = 1.0
 SEND_WAIT_MS = 1000
 HWM = 10000
 PONG = protocol.encode({"cmd": "_pong"})
+NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's enum flag costs an enum operation per call
 
 
 class NameTaken(RequestFailed):
@@ -209,14 +210,14 @@ class Client:
     def _send_now(self, data):
         """Send on the socket; under back-pressure wait a little for room. False if it would block."""
         try:
-            self._sock.send(data, zmq.NOBLOCK)
+            self._sock.send(data, NOBLOCK)
             return True
         except zmq.Again:
             pass
         self._on_monitor()  # a closed connection also says Again: learn of it before waiting
         if self.registered and self._sock.poll(SEND_WAIT_MS, zmq.POLLOUT):
             try:
-                self._sock.send(data, zmq.NOBLOCK)
+                self._sock.send(data, NOBLOCK)
                 return True
             except zmq.Again:
                 pass
@@ -303,7 +304,7 @@ class Client:
         sock = self._sock
         while sock is self._sock:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(NOBLOCK)
             except zmq.Again:
                 break
             count += 1
@@ -398,7 +399,7 @@ class Client:
                                     self._hello_id)
         self._hello_due = time.monotonic() + HELLO_RETRY_S
         try:
-            self._sock.send(protocol.encode(hello), zmq.NOBLOCK)
+            self._sock.send(protocol.encode(hello), NOBLOCK)
         except zmq.Again:
             pass  # not connected yet: the monitor's CONNECTED event or the retry timer sends it
 
@@ -473,7 +474,7 @@ class Client:
     def _pong(self, msg_id):
         data = PONG if msg_id is None else protocol.encode({"cmd": "_pong", "re": msg_id})
         try:
-            self._sock.send(data, zmq.NOBLOCK)
+            self._sock.send(data, NOBLOCK)
         except zmq.Again:
             pass
 
@@ -574,7 +575,7 @@ class Client:
         count = 0
         while True:
             try:
-                frames = self._sub.recv_multipart(zmq.NOBLOCK)
+                frames = self._sub.recv_multipart(NOBLOCK)
             except zmq.Again:
                 return count
             count += 1
@@ -614,7 +615,7 @@ class Client:
         if self.registered:
             self._flush()
             try:
-                self._sock.send(protocol.encode({"cmd": "_bye"}), zmq.NOBLOCK)
+                self._sock.send(protocol.encode({"cmd": "_bye"}), NOBLOCK)
             except zmq.Again:
                 pass
         if self._outbox:

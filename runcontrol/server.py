@@ -34,6 +34,9 @@ MAX_WAITING = 10000          # requests remembered per target, to fail them if i
 HWM = 10000
 HARD_SIZE_FACTOR = 16        # above this many times the limit zmq drops the frame unread
 MAX_PARKED = 10000           # messages held for clients not yet back after a restart
+# Plain ints: pyzmq's enum flags cost an enum operation on every send.
+NOBLOCK = int(zmq.NOBLOCK)
+NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 
 
 class Peer:
@@ -111,7 +114,9 @@ class Server:
         self.router.setsockopt(zmq.RCVHWM, HWM)
         self.router.setsockopt(zmq.MAXMSGSIZE, self.max_bytes * HARD_SIZE_FACTOR)
         self.router.setsockopt(zmq.LINGER, 0)
-        self.pub = self.ctx.socket(zmq.PUB)
+        # XPUB tells us what listeners subscribe to: routed messages are published only
+        # while someone watches msg.*, so an unwatched bus pays nothing for it.
+        self.pub = self.ctx.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.SNDHWM, HWM)
         self.pub.setsockopt(zmq.LINGER, 0)
         try:
@@ -131,7 +136,10 @@ class Server:
             end.setblocking(False)
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.pub, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)
+        self.subscriptions = collections.Counter()
+        self.watching_msgs = False
 
     def close(self):
         for sock in ("router", "pub"):
@@ -163,6 +171,8 @@ class Server:
                 ready = dict(self.poller.poll(wait_ms))
                 if self.router in ready:
                     self._drain()
+                if self.pub in ready:
+                    self._read_subscriptions()
                 if self._wake_r.fileno() in ready:
                     self._drain_wakeups()
         finally:
@@ -219,11 +229,24 @@ class Server:
         if self.claims:
             self._settle_claims(now)
 
+    def _read_subscriptions(self):
+        while True:
+            try:
+                frame = self.pub.recv(NOBLOCK)
+            except zmq.Again:
+                break
+            if frame[:1] == b"\x01":
+                self.subscriptions[frame[1:]] += 1
+            elif frame[:1] == b"\x00" and self.subscriptions[frame[1:]] > 0:
+                self.subscriptions[frame[1:]] -= 1
+        self.watching_msgs = any(count > 0 and (b"msg.".startswith(prefix) or prefix.startswith(b"msg."))
+                                 for prefix, count in self.subscriptions.items())
+
     def _drain(self):
         recv = self.router.recv_multipart
         for _ in range(BATCH):
             try:
-                frames = recv(zmq.NOBLOCK)
+                frames = recv(NOBLOCK)
             except zmq.Again:
                 return
             try:
@@ -327,7 +350,8 @@ class Server:
             waiting[(peer.name, msg_id)] = None
         data = protocol.encode(msg)
         if self._deliver(target, data):
-            self.pub.send_multipart((target.topic, data), zmq.NOBLOCK)
+            if self.watching_msgs:
+                self._publish_frames(target.topic, data)
         elif target.name in self.by_name:
             self._reject(peer.identity, protocol.QUEUE_FULL,
                          f"{to!r} is not reading its messages; this one was dropped", msg_id)
@@ -338,14 +362,16 @@ class Server:
         msg_id = msg.pop("id", None)
         data = protocol.encode(msg)
         delivered = [p.name for p in list(self.by_name.values()) if p is not peer and self._deliver(p, data)]
-        self.pub.send_multipart((b"msg.*", data), zmq.NOBLOCK)
+        if self.watching_msgs:
+            self._publish_frames(b"msg.*", data)
         if msg_id is not None:
             self.answer(peer.identity, protocol.make_reply(msg_id, {"to": delivered}))
 
     def _deliver(self, target, data):
         """Send to a registered client without ever blocking; False if it could not take it."""
         try:
-            self.router.send_multipart((target.identity, data), zmq.NOBLOCK)
+            self.router.send(target.identity, NOBLOCK_MORE)
+            self.router.send(data, NOBLOCK)
         except zmq.Again:
             target.dropped += 1
             self.dropped += 1
@@ -370,7 +396,8 @@ class Server:
         if peer is not None:
             return self._deliver(peer, data)
         try:
-            self.router.send_multipart((identity, data), zmq.NOBLOCK)
+            self.router.send(identity, NOBLOCK_MORE)
+            self.router.send(data, NOBLOCK)
             return True
         except zmq.ZMQError:
             return False
@@ -411,7 +438,8 @@ class Server:
         """Ping the holder of a claimed name; False when its connection is already closed."""
         ping = {"cmd": "_ping", "id": probe_id, "from": protocol.SERVER, "ts": time.time()}
         try:
-            self.router.send_multipart((holder.identity, protocol.encode(ping)), zmq.NOBLOCK)
+            self.router.send(holder.identity, NOBLOCK_MORE)
+            self.router.send(protocol.encode(ping), NOBLOCK)
         except zmq.Again:
             return True  # alive or not, it is not reading: the grace decides
         except zmq.ZMQError as exc:
@@ -507,8 +535,12 @@ class Server:
         return event
 
     def publish(self, topic, obj):
+        self._publish_frames(topic.encode("ascii", "replace"), protocol.encode(obj))
+
+    def _publish_frames(self, topic, data):
         try:
-            self.pub.send_multipart((topic.encode("ascii", "replace"), protocol.encode(obj)), zmq.NOBLOCK)
+            self.pub.send(topic, NOBLOCK_MORE)
+            self.pub.send(data, NOBLOCK)
         except zmq.Again:
             self.dropped += 1
 

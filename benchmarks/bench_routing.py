@@ -1,0 +1,236 @@
+"""Routing speed: our server and client library against a bare pyzmq forwarder, in one run.
+
+(a) bare: DEALER -> ROUTER -> DEALER, the forwarder only swaps identities: the limit.
+(b) orbit: our server process, our Client sending and our Client serving.
+For each: one-way messages per second (measured at the receiver) and request/reply
+round-trip p50 and p99. Runs alternate a, b, a, b ... and the median run is reported.
+
+Run: python benchmarks/bench_routing.py [--messages N] [--round-trips N] [--runs N]
+"""
+
+import argparse
+import multiprocessing as mp
+import statistics
+import sys
+import time
+
+import common  # noqa: F401  (puts the project on sys.path)
+import zmq
+
+from clients.client import Client
+
+PAYLOAD = "x" * 150
+BARE_MESSAGE = f'{{"to": "rx", "cmd": "data", "seq": 0, "payload": "{PAYLOAD}"}}'.encode()
+
+
+# --- (a) the bare forwarder ------------------------------------------------------------
+
+def bare_forwarder(address_out):
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.SNDHWM, 10000)
+    router.setsockopt(zmq.RCVHWM, 10000)
+    router.bind("tcp://127.0.0.1:*")
+    address_out.put(router.getsockopt_string(zmq.LAST_ENDPOINT))
+    while True:
+        ident, data = router.recv_multipart()
+        router.send_multipart((b"rx" if ident == b"tx" else b"tx", data))
+
+
+def bare_dealer(ctx, address, ident):
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, ident)
+    sock.setsockopt(zmq.SNDHWM, 10000)
+    sock.setsockopt(zmq.RCVHWM, 10000)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(address)
+    return sock
+
+
+def bare_receiver(address, count, ready, result):
+    ctx = zmq.Context()
+    sock = bare_dealer(ctx, address, b"rx")
+    sock.send(b"here")  # makes the forwarder know the identity "rx"
+    ready.set()
+    first = None
+    for _ in range(count):
+        sock.recv()
+        if first is None:
+            first = time.perf_counter()
+    result.put((count - 1) / (time.perf_counter() - first))
+
+
+def bare_sender(address, count, go):
+    ctx = zmq.Context()
+    sock = bare_dealer(ctx, address, b"tx")
+    go.wait()
+    for _ in range(count):
+        sock.send(BARE_MESSAGE)
+    time.sleep(1)
+
+
+def bare_echo(address, ready):
+    ctx = zmq.Context()
+    sock = bare_dealer(ctx, address, b"rx")
+    sock.send(b"here")
+    ready.set()
+    while True:
+        sock.send(sock.recv())
+
+
+def bare_round_trips(address, count, warmup):
+    ctx = zmq.Context()
+    sock = bare_dealer(ctx, address, b"tx")
+    times = []
+    for i in range(warmup + count):
+        start = time.perf_counter()
+        sock.send(BARE_MESSAGE)
+        sock.recv()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    sock.close()
+    ctx.term()
+    return times
+
+
+def run_bare(messages, round_trips, warmup):
+    addresses = mp.Queue()
+    forwarder = mp.Process(target=bare_forwarder, args=(addresses,), daemon=True)
+    forwarder.start()
+    address = addresses.get(timeout=10)
+    ready, go, result = mp.Event(), mp.Event(), mp.Queue()
+    receiver = mp.Process(target=bare_receiver, args=(address, messages, ready, result), daemon=True)
+    sender = mp.Process(target=bare_sender, args=(address, messages, go), daemon=True)
+    procs = [forwarder, receiver, sender]
+    try:
+        receiver.start()
+        sender.start()
+        ready.wait(10)
+        time.sleep(0.3)  # the sender's connection, too, must be up before timing
+        go.set()
+        rate = result.get(timeout=120)
+        common.stop_all([receiver, sender])
+        ready.clear()
+        echo = mp.Process(target=bare_echo, args=(address, ready), daemon=True)
+        procs.append(echo)
+        echo.start()
+        ready.wait(10)
+        time.sleep(0.3)
+        times = bare_round_trips(address, round_trips, warmup)
+    finally:
+        common.stop_all(procs)
+    return rate, times
+
+
+# --- (b) our server and client library ------------------------------------------------------
+
+def orbit_client(name, router, port):
+    return Client(name, server=router, beacon_port=port).connect(10)
+
+
+def orbit_receiver(router, port, count, ready, result):
+    client = orbit_client("rx", router, port)
+    state = {"n": 0, "first": None, "last": None}
+
+    def data(msg):
+        state["n"] += 1
+        if state["first"] is None:
+            state["first"] = time.perf_counter()
+        state["last"] = time.perf_counter()
+    client.add_handler("data", data)
+    client.add_handler("echo", lambda msg: msg.get("payload"))
+    ready.set()
+    deadline = time.monotonic() + 120
+    while state["n"] < count and time.monotonic() < deadline:
+        client.poll(0.5)
+    if result is not None:
+        result.put(((state["n"] - 1) / (state["last"] - state["first"]), state["n"]))
+    else:
+        client.run_forever()
+
+
+def orbit_sender(router, port, count, go):
+    client = orbit_client("tx", router, port)
+    go.wait()
+    for i in range(count):
+        client.send("rx", "data", seq=i, payload=PAYLOAD)
+    client.poll(1.0)
+    client.close()
+
+
+def orbit_round_trips(router, port, count, warmup):
+    client = orbit_client("rtt", router, port)
+    times = []
+    for i in range(warmup + count):
+        start = time.perf_counter()
+        client.request("rx", "echo", seq=i, payload=PAYLOAD)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    client.close()
+    return times
+
+
+def run_orbit(messages, round_trips, warmup):
+    server = common.BenchServer().start()
+    ready, go, result = mp.Event(), mp.Event(), mp.Queue()
+    args = (server.router, server.port)
+    receiver = mp.Process(target=orbit_receiver, args=(*args, messages, ready, result), daemon=True)
+    sender = mp.Process(target=orbit_sender, args=(*args, messages, go), daemon=True)
+    procs = [receiver, sender]
+    try:
+        receiver.start()
+        sender.start()
+        ready.wait(20)
+        time.sleep(0.5)
+        go.set()
+        rate, received = result.get(timeout=180)
+        if received < messages:
+            print(f"  orbit: {messages - received} of {messages} messages not received", file=sys.stderr)
+        common.stop_all(procs)
+        ready.clear()
+        echo = mp.Process(target=orbit_receiver, args=(*args, 0, ready, None), daemon=True)
+        procs.append(echo)
+        echo.start()
+        ready.wait(20)
+        times = orbit_round_trips(*args, round_trips, warmup)
+    finally:
+        common.stop_all(procs)
+        server.stop()
+    return rate, times
+
+
+def summary(rates, times):
+    return {"rate": statistics.median(rates), "p50_ms": common.percentile(times, 0.50) * 1000,
+            "p99_ms": common.percentile(times, 0.99) * 1000}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--round-trips", type=int, default=5000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    mp.set_start_method("fork")
+    results = {"bare": ([], []), "orbit": ([], [])}
+    for run in range(args.runs):
+        for name, runner in (("bare", run_bare), ("orbit", run_orbit)):
+            rate, times = runner(args.messages, args.round_trips, 500)
+            results[name][0].append(rate)
+            results[name][1].extend(times)
+            print(f"run {run + 1} {name}: {rate:,.0f} msg/s, round trip p50 "
+                  f"{common.percentile(times, 0.5) * 1000:.3f} ms, p99 {common.percentile(times, 0.99) * 1000:.3f} ms",
+                  flush=True)
+    bare, orbit = summary(*results["bare"]), summary(*results["orbit"])
+    print()
+    print("| path | one-way msg/s | round trip p50 | round trip p99 |")
+    print("|---|---|---|---|")
+    for name, figures in (("bare pyzmq forwarder", bare), ("orbit server + client library", orbit)):
+        print(f"| {name} | {figures['rate']:,.0f} | {figures['p50_ms']:.3f} ms | {figures['p99_ms']:.3f} ms |")
+    ratio = orbit["rate"] / bare["rate"]
+    print(f"\norbit / bare one-way rate: {ratio:.0%} (target >= 50%); orbit p99 {orbit['p99_ms']:.3f} ms "
+          f"(target < 1 ms)")
+    return 0 if ratio >= 0.5 and orbit["p99_ms"] < 1.0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
