@@ -22,5 +22,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_routing.py
 	$(PY) benchmarks/bench_scale.py
 
+fuzz: $(STAMP)
+	ORBIT_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q tests/test_fuzz.py
+
 clean:
 	rm -rf $(VENV) var *.egg-info

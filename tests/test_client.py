@@ -173,6 +173,9 @@ def test_server_killed_and_restarted_client_reregisters_and_queue_arrives(server
         server.pin_ports()
     first_instance = server.beacon.instance
     server.kill()
+    # Messages handed to the socket in the instant before the closed connection is noticed
+    # go down with the server; from the moment it is noticed, everything is queued.
+    pump([sender], lambda: not sender.registered)
     for seq in range(5, 50):  # sent while the server is away: queued
         sender.send("echo", "note", seq=seq)
     server.start()
@@ -187,6 +190,7 @@ def test_queue_overflow_drops_oldest_and_logs_count(server, echo, make_client, c
     sender = make_client("sender", queue_size=10)
     server.pin_ports()
     server.kill()
+    pump([sender], lambda: not sender.registered)
     for seq in range(25):
         sender.send("echo", "note", seq=seq)
     server.start()

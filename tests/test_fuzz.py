@@ -1,6 +1,10 @@
-"""Thousands of random frames at a real server while a well-behaved client keeps getting answers."""
+"""Thousands of random frames at a real server while a well-behaved client keeps getting answers.
+
+`make fuzz` runs it longer (ORBIT_FUZZ_EXAMPLES).
+"""
 
 import json
+import os
 import threading
 
 import pytest
@@ -57,7 +61,7 @@ def fuzz_env(tmp_path_factory):
     assert server.stop() == 0
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=int(os.environ.get("ORBIT_FUZZ_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(batch=batches, n=st.integers(0, 10**6), name=st.none() | st.sampled_from(["fuzz", "fuzz2"] + GOOD_NAMES))
 def test_random_frames_never_hurt_the_server(fuzz_env, batch, n, name):
     server, good, attacker = fuzz_env
