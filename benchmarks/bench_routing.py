@@ -211,6 +211,7 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     mp.set_start_method("fork")
+    common.exit_on_sigterm()
     results = {"bare": ([], []), "orbit": ([], [])}
     for run in range(args.runs):
         for name, runner in (("bare", run_bare), ("orbit", run_orbit)):

@@ -15,6 +15,11 @@ sys.path.insert(0, str(ROOT))
 from runcontrol import discovery  # noqa: E402
 
 
+def exit_on_sigterm():
+    """SIGTERM (a `timeout`, a CI stop) unwinds like an exception, so every finally stops its processes."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+
+
 def percentile(values, fraction):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]

@@ -157,3 +157,20 @@ def test_run_py_refuses_invalid_experiment(tmp_path):
     assert result.returncode == 2
     assert 'server.beacon.port: "x" is not of type integer' in result.stderr
     assert "unknown key(s)" in result.stderr
+
+
+def test_status_once_and_json_show_the_live_system(server, echo):
+    as_json = run_tool("status.py", "--server", server.router, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    snap = json.loads(as_json.stdout)
+    assert snap["server"]["experiment"] == server.name
+    assert "echo" in [c["name"] for c in snap["clients"]]
+    assert snap["events"][0]["kind"] in ("client_joined", "client_left")
+    once = run_tool("status.py", "--experiment", server.path, "--once")
+    assert once.returncode == 0, once.stderr
+    assert server.name in once.stdout and "echo" in once.stdout and "client_joined" in once.stdout
+
+
+def test_status_without_server_exit_3():
+    result = run_tool("status.py", "--server", "tcp://127.0.0.1:1", "--connect-timeout", "0.5", "--once")
+    assert result.returncode == 3 and "no server answered" in result.stderr
