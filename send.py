@@ -50,7 +50,8 @@ def build_message(words):
         try:
             msg = json.loads(words[0])
         except json.JSONDecodeError as exc:
-            raise UsageError(f"bad JSON at line {exc.lineno} column {exc.colno} (char {exc.pos}): {exc.msg}")
+            raise UsageError(f"bad JSON at line {exc.lineno} column {exc.colno} (char {exc.pos}): {exc.msg}") \
+                from None
         if not isinstance(msg, dict):
             raise UsageError("the message must be a JSON object")
         if not isinstance(msg.get("cmd"), str) or not msg["cmd"]:

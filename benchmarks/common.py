@@ -16,8 +16,17 @@ from runcontrol import discovery  # noqa: E402
 
 
 def exit_on_sigterm():
-    """SIGTERM (a `timeout`, a CI stop) unwinds like an exception, so every finally stops its processes."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    """SIGTERM (a `timeout`, a CI stop) unwinds like an exception, so every finally stops its processes.
+
+    Forked helpers inherit the handler; in them SIGTERM simply ends the process.
+    """
+    parent = os.getpid()
+
+    def on_sigterm(*_):
+        if os.getpid() != parent:
+            os._exit(1)
+        sys.exit(1)
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def percentile(values, fraction):

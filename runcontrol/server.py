@@ -21,6 +21,7 @@ import zmq
 
 import experiments
 from runcontrol import commands, discovery, logsetup, pidfile, protocol
+from runcontrol.commands.base import ANSWERED
 from runcontrol.errors import ConfigError, ProtocolError
 
 log = logging.getLogger("runcontrol.server")
@@ -327,7 +328,7 @@ class Server:
         except ProtocolError as exc:
             self._reject(identity, exc.code, str(exc), msg_id)
             return
-        if result is not commands.ANSWERED and msg_id is not None:
+        if result is not ANSWERED and msg_id is not None:
             self.answer(identity, protocol.make_reply(msg_id, result))
 
     def _route(self, peer, to, msg):
@@ -432,7 +433,7 @@ class Server:
         now = time.monotonic()
         claim = Claim(identity, hello, msg_id, now + self.claim_grace_s, probe_id, now)
         self.claims.setdefault(hello.name, []).append(claim)
-        return commands.ANSWERED
+        return ANSWERED
 
     def _probe(self, holder, probe_id):
         """Ping the holder of a claimed name; False when its connection is already closed."""

@@ -5,7 +5,8 @@ import psutil
 import pytest
 
 from clients.client import Client
-from tests.helpers import ServerProcess, write_experiment
+from tests.helpers import (ServerProcess, registered_names, start_program, stop_process, wait_until,
+                           write_experiment)
 
 
 def reap_or_fail(procs, what):
@@ -72,3 +73,25 @@ def make_client(server):
             client.stop()
             thread.join(5)
         client.close()
+
+
+@pytest.fixture
+def echo_program(server, tmp_path):
+    """Start tests/programs/echo_client.py under a name and wait until it is registered."""
+    started = []
+
+    def start(name):
+        proc = start_program("echo_client.py", name, "--experiment", server.path, log=tmp_path / f"{name}.log")
+        started.append(proc)
+        wait_until(lambda: name in registered_names(server.router), 15, interval_s=0.1,
+                   what=f"{name} to register")
+        return proc
+
+    yield start
+    for proc in started:
+        stop_process(proc)
+
+
+@pytest.fixture
+def echo(echo_program):
+    return echo_program("echo")

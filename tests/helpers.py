@@ -12,7 +12,7 @@ from pathlib import Path
 
 import zmq
 
-from runcontrol import discovery, pidfile, protocol
+from runcontrol import discovery, pidfile
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = Path(__file__).resolve().parent / "programs"
@@ -130,7 +130,7 @@ class ServerProcess:
             return self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError("server ignored SIGTERM")
+            raise AssertionError("server ignored SIGTERM") from None
 
     def pid_in_file(self):
         return pidfile.read(self.pidfile)

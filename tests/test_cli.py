@@ -8,21 +8,13 @@ import sys
 
 import pytest
 
-from tests.helpers import (ROOT, env_for_children, registered_names, start_program, stop_process, wait_until,
+from tests.helpers import (ROOT, env_for_children, registered_names, wait_until,
                            write_experiment)
 
 
 def run_tool(*args, timeout_s=60, env=None):
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env or env_for_children(),
                           capture_output=True, text=True, timeout=timeout_s)
-
-
-@pytest.fixture
-def echo(server, tmp_path):
-    proc = start_program("echo_client.py", "echo", "--experiment", server.path, log=tmp_path / "echo.log")
-    wait_until(lambda: "echo" in registered_names(server.router), 15, interval_s=0.1)
-    yield proc
-    stop_process(proc)
 
 
 def test_send_json_form_prints_result_exit_0(server, echo):

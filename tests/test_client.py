@@ -8,16 +8,7 @@ import pytest
 
 from clients.client import Client, LogHandler, NameTaken
 from runcontrol.errors import ClientLost, NoSuchClient, Refused, RequestTimeout, ServerUnavailable
-from tests.helpers import (EventWatcher, ServerProcess, pump, registered_names, start_program, stop_process,
-                           wait_until, write_experiment)
-
-
-@pytest.fixture
-def echo(server, tmp_path):
-    proc = start_program("echo_client.py", "echo", "--experiment", server.path, log=tmp_path / "echo.log")
-    wait_until(lambda: "echo" in registered_names(server.router), 15, interval_s=0.1)
-    yield proc
-    stop_process(proc)
+from tests.helpers import (EventWatcher, ServerProcess, pump, registered_names, wait_until, write_experiment)
 
 
 def test_request_returns_handler_result(make_client, echo):

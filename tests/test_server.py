@@ -9,8 +9,7 @@ import time
 import pytest
 import zmq
 
-from tests.helpers import (ROOT, EventWatcher, RawClient, ServerProcess, env_for_children, start_program,
-                           stop_process, wait_until, write_experiment)
+from tests.helpers import (ROOT, EventWatcher, RawClient, ServerProcess, env_for_children, wait_until, write_experiment)
 
 
 @pytest.fixture
@@ -67,7 +66,8 @@ def test_broadcast_reaches_everyone_but_sender_and_is_published_once(raw, watche
 
 
 def test_routed_messages_are_published_on_msg_topic(raw, watcher):
-    alice, bob = raw("alice"), raw("bob")
+    alice = raw("alice")
+    raw("bob")
     alice.send({"to": "bob", "cmd": "expose", "seconds": 3})
     published = watcher.wait_for("msg.bob", cmd="expose")
     assert published["from"] == "alice" and published["seconds"] == 3
@@ -164,48 +164,26 @@ def test_hello_with_new_name_frees_old_one(raw):
     assert "new-name" in names and names.count("old-name") == 1
 
 
-def test_name_taken_over_at_once_after_holder_killed(server, tmp_path, watcher):
-    holder = start_program("echo_client.py", "lta1", "--experiment", server.path, log=tmp_path / "a.log")
-    try:
-        watcher.wait_for("event.client_joined", name="lta1")
-        os.killpg(holder.pid, signal.SIGKILL)
-        holder.wait(10)
-        claimant = RawClient(server.router)
-        answer = claimant.hello("lta1")
-        assert answer["ok"] is True
-        replaced = watcher.wait_for("event.client_replaced", name="lta1")
-        assert replaced["reason"] == "its connection is closed"  # no grace waited
-        claimant.close()
-    finally:
-        stop_process(holder)
+@pytest.mark.parametrize("how,signum,reason", [
+    ("killed", signal.SIGKILL, "its connection is closed"),   # at once: no grace waited
+    ("hung", signal.SIGSTOP, "it did not answer a ping"),     # after the grace
+])
+def test_name_taken_over_when_holder_is_gone(echo_program, raw, watcher, how, signum, reason):
+    holder = echo_program("lta1")
+    os.killpg(holder.pid, signum)
+    claimant = raw()
+    assert claimant.hello("lta1")["ok"] is True
+    assert watcher.wait_for("event.client_replaced", name="lta1")["reason"] == reason
 
 
-def test_name_handed_over_after_grace_when_holder_hangs(server, tmp_path, watcher):
-    holder = start_program("echo_client.py", "lta1", "--experiment", server.path, log=tmp_path / "a.log")
-    try:
-        watcher.wait_for("event.client_joined", name="lta1")
-        os.killpg(holder.pid, signal.SIGSTOP)
-        claimant = RawClient(server.router)
-        answer = claimant.hello("lta1")
-        assert answer["ok"] is True, answer
-        assert watcher.wait_for("event.client_replaced", name="lta1")["reason"] == "it did not answer a ping"
-        claimant.close()
-    finally:
-        stop_process(holder)
-
-
-def test_silent_client_is_lost_after_timeout(server, tmp_path, watcher):
-    sleeper = start_program("echo_client.py", "sleepy", "--experiment", server.path, log=tmp_path / "s.log")
-    try:
-        watcher.wait_for("event.client_joined", name="sleepy")
-        os.killpg(sleeper.pid, signal.SIGSTOP)
-        lost = watcher.wait_for("event.client_lost", name="sleepy", timeout_s=15)
-        assert lost["reason"].startswith("silent for")
-        os.killpg(sleeper.pid, signal.SIGCONT)  # it notices and registers again
-        wait_until(lambda: len([1 for t, m in watcher.items
-                                if t == "event.client_joined" and m["name"] == "sleepy"]) == 2, 15)
-    finally:
-        stop_process(sleeper)
+def test_silent_client_is_lost_after_timeout(echo_program, watcher):
+    sleeper = echo_program("sleepy")
+    os.killpg(sleeper.pid, signal.SIGSTOP)
+    lost = watcher.wait_for("event.client_lost", name="sleepy", timeout_s=15)
+    assert lost["reason"].startswith("silent for")
+    os.killpg(sleeper.pid, signal.SIGCONT)  # it notices and registers again
+    wait_until(lambda: len([1 for t, m in watcher.items
+                            if t == "event.client_joined" and m["name"] == "sleepy"]) == 2, 15)
 
 
 def test_heartbeat_pings_arrive_every_interval(raw):
@@ -220,18 +198,13 @@ def test_heartbeat_pings_arrive_every_interval(raw):
     assert time.monotonic() - start < 5  # heartbeat is 0.5 s in the test experiment
 
 
-def test_request_to_client_that_is_lost_fails_with_client_lost(server, tmp_path, raw):
-    sleeper = start_program("echo_client.py", "sleepy", "--experiment", server.path, log=tmp_path / "s.log")
-    try:
-        asker = raw("asker")
-        wait_until(lambda: asker.request({"cmd": "_list"})["result"] and "sleepy" in
-                   [c["name"] for c in asker.request({"cmd": "_list"})["result"]], 15)
-        os.killpg(sleeper.pid, signal.SIGSTOP)
-        asker.send({"to": "sleepy", "cmd": "echo", "id": "never"})
-        error = asker.recv_until(lambda m: m.get("re") == "never", timeout_s=15)
-        assert error["cmd"] == "_error" and error["code"] == "client_lost"
-    finally:
-        stop_process(sleeper)
+def test_request_to_client_that_is_lost_fails_with_client_lost(echo_program, raw):
+    sleeper = echo_program("sleepy")
+    asker = raw("asker")
+    os.killpg(sleeper.pid, signal.SIGSTOP)
+    asker.send({"to": "sleepy", "cmd": "echo", "id": "never"})
+    error = asker.recv_until(lambda m: m.get("re") == "never", timeout_s=15)
+    assert error["cmd"] == "_error" and error["code"] == "client_lost"
 
 
 def test_list_and_status_describe_clients_and_server(raw, server):
@@ -250,7 +223,8 @@ def test_list_and_status_describe_clients_and_server(raw, server):
 
 
 def test_stats_show_rates_refreshed(raw):
-    alice, bob = raw("alice"), raw("bob")
+    alice = raw("alice")
+    raw("bob")
     for i in range(200):
         alice.send({"to": "bob", "cmd": "tick", "i": i})
 
@@ -324,7 +298,7 @@ def test_slow_consumer_does_not_stall_others(raw):
     sender, slow, quick = raw("sender"), raw("slow"), raw("quick")
     slow.sock.setsockopt(zmq.RCVHWM, 10)
     blob = "x" * 10000
-    for i in range(3000):
+    for _ in range(3000):
         sender.send({"to": "slow", "cmd": "data", "blob": blob})
     start = time.monotonic()
     assert quick.request({"cmd": "_ping"}, timeout_s=10)["cmd"] == "_pong"

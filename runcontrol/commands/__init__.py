@@ -6,7 +6,6 @@ by other means, or raises ProtocolError for an `_error`. `peer` is None for a
 connection that has not registered. Modules hold no state of their own.
 """
 
-from runcontrol.commands.base import ANSWERED
 from runcontrol.commands import (bye, event, hello, list_clients, log, logs, ping, pong, publish,
                                  retained, stats, status)
 
