@@ -35,6 +35,7 @@ MAX_WAITING = 10000          # requests remembered per target, to fail them if i
 HWM = 10000
 HARD_SIZE_FACTOR = 16        # above this many times the limit zmq drops the frame unread
 MAX_PARKED = 10000           # messages held for clients not yet back after a restart
+CLAIM_RECHECK_S = 0.05       # how often a claimed name's holder is probed for a closed connection
 # Plain ints: pyzmq's enum flags cost an enum operation on every send.
 NOBLOCK = int(zmq.NOBLOCK)
 NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
@@ -75,6 +76,7 @@ class Claim:
     def __init__(self, identity, hello, msg_id, deadline, probe_id, started):
         self.identity, self.hello, self.msg_id = identity, hello, msg_id
         self.deadline, self.probe_id, self.started = deadline, probe_id, started
+        self.recheck = started + CLAIM_RECHECK_S
 
 
 class Server:
@@ -206,7 +208,7 @@ class Server:
     def _next_deadline(self):
         deadline = min(self._next.values())
         for claim_list in self.claims.values():
-            deadline = min(deadline, claim_list[0].deadline)
+            deadline = min(deadline, claim_list[0].deadline, claim_list[0].recheck)
         return deadline
 
     def _run_timers(self, now):
@@ -485,18 +487,26 @@ class Server:
                 return
 
     def _settle_claims(self, now):
-        for name in [n for n, c in self.claims.items() if c[0].deadline <= now]:
+        """Hand a claimed name over once its holder's connection is seen closed or the grace ends."""
+        for name, claims in list(self.claims.items()):
             holder = self.by_name.get(name)
-            alive = holder is not None and holder.last_seen_mono >= self.claims[name][0].started
-            self._settle(name, holder_alive=alive)
+            if holder is None:
+                self._settle(name, holder_alive=False, reason="it left")
+            elif now >= claims[0].recheck and not self._probe(holder, claims[0].probe_id):
+                self._settle(name, holder_alive=False, reason="its connection is closed")
+            elif now >= claims[0].deadline:
+                alive = holder.last_seen_mono >= claims[0].started
+                self._settle(name, holder_alive=alive, reason="it did not answer a ping")
+            else:
+                claims[0].recheck = now + CLAIM_RECHECK_S
 
-    def _settle(self, name, holder_alive):
+    def _settle(self, name, holder_alive, reason=""):
         claims = self.claims.pop(name)
         if not holder_alive:
             holder = self.by_name.get(name)
             winner = claims.pop(0)
             if holder is not None:
-                self.drop(holder, "client_replaced", "it did not answer a ping", by_pid=winner.hello.pid)
+                self.drop(holder, "client_replaced", reason, by_pid=winner.hello.pid)
             self._register(winner.identity, winner.hello)
             if winner.msg_id is not None:
                 self.answer(winner.identity, protocol.make_reply(winner.msg_id, self.welcome(name)))

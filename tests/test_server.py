@@ -171,6 +171,8 @@ def test_hello_with_new_name_frees_old_one(raw):
 def test_name_taken_over_when_holder_is_gone(echo_program, raw, watcher, how, signum, reason):
     holder = echo_program("lta1")
     os.killpg(holder.pid, signum)
+    if signum == signal.SIGKILL:
+        holder.wait(10)
     claimant = raw()
     assert claimant.hello("lta1")["ok"] is True
     assert watcher.wait_for("event.client_replaced", name="lta1")["reason"] == reason
