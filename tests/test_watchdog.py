@@ -1,0 +1,158 @@
+"""The pid-file watchdog keeping a real server alive, and the system recovering by itself."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from runcontrol import discovery, pidfile
+from tests.helpers import ROOT, ServerProcess, env_for_children, pump, registered_names, wait_until
+
+
+class Watchdog:
+    """`python -m watchdog` keeping `python -m runcontrol.server` for one experiment file."""
+
+    def __init__(self, server, *options, command=None):
+        self.pidfile = server.pidfile
+        self.server = server
+        self.log = server.path.parent / "watchdog.log"
+        command = command or [sys.executable, "-m", "runcontrol.server", "--experiment", str(server.path),
+                              "--pidfile", str(self.pidfile)]
+        self.argv = [sys.executable, "-m", "watchdog", "--pidfile", str(self.pidfile), *options, "--", *command]
+        self.proc = None
+
+    def start(self):
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=env_for_children(), stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def output(self):
+        return self.log.read_text()
+
+    def server_pid(self):
+        pid = pidfile.read(self.pidfile)
+        return pid if pid and psutil.pid_exists(pid) else None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def kept(experiment_path):
+    """A watchdog keeping the test experiment's server, found by its beacon."""
+    server = ServerProcess(experiment_path)
+    dog = Watchdog(server, "--stale-after", "2", "--grace", "2")
+    listener = discovery.BeaconListener(server.beacon_port, experiment=server.name)
+    try:
+        dog.start()
+        server.beacon = wait_until(lambda: listener.wait(0.2), 20, what="the first beacon")
+    finally:
+        listener.close()
+    yield dog
+    assert dog.stop() == 0
+    assert not dog.pidfile.exists()
+
+
+@pytest.fixture
+def server(kept):
+    """The kept server stands in for the plain one, so clients and helper programs use it."""
+    return kept.server
+
+
+def next_beacon(server, old_instance, timeout_s=20):
+    listener = discovery.BeaconListener(server.beacon_port, experiment=server.name)
+    try:
+        return wait_until(lambda: (b := listener.wait(0.2)) and b.instance != old_instance and b, timeout_s,
+                          what="a beacon of a new instance")
+    finally:
+        listener.close()
+
+
+def test_killed_server_restarted_and_client_back_with_queue(kept, make_client, echo):
+    server = kept.server
+    sender = make_client("sender")
+    first_pid, first_instance = kept.server_pid(), server.beacon.instance
+    os.kill(first_pid, signal.SIGKILL)
+    pump([sender], lambda: not sender.registered)
+    for seq in range(30):
+        sender.send("echo", "note", seq=seq)
+    server.beacon = next_beacon(server, first_instance)
+    assert kept.server_pid() != first_pid
+    pump([sender], lambda: sender.registered and sender.instance == server.beacon.instance, 15)
+    assert sender.request(None, "_status")["pid"] == kept.server_pid()
+    wait_until(lambda: "echo" in registered_names(server.router), 15, interval_s=0.1)
+    assert sender.request("echo", "notes", timeout=10) == list(range(30))  # none lost, none doubled
+    assert "was killed by SIGKILL" in kept.output()
+
+
+def test_hung_server_killed_and_replaced(kept):
+    hung = kept.server_pid()
+    os.kill(hung, signal.SIGSTOP)
+    new_beacon = next_beacon(kept.server, kept.server.beacon.instance)
+    kept.server.beacon = new_beacon
+    wait_until(lambda: not psutil.pid_exists(hung), 10, what="the hung server to be gone")
+    assert new_beacon.pid != hung and kept.server_pid() == new_beacon.pid
+    assert f"pid {hung} is hung: pid file" in kept.output() and "not touched for" in kept.output()
+
+
+def test_pid_file_naming_another_pid_counts_as_hang(kept):
+    first = kept.server_pid()
+    pidfile.write(kept.pidfile, os.getpid())  # a live process that is not the server: never signalled
+    kept.server.beacon = next_beacon(kept.server, kept.server.beacon.instance)
+    assert f"names pid {os.getpid()}, not the server's {first}" in kept.output()
+
+
+def test_command_that_exits_at_once_backs_off_then_gives_up(experiment_path):
+    dog = Watchdog(ServerProcess(experiment_path), command=[sys.executable, "-c", "raise SystemExit(3)"]).start()
+    try:
+        assert dog.proc.wait(60) == 1
+    finally:
+        dog.stop()
+    out = dog.output()
+    delays = [float(line.split("restarting in ")[1].split(" s")[0]) for line in out.splitlines()
+              if "restarting in" in line]
+    assert delays == sorted(delays) and delays[0] == pytest.approx(0.1) and delays[-1] > delays[0]
+    assert "exited with status 3" in out
+    assert "needed 6 restarts within 30 s (at most 5): giving up" in out
+
+
+def test_second_watchdog_on_same_pid_file_is_refused(kept):
+    second = Watchdog(kept.server).start()
+    assert second.proc.wait(20) == 2
+    assert f"another watchdog (pid {kept.proc.pid}) already keeps {kept.pidfile}" in second.output()
+    assert kept.proc.poll() is None
+
+
+def test_stale_pid_file_from_dead_process_is_taken_over(experiment_path):
+    server = ServerProcess(experiment_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    pidfile.write(server.pidfile, dead.pid)
+    dog = Watchdog(server, "--stale-after", "5").start()
+    try:
+        wait_until(lambda: dog.server_pid(), 20, what="the server's pid in the file")
+        assert f"names pid {dead.pid}, which is dead: taking it over" in dog.output()
+    finally:
+        assert dog.stop() == 0
+
+
+def test_sigterm_leaves_no_process_and_no_pid_file(kept):
+    server_pid = kept.server_pid()
+    group = [p.pid for p in psutil.Process(kept.proc.pid).children(recursive=True)]
+    assert server_pid in group
+    assert kept.stop() == 0
+    assert not kept.pidfile.exists()
+    assert not any(psutil.pid_exists(pid) for pid in group)
+    assert "stopping on SIGTERM" in kept.output()

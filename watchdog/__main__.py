@@ -1,0 +1,51 @@
+"""python -m watchdog --pidfile PATH [--stale-after S] -- COMMAND ...
+
+Keeps COMMAND (normally the central server) alive: restarted when it exits, and
+when it stops touching PATH for S seconds. Exit status: 0 after SIGTERM or SIGINT,
+1 when the command crash-loops, 2 for bad usage or when another watchdog keeps PATH.
+"""
+
+import argparse
+import sys
+
+from runcontrol import logsetup
+from watchdog.keeper import (DEFAULT_GRACE_S, DEFAULT_MAX_RESTARTS, DEFAULT_STALE_AFTER_S, DEFAULT_WINDOW_S,
+                             Keeper, WatchdogError)
+
+
+def positive(text):
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m watchdog", description=__doc__.split("\n\n")[1],
+                                     usage="%(prog)s --pidfile PATH [options] -- COMMAND ...")
+    parser.add_argument("--pidfile", required=True, help="the pid file the command writes and touches")
+    parser.add_argument("--stale-after", type=positive, default=DEFAULT_STALE_AFTER_S, metavar="S",
+                        help=f"seconds without a touch before the command counts as hung "
+                             f"(default {DEFAULT_STALE_AFTER_S:g})")
+    parser.add_argument("--grace", type=positive, default=DEFAULT_GRACE_S, metavar="S",
+                        help=f"seconds between SIGTERM and SIGKILL (default {DEFAULT_GRACE_S:g})")
+    parser.add_argument("--max-restarts", type=int, default=DEFAULT_MAX_RESTARTS, metavar="N",
+                        help=f"restarts allowed within --window (default {DEFAULT_MAX_RESTARTS})")
+    parser.add_argument("--window", type=positive, default=DEFAULT_WINDOW_S, metavar="S",
+                        help=f"seconds over which restarts are counted (default {DEFAULT_WINDOW_S:g})")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to keep alive")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("give the command to keep alive after --")
+    logsetup.configure("INFO")
+    keeper = Keeper(command, args.pidfile, args.stale_after, args.grace, args.max_restarts, args.window)
+    try:
+        return keeper.run()
+    except WatchdogError as exc:
+        print(f"watchdog: {exc}", file=sys.stderr)
+        return 2 if keeper.child is None and not keeper.restarts else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Keeps one command (the central server) alive.
+
+Starts the command in its own process group and restarts it when it exits (woken
+by SIGCHLD, never by a polling sleep), or when the pid file it must touch goes
+stale, names another process, or holds garbage (a hang). A child that had come up
+(it wrote its pid file) is restarted at once; failed starts back off from 100 ms;
+too many restarts within a window end the watchdog with an error. Reads the pid file only; must not
+import server internals.
+"""
+
+import collections
+import fcntl
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+from runcontrol import pidfile
+from runcontrol.errors import RunControlError
+
+log = logging.getLogger("watchdog")
+
+DEFAULT_STALE_AFTER_S = 30.0
+DEFAULT_GRACE_S = 5.0
+DEFAULT_MAX_RESTARTS = 5
+DEFAULT_WINDOW_S = 30.0
+BACKOFF_INITIAL_S = 0.1
+BACKOFF_MAX_S = 3.0
+CHECK_INTERVAL_S = 1.0
+
+
+class WatchdogError(RunControlError):
+    """The watchdog cannot or will not go on; the message says why."""
+
+
+class Keeper:
+    def __init__(self, argv, pidfile_path, stale_after_s=DEFAULT_STALE_AFTER_S, grace_s=DEFAULT_GRACE_S,
+                 max_restarts=DEFAULT_MAX_RESTARTS, window_s=DEFAULT_WINDOW_S):
+        self.argv = list(argv)
+        self.pidfile = Path(pidfile_path)
+        self.lockfile = self.pidfile.with_name(self.pidfile.name + ".lock")
+        self.stale_after_s = stale_after_s
+        self.grace_s = grace_s
+        self.max_restarts = max_restarts
+        self.window_s = window_s
+        self.check_interval_s = min(CHECK_INTERVAL_S, stale_after_s / 4)
+        self.child = None
+        self.last_pid = None
+        self.started_wall = 0.0
+        self.started_mono = 0.0
+        self.restarts = collections.deque()
+        self.delay_s = 0.0
+        self.restart_at = None
+        self._lock_fd = None
+        self._stop_signal = None
+
+    # --- one watchdog per pid file ---------------------------------------------------
+
+    def lock(self):
+        """Hold the lock file beside the pid file, or raise naming the watchdog that does."""
+        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise WatchdogError(f"another watchdog (pid {holder}) already keeps {self.pidfile} "
+                                f"(lock {self.lockfile})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def check_leftover(self):
+        """A pid file left behind is taken over, unless a live copy of our command holds it."""
+        pid = pidfile.read(self.pidfile)
+        if pid is None:
+            if self.pidfile.exists():
+                log.warning("pid file %s holds no valid pid: taking it over", self.pidfile)
+            return
+        try:
+            proc = psutil.Process(pid)
+            cmdline = proc.cmdline()
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            log.info("pid file %s names pid %d, which is dead: taking it over", self.pidfile, pid)
+            return
+        except psutil.AccessDenied:
+            cmdline = []
+        if cmdline and cmdline[1:] == self.argv[1:]:
+            raise WatchdogError(f"pid file {self.pidfile} names pid {pid}, a live {' '.join(cmdline[:3])} ... "
+                                "started without this watchdog: stop it first")
+        log.warning("pid file %s names live pid %d (%s), which is not the server: taking the file over, "
+                    "never signalling that process", self.pidfile, pid, " ".join(cmdline[:3]) or "unknown")
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(self):
+        """Keep the command alive until SIGTERM or SIGINT (returns 0) or a crash loop (raises)."""
+        self.lock()
+        self.check_leftover()
+        wake = self._install_signals()
+        try:
+            self._start()
+            while self._stop_signal is None:
+                self._wait(wake)
+                if self._stop_signal is not None:
+                    break
+                self._reap()
+                if self.child is None and self.restart_at is not None and time.monotonic() >= self.restart_at:
+                    self._start()
+                if self.child is not None:
+                    self._check_health()
+            log.info("stopping on %s", signal.Signals(self._stop_signal).name)
+            return 0
+        finally:
+            self._stop_child("the watchdog is stopping")
+            if self.last_pid is not None:
+                pidfile.remove(self.pidfile, self.last_pid)
+            signal.set_wakeup_fd(-1)
+            for end in wake:
+                end.close()
+
+    def _install_signals(self):
+        wake_r, wake_w = socket.socketpair()
+        for end in (wake_r, wake_w):
+            end.setblocking(False)
+
+        def on_stop(signum, _frame):
+            self._stop_signal = signum
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wake-up fd hears it
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        return wake_r, wake_w
+
+    def _wait(self, wake):
+        now = time.monotonic()
+        deadline = now + self.check_interval_s
+        if self.child is None and self.restart_at is not None:
+            deadline = min(deadline, self.restart_at)
+        if self.child is not None and self.child.poll() is not None:
+            return  # exited between checks: no need to sleep
+        select.select([wake[0]], [], [], max(0.0, deadline - now))
+        try:
+            while wake[0].recv(512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _start(self):
+        self.restart_at = None
+        self.started_wall = time.time()
+        self.started_mono = time.monotonic()
+        self.child = subprocess.Popen(self.argv, start_new_session=True)
+        self.last_pid = self.child.pid
+        log.info("started pid %d: %s", self.child.pid, " ".join(self.argv))
+
+    def _reap(self):
+        if self.child is None or self.child.poll() is None:
+            return
+        log.warning("pid %d %s after %.1f s", self.child.pid, describe_exit(self.child.returncode),
+                    time.monotonic() - self.started_mono)
+        self._schedule_restart(self._came_up())
+
+    def _came_up(self):
+        """Whether the child wrote its pid file: a start that got that far was a good one."""
+        try:
+            fresh = self.pidfile.stat().st_mtime >= self.started_wall - 0.01
+        except FileNotFoundError:
+            return False
+        return fresh and pidfile.read(self.pidfile) == self.child.pid
+
+    def _schedule_restart(self, came_up):
+        """Restart at once after a good start, with a growing delay after failed ones."""
+        self.child = None
+        now = time.monotonic()
+        self.restarts.append(now)
+        while self.restarts and now - self.restarts[0] > self.window_s:
+            self.restarts.popleft()
+        if len(self.restarts) > self.max_restarts:
+            raise WatchdogError(f"{' '.join(self.argv[:4])} ... needed {len(self.restarts)} restarts within "
+                                f"{self.window_s:g} s (at most {self.max_restarts}): giving up")
+        if came_up:
+            self.delay_s = 0.0
+        else:
+            self.delay_s = BACKOFF_INITIAL_S if self.delay_s == 0 else min(self.delay_s * 2, BACKOFF_MAX_S)
+        log.info("restarting in %.1f s (restart %d within %g s)", self.delay_s, len(self.restarts), self.window_s)
+        self.restart_at = now + self.delay_s
+
+    def _check_health(self):
+        reason = self.unhealthy()
+        if reason is None:
+            return
+        log.warning("pid %d is hung: %s", self.child.pid, reason)
+        came_up = self._came_up()
+        self._stop_child(reason)
+        self._schedule_restart(came_up)
+
+    def unhealthy(self):
+        """Why the running child counts as hung, or None while its pid file is fresh and its own."""
+        try:
+            mtime = self.pidfile.stat().st_mtime
+        except FileNotFoundError:
+            mtime = None
+        last_sign = self.started_wall
+        if mtime is not None and mtime >= self.started_wall - 0.01:
+            pid = pidfile.read(self.pidfile)
+            if pid is None:
+                return f"pid file {self.pidfile} holds garbage"
+            if pid != self.child.pid:
+                return f"pid file {self.pidfile} names pid {pid}, not the server's {self.child.pid}"
+            last_sign = mtime
+        silent_s = time.time() - last_sign
+        if silent_s > self.stale_after_s:
+            what = "touched" if last_sign != self.started_wall else "written since the start"
+            return f"pid file {self.pidfile} not {what} for {silent_s:.1f} s (stale after {self.stale_after_s:g} s)"
+        return None
+
+    def _stop_child(self, reason):
+        """SIGTERM to the child's group, SIGKILL after the grace; always reaped."""
+        child = self.child
+        if child is None or child.poll() is not None:
+            return
+        log.info("stopping pid %d (%s): SIGTERM", child.pid, reason)
+        signal_group(child.pid, signal.SIGTERM)
+        signal_group(child.pid, signal.SIGCONT)  # a stopped process must run to see the SIGTERM
+        try:
+            child.wait(self.grace_s)
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d still running %.1f s after SIGTERM: SIGKILL", child.pid, self.grace_s)
+            signal_group(child.pid, signal.SIGKILL)
+            child.wait()
+        signal_group(child.pid, signal.SIGKILL)  # anything left in its group
+        log.info("pid %d %s", child.pid, describe_exit(child.returncode))
+
+
+def signal_group(pgid, signum):
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def describe_exit(code):
+    if code is None:
+        return "is running"
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
