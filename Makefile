@@ -21,6 +21,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_routing.py
 	$(PY) benchmarks/bench_scale.py
+	$(PY) benchmarks/bench_failover.py
 
 fuzz: $(STAMP)
 	ORBIT_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q tests/test_fuzz.py
