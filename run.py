@@ -3,8 +3,9 @@
 
   python run.py damicm
 
-For now it starts the central server and a spy that prints what passes; the
-supervision of every program of the experiment builds on this.
+For now it starts the central server, kept alive by the pid-file watchdog, and a
+spy that prints what passes; the supervision of every program of the experiment
+builds on this.
 """
 
 import argparse
@@ -63,17 +64,20 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda signum, _: stopping.append(signum))
     signal.signal(signal.SIGINT, lambda signum, _: stopping.append(signum))
     path = str(experiment.path)
-    server = start([sys.executable, "-m", "runcontrol.server", "--experiment", path])
+    pid_path = str(experiment.paths.state / "server.pid")
+    server = start([sys.executable, "-m", "watchdog", "--pidfile", pid_path,
+                    "--stale-after", f"{experiment.server.stale_after_s:g}", "--",
+                    sys.executable, "-m", "runcontrol.server", "--experiment", path, "--pidfile", pid_path])
     spy = start([sys.executable, "-m", "clients.spy", "--experiment", path, "--name", "spy"])
     status = 0
     while not stopping:
         if server.poll() is not None:
-            log.error("the server exited with status %s", server.returncode)
+            log.error("the server's watchdog exited with status %s", server.returncode)
             status = 1
             break
         time.sleep(0.2)
     stop(spy, "spy")
-    stop(server, "server")
+    stop(server, "server and its watchdog")
     return status
 
 

@@ -138,7 +138,7 @@ def test_run_py_starts_server_and_spy_and_stops_on_sigterm(tmp_path):
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=20)[0]
     assert proc.returncode == 0, out
-    assert "server stopped (exit status 0)" in out and "spy stopped" in out
+    assert "server and its watchdog stopped (exit status 0)" in out and "spy stopped" in out
     assert not pid_file.exists()
 
 

@@ -107,11 +107,18 @@ def test_hung_server_killed_and_replaced(kept):
     assert f"pid {hung} is hung: pid file" in kept.output() and "not touched for" in kept.output()
 
 
-def test_pid_file_naming_another_pid_counts_as_hang(kept):
+@pytest.mark.parametrize("content", ["other-pid", "garbage"])
+def test_pid_file_naming_another_pid_or_garbage_counts_as_hang(kept, content):
     first = kept.server_pid()
-    pidfile.write(kept.pidfile, os.getpid())  # a live process that is not the server: never signalled
+    if content == "garbage":
+        kept.pidfile.write_text("not a pid\n")
+        expected = "holds garbage"
+    else:
+        pidfile.write(kept.pidfile, os.getpid())  # a live process that is not the server: never signalled
+        expected = f"names pid {os.getpid()}, not the server's {first}"
     kept.server.beacon = next_beacon(kept.server, kept.server.beacon.instance)
-    assert f"names pid {os.getpid()}, not the server's {first}" in kept.output()
+    assert expected in kept.output()
+    wait_until(lambda: kept.server_pid() == kept.server.beacon.pid, 10)
 
 
 def test_command_that_exits_at_once_backs_off_then_gives_up(experiment_path):
