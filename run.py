@@ -49,10 +49,33 @@ def signal_group(proc, signum):
         pass
 
 
+def plan(experiment):
+    """The start plan of an experiment, as `run.py --check` prints it."""
+    server = experiment.server
+    lines = [f"experiment {experiment.name} ({experiment.path})",
+             f"server: router {server.router}, events {server.events}, beacon {server.beacon.address}:"
+             f"{server.beacon.port}, heartbeat {server.heartbeat_s:g} s, timeout {server.timeout_s:g} s; "
+             f"kept by the watchdog (stale after {server.stale_after_s:g} s)",
+             f"logs {experiment.paths.logs}, data {experiment.paths.data}, state {experiment.paths.state}",
+             "start order:"]
+    width = max((len(p.name) for p in experiment.programs), default=0)
+    for number, program in enumerate(experiment.programs, 1):
+        after = f" after {', '.join(program.depends_on)}" if program.depends_on else ""
+        client = f"client {program.client}" if program.client else "no client"
+        lines.append(f"  {number:2d}. {program.name:<{width}}  {client}; restart {program.restart}; "
+                     f"on {program.host}{after}: {' '.join(program.argv)}")
+    if not experiment.programs:
+        lines.append("  (no programs)")
+    lines.extend(f"warning: {w}" for w in experiment.warnings)
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__.split("\n")[0])
     parser.add_argument("experiment", help="experiment name (damicm finds damicm.json) or file")
     parser.add_argument("--headless", action="store_true", help="log to stdout instead of a live view")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the experiment and print its start plan; start nothing")
     args = parser.parse_args(argv)
     logsetup.configure("INFO")
     try:
@@ -60,6 +83,11 @@ def main(argv=None):
     except ConfigError as exc:
         print(f"run.py: {exc}", file=sys.stderr)
         return 2
+    if args.check:
+        print(plan(experiment))
+        return 0
+    for warning in experiment.warnings:
+        log.warning("%s", warning)
     stopping = []
     signal.signal(signal.SIGTERM, lambda signum, _: stopping.append(signum))
     signal.signal(signal.SIGINT, lambda signum, _: stopping.append(signum))

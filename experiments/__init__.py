@@ -8,12 +8,16 @@ anything.
 import copy
 import json
 import os
+import shlex
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
 import jsonschema
 
+from experiments import checks, libabcd
 from runcontrol.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
@@ -50,12 +54,52 @@ class PathsSpec:
 
 
 @dataclass(frozen=True)
+class BackoffSpec:
+    initial_s: float
+    max_s: float
+    factor: float
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """One program of the experiment, as the supervisor runs it."""
+    name: str
+    argv: tuple
+    restart: str
+    depends_on: tuple
+    client: object
+    run: bool
+    backoff: BackoffSpec
+    max_restarts: int
+    restart_window_s: float
+    restart_dependents: bool
+    start_timeout_s: float
+    stop_signal: signal.Signals
+    stop_timeout_s: float
+    env: MappingProxyType
+    cwd: Path
+    host: str
+
+
+@dataclass(frozen=True)
+class LogRotation:
+    max_bytes: int
+    keep: int
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     path: Path
     server: ServerSpec
     paths: PathsSpec
-    programs: MappingProxyType
+    programs: tuple          # ChildSpecs in start order
+    hosts: MappingProxyType
+    logs: LogRotation
+    warnings: tuple = ()
+
+    def program(self, name):
+        return next((p for p in self.programs if p.name == name), None)
 
 
 def find(name_or_path, cwd=None):
@@ -89,6 +133,8 @@ def load(name_or_path, cwd=None):
 def from_dict(raw, path):
     """Validate a decoded description; `path` is where it came from (relative paths resolve there)."""
     path = Path(path)
+    if libabcd.is_libabcd(raw):
+        raw = libabcd.convert(raw)
     problems = validate(raw)
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
@@ -105,7 +151,8 @@ def validate(raw):
     """Every problem of a decoded description, as 'json.path: sentence'."""
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
-    return [f"{json_path(e.absolute_path)}: {explain(e)}" for e in errors]
+    problems = [f"{json_path(e.absolute_path)}: {explain(e)}" for e in errors]
+    return problems + (checks.cross_check(raw) if isinstance(raw, dict) else [])
 
 
 def json_path(parts):
@@ -130,8 +177,10 @@ def explain(error):
         words = {"minimum": "at least", "exclusiveMinimum": "more than",
                  "maximum": "at most", "exclusiveMaximum": "less than"}
         return f"{value} must be {words[kind]} {error.validator_value}"
-    if kind == "oneOf" and error.validator_value and "cmd" in str(error.path):
+    if kind == "oneOf" and list(error.path)[-1:] == ["cmd"]:
         return "must be a list of strings or a command string"
+    if kind == "propertyNames":
+        return f"{value} is not a valid name"
     return error.message
 
 
@@ -139,17 +188,24 @@ def fill_defaults(value, node):
     """Fill `default`s of the schema's object properties into `value`, recursively."""
     if not isinstance(value, dict):
         return value
-    for key, sub in node.get("properties", {}).items():
+    properties = node.get("properties", {})
+    for key, sub in properties.items():
         if key not in value and "default" in sub:
             value[key] = copy.deepcopy(sub["default"])
         if key in value:
             fill_defaults(value[key], sub)
+    each = node.get("additionalProperties")
+    if isinstance(each, dict):
+        for key in value.keys() - properties.keys():
+            fill_defaults(value[key], each)
     return value
 
 
 def freeze(raw, path):
     server, beacon, paths = raw["server"], raw["server"]["beacon"], raw["paths"]
     folder = path.resolve().parent
+    order = checks.start_order(raw["programs"])
+    programs = tuple(child_spec(name, raw["programs"][name], folder) for name in order)
     return Experiment(
         name=raw.get("name", path.stem),
         path=path.resolve(),
@@ -160,5 +216,24 @@ def freeze(raw, path):
             stale_after_s=float(server["stale_after"]),
             max_message_bytes=server["max_message_bytes"]),
         paths=PathsSpec(*(folder / paths[key] for key in ("logs", "data", "state"))),
-        programs=MappingProxyType(copy.deepcopy(raw.get("programs", {}))),
+        programs=programs,
+        hosts=MappingProxyType(copy.deepcopy(raw["hosts"])),
+        logs=LogRotation(raw["logs"]["max_bytes"], raw["logs"]["keep"]),
+        warnings=tuple(checks.missing_commands(programs)),
     )
+
+
+def child_spec(name, program, folder):
+    argv = program["cmd"] if isinstance(program["cmd"], list) else shlex.split(program["cmd"])
+    if argv[0] == "python":  # the interpreter that runs Orbit, so programs get its environment
+        argv = [sys.executable, *argv[1:]]
+    backoff = program["backoff"]
+    return ChildSpec(
+        name=name, argv=tuple(argv), restart=program["restart"], depends_on=tuple(program["depends_on"]),
+        client=program["client"], run=program["run"],
+        backoff=BackoffSpec(float(backoff["initial"]), float(backoff["max"]), float(backoff["factor"])),
+        max_restarts=program["max_restarts"], restart_window_s=float(program["restart_window"]),
+        restart_dependents=program["restart_dependents"], start_timeout_s=float(program["start_timeout"]),
+        stop_signal=signal.Signals[f"SIG{program['stop_signal']}"],
+        stop_timeout_s=float(program["stop_timeout"]), env=MappingProxyType(dict(program["env"])),
+        cwd=(folder / program["cwd"]).resolve(), host=program["host"])

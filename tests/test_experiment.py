@@ -1,6 +1,10 @@
 """Loading experiment descriptions: defaults, paths, and every problem listed at once."""
 
 import json
+import re
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -52,3 +56,96 @@ def test_bad_json_says_where(tmp_path):
 def test_missing_experiment_is_not_found(tmp_path):
     with pytest.raises(experiments.NotFound, match="'nothing' not found"):
         experiments.load("nothing", cwd=tmp_path)
+
+
+def program(**fields):
+    return {"cmd": ["python", "-c", "pass"], **fields}
+
+
+def test_program_defaults_and_python_means_our_interpreter(tmp_path):
+    (tmp_path / "sub").mkdir()
+    exp = experiments.load(write(tmp_path, {"programs": {"a": program(cwd="sub")}}))
+    spec = exp.program("a")
+    assert spec.argv[0] == sys.executable and spec.argv[1:] == ("-c", "pass")
+    assert (spec.restart, spec.client, spec.run, spec.host) == ("always", None, False, "local")
+    assert (spec.backoff.initial_s, spec.backoff.max_s, spec.backoff.factor) == (0.1, 30.0, 2.0)
+    assert spec.stop_signal == signal.SIGTERM and spec.stop_timeout_s == 5.0
+    assert spec.cwd == tmp_path / "sub"
+    assert exp.logs.max_bytes == 10485760 and exp.logs.keep == 5
+
+
+def test_start_order_follows_dependencies_then_file_order(tmp_path):
+    exp = experiments.load(write(tmp_path, {"programs": {
+        "lta1": program(depends_on=["cryo", "gauge"]), "monitor": program(),
+        "cryo": program(), "gauge": program(depends_on=["cryo"])}}))
+    assert [p.name for p in exp.programs] == ["monitor", "cryo", "gauge", "lta1"]
+
+
+def test_restart_enum_error_reads_as_a_sentence(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        experiments.load(write(tmp_path, {"programs": {"lta1": program(restart="sometimes")}}))
+    assert info.value.problems == ['programs.lta1.restart: "sometimes" is not one of always, on-failure, never']
+
+
+def test_cross_checks_listed_with_schema_errors(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        experiments.load(write(tmp_path, {"programs": {
+            "a": program(depends_on=["b"], client="shared"),
+            "b": program(depends_on=["c"]),
+            "c": program(depends_on=["a"], client="shared"),
+            "d": program(depends_on=["nothing"], host="daq9", stop_timeout=-1)}}))
+    problems = info.value.problems
+    assert "programs.d.depends_on: 'nothing' names no program" in problems
+    assert "programs: dependency cycle a -> b -> c -> a" in problems
+    assert "programs.c.client: 'shared' is already the client name of program 'a'" in problems
+    assert "programs.d.host: 'daq9' is not a known host (local)" in problems
+    assert "programs.d.stop_timeout: -1 must be more than 0" in problems
+    assert len(problems) == 5
+
+
+def test_self_dependency_is_a_cycle(tmp_path):
+    with pytest.raises(ConfigError, match="dependency cycle a -> a"):
+        experiments.load(write(tmp_path, {"programs": {"a": program(depends_on=["a"])}}))
+
+
+def test_declared_host_is_known(tmp_path):
+    exp = experiments.load(write(tmp_path, {"hosts": {"daq2": {}}, "programs": {"a": program(host="daq2")}}))
+    assert exp.program("a").host == "daq2" and "daq2" in exp.hosts
+
+
+def test_libabcd_form_loads_as_restart_always(tmp_path):
+    exp = experiments.load(write(tmp_path, {"run": {
+        "client1": {"cmd": "./exec-client.py client1 --label 'two words'"},
+        "client2": {"cmd": "./exec-client.py client2", "host": "daq2"}}}))
+    first = exp.program("client1")
+    assert first.argv == ("./exec-client.py", "client1", "--label", "two words")
+    assert first.restart == "always" and exp.program("client2").host == "daq2"
+    assert any("exec-client.py" in w and "not found" in w for w in exp.warnings)
+
+
+def test_missing_command_is_a_warning_not_an_error(tmp_path):
+    exp = experiments.load(write(tmp_path, {"programs": {"a": {"cmd": "no-such-command-here --x"}}}))
+    assert exp.warnings == ("programs.a.cmd: 'no-such-command-here' is not found on this host",)
+
+
+def test_run_py_check_prints_plan_exit_0(tmp_path):
+    path = write(tmp_path, {"name": "plan", "programs": {
+        "lta1": program(depends_on=["cryo"], client="lta1"), "cryo": program(client="cryo")}})
+    result = subprocess.run([sys.executable, "run.py", "--check", str(path)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"experiment plan ({path})"
+    order = [m.group(1) for m in map(re.compile(r"^\s*\d+\. (\S+)").match, lines) if m]
+    assert order == ["cryo", "lta1"]
+    assert "after cryo" in result.stdout
+
+
+def test_run_py_check_invalid_exit_2_lists_problems(tmp_path):
+    path = write(tmp_path, {"programs": {"a": program(depends_on=["ghost"], restart="sometimes")}})
+    result = subprocess.run([sys.executable, "run.py", "--check", str(path)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert "2 problem(s)" in result.stderr
+    assert "programs.a.depends_on: 'ghost' names no program" in result.stderr
+    assert 'programs.a.restart: "sometimes" is not one of always, on-failure, never' in result.stderr

@@ -1,0 +1,88 @@
+"""Checks a schema cannot express: dependencies, cycles, shared client names, hosts; start order."""
+
+import shutil
+from pathlib import Path
+
+
+def cross_check(raw):
+    """Every problem of the programs' relations, as 'json.path: sentence'."""
+    programs = raw.get("programs")
+    if not isinstance(programs, dict):
+        return []
+    programs = {n: p for n, p in programs.items() if isinstance(p, dict)}
+    hosts = raw.get("hosts") if isinstance(raw.get("hosts"), dict) else {}
+    problems = []
+    owners = {}
+    for name, program in programs.items():
+        for dep in program.get("depends_on", []) if isinstance(program.get("depends_on"), list) else []:
+            if isinstance(dep, str) and dep not in programs:
+                problems.append(f"programs.{name}.depends_on: {dep!r} names no program")
+        client = program.get("client")
+        if isinstance(client, str):
+            if client in owners:
+                problems.append(f"programs.{name}.client: {client!r} is already the client name of "
+                                f"program {owners[client]!r}")
+            owners.setdefault(client, name)
+        host = program.get("host", "local")
+        if isinstance(host, str) and host != "local" and host not in hosts:
+            known = ", ".join(["local", *hosts]) if hosts else "local"
+            problems.append(f"programs.{name}.host: {host!r} is not a known host ({known})")
+    cycle = find_cycle(dependencies(programs))
+    if cycle:
+        problems.append(f"programs: dependency cycle {' -> '.join(cycle)}")
+    return problems
+
+
+def dependencies(programs):
+    return {name: [d for d in (p.get("depends_on") or []) if isinstance(d, str) and d in programs]
+            for name, p in programs.items()}
+
+
+def find_cycle(graph):
+    """One dependency cycle as [a, b, ..., a], or None."""
+    state = {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for dep in graph[node]:
+            if state.get(dep) == "open":  # on the current path: a cycle
+                return path[path.index(dep):] + [dep]
+            if dep not in state:
+                found = visit(dep, path + [dep])
+                if found:
+                    return found
+        state[node] = "done"
+        return None
+
+    for node in graph:
+        if node not in state:
+            found = visit(node, [node])
+            if found:
+                return found
+    return None
+
+
+def start_order(programs):
+    """Program names so that each comes after its dependencies; ties keep the file's order."""
+    graph = dependencies(programs)
+    order, placed = [], set()
+    while len(order) < len(graph):
+        for name in graph:
+            if name not in placed and all(dep in placed for dep in graph[name]):
+                order.append(name)
+                placed.add(name)
+                break
+    return order
+
+
+def missing_commands(specs):
+    """Warnings for local commands that cannot be found here (they may exist where they run)."""
+    warnings = []
+    for spec in specs:
+        if spec.host != "local":
+            continue
+        command = spec.argv[0]
+        found = shutil.which(command) if "/" not in command else (Path(spec.cwd) / command).exists()
+        if not found:
+            warnings.append(f"programs.{spec.name}.cmd: {command!r} is not found on this host")
+    return warnings
