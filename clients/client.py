@@ -166,7 +166,7 @@ class Client:
         return pending
 
     def wait(self, pending, timeout=DEFAULT_REQUEST_TIMEOUT_S):
-        """Poll until `pending` has its final answer (an protocol.Answer) or raise on timeout."""
+        """Poll until `pending` has its final answer (a protocol.Answer) or raise on timeout."""
         deadline = time.monotonic() + timeout
         while pending.answer is None:
             remaining = deadline - time.monotonic()

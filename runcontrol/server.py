@@ -156,8 +156,12 @@ class Server:
 
     def serve(self):
         """Run until SIGTERM or SIGINT; then announce, close and return."""
+        try:
+            pidfile.write(self.pidfile)
+        except OSError as exc:
+            self.close()
+            raise ConfigError(f"cannot write the pid file {self.pidfile}: {exc.strerror}") from None
         self._install_signals()
-        pidfile.write(self.pidfile)
         log.info("server %s of %s: router %s, events %s, beacon %s:%s every %.1f s, pid file %s",
                  self.instance, self.experiment.name, self.router_address, self.events_address,
                  *self.beacon.target, self.beacon_interval_s, self.pidfile)
@@ -596,11 +600,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logsetup.configure(args.log_level)
     try:
-        server = Server(experiments.load(args.experiment), args.pidfile)
+        Server(experiments.load(args.experiment), args.pidfile).serve()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    server.serve()
     return 0
 
 

@@ -314,3 +314,13 @@ def test_second_server_on_same_ports_is_refused(server, tmp_path):
     with pytest.raises(AssertionError, match="cannot bind"):
         second.start(timeout_s=10)
     assert second.proc.wait(10) == 2
+
+
+def test_server_refuses_unwritable_pid_file_with_message(tmp_path):
+    (tmp_path / "file").write_text("")
+    path = write_experiment(tmp_path, "nopid")
+    result = subprocess.run([sys.executable, "-m", "runcontrol.server", "--experiment", str(path),
+                             "--pidfile", str(tmp_path / "file" / "server.pid")],
+                            cwd=ROOT, env=env_for_children(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert f"cannot write the pid file {tmp_path / 'file' / 'server.pid'}" in result.stderr

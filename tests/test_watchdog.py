@@ -163,3 +163,18 @@ def test_sigterm_leaves_no_process_and_no_pid_file(kept):
     assert not kept.pidfile.exists()
     assert not any(psutil.pid_exists(pid) for pid in group)
     assert "stopping on SIGTERM" in kept.output()
+
+
+def test_command_that_cannot_start_is_refused_with_its_name(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "watchdog", "--pidfile", str(tmp_path / "p.pid"), "--",
+                             str(tmp_path / "no-such-server")], cwd=ROOT, env=env_for_children(),
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert f"cannot start '{tmp_path / 'no-such-server'}': No such file or directory" in result.stderr
+
+
+def test_unusable_pid_file_folder_is_refused(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = subprocess.run([sys.executable, "-m", "watchdog", "--pidfile", str(tmp_path / "file" / "p.pid"), "--",
+                             "true"], cwd=ROOT, env=env_for_children(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "cannot create the lock file" in result.stderr

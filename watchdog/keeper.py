@@ -64,8 +64,11 @@ class Keeper:
 
     def lock(self):
         """Hold the lock file beside the pid file, or raise naming the watchdog that does."""
-        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lockfile, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise WatchdogError(f"cannot create the lock file {self.lockfile}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -157,7 +160,10 @@ class Keeper:
         self.restart_at = None
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
-        self.child = subprocess.Popen(self.argv, start_new_session=True)
+        try:
+            self.child = subprocess.Popen(self.argv, start_new_session=True)
+        except OSError as exc:
+            raise WatchdogError(f"cannot start {self.argv[0]!r}: {exc.strerror}") from None
         self.last_pid = self.child.pid
         log.info("started pid %d: %s", self.child.pid, " ".join(self.argv))
 
