@@ -16,9 +16,11 @@ class ChildState(enum.Enum):
     FATAL = "FATAL"
 
 
+# STARTING -> EXITED: a one-shot program (restart never, or on-failure) that finished
+# its work before it counted as up.
 ALLOWED = {
     ChildState.STOPPED: {ChildState.STARTING},
-    ChildState.STARTING: {ChildState.RUNNING, ChildState.BACKOFF, ChildState.STOPPING},
+    ChildState.STARTING: {ChildState.RUNNING, ChildState.BACKOFF, ChildState.STOPPING, ChildState.EXITED},
     ChildState.RUNNING: {ChildState.EXITED, ChildState.STOPPING},
     ChildState.BACKOFF: {ChildState.STARTING, ChildState.FATAL, ChildState.STOPPED},
     ChildState.STOPPING: {ChildState.STOPPED},

@@ -1,0 +1,185 @@
+"""The supervisor over real child processes, driven in this process (no server: programs without client names)."""
+
+import os
+import signal
+import sys
+import time
+
+import psutil
+import pytest
+
+import experiments
+from runcontrol.states import ChildState as S
+from runcontrol.supervisor import Supervisor
+from tests.helpers import PROGRAMS, wait_until
+
+
+def program(*args, **fields):
+    return {"cmd": [sys.executable, str(PROGRAMS / args[0]), *map(str, args[1:])], **fields}
+
+
+@pytest.fixture
+def supervise(tmp_path):
+    """supervise({name: program}) -> a started Supervisor collecting its events; stopped at the end."""
+    made = []
+
+    def make(programs, start=True, **top):
+        raw = {"name": "sup", "paths": {"logs": "log", "data": "data", "state": "state"},
+               "programs": programs, **top}
+        events = []
+        sup = Supervisor(experiments.from_dict(raw, tmp_path / "sup.json"),
+                         emit=lambda kind, **fields: events.append((kind, fields)))
+        sup.events = events
+        made.append(sup)
+        if start:
+            sup.start_all()
+        return sup
+    yield make
+    for sup in made:
+        sup.stop_all()
+        drive(sup, sup.all_stopped, 15)
+        sup.close()
+
+
+def drive(sup, predicate, timeout_s=10.0):
+    """Run the supervisor's loop until `predicate` holds."""
+    def step():
+        sup.process(0.05)
+        return predicate()
+    return wait_until(step, timeout_s, interval_s=0, what=predicate)
+
+
+def kinds(sup, name):
+    return [kind for kind, fields in sup.events if fields.get("program") == name]
+
+
+def test_program_started_comes_up_and_logs_stamped_lines(supervise, tmp_path):
+    sup = supervise({"a": program("crash_after.py", 60)})
+    drive(sup, lambda: sup.programs["a"].state is S.RUNNING)
+    status = sup.describe("a")
+    assert status["pid"] and psutil.pid_exists(status["pid"])
+    text = wait_until(lambda: "up, exiting in 60 s" in (tmp_path / "log" / "a.log").read_text()
+                      and (tmp_path / "log" / "a.log").read_text())
+    line = next(l for l in text.splitlines() if "up, exiting" in l)
+    assert line[:4].isdigit() and line[10] == "T" and line.split(" ", 1)[0].endswith("Z")
+    env = psutil.Process(status["pid"]).environ()
+    assert env["ORBIT_NAME"] == "a"
+
+
+def test_crash_restarts_at_once_after_a_good_run_then_backs_off(supervise):
+    sup = supervise({"a": program("crash_after.py", 1.2, backoff={"initial": 0.3, "factor": 2, "max": 5})})
+    drive(sup, lambda: sup.programs["a"].restarts >= 1, 10)
+    restarting = [f for k, f in sup.events if k == "program_restarting"]
+    assert restarting[0]["delay"] == 0  # it had run 1.2 s: a good run, replaced at once
+    exited = next(f for k, f in sup.events if k == "program_exited")
+    assert exited["code"] == 1 and exited["signal"] is None
+    assert "exiting now" in exited["tail"][-2]
+
+
+def test_failed_starts_back_off_exponentially(supervise):
+    sup = supervise({"a": program("crash_after.py", 0, 2, backoff={"initial": 0.1, "factor": 2, "max": 0.4},
+                                  max_restarts=50)})
+    drive(sup, lambda: sup.programs["a"].restarts >= 4, 15)
+    delays = [f["delay"] for k, f in sup.events if k == "program_restarting"][:4]
+    assert delays == [0.1, 0.2, 0.4, 0.4]
+    assert sup.programs["a"].state in (S.BACKOFF, S.STARTING)
+
+
+def test_too_many_restarts_make_it_fatal_and_others_go_on(supervise):
+    sup = supervise({"bad": program("crash_after.py", 0, 1, max_restarts=2, restart_window=30,
+                                    backoff={"initial": 0.05, "max": 0.05}),
+                     "good": program("crash_after.py", 60)})
+    drive(sup, lambda: sup.programs["bad"].state is S.FATAL, 15)
+    fatal = next(f for k, f in sup.events if k == "program_fatal")
+    assert "needed 3 restarts within 30 s (at most 2)" in fatal["reason"]
+    assert kinds(sup, "bad").count("program_started") == 3
+    drive(sup, lambda: sup.programs["good"].state is S.RUNNING)
+    sup.start("bad")  # an operator's start clears the count
+    drive(sup, lambda: sup.programs["bad"].state in (S.STARTING, S.BACKOFF))
+
+
+@pytest.mark.parametrize("policy, code, restarted", [
+    ("always", 0, True), ("always", 3, True), ("on-failure", 3, True),
+    ("on-failure", 0, False), ("never", 3, False),
+])
+def test_restart_policy(supervise, policy, code, restarted):
+    sup = supervise({"a": program("crash_after.py", 0, code, restart=policy, backoff={"initial": 0.05})})
+    drive(sup, lambda: "program_exited" in kinds(sup, "a"))
+    if restarted:
+        drive(sup, lambda: kinds(sup, "a").count("program_started") >= 2)
+    else:
+        drive(sup, lambda: sup.programs["a"].state is S.EXITED)
+        sup.process(0.3)
+        assert kinds(sup, "a").count("program_started") == 1
+
+
+def test_stop_escalates_to_sigkill_and_reaps_the_whole_family(supervise, tmp_path):
+    pids_file = tmp_path / "family"
+    sup = supervise({"stubborn": program("ignore_sigterm.py", stop_timeout=0.5),
+                     "family": program("spawn_family.py", pids_file)})
+    drive(sup, lambda: sup.programs["stubborn"].state is S.RUNNING and pids_file.exists())
+    family = [int(p) for p in pids_file.read_text().split()]
+    stubborn = sup.programs["stubborn"].pid
+    started = time.monotonic()
+    sup.stop_all()
+    drive(sup, sup.all_stopped, 10)
+    assert time.monotonic() - started >= 0.5
+    exited = {f["program"]: f for k, f in sup.events if k == "program_exited"}
+    assert exited["stubborn"]["signal"] == "SIGKILL"
+    for pid in [stubborn, *family]:
+        wait_until(lambda: not alive(pid), 5, what=f"pid {pid} gone")
+
+
+def alive(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_dependencies_start_in_order_and_stop_in_reverse(supervise):
+    sup = supervise({"c": program("crash_after.py", 60, depends_on=["b"]),
+                     "b": program("crash_after.py", 60, depends_on=["a"]),
+                     "a": program("crash_after.py", 60)})
+    assert [name for name, p in sup.programs.items() if p.proc] == ["a"]
+    drive(sup, lambda: sup.programs["c"].state is S.RUNNING, 15)
+    started = [f["program"] for k, f in sup.events if k == "program_started"]
+    assert started == ["a", "b", "c"]
+    sup.stop_all()
+    drive(sup, sup.all_stopped)
+    assert [f["program"] for k, f in sup.events if k == "program_exited"] == ["c", "b", "a"]
+
+
+def test_a_command_that_cannot_start_backs_off_with_the_reason(supervise):
+    sup = supervise({"ghost": {"cmd": ["/no/such/program"], "backoff": {"initial": 0.05}}})
+    exited = next(f for k, f in sup.events if k == "program_exited")
+    assert "No such file" in exited["error"]
+    assert sup.programs["ghost"].state is S.BACKOFF
+
+
+def test_reload_diff_starts_stops_and_restarts_only_what_changed(supervise, tmp_path):
+    sup = supervise({"same": program("crash_after.py", 60), "changed": program("crash_after.py", 60),
+                     "gone": program("crash_after.py", 60)})
+    drive(sup, lambda: all(p.state is S.RUNNING for p in sup.programs.values()))
+    same, changed = sup.programs["same"].pid, sup.programs["changed"].pid
+    raw = {"name": "sup", "paths": {"logs": "log", "data": "data", "state": "state"},
+           "programs": {"same": program("crash_after.py", 60), "changed": program("crash_after.py", 61),
+                        "new": program("crash_after.py", 60)}}
+    diff = sup.apply(experiments.from_dict(raw, tmp_path / "sup.json"))
+    assert diff == {"added": ["new"], "removed": ["gone"], "changed": ["changed"], "unchanged": ["same"]}
+    drive(sup, lambda: "gone" not in sup.programs and sup.programs["new"].state is S.RUNNING
+          and sup.programs["changed"].state is S.RUNNING)
+    assert sup.programs["same"].pid == same
+    assert sup.programs["changed"].pid != changed
+    assert "61" in sup.programs["changed"].spec.argv
+
+
+def test_log_rotates_by_size_keeping_n(supervise, tmp_path):
+    sup = supervise({"chatty": {"cmd": [sys.executable, "-c",
+                                        "import sys\nfor i in range(400): print('x' * 60, i)\n"
+                                        "import time; time.sleep(60)"]}},
+                    logs={"max_bytes": 4096, "keep": 2})
+    logs = tmp_path / "log"
+    drive(sup, lambda: (logs / "chatty.log.2").exists() and "399" in (logs / "chatty.log").read_text())
+    assert not (logs / "chatty.log.3").exists()
+    assert all(path.stat().st_size <= 4096 + 200 for path in logs.glob("chatty.log*"))
