@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Start an experiment and keep it up until Ctrl-C or SIGTERM.
 
-  python run.py damicm
+  python run.py damicm [--headless] [--check]
 
-For now it starts the central server, kept alive by the pid-file watchdog, and a
-spy that prints what passes; the supervision of every program of the experiment
-builds on this.
+Starts the central server and the run controller, each kept alive by a pid-file
+watchdog; the run controller starts every program of the experiment in
+dependency order and keeps each alive. Ctrl-C or SIGTERM stops the programs in
+reverse order, then the server.
 """
 
 import argparse
@@ -21,7 +22,7 @@ from runcontrol import logsetup
 from runcontrol.errors import ConfigError
 
 log = logging.getLogger("run")
-STOP_TIMEOUT_S = 5.0
+GRACE_S = 5.0
 
 
 def start(argv):
@@ -29,17 +30,30 @@ def start(argv):
     return subprocess.Popen(argv, start_new_session=True)
 
 
-def stop(proc, name):
+def stop(proc, name, grace_s):
     """SIGTERM to the process group, SIGKILL after the grace; always reaped."""
     if proc.poll() is None:
         signal_group(proc, signal.SIGTERM)
         try:
-            proc.wait(STOP_TIMEOUT_S)
+            proc.wait(grace_s)
         except subprocess.TimeoutExpired:
-            log.warning("%s did not stop within %.0f s: killing it", name, STOP_TIMEOUT_S)
+            log.warning("%s did not stop within %.0f s: killing it", name, grace_s)
             signal_group(proc, signal.SIGKILL)
             proc.wait()
     log.info("%s stopped (exit status %s)", name, proc.returncode)
+
+
+def kept(name, experiment, command, grace_s):
+    """The watchdog command that keeps `command` alive through its pid file `<state>/<name>.pid`."""
+    pid_path = str(experiment.paths.state / f"{name}.pid")
+    return [sys.executable, "-m", "watchdog", "--pidfile", pid_path,
+            "--stale-after", f"{experiment.server.stale_after_s:g}", "--grace", f"{grace_s:g}", "--",
+            *command, "--pidfile", pid_path]
+
+
+def controller_grace(experiment):
+    """Time the run controller may take to stop every program (each stop_timeout, then SIGKILL)."""
+    return sum(p.stop_timeout_s for p in experiment.programs) + GRACE_S
 
 
 def signal_group(proc, signum):
@@ -92,20 +106,24 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda signum, _: stopping.append(signum))
     signal.signal(signal.SIGINT, lambda signum, _: stopping.append(signum))
     path = str(experiment.path)
-    pid_path = str(experiment.paths.state / "server.pid")
-    server = start([sys.executable, "-m", "watchdog", "--pidfile", pid_path,
-                    "--stale-after", f"{experiment.server.stale_after_s:g}", "--",
-                    sys.executable, "-m", "runcontrol.server", "--experiment", path, "--pidfile", pid_path])
-    spy = start([sys.executable, "-m", "clients.spy", "--experiment", path, "--name", "spy"])
+    grace_s = controller_grace(experiment)
+    server = start(kept("server", experiment, [sys.executable, "-m", "runcontrol.server", "--experiment", path],
+                        GRACE_S))
+    controller = start(kept("controller", experiment,
+                            [sys.executable, "-m", "runcontrol.controller", "--experiment", path], grace_s))
+    watched = {"server": server, "run controller": controller}
     status = 0
     while not stopping:
-        if server.poll() is not None:
-            log.error("the server's watchdog exited with status %s", server.returncode)
+        ended = [name for name, proc in watched.items() if proc.poll() is not None]
+        if ended:
+            log.error("the watchdog of the %s exited with status %s: stopping", ended[0],
+                      watched[ended[0]].returncode)
             status = 1
             break
         time.sleep(0.2)
-    stop(spy, "spy")
-    stop(server, "server and its watchdog")
+    stop(controller, "run controller and its programs", grace_s + GRACE_S)
+    stop(server, "server", 2 * GRACE_S)
+    log.info("everything stopped")
     return status
 
 

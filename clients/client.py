@@ -47,13 +47,44 @@ class NameTaken(RequestFailed):
 class Pending:
     """A request waiting for its final answer; `progress` collects `_progress` messages."""
 
-    __slots__ = ("id", "to", "cmd", "data", "answer", "progress", "on_progress")
+    __slots__ = ("id", "to", "cmd", "data", "answer", "progress", "on_progress", "on_answer")
 
-    def __init__(self, msg_id, to, cmd, data, on_progress):
+    def __init__(self, msg_id, to, cmd, data, on_progress, on_answer=None):
         self.id, self.to, self.cmd, self.data = msg_id, to, cmd, data
         self.answer = None
         self.progress = []
         self.on_progress = on_progress
+        self.on_answer = on_answer
+
+
+class Deferred:
+    """A reply given later: a handler returns `client.defer(msg)` and calls `resolve` or `refuse` when done.
+
+    The client keeps serving (pings, other requests) meanwhile, so a slow
+    command never makes its program look hung.
+    """
+
+    __slots__ = ("_client", "to", "id", "done")
+
+    def __init__(self, client, msg):
+        self._client, self.to, self.id = client, msg.get("from"), msg.get("id")
+        self.done = False
+
+    def resolve(self, result=None):
+        self._finish(protocol.make_reply(self.id, result))
+
+    def refuse(self, error, code=protocol.REFUSED):
+        self._finish(protocol.make_refusal(self.id, error, code))
+
+    def progress(self, **data):
+        if not self.done:
+            self._client.progress({"id": self.id, "from": self.to}, **data)
+
+    def _finish(self, reply):
+        if not self.done:
+            self.done = True
+            if self.id is not None:
+                self._client._answer(self.to, reply)
 
 
 class Client:
@@ -100,6 +131,7 @@ class Client:
         self._ctx = zmq.Context()
         self._poller = zmq.Poller()
         self._sock = self._monitor = self._sub = None
+        self._watched = {}
         self._collect_methods()
         self._beacons = self._listen(beacon_port or port, beacon_address or address)
         if self._server_fixed:
@@ -133,6 +165,15 @@ class Client:
             return fn
         return register
 
+    def watch(self, fd, callback):
+        """Call `callback()` from `poll()` whenever file descriptor `fd` is readable."""
+        self._watched[fd] = callback
+        self._poller.register(fd, zmq.POLLIN)
+
+    def unwatch(self, fd):
+        if self._watched.pop(fd, None) is not None:
+            self._poller.unregister(fd)
+
     # --- sending --------------------------------------------------------------------
 
     def send(self, to, cmd, **payload):
@@ -152,15 +193,15 @@ class Client:
         """`request` for a whole message dict (it may carry its own `id`)."""
         return self.wait(self.start(msg, on_progress), timeout).value()
 
-    def start(self, msg, on_progress=None):
-        """Send a request without waiting; returns its Pending (see `wait`)."""
+    def start(self, msg, on_progress=None, on_answer=None):
+        """Send a request without waiting; returns its Pending (see `wait`; `on_answer(answer)` when it comes)."""
         msg = dict(msg)
         if "id" not in msg:
             msg["id"] = f"{self._id_prefix}-{next(self._ids)}"
         to = msg.get("to") or protocol.SERVER
         if to == protocol.SERVER:
             msg.pop("to", None)
-        pending = Pending(msg["id"], to, msg.get("cmd"), self._encode_msg(msg), on_progress)
+        pending = Pending(msg["id"], to, msg.get("cmd"), self._encode_msg(msg), on_progress, on_answer)
         self._pending[pending.id] = pending
         self._emit(pending.data)
         return pending
@@ -171,7 +212,7 @@ class Client:
         while pending.answer is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self._abandon(pending)
+                self.abandon(pending)
                 if not self.registered:
                     raise ServerUnavailable(f"no server answered within {timeout:g} s "
                                             f"({self._where()}); {pending.cmd!r} was not sent")
@@ -182,6 +223,10 @@ class Client:
     def publish(self, topic, data, retain=False):
         """Publish `data` on the event stream as pub.<name>.<topic>; `retain` keeps the last value."""
         self.send(None, "_publish", topic=topic, data=data, retain=retain)
+
+    def defer(self, msg):
+        """From a handler: `return client.defer(msg)` and answer later through the Deferred."""
+        return Deferred(self, msg)
 
     def progress(self, msg, **data):
         """From a handler: tell the requester of `msg` how its long request is going."""
@@ -241,7 +286,8 @@ class Client:
                 return
             self._outbox.popleft()
 
-    def _abandon(self, pending):
+    def abandon(self, pending):
+        """Stop waiting for `pending` (a later answer is ignored; unsent, it is not sent)."""
         self._pending.pop(pending.id, None)
         try:
             self._outbox.remove(pending.data)
@@ -297,6 +343,10 @@ class Client:
             handled += self._drain_socket()
         if self._sub is not None and self._sub in ready:
             handled += self._drain_sub()
+        for fd, callback in list(self._watched.items()):
+            if fd in ready:
+                callback()
+                handled += 1
         return handled
 
     def _drain_socket(self):
@@ -489,6 +539,8 @@ class Client:
         pending = self._pending.pop(re_id, None) if re_id is not None else None
         if pending is not None:
             pending.answer = protocol.parse_answer(msg)
+            if pending.on_answer is not None:
+                pending.on_answer(pending.answer)
         elif msg.get("cmd") == "_error":
             log.warning("server: %s (%s)", msg.get("error"), msg.get("code"))
 
@@ -532,6 +584,8 @@ class Client:
             log.exception("handler %r failed", cmd)
             reply = protocol.make_refusal(msg_id, f"{type(exc).__name__}: {exc}", protocol.HANDLER_ERROR)
         else:
+            if isinstance(result, Deferred):
+                return
             reply = protocol.make_reply(msg_id, result)
         if msg_id is not None:
             self._answer(sender, reply)

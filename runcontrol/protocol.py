@@ -48,6 +48,11 @@ CLIENT_LOST = "client_lost"
 QUEUE_FULL = "queue_full"
 INTERNAL = "internal"
 HANDLER_ERROR = "handler_error"
+# Codes clients (the run controller) use in refusals.
+REFUSED = "refused"
+UNKNOWN_PROGRAM = "unknown_program"
+BAD_EXPERIMENT = "bad_experiment"
+FAILED = "failed"
 ERROR_CODES = frozenset({
     BAD_JSON, NOT_OBJECT, BAD_FRAMES, TOO_LARGE, NO_CMD, BAD_FIELD, NOT_REGISTERED,
     NAME_TAKEN, BAD_NAME, NO_SUCH_CLIENT, UNKNOWN_COMMAND, CLIENT_LOST, QUEUE_FULL,

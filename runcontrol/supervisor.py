@@ -328,7 +328,7 @@ class Supervisor:
         program.log.feed(data)
         self._unwatch(proc.pidfd)
         self._unwatch(proc.output)
-        self.backend.finish(proc, self._known_pids())
+        self.backend.finish(proc, self.running_pids())
         code, sig = status
         uptime = self.clock() - program.started_at
         program.proc = None
@@ -352,7 +352,7 @@ class Supervisor:
         else:
             self._after_exit(program, clean=code == 0 and reason is None, uptime=uptime)
 
-    def _known_pids(self):
+    def running_pids(self):
         return {p.proc.pid for p in self.programs.values() if p.proc is not None}
 
     def _after_exit(self, program, clean, uptime):
