@@ -247,6 +247,8 @@ class Client:
             raise TypeError(f"message {msg.get('cmd')!r} cannot be sent as JSON: {exc}") from None
 
     def _emit(self, data):
+        if self.registered and time.monotonic() - self._last_heard > self.timeout_s:
+            self._tick(time.monotonic())  # a dead connection: queue rather than send into it
         if self.registered and not self._outbox:
             if self._send_now(data):
                 return

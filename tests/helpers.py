@@ -54,7 +54,7 @@ def free_beacon_port():
 
 
 def write_experiment(folder, name, router="tcp://127.0.0.1:0", events="tcp://127.0.0.1:0",
-                     beacon_port=None, heartbeat=0.5, timeout=3.0, **server):
+                     beacon_port=None, heartbeat=0.5, timeout=3.0, programs=None, **server):
     path = Path(folder) / f"{name}.json"
     description = {
         "name": name,
@@ -62,9 +62,48 @@ def write_experiment(folder, name, router="tcp://127.0.0.1:0", events="tcp://127
                    "beacon": {"port": beacon_port or free_beacon_port(), "interval": 0.5},
                    "heartbeat": heartbeat, "timeout": timeout, **server},
         "paths": {"logs": "log", "data": "data", "state": "state"},
+        "programs": programs or {},
     }
     path.write_text(json.dumps(description), encoding="utf-8")
     return path
+
+
+def helper(script, *args, **fields):
+    """A program entry of an experiment running tests/programs/<script>."""
+    return {"cmd": ["python", str(PROGRAMS / script), *map(str, args)], **fields}
+
+
+class ControllerProcess:
+    """A real `python -m runcontrol.controller` for an experiment file; its log beside the file."""
+
+    def __init__(self, experiment_path):
+        self.path = Path(experiment_path)
+        self.log = self.path.parent / "controller.log"
+        self.proc = None
+
+    def start(self):
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "runcontrol.controller", "--experiment", str(self.path)],
+                cwd=ROOT, env=env_for_children(), stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        return self
+
+    def stop(self, timeout_s=30.0):
+        """SIGTERM (it stops its programs first); returns the exit status."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout_s)
+                raise AssertionError(f"run controller ignored SIGTERM: {self.log.read_text()[-2000:]}") from None
+        return self.proc.returncode
+
+    def kill(self):
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
 
 
 class ServerProcess:

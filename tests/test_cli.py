@@ -6,9 +6,10 @@ import signal
 import subprocess
 import sys
 
+import psutil
 import pytest
 
-from tests.helpers import (ROOT, env_for_children, registered_names, wait_until,
+from tests.helpers import (ROOT, env_for_children, helper, registered_names, wait_until,
                            write_experiment)
 
 
@@ -119,27 +120,35 @@ def test_spy_prints_and_logs_traffic_and_topic_narrows(server, echo, tmp_path):
     assert "msg.echo" in (logs / "spy.log").read_text()
 
 
-def test_run_py_starts_server_and_spy_and_stops_on_sigterm(tmp_path):
-    path = write_experiment(tmp_path, "runpy")
+def test_run_py_starts_server_controller_and_programs_and_stops_on_sigterm(tmp_path):
+    path = write_experiment(tmp_path, "runpy", programs={
+        "spy": {"cmd": ["python", "-m", "clients.spy", "--name", "spy"], "client": "spy"},
+        "echo": helper("echo_client.py", "echo", client="echo", depends_on=["spy"])})
     proc = subprocess.Popen([sys.executable, "run.py", str(path), "--headless"], cwd=ROOT,
                             env=env_for_children(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
-        pid_file = tmp_path / "state" / "server.pid"
-        wait_until(pid_file.exists, 15)
+        pid_files = [tmp_path / "state" / "server.pid", tmp_path / "state" / "controller.pid"]
+        wait_until(lambda: all(p.exists() for p in pid_files), 15)
 
-        def spy_registered():
+        def registered():
             listing = run_tool("send.py", "--experiment", path, "server", "_list")
-            return listing.returncode == 0 and "spy" in [c["name"] for c in json.loads(listing.stdout)]
-        wait_until(spy_registered, 30, interval_s=0.2)
+            return listing.returncode == 0 and {"spy", "echo", "run"} <= {c["name"] for c in json.loads(listing.stdout)}
+        wait_until(registered, 30, interval_s=0.2)
         answer = run_tool("send.py", "--experiment", path, "spy", "nothing")
         assert answer.returncode == 1 and "spy has no command 'nothing'" in answer.stderr
+        status = json.loads(run_tool("send.py", "--experiment", path, "run", "status").stdout)
+        assert {name: p["state"] for name, p in status["programs"].items()} == {"spy": "RUNNING", "echo": "RUNNING"}
+        pids = [p["pid"] for p in status["programs"].values()]
     finally:
         proc.send_signal(signal.SIGTERM)
-        out = proc.communicate(timeout=20)[0]
+        out = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, out
-    assert "server and its watchdog stopped (exit status 0)" in out and "spy stopped" in out
-    assert not pid_file.exists()
+    assert "run controller and its programs stopped (exit status 0)" in out
+    assert out.index("echo RUNNING -> STOPPING") < out.index("spy RUNNING -> STOPPING")
+    assert "server stopped (exit status 0)" in out and "everything stopped" in out
+    assert not any(p.exists() for p in pid_files)
+    assert not any(psutil.pid_exists(pid) for pid in pids)
 
 
 def test_run_py_refuses_invalid_experiment(tmp_path):
