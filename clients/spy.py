@@ -1,7 +1,8 @@
 """The spy: prints every message, event and log record, one line each, and logs them.
 
-The log file (`<paths.logs>/spy.log`, else `var/log/spy.log`) is rotated at
-midnight UTC. Built only on the client library.
+What it sees goes to `<paths.logs>/traffic.log` (else `var/log/traffic.log`),
+rotated at midnight UTC; `spy.log` beside it is the spy's own output, kept by
+the supervisor. Built only on the client library.
 
 Run: python -m clients.spy [--topic PREFIX ...] [--experiment NAME | --server ADDR]
 """
@@ -67,7 +68,7 @@ def main(argv=None):
     parser.add_argument("--experiment", help="experiment name or file (default: $ORBIT_EXPERIMENT)")
     parser.add_argument("--server", help="router address (default: $ORBIT_SERVER, else the beacon)")
     parser.add_argument("--name", default=f"spy-{os.getpid()}", help="client name to register as")
-    parser.add_argument("--log-dir", help="folder of spy.log (default: the experiment's paths.logs)")
+    parser.add_argument("--log-dir", help="folder of traffic.log (default: the experiment's paths.logs)")
     parser.add_argument("--connect-timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
     logsetup.configure("WARNING", sys.stderr)
@@ -77,7 +78,7 @@ def main(argv=None):
         log_dir = Path(args.log_dir) if args.log_dir else default_log_dir(experiment)
         log_dir.mkdir(parents=True, exist_ok=True)
         with Client(args.name, experiment=experiment, server=args.server) as client:
-            Spy(client, args.topic or [""], log_dir / "spy.log")
+            Spy(client, args.topic or [""], log_dir / "traffic.log")
             client.connect(args.connect_timeout)
             client.run_forever()
     except (ConfigError, ServerUnavailable) as exc:

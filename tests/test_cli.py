@@ -103,7 +103,7 @@ def test_spy_prints_and_logs_traffic_and_topic_narrows(server, echo, tmp_path):
 
         def spy_logged_marker():
             run_tool("send.py", "--server", server.router, "echo", "echo", "tag=spy-marker")
-            log = logs / "spy.log"
+            log = logs / "traffic.log"
             return log.exists() and "spy-marker" in log.read_text()
         wait_until(spy_logged_marker, 30, interval_s=0.2)
         run_tool("send.py", "--server", server.router, "server", "_event", "kind=spy_check")
@@ -117,7 +117,7 @@ def test_spy_prints_and_logs_traffic_and_topic_narrows(server, echo, tmp_path):
     assert '"from":"send-' in line
     assert "event.client_joined" in out_all
     assert "spy-marker" not in out_events and "event.spy_check" in out_events
-    assert "msg.echo" in (logs / "spy.log").read_text()
+    assert "msg.echo" in (logs / "traffic.log").read_text()
 
 
 def test_run_py_starts_server_controller_and_programs_and_stops_on_sigterm(tmp_path):
