@@ -9,7 +9,7 @@ import sys
 import psutil
 import pytest
 
-from tests.helpers import (ROOT, env_for_children, helper, registered_names, wait_until,
+from tests.helpers import (ROOT, env_for_children, free_beacon_port, helper, registered_names, wait_until,
                            write_experiment)
 
 
@@ -175,3 +175,40 @@ def test_status_once_and_json_show_the_live_system(server, echo):
 def test_status_without_server_exit_3():
     result = run_tool("status.py", "--server", "tcp://127.0.0.1:1", "--connect-timeout", "0.5", "--once")
     assert result.returncode == 3 and "no server answered" in result.stderr
+
+
+def test_run_py_damicm_headless_brings_every_program_up_and_down(tmp_path):
+    description = json.loads((ROOT / "damicm.json").read_text())
+    description["server"].update(router="tcp://127.0.0.1:0", events="tcp://127.0.0.1:0")
+    description["server"]["beacon"]["port"] = free_beacon_port()
+    for program in description["programs"].values():
+        program["cwd"] = str(ROOT)
+    path = tmp_path / "damicm.json"
+    path.write_text(json.dumps(description))
+    proc = subprocess.Popen([sys.executable, "run.py", str(path), "--headless"], cwd=ROOT,
+                            env=env_for_children(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        def everything_up():
+            answer = run_tool("send.py", "--experiment", path, "run", "status")
+            if answer.returncode != 0:
+                return None
+            programs = json.loads(answer.stdout)["programs"]
+            return programs if all(p["state"] == "RUNNING" and p["registered"] for p in programs.values()) else None
+        programs = wait_until(everything_up, 60, interval_s=0.5, what="every damicm program registered")
+        assert set(programs) == {"spy", "cryo", "vacuum", "bias", "lta1", "lta2", "monitor", "shell"}
+        names = {c["name"] for c in json.loads(run_tool("send.py", "--experiment", path, "server", "_list").stdout)}
+        assert set(programs) | {"run"} <= names
+        exposure = run_tool("send.py", "--experiment", path, "lta2", "expose", "seconds=0.1")
+        assert exposure.returncode == 0, exposure.stderr
+        assert json.loads(exposure.stdout)["image"].startswith(str(tmp_path / "var" / "data" / "lta2"))
+        pids = [p["pid"] for p in programs.values()]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert "everything stopped" in out
+    assert out.index("monitor RUNNING -> STOPPING") < out.index("lta1 RUNNING -> STOPPING") \
+        < out.index("cryo RUNNING -> STOPPING")
+    assert not any(psutil.pid_exists(pid) for pid in pids)
+    assert (tmp_path / "var" / "log" / "lta2.log").read_text().count("wrote ") == 1

@@ -12,7 +12,6 @@ fatal. Commands: `expose`, `status`, `monitor`.
 
 import array
 import json
-import os
 import random
 import time
 
@@ -65,16 +64,12 @@ class Exposure:
 
 
 class Lta(Instrument):
-    def __init__(self, name, drop_rate=0.01, bad_rate=0.02, seed=None, **kwargs):
+    def __init__(self, name, folder, drop_rate=0.01, bad_rate=0.02, seed=None, **kwargs):
         super().__init__(name, **kwargs)
         self.board = Board(drop_rate, bad_rate, random.Random(seed))
-        self.folder = data_folder(self.experiment_file, name)
+        self.folder = folder
         self.exposure = None
         self.counts = {"exposures": 0, "link_drops": 0, "reconnects": 0, "resyncs": 0, "failed": 0}
-
-    @property
-    def experiment_file(self):
-        return os.environ.get("ORBIT_EXPERIMENT") or self.experiment
 
     def values(self):
         return {"link": "up" if self.board.connected else "down", "exposing": self.exposure is not None,
@@ -153,7 +148,7 @@ def main(argv=None):
         parser.add_argument("--drop-rate", type=float, default=0.01, help="chance per row that the link drops")
         parser.add_argument("--bad-rate", type=float, default=0.02, help="chance per row of invalid data")
         parser.add_argument("--seed", type=int, help="random seed, for a repeatable simulation")
-    return run(lambda a: Lta(a.name, a.drop_rate, a.bad_rate, a.seed, period_s=a.period, experiment=a.experiment,
+    return run(lambda a: Lta(a.name, data_folder(a.experiment, a.name), a.drop_rate, a.bad_rate, a.seed, period_s=a.period, experiment=a.experiment,
                              server=a.server), __doc__.split("\n")[0], options, argv)
 
 
