@@ -74,7 +74,9 @@ def test_status_lists_every_program_with_its_figures(system):
                 "sleeper": helper("crash_after.py", 600)})
     echo = s.wait_state("echo", "RUNNING", registered=True)
     sleeper = s.wait_state("sleeper", "RUNNING")
-    assert psutil.Process(echo["pid"]).environ()["ORBIT_NAME"] == "echo"
+    env = psutil.Process(echo["pid"]).environ()
+    assert env["ORBIT_NAME"] == "echo" and env["ORBIT_EXPERIMENT"] == str(s.path)
+    assert env["ORBIT_SERVER"] == s.server.router
     assert echo["heartbeat_age"] is not None and echo["heartbeat_age"] < 5
     assert echo["rss"] > 1_000_000 and echo["host"] == "local" and echo["restarts"] == 0
     assert sleeper["registered"] is None and sleeper["uptime"] > 0

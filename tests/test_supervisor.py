@@ -183,3 +183,14 @@ def test_log_rotates_by_size_keeping_n(supervise, tmp_path):
     drive(sup, lambda: (logs / "chatty.log.2").exists() and "399" in (logs / "chatty.log").read_text())
     assert not (logs / "chatty.log.3").exists()
     assert all(path.stat().st_size <= 4096 + 200 for path in logs.glob("chatty.log*"))
+
+
+@pytest.mark.parametrize("restart_dependents", [False, True])
+def test_restart_dependents_only_when_the_experiment_asks(supervise, restart_dependents):
+    sup = supervise({"base": program("crash_after.py", 3, restart_dependents=restart_dependents),
+                     "user": program("crash_after.py", 600, depends_on=["base"])})
+    drive(sup, lambda: sup.programs["user"].state is S.RUNNING)
+    user = sup.programs["user"].pid
+    drive(sup, lambda: sup.programs["base"].restarts >= 1)
+    drive(sup, lambda: sup.programs["user"].state is S.RUNNING and sup.programs["base"].state is S.RUNNING)
+    assert (sup.programs["user"].pid != user) is restart_dependents
