@@ -16,7 +16,7 @@ run: $(STAMP)
 	$(PY) run.py $(EXPERIMENT)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 3
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_routing.py
