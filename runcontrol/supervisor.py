@@ -248,8 +248,20 @@ class Supervisor:
             return
         for program in self.programs.values():
             if (program.wanted and program.proc is None and program.timer is None
-                    and program.state in (S.STOPPED, S.EXITED, S.FATAL) and self._deps_ready(program)):
+                    and program.state in (S.STOPPED, S.EXITED, S.FATAL) and self._deps_ready(program)
+                    and self._runs_here(program)):
                 self._spawn(program)
+
+    def _runs_here(self, program):
+        if program.spec.host == self.backend.host:
+            return True
+        if program.wanted:
+            log.warning("%s is for host %s: no backend for other hosts here; not started",
+                        program.name, program.spec.host)
+            program.wanted = False
+            program.last_exit = {"error": f"host {program.spec.host}: programs of other hosts "
+                                          "(their supervisord) are not run by this supervisor yet"}
+        return False
 
     def _deps_ready(self, program):
         return all(self.programs[d].state is S.RUNNING for d in program.spec.depends_on if d in self.programs)

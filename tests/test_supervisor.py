@@ -194,3 +194,13 @@ def test_restart_dependents_only_when_the_experiment_asks(supervise, restart_dep
     drive(sup, lambda: sup.programs["base"].restarts >= 1)
     drive(sup, lambda: sup.programs["user"].state is S.RUNNING and sup.programs["base"].state is S.RUNNING)
     assert (sup.programs["user"].pid != user) is restart_dependents
+
+
+def test_a_program_of_another_host_is_not_run_here(supervise):
+    sup = supervise({"remote": {**program("crash_after.py", 600), "host": "daq2"},
+                     "local": program("crash_after.py", 600)},
+                    hosts={"daq2": {"supervisord": "http://127.0.0.1:9001/RPC2"}})
+    drive(sup, lambda: sup.programs["local"].state is S.RUNNING)
+    remote = sup.describe("remote")
+    assert remote["state"] == "STOPPED" and remote["pid"] is None
+    assert "host daq2" in remote["last_exit"]["error"]
