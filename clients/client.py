@@ -87,6 +87,28 @@ class Deferred:
                 self._client._answer(self.to, reply)
 
 
+class Run:
+    """What `on_prepare`, `on_begin` and `on_end` get: the run, and the message that carried it.
+
+    `abort` is set on an `end` that aborts; `rejoin` when the run controller tells a
+    client that (re)joined during a run where the run is.
+    """
+
+    __slots__ = ("number", "transition", "comment", "params", "abort", "rejoin", "msg")
+
+    def __init__(self, msg):
+        self.msg = msg
+        self.number = msg.get("run")
+        self.transition = msg.get("transition")
+        self.comment = msg.get("comment", "")
+        self.params = msg.get("params") if isinstance(msg.get("params"), dict) else {}
+        self.abort = msg.get("abort") is True
+        self.rejoin = msg.get("rejoin") is True
+
+
+RUN_STATE_AFTER = {"prepare": "READY", "begin": "RUN", "end": "STOP"}
+
+
 class Client:
     """A named participant on the bus.
 
@@ -128,6 +150,8 @@ class Client:
         self._hello_error = None
         self._last_heard = time.monotonic()
         self._stopping = False
+        self.run_state = "STOP"
+        self.run_number = None
         self._ctx = zmq.Context()
         self._poller = zmq.Poller()
         self._sock = self._monitor = self._sub = None
@@ -564,9 +588,30 @@ class Client:
         if pending.on_progress is not None:
             pending.on_progress(msg)
 
+    # --- taking part in runs ----------------------------------------------------------------
+
+    def on_prepare(self, run):
+        """Override to get ready for run `run.number`; raise Refused to refuse, return a Deferred if slow."""
+
+    def on_begin(self, run):
+        """Override to start taking data for `run.number` (with `run.comment`, `run.params`)."""
+
+    def on_end(self, run):
+        """Override to stop taking data (`run.abort` when the run is aborted)."""
+
+    def _transition(self, msg):
+        run = Run(msg)
+        hook = {"prepare": self.on_prepare, "begin": self.on_begin, "end": self.on_end}.get(run.transition)
+        if hook is None:
+            raise Refused(f"unknown transition {run.transition!r}: prepare, begin or end", protocol.BAD_FIELD)
+        result = hook(run)
+        self.run_state = RUN_STATE_AFTER[run.transition]
+        self.run_number = run.number
+        return result if result is not None else {"state": self.run_state, "run": run.number}
+
     def _serve(self, msg):
         cmd, msg_id, sender = msg.get("cmd"), msg.get("id"), msg.get("from")
-        handler = self._handlers.get(cmd)
+        handler = self._transition if cmd == "_transition" else self._handlers.get(cmd)
         if handler is None:
             if msg_id is not None:
                 offered = ", ".join(sorted(self._handlers)) or "none"

@@ -21,7 +21,7 @@ import psutil
 
 import experiments
 from clients.client import Client
-from runcontrol import logsetup, pidfile, protocol
+from runcontrol import logsetup, pidfile, protocol, runs
 from runcontrol.errors import ConfigError, Refused, RunControlError
 from runcontrol.localhost import LocalBackend
 from runcontrol.states import ChildState as S
@@ -35,6 +35,8 @@ LIST_WAIT_S = 2.0
 TOUCH_EVERY_S = 1.0
 LOOP_MAX_S = 1.0
 SETTLE_EXTRA_S = 5.0
+TRANSITION_TIMEOUT_S = 10.0
+MAX_TRANSITION_TIMEOUT_S = 600.0
 
 
 class Waiter:
@@ -58,6 +60,9 @@ class Controller(Client):
                                      env={"ORBIT_EXPERIMENT": str(experiment.path)})
         self.watch(self.supervisor.fileno(), lambda: self.supervisor.process(0))
         self.subscribe("event.", self._on_server_event)
+        self.runs = runs.RunBook(experiment.paths.state)
+        self.run_clients = set()   # clients that said meta.run in their _hello
+        self._transition_busy = None
         self._waiters = []
         self._seen_instance = None
         self._touched = 0.0
@@ -83,7 +88,8 @@ class Controller(Client):
         for figures in programs.values():
             seen = clients.get(figures["client"], {}).get("last_seen")
             figures["heartbeat_age"] = round(now - seen, 3) if seen else None
-        return {"experiment": self.spec.name, "state": "STOP", "run": None, "programs": programs,
+        return {"experiment": self.spec.name, "state": self.runs.state, "run": self.runs.run,
+                "current_run": self.runs.current, "participants": self.participants(), "programs": programs,
                 "clients": sorted(clients), "controller": {"pid": os.getpid(), "host": socket.gethostname()}}
 
     def cmd_start(self, msg):
@@ -158,6 +164,141 @@ class Controller(Client):
                           protocol.UNKNOWN_PROGRAM)
         return [name]
 
+    # --- runs ---------------------------------------------------------------------------------
+
+    def cmd_prepare_run(self, msg):
+        """STOP -> READY: hand out the next run number; every participant prepares."""
+        return self._transition(msg, "prepare_run")
+
+    def cmd_begin_run(self, msg):
+        """READY -> RUN, with an optional `comment` and run parameters (`params`)."""
+        return self._transition(msg, "begin_run")
+
+    def cmd_end_run(self, msg):
+        """RUN -> STOP: every participant ends the run."""
+        return self._transition(msg, "end_run")
+
+    def cmd_abort_run(self, msg):
+        """RUN or READY -> STOP whatever the participants answer, for when things went wrong."""
+        return self._transition(msg, "abort_run")
+
+    def cmd_runs(self, msg):
+        """The run log: the latest record of each run (`n`: how many, newest last; default 20)."""
+        n = msg.get("n", 20)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise Refused("'n' must be a whole number >= 0", protocol.BAD_FIELD)
+        return self.runs.records()[-n:] if n else []
+
+    def participants(self):
+        names = {p.spec.client for p in self.supervisor.programs.values()
+                 if p.spec.run and p.spec.client and not p.retired}
+        return sorted(names | self.run_clients)
+
+    def _transition(self, msg, action):
+        state = self.runs.state
+        if self._transition_busy:
+            raise Refused(f"{self._transition_busy} is in progress; try again when it has answered", "busy")
+        if state not in runs.ALLOWED_FROM[action]:
+            raise Refused(f"{action} needs state {' or '.join(runs.ALLOWED_FROM[action])}; the state is {state} "
+                          f"({runs.HINTS[state]})", "bad_state")
+        timeout = msg.get("timeout", TRANSITION_TIMEOUT_S)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not 0 < timeout <= MAX_TRANSITION_TIMEOUT_S:
+            raise Refused(f"'timeout' must be seconds, more than 0 and at most {MAX_TRANSITION_TIMEOUT_S:g}",
+                          protocol.BAD_FIELD)
+        fields = self._run_fields(msg, action)
+        if action == "prepare_run":
+            fields["run"] = self.runs.next_number()  # on disk before any participant hears of it
+        participants = self.participants()
+        payload = {"transition": runs.WIRE[action], **fields}
+        if action == "abort_run":
+            payload["abort"] = True
+        answers = {}
+        pendings = {name: self.start({"to": name, "cmd": "_transition", **payload},
+                                     on_answer=lambda answer, n=name: answers.__setitem__(n, answer))
+                    for name in participants}
+        self._transition_busy = action
+        reply = self.defer(msg)
+        log.info("%s: run %s, asking %s", action, fields["run"], ", ".join(participants) or "no participant")
+
+        def finish():
+            self._transition_busy = None
+            for name, pending in pendings.items():
+                if name not in answers:
+                    self.abandon(pending)
+            self._conclude(reply, action, fields, participants, answers)
+        self._await(lambda: len(answers) == len(participants), finish, timeout, finish)
+        return reply
+
+    def _run_fields(self, msg, action):
+        if action == "prepare_run":
+            return {"run": None}
+        fields = dict(self.runs.current)
+        if action == "begin_run":
+            comment, params = msg.get("comment", ""), msg.get("params", {})
+            if not isinstance(comment, str) or not isinstance(params, dict):
+                raise Refused("'comment' must be a string and 'params' an object", protocol.BAD_FIELD)
+            fields.update(comment=comment, params=params)
+        return fields
+
+    def _conclude(self, reply, action, fields, participants, answers):
+        problems = {name: describe_problem(answers.get(name)) for name in participants
+                    if name not in answers or not answers[name].ok}
+        run = fields["run"]
+        if problems and action != "abort_run":
+            why = "; ".join(f"{name} {problem}" for name, problem in problems.items())
+            log.warning("%s of run %s failed: %s", action, run, why)
+            if action == "prepare_run":
+                self.runs.log({"run": run, "result": "failed", "why": f"prepare: {why}"})
+            if action == "begin_run":
+                self._undo_begin(fields, [n for n in participants if n not in problems])
+            reply.refuse(f"{action} of run {run} failed, the state stays {self.runs.state}: {why}", protocol.FAILED)
+            return
+        self._enter(action, fields, participants, problems)
+        reply.resolve({"state": self.runs.state, "run": run, "participants": participants,
+                       "problems": problems, **({"comment": fields.get("comment")} if action == "begin_run" else {})})
+
+    def _undo_begin(self, fields, accepted):
+        for name in accepted:
+            self.send(name, "_transition", transition="end", run=fields["run"], abort=True)
+
+    def _enter(self, action, fields, participants, problems):
+        now = time.time()
+        target = runs.TARGET[action]
+        if action == "prepare_run":
+            self.runs.enter(target, run=fields["run"], prepared=now, participants=participants)
+        elif action == "begin_run":
+            self.runs.enter(target, **{**fields, "start": now, "participants": participants})
+            self.runs.log({k: self.runs.current.get(k) for k in ("run", "comment", "params", "participants",
+                                                                  "start")} | {"result": "running"})
+        else:
+            started = fields.get("start")
+            self.runs.log({"run": fields["run"], "comment": fields.get("comment"), "params": fields.get("params"),
+                           "participants": participants, "start": started, "end": now,
+                           "duration": round(now - started, 3) if started else None,
+                           "result": "aborted" if action == "abort_run" else "ended",
+                           **({"problems": problems} if problems else {})})
+            self.runs.enter(target)
+        words = {"prepare_run": "Prepared run", "begin_run": "Beginning run", "end_run": "Ending run",
+                 "abort_run": "Aborted run"}
+        log.info("%s %s: state %s", words[action], fields["run"], target)
+        self.send(None, "_event", kind="run_state", state=target, run=fields["run"], transition=action,
+                  message=f"{words[action]} {fields['run']}", comment=fields.get("comment"))
+
+    def _rejoin(self, name):
+        """Tell a participant that (re)joined during a run where the run is, at once."""
+        state, current = self.runs.state, self.runs.current
+        if state == runs.STOP or name not in self.participants():
+            return
+        log.info("%s joined during run %s (%s): telling it", name, current.get("run"), state)
+        base = {"to": name, "cmd": "_transition", "run": current.get("run"), "rejoin": True}
+
+        def then_begin(answer):
+            if answer.ok and self.runs.state == runs.RUN:
+                self.start({**base, "transition": "begin", "comment": current.get("comment", ""),
+                            "params": current.get("params", {})})
+        self.start({**base, "transition": "prepare"}, on_answer=then_begin)
+
     # --- waiting without blocking the loop -------------------------------------------------
 
     def _await(self, ready, finish, timeout_s, expire):
@@ -185,8 +326,12 @@ class Controller(Client):
         kind, name, pid = event.get("kind"), event.get("name"), event.get("pid")
         if kind == "client_joined":
             self.supervisor.client_registered(name, pid)
+            if isinstance(event.get("meta"), dict) and event["meta"].get("run") is True:
+                self.run_clients.add(name)
+            self._rejoin(name)
         elif kind == "client_left":
             self.supervisor.client_gone(name, pid)
+            self.run_clients.discard(name)
         elif kind == "client_lost":
             self.supervisor.client_gone(name, pid, hung=True)
         elif kind == "server_started":
@@ -198,6 +343,8 @@ class Controller(Client):
             if answer.ok:
                 for client in answer.result:
                     self.supervisor.client_registered(client["name"], client.get("pid"))
+                    if isinstance(client.get("meta"), dict) and client["meta"].get("run") is True:
+                        self.run_clients.add(client["name"])
         self.start({"cmd": "_list"}, on_answer=apply)
 
     def _save_pids(self):
@@ -256,6 +403,15 @@ class Controller(Client):
     def close(self):
         self.supervisor.close()
         super().close()
+
+
+def describe_problem(answer):
+    """What a participant's answer to a transition (None: no answer) says went wrong."""
+    if answer is None:
+        return "silent (no answer in time)"
+    if answer.code == protocol.NO_SUCH_CLIENT:
+        return "silent (not registered)"
+    return f"refused: {answer.error}"
 
 
 def describe_exit(last_exit):
@@ -321,7 +477,11 @@ def main(argv=None):
         signal.signal(signum, lambda s, _: stop_signals.append(s))
     signal.signal(signal.SIGCHLD, lambda s, _: None)  # wakes the loop: orphans handed to us get reaped
     stop_leftovers(experiment.paths.state / "programs.json")
-    controller = Controller(experiment, args.pidfile)
+    try:
+        controller = Controller(experiment, args.pidfile)
+    except RunControlError as exc:
+        print(f"run controller: {exc}", file=sys.stderr)
+        return 2
 
     def on_wake():
         try:

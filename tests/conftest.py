@@ -5,7 +5,7 @@ import psutil
 import pytest
 
 from clients.client import Client
-from tests.helpers import (ServerProcess, registered_names, start_program, stop_process, wait_until,
+from tests.helpers import (ServerProcess, System, registered_names, start_program, stop_process, wait_until,
                            write_experiment)
 
 
@@ -95,3 +95,17 @@ def echo_program(server, tmp_path):
 @pytest.fixture
 def echo(echo_program):
     return echo_program("echo")
+
+
+@pytest.fixture
+def system(tmp_path):
+    made = []
+
+    def make(programs, **server):
+        server.setdefault("timeout", 5.0)
+        path = write_experiment(tmp_path, "ctl", programs=programs, **server)
+        made.append(System(path))
+        return made[-1]
+    yield make
+    for one in made:
+        one.close()

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import zmq
 
+from clients.client import Client
+from runcontrol.errors import RunControlError
 from runcontrol import discovery, pidfile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -307,3 +309,57 @@ def registered_names(router):
     finally:
         raw.send({"cmd": "_bye"})
         raw.close()
+
+
+class System:
+    """A server, a run controller over `programs`, an event watcher and an operator client."""
+
+    def __init__(self, path):
+        self.path = path
+        self.server = ServerProcess(path).start()
+        self.events = EventWatcher(self.server.events, "event.").sync(self.server.router)
+        self.controller = ControllerProcess(path).start()
+        self.op = Client("op", experiment=str(path))
+        self.op.connect(10)
+        wait_until(lambda: self.op.request(None, "_status") and "run" in self.clients(), 20, 0.1,
+                   what="the run controller to register")
+
+    def wait_event(self, topic, timeout_s=20.0, **fields):
+        """Wait for an event while the operator client keeps answering its heartbeats."""
+        return wait_until(lambda: self.op.poll(0.05) * 0 or self.events.find(topic, **fields), timeout_s, 0,
+                          what=f"{topic} {fields}")
+
+    def clients(self):
+        return [c["name"] for c in self.op.request(None, "_list")]
+
+    def replace_controller(self):
+        """SIGKILL the run controller and start another; wait until the new one answers."""
+        self.controller.kill()
+        self.controller = ControllerProcess(self.path).start()
+
+        def answers():
+            try:
+                return self.op.request("run", "status", timeout=2)["controller"]["pid"] == self.controller.proc.pid
+            except RunControlError:
+                return False
+        wait_until(answers, 30, 0.2, what="the new run controller")
+
+    def status(self):
+        return self.op.request("run", "status", timeout=10)["programs"]
+
+    def program(self, name):
+        return self.status()[name]
+
+    def wait_state(self, name, state, timeout_s=20.0, **more):
+        def check():
+            info = self.program(name)
+            return info if info["state"] == state and all(info.get(k) == v for k, v in more.items()) else None
+        return wait_until(check, timeout_s, 0.1, what=f"{name} {state} {more}")
+
+    def close(self):
+        try:
+            self.op.close()
+            assert self.controller.stop() == 0
+        finally:
+            self.events.close()
+            self.server.stop()

@@ -7,66 +7,8 @@ import signal
 import psutil
 import pytest
 
-from clients.client import Client
 from runcontrol.errors import Refused
-from tests.helpers import (ControllerProcess, EventWatcher, ServerProcess, helper, wait_until,
-                           write_experiment)
-
-
-class System:
-    """A server, a run controller over `programs`, an event watcher and an operator client."""
-
-    def __init__(self, path):
-        self.path = path
-        self.server = ServerProcess(path).start()
-        self.events = EventWatcher(self.server.events, "event.").sync(self.server.router)
-        self.controller = ControllerProcess(path).start()
-        self.op = Client("op", experiment=str(path))
-        self.op.connect(10)
-        wait_until(lambda: self.op.request(None, "_status") and "run" in self.clients(), 20, 0.1,
-                   what="the run controller to register")
-
-    def wait_event(self, topic, timeout_s=20.0, **fields):
-        """Wait for an event while the operator client keeps answering its heartbeats."""
-        return wait_until(lambda: self.op.poll(0.05) * 0 or self.events.find(topic, **fields), timeout_s, 0,
-                          what=f"{topic} {fields}")
-
-    def clients(self):
-        return [c["name"] for c in self.op.request(None, "_list")]
-
-    def status(self):
-        return self.op.request("run", "status", timeout=10)["programs"]
-
-    def program(self, name):
-        return self.status()[name]
-
-    def wait_state(self, name, state, timeout_s=20.0, **more):
-        def check():
-            info = self.program(name)
-            return info if info["state"] == state and all(info.get(k) == v for k, v in more.items()) else None
-        return wait_until(check, timeout_s, 0.1, what=f"{name} {state} {more}")
-
-    def close(self):
-        try:
-            self.op.close()
-            assert self.controller.stop() == 0
-        finally:
-            self.events.close()
-            self.server.stop()
-
-
-@pytest.fixture
-def system(tmp_path):
-    made = []
-
-    def make(programs, **server):
-        server.setdefault("timeout", 5.0)
-        path = write_experiment(tmp_path, "ctl", programs=programs, **server)
-        made.append(System(path))
-        return made[-1]
-    yield make
-    for one in made:
-        one.close()
+from tests.helpers import helper, wait_until
 
 
 def test_status_lists_every_program_with_its_figures(system):
@@ -178,9 +120,7 @@ def test_orphans_of_a_program_are_killed_when_it_dies(system, tmp_path):
 def test_a_new_controller_stops_what_a_killed_one_left(system):
     s = system({"echo": helper("echo_client.py", "echo", client="echo")})
     old = s.wait_state("echo", "RUNNING", registered=True)["pid"]
-    s.controller.kill()
-    assert psutil.pid_exists(old)
-    s.controller = ControllerProcess(s.path).start()
+    s.replace_controller()
     wait_until(lambda: not psutil.pid_exists(old), 20, what="the leftover program to be stopped")
     assert s.wait_state("echo", "RUNNING", registered=True)["pid"] != old
     assert "left running: echo" in s.controller.log.read_text()

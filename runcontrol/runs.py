@@ -1,0 +1,118 @@
+"""Run numbers, the run state and the run log, kept on disk so that no crash can repeat a number.
+
+Owns, under the experiment's `paths.state`: `run_number` (the last number handed
+out), `run_state.json` (STOP, READY or RUN, and the current run) and `runs.jsonl`
+(one JSON record per change of a run; the last record of a run is its outcome).
+Every write is flushed and fsynced before the caller goes on. Must not send
+messages: the run controller does.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+from runcontrol.errors import RunControlError
+
+STOP, READY, RUN = "STOP", "READY", "RUN"
+ALLOWED_FROM = {"prepare_run": (STOP,), "begin_run": (READY,), "end_run": (RUN,), "abort_run": (READY, RUN)}
+TARGET = {"prepare_run": READY, "begin_run": RUN, "end_run": STOP, "abort_run": STOP}
+WIRE = {"prepare_run": "prepare", "begin_run": "begin", "end_run": "end", "abort_run": "end"}
+HINTS = {STOP: "prepare_run first", READY: "begin_run or abort_run", RUN: "end_run or abort_run"}
+
+
+class RunBookError(RunControlError):
+    """The run files cannot be read or written: no number is handed out."""
+
+
+def write_durably(path, text):
+    """Replace `path` with `text`: temporary file, fsync, rename, fsync of the folder."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    sync_folder(path.parent)
+
+
+def sync_folder(folder):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RunBook:
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.number_path = self.folder / "run_number"
+        self.state_path = self.folder / "run_state.json"
+        self.log_path = self.folder / "runs.jsonl"
+        saved = self._read_state()
+        self.state = saved.get("state", STOP)
+        self.current = saved.get("current") or {}
+
+    @property
+    def run(self):
+        return self.current.get("run")
+
+    def _read_state(self):
+        try:
+            saved = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise RunBookError(f"{self.state_path}: unreadable ({exc}); move it away to start from STOP") from None
+        if not isinstance(saved, dict) or saved.get("state") not in (STOP, READY, RUN):
+            raise RunBookError(f"{self.state_path}: not a run state; move it away to start from STOP")
+        return saved
+
+    def next_number(self):
+        """The next run number, on disk before this returns; never one handed out before."""
+        last = max(self._last_number(), max((r.get("run", 0) for r in self.records()), default=0))
+        number = last + 1
+        write_durably(self.number_path, f"{number}\n")
+        return number
+
+    def _last_number(self):
+        try:
+            text = self.number_path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return 0
+        if not text.isdigit():
+            raise RunBookError(f"{self.number_path} holds {text[:40]!r}, not a run number: "
+                               "fix it by hand (it must be the last run number handed out)")
+        return int(text)
+
+    def enter(self, state, **current):
+        """Make `state` (with the current run's fields) the state on disk."""
+        self.state = state
+        self.current = current if state != STOP else {}
+        write_durably(self.state_path, json.dumps({"state": state, "current": self.current}))
+
+    def log(self, record):
+        """Append one record to the run log, durably."""
+        line = json.dumps({**record, "logged": round(time.time(), 3)}) + "\n"
+        with open(self.log_path, "a", encoding="utf-8") as out:
+            out.write(line)
+            out.flush()
+            os.fsync(out.fileno())
+
+    def records(self):
+        """The latest record of each run, in run order."""
+        latest = {}
+        try:
+            lines = self.log_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a crash mid-write
+            if isinstance(record, dict) and isinstance(record.get("run"), int):
+                latest[record["run"]] = record
+        return [latest[n] for n in sorted(latest)]

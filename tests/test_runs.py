@@ -1,0 +1,139 @@
+"""Run control: transitions through real participant processes, run numbers, the run log, rejoining."""
+
+import json
+import os
+import signal
+
+import pytest
+
+from runcontrol.errors import Refused
+from tests.helpers import helper, wait_until
+
+
+def participant(name, record, *flags, **fields):
+    return helper("participant.py", name, record, *flags, client=name, run=True, **fields)
+
+
+def transitions(record):
+    return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+
+
+def wait_participants(s, *names):
+    for name in names:
+        s.wait_state(name, "RUNNING", registered=True)
+
+
+def test_a_full_run_cycle(system, tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    s = system({"pa": participant("pa", a), "pb": participant("pb", b), "other": helper("crash_after.py", 600)})
+    wait_participants(s, "pa", "pb")
+    with pytest.raises(Refused) as refused:
+        s.op.request("run", "begin_run")
+    assert refused.value.code == "bad_state" and "needs state READY; the state is STOP" in str(refused.value)
+    ready = s.op.request("run", "prepare_run")
+    assert ready["state"] == "READY" and ready["participants"] == ["pa", "pb"]
+    run = ready["run"]
+    began = s.op.request("run", "begin_run", comment="first light", params={"exposure": 2})
+    assert (began["state"], began["run"]) == ("RUN", run)
+    with pytest.raises(Refused):
+        s.op.request("run", "begin_run")
+    assert s.op.request("run", "status")["state"] == "RUN"
+    ended = s.op.request("run", "end_run")
+    assert (ended["state"], ended["run"]) == ("STOP", run)
+    got = transitions(a)
+    assert [t["transition"] for t in got] == ["prepare", "begin", "end"]
+    assert got[1]["comment"] == "first light" and got[1]["params"] == {"exposure": 2}
+    assert {t["run"] for t in got} == {run}
+    s.wait_event("event.run_state", message=f"Ending run {run}")
+    messages = [obj["message"] for topic, obj in s.events.items if topic == "event.run_state"]
+    assert messages == [f"Prepared run {run}", f"Beginning run {run}", f"Ending run {run}"]
+    record = s.op.request("run", "runs")[-1]
+    assert record["run"] == run and record["result"] == "ended" and record["comment"] == "first light"
+    assert record["participants"] == ["pa", "pb"] and record["duration"] >= 0 and record["end"] > record["start"]
+    assert s.op.request("run", "prepare_run")["run"] == run + 1
+
+
+def test_a_refusing_participant_keeps_the_state_and_is_named(system, tmp_path):
+    s = system({"good": participant("good", tmp_path / "g"), "grumpy": participant("grumpy", tmp_path / "r",
+                                                                                 "--refuse", "begin")})
+    wait_participants(s, "good", "grumpy")
+    s.op.request("run", "prepare_run")
+    with pytest.raises(Refused) as refused:
+        s.op.call({"to": "run", "cmd": "begin_run", "timeout": 5}, 15)
+    text = str(refused.value)
+    assert refused.value.code == "failed" and "the state stays READY" in text
+    assert "grumpy refused: grumpy will not begin" in text and "good" not in text.split(":", 1)[1]
+    assert s.op.request("run", "status")["state"] == "READY"
+    wait_until(lambda: [t["abort"] for t in transitions(tmp_path / "g")][-1:] == [True], 10)
+    aborted = s.op.request("run", "abort_run")
+    assert aborted["state"] == "STOP"
+    assert s.op.request("run", "runs")[-1]["result"] == "aborted"
+
+
+def test_a_silent_participant_is_named_and_the_state_unchanged(system, tmp_path):
+    s = system({"mute": participant("mute", tmp_path / "m", "--silent", "prepare")})
+    wait_participants(s, "mute")
+    with pytest.raises(Refused) as refused:
+        s.op.call({"to": "run", "cmd": "prepare_run", "timeout": 1}, 15)
+    assert "mute silent (no answer in time)" in str(refused.value)
+    status = s.op.request("run", "status")
+    assert status["state"] == "STOP"
+    assert s.op.request("run", "runs")[-1]["result"] == "failed"
+
+
+def test_a_meta_run_client_takes_part_and_an_unregistered_program_counts_as_silent(system, tmp_path, launch_meta):
+    s = system({"absent": participant("absent", tmp_path / "x", restart="never", start_timeout=600,
+                                      depends_on=["never"]),
+                "never": helper("crash_after.py", 0, 1, restart="never")})
+    launch_meta(s, "extra", tmp_path / "extra.jsonl")
+    wait_until(lambda: "extra" in s.op.request("run", "status")["participants"], 10)
+    with pytest.raises(Refused) as refused:
+        s.op.call({"to": "run", "cmd": "prepare_run", "timeout": 3}, 15)
+    assert "absent silent (not registered)" in str(refused.value)
+    assert [t["transition"] for t in transitions(tmp_path / "extra.jsonl")] == ["prepare"]
+
+
+@pytest.fixture
+def launch_meta(tmp_path):
+    from tests.helpers import start_program, stop_process
+    started = []
+
+    def launch(s, name, record):
+        started.append(start_program("participant.py", name, record, "--meta-run", "--experiment", s.path,
+                                     log=tmp_path / f"{name}.log"))
+        wait_until(lambda: name in s.clients(), 15)
+    yield launch
+    for proc in started:
+        stop_process(proc)
+
+
+def test_a_participant_killed_during_a_run_rejoins_it(system, tmp_path):
+    record = tmp_path / "lta.jsonl"
+    s = system({"lta": participant("lta", record)})
+    wait_participants(s, "lta")
+    s.op.request("run", "prepare_run")
+    run = s.op.request("run", "begin_run", comment="long")["run"]
+    first = s.program("lta")["pid"]
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: len([t for t in transitions(record) if t["rejoin"]]) >= 2, 20)
+    rejoined = [t for t in transitions(record) if t["rejoin"]]
+    assert [(t["transition"], t["run"]) for t in rejoined] == [("prepare", run), ("begin", run)]
+    assert rejoined[1]["comment"] == "long"
+    assert s.op.request("run", "end_run")["state"] == "STOP"
+
+
+def test_run_numbers_never_repeat_across_a_sigkill_of_the_controller(system, tmp_path):
+    s = system({"p": participant("p", tmp_path / "p")})
+    wait_participants(s, "p")
+    first = s.op.request("run", "prepare_run")["run"]
+    s.op.request("run", "begin_run")
+    s.op.request("run", "end_run")
+    s.replace_controller()
+    wait_participants(s, "p")
+    second = s.op.request("run", "prepare_run")["run"]
+    assert second == first + 1
+    s.replace_controller()  # during READY: the state survives too
+    status = s.op.request("run", "status")
+    assert (status["state"], status["run"]) == ("READY", second)
+    s.op.request("run", "abort_run")
+    assert [r["run"] for r in s.op.request("run", "runs")] == [first, second]
