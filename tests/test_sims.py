@@ -1,6 +1,7 @@
 """The DAMIC-M programs (simulated instruments, monitor, command client) as real processes on a real server."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -72,28 +73,31 @@ def test_bias_interlock_refuses_warm_ccds_and_trips_on_venting(op):
     assert "pressure" in str(refusal(op, "bias", "on"))
 
 
-def test_lta_exposure_survives_link_drops_and_bad_data(op, server):
+def transition(op, to, kind, run, **fields):
+    return op.request(to, "_transition", transition=kind, run=run, **fields)
+
+
+def test_lta_exposes_only_during_a_run_into_its_folder_through_link_drops(op, server):
     op.launch("clients.sim.lta", "lta1", "--drop-rate", 0.05, "--bad-rate", 0.1, "--seed", 7, "--period", 0.05)
     wait_registered(op, "lta1")
-    answer = op.request("lta1", "expose", seconds=0.1, rows=64, cols=32, timeout=60)
-    raw = answer["image"]
-    assert raw.startswith(str(server.path.parent / "data" / "lta1"))
-    with open(raw, "rb") as image:
-        assert len(image.read()) == 64 * 32 * 2
-    meta = json.loads(open(answer["metadata"]).read())
-    assert meta["rows"] == 64 and meta["dtype"] == "uint16-le"
+    assert op.request("lta1", "status")["exposing"] is False
+    assert refusal(op, "lta1", "_transition", transition="prepare", run=7, params={"rows": "many"}).code == "bad_field"
+    transition(op, "lta1", "prepare", 7)
+    folder = transition(op, "lta1", "begin", 7, params={"seconds": 0.05, "rows": 64, "cols": 32})["folder"]
+    assert folder == str(server.path.parent / "data" / "lta1" / "run_000007")
+    wait_until(lambda: op.request("lta1", "status")["exposures"] >= 3, 30, 0.1)
+    assert transition(op, "lta1", "end", 7)["exposures"] >= 3
     counts = op.request("lta1", "status")
-    assert counts["exposures"] == 1 and counts["resyncs"] > 0 and counts["link_drops"] > 0
-    assert counts["reconnects"] == counts["link_drops"]
-    assert refusal(op, "lta1", "expose", rows="many").code == "bad_field"
-
-
-def test_lta_refuses_a_second_exposure_while_busy(op):
-    op.launch("clients.sim.lta", "lta2", "--drop-rate", 0, "--bad-rate", 0)
-    wait_registered(op, "lta2")
-    slow = op.start({"to": "lta2", "cmd": "expose", "seconds": 2})
-    assert refusal(op, "lta2", "expose").code == "busy"
-    assert op.wait(slow, 30).ok
+    assert counts["exposing"] is False and counts["run"] is None
+    assert counts["resyncs"] > 0 and counts["link_drops"] > 0
+    images = sorted(p for p in os.listdir(folder) if p.endswith(".raw"))
+    assert len(images) == counts["exposures"]
+    with open(os.path.join(folder, images[0]), "rb") as image:
+        assert len(image.read()) == 64 * 32 * 2
+    meta = json.loads(open(os.path.join(folder, images[0].replace(".raw", ".json"))).read())
+    assert (meta["run"], meta["rows"], meta["dtype"]) == (7, 64, "uint16-le")
+    op.poll(0.5)
+    assert op.request("lta1", "status")["exposures"] == counts["exposures"]
 
 
 @pytest.fixture

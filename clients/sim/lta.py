@@ -2,12 +2,15 @@
 
   python -m clients.sim.lta --name lta1 [--drop-rate 0.01] [--bad-rate 0.02]
 
-`expose` (`seconds`, `rows`, `cols`) integrates, then reads the CCD out row by
-row over the board's link, and writes the image (`.raw`, little-endian uint16)
-with its metadata (`.json`) under `<paths.data>/<name>/`. The simulated link
-sometimes drops: the board is reconnected by a bounded retry loop and the
-readout goes on; a row of invalid data is read again (resynchronised), never
-fatal. Commands: `expose`, `status`, `monitor`.
+During a run (between `begin` and `end`) the board takes exposures one after
+the other: each integrates `seconds`, then is read out row by row over the
+board's link and written (`.raw`, little-endian uint16, with its metadata in
+`.json`) under `<paths.data>/<name>/run_<NNNNNN>/`; the run parameters
+`seconds`, `rows`, `cols` set the exposures. The simulated link sometimes drops:
+the board is reconnected by a bounded retry loop and the readout goes on (after
+too many failed tries the exposure is dropped and the next one starts); a row of
+invalid data is read again (resynchronised), never fatal. Commands: `status`,
+`monitor`.
 """
 
 import array
@@ -55,8 +58,8 @@ class Board:
 
 
 class Exposure:
-    def __init__(self, reply, seconds, rows, cols, started):
-        self.reply, self.seconds, self.rows, self.cols = reply, seconds, rows, cols
+    def __init__(self, seconds, rows, cols, started):
+        self.seconds, self.rows, self.cols = seconds, rows, cols
         self.started = started
         self.image = array.array("H")
         self.tries = 0
@@ -68,26 +71,48 @@ class Lta(Instrument):
         super().__init__(name, **kwargs)
         self.board = Board(drop_rate, bad_rate, random.Random(seed))
         self.folder = folder
+        self.run_folder = None
+        self.shape = (1.0, 64, 64)
+        self.in_run = 0
         self.exposure = None
         self.counts = {"exposures": 0, "link_drops": 0, "reconnects": 0, "resyncs": 0, "failed": 0}
 
     def values(self):
         return {"link": "up" if self.board.connected else "down", "exposing": self.exposure is not None,
-                **self.counts}
+                "run": self.run_number if self.run_folder else None, **self.counts}
 
-    def cmd_expose(self, msg):
-        """Take an exposure (`seconds`, `rows`, `cols`) and write it; answers with the file names."""
+    def on_prepare(self, run):
+        self.settings(run.params)  # refuse bad parameters before the run begins
+        return {"link": "up" if self.board.connected or self.board.connect() else "down"}
+
+    def on_begin(self, run):
+        self.shape = self.settings(run.params)
+        self.run_folder = self.folder / f"run_{run.number:06d}"
+        self.run_folder.mkdir(parents=True, exist_ok=True)
+        self.in_run = 0
+        self._next_exposure()
+        self.log.info("run %s: exposures of %g s, %d x %d into %s", run.number, *self.shape, self.run_folder)
+        return {"folder": str(self.run_folder)}
+
+    def on_end(self, run):
         if self.exposure is not None:
-            raise Refused("an exposure is already in progress", "busy")
-        seconds, rows, cols = msg.get("seconds", 1.0), msg.get("rows", 64), msg.get("cols", 64)
-        for field, value in (("seconds", seconds), ("rows", rows), ("cols", cols)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise Refused(f"{field!r} must be a number >= 0, not {value!r}", "bad_field")
-        if not isinstance(rows, int) or not isinstance(cols, int) or rows * cols > MAX_PIXELS or not rows or not cols:
-            raise Refused(f"rows and cols must be whole numbers with 1 to {MAX_PIXELS} pixels", "bad_field")
-        self.exposure = Exposure(self.defer(msg), float(seconds), rows, cols, time.monotonic())
-        self.log.info("exposing %g s, %d x %d", seconds, rows, cols)
-        return self.exposure.reply
+            self.log.info("run %s ends: the exposure in progress is dropped", run.number)
+        self.exposure = None
+        self.run_folder = None
+        self.publish_values()
+        return {"exposures": self.in_run}
+
+    @staticmethod
+    def settings(params):
+        seconds, rows, cols = params.get("seconds", 1.0), params.get("rows", 64), params.get("cols", 64)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 3600:
+            raise Refused(f"'seconds' must be a number from 0 to 3600, not {seconds!r}", "bad_field")
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (rows, cols)) or rows * cols > MAX_PIXELS:
+            raise Refused(f"'rows' and 'cols' must be whole numbers with 1 to {MAX_PIXELS} pixels", "bad_field")
+        return float(seconds), rows, cols
+
+    def _next_exposure(self):
+        self.exposure = Exposure(*self.shape, time.monotonic())
 
     def tick(self, dt):
         exposure = self.exposure
@@ -122,24 +147,24 @@ class Lta(Instrument):
             exposure.tries = 0
         elif exposure.tries >= RECONNECT_TRIES:
             self.counts["failed"] += 1
-            self.exposure = None
-            self.log.error("link down after %d tries: exposure abandoned", exposure.tries)
-            exposure.reply.refuse(f"link to the board down after {RECONNECT_TRIES} tries", "link_down")
+            self.log.error("link down after %d tries: exposure dropped, starting the next one", exposure.tries)
+            self._next_exposure()
         else:
             exposure.retry_at = time.monotonic() + RECONNECT_DELAY_S * exposure.tries
         self.publish_values()
 
     def _finish(self, exposure):
         self.counts["exposures"] += 1
-        stem = self.folder / f"{self.name}_{self.counts['exposures']:06d}_{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        self.in_run += 1
+        stem = self.run_folder / f"{self.name}_{self.in_run:06d}"
         raw, meta = stem.with_suffix(".raw"), stem.with_suffix(".json")
         raw.write_bytes(exposure.image.tobytes())
-        metadata = {"board": self.name, "rows": exposure.rows, "cols": exposure.cols, "seconds": exposure.seconds,
-                    "dtype": "uint16-le", "written": time.time(), "resyncs": self.counts["resyncs"]}
+        metadata = {"board": self.name, "run": self.run_number, "exposure": self.in_run, "rows": exposure.rows,
+                    "cols": exposure.cols, "seconds": exposure.seconds, "dtype": "uint16-le",
+                    "written": time.time(), "resyncs": self.counts["resyncs"]}
         meta.write_text(json.dumps(metadata, indent=1), encoding="utf-8")
-        self.exposure = None
         self.log.info("wrote %s", raw)
-        exposure.reply.resolve({"image": str(raw), "metadata": str(meta), **metadata})
+        self._next_exposure()
         self.publish_values()
 
 
