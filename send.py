@@ -16,8 +16,8 @@ import logging
 import os
 import sys
 
-from clients.client import Client
 from runcontrol import commands, logsetup, protocol
+from runcontrol.operator import Operator
 from runcontrol.errors import ConfigError, Refused, RequestFailed, RequestTimeout, ServerUnavailable
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
@@ -85,14 +85,12 @@ def show_progress(msg):
 
 def send(args, msg):
     wait_s = 0.0 if args.no_wait else args.wait
-    with Client(f"send-{os.getpid()}", experiment=args.experiment, server=args.server) as client:
-        client.connect(args.connect_timeout)
+    with Operator(args.experiment, args.server, f"send-{os.getpid()}", args.connect_timeout) as op:
         if wait_s <= 0:
             msg.pop("id", None)
-            client.send(msg.pop("to", None), msg.pop("cmd"), **msg)
-            client.poll(0)
+            op.send(msg.pop("to", None), msg.pop("cmd"), **msg)
             return EXIT_OK
-        result = client.call(msg, wait_s, show_progress)
+        result = op.call(msg, wait_s, show_progress)
     print(json.dumps(result, indent=2, sort_keys=True))
     return EXIT_OK
 

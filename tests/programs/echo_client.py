@@ -45,6 +45,11 @@ class Echo(Client):
             time.sleep(0.05)
         return "done"
 
+    def cmd_sleep(self, msg):
+        """Answer after `seconds` (blocking the client meanwhile)."""
+        time.sleep(float(msg.get("seconds", 1)))
+        return "awake"
+
     def cmd_forward(self, msg):
         """Ask another client and answer with its result."""
         return self.request(msg["target"], "echo", timeout=5, via=self.name)

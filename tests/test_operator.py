@@ -1,0 +1,55 @@
+"""The operator API against a real system: runs, programs, streams, and refusals told apart from failures."""
+
+import pytest
+
+from runcontrol.errors import NoSuchClient, Refused, RequestFailed, RequestTimeout
+from runcontrol.operator import Operator
+from tests.helpers import helper
+
+
+@pytest.fixture
+def op(system, tmp_path):
+    s = system({"echo": helper("echo_client.py", "echo", client="echo"),
+                "board": helper("participant.py", "board", tmp_path / "board.jsonl", client="board", run=True)})
+    s.wait_state("echo", "RUNNING", registered=True)
+    s.wait_state("board", "RUNNING", registered=True)
+    with Operator(experiment=str(s.path)) as operator:
+        yield operator
+
+
+def test_operator_drives_a_run_and_reads_the_system(op):
+    assert op.status()["state"] == "STOP"
+    run = op.prepare_run()["run"]
+    began = op.begin_run(comment="from a script", seconds=5)
+    assert (began["state"], began["run"], began["participants"]) == ("RUN", run, ["board"])
+    assert op.end_run()["state"] == "STOP"
+    record = op.runs()[-1]
+    assert (record["run"], record["comment"], record["params"]) == (run, "from a script", {"seconds": 5})
+    assert set(op.programs()) == {"echo", "board"}
+    assert {"echo", "board", "run"} <= {c["name"] for c in op.clients()}
+    assert any(e["kind"] == "run_state" for e in op.logs(50))
+    assert "total" in op.stats()
+    op.send("server", "_publish", topic="t", data=1, retain=True)
+    assert op.retained("")  # at least what was just published is there, once it arrived
+    restarted = op.restart("echo")
+    assert restarted["echo"]["state"] == "RUNNING"
+
+
+def test_operator_streams_progress_before_the_result(op):
+    items = list(op.stream("echo", "slow"))
+    assert [kind for kind, _ in items] == ["progress", "progress", "progress", "result"]
+    assert [data["step"] for kind, data in items[:3]] == [0, 1, 2]
+
+
+def test_refusals_and_failures_raise_different_exceptions(op):
+    with pytest.raises(Refused) as refused:
+        op.request("echo", "refuse")
+    assert refused.value.code == "out_of_range"
+    with pytest.raises(Refused) as state:
+        op.end_run()
+    assert state.value.code == "bad_state"
+    with pytest.raises(NoSuchClient):
+        op.request("nobody", "status")
+    with pytest.raises(RequestTimeout):
+        list(op.stream("echo", "sleep", timeout=0.5, seconds=3))
+    assert not issubclass(Refused, RequestFailed) and not issubclass(RequestFailed, Refused)
