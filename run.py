@@ -5,8 +5,10 @@
 
 Starts the central server and the run controller, each kept alive by a pid-file
 watchdog; the run controller starts every program of the experiment in
-dependency order and keeps each alive. Ctrl-C or SIGTERM stops the programs in
-reverse order, then the server.
+dependency order and keeps each alive. In a terminal it shows the live view
+(status.py) and logs to <paths.logs>/orbit.log; with --headless, or without a
+terminal, it logs to stdout. Ctrl-C or SIGTERM stops the programs in reverse
+order, then the server.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import experiments
 from runcontrol import logsetup
@@ -25,9 +28,9 @@ log = logging.getLogger("run")
 GRACE_S = 5.0
 
 
-def start(argv):
+def start(argv, output=None):
     log.info("starting: %s", " ".join(argv[1:]))
-    return subprocess.Popen(argv, start_new_session=True)
+    return subprocess.Popen(argv, start_new_session=True, stdout=output, stderr=output)
 
 
 def stop(proc, name, grace_s):
@@ -100,6 +103,12 @@ def main(argv=None):
     if args.check:
         print(plan(experiment))
         return 0
+    view = not args.headless and sys.stdout.isatty()
+    output = None
+    if view:  # the live view owns the terminal: logs go to files beside the programs' logs
+        experiment.paths.logs.mkdir(parents=True, exist_ok=True)
+        output = open(experiment.paths.logs / "orbit.log", "a", encoding="utf-8")
+        logsetup.configure("INFO", output)
     for warning in experiment.warnings:
         log.warning("%s", warning)
     stopping = []
@@ -108,22 +117,38 @@ def main(argv=None):
     path = str(experiment.path)
     grace_s = controller_grace(experiment)
     server = start(kept("server", experiment, [sys.executable, "-m", "runcontrol.server", "--experiment", path],
-                        GRACE_S))
+                        GRACE_S), output)
     controller = start(kept("controller", experiment,
-                            [sys.executable, "-m", "runcontrol.controller", "--experiment", path], grace_s))
+                            [sys.executable, "-m", "runcontrol.controller", "--experiment", path], grace_s), output)
     watched = {"server": server, "run controller": controller}
+    viewer = subprocess.Popen([sys.executable, str(Path(__file__).with_name("status.py")), "--experiment", path,
+                               "--connect-timeout", "30"]) if view else None
     status = 0
     while not stopping:
         ended = [name for name, proc in watched.items() if proc.poll() is not None]
         if ended:
             log.error("the watchdog of the %s exited with status %s: stopping", ended[0],
                       watched[ended[0]].returncode)
+            if view:
+                print(f"run.py: the watchdog of the {ended[0]} exited with status {watched[ended[0]].returncode}: "
+                      f"stopping (see {experiment.paths.logs / 'orbit.log'})", file=sys.stderr, flush=True)
             status = 1
             break
+        if viewer is not None and viewer.poll() is not None:
+            log.info("the live view ended (status %s): stopping", viewer.returncode)
+            break
         time.sleep(0.2)
+    if viewer is not None and viewer.poll() is None:
+        viewer.terminate()
+        viewer.wait()
+    if view:
+        print("stopping: programs in reverse order, then the server (log: "
+              f"{experiment.paths.logs / 'orbit.log'})", flush=True)
     stop(controller, "run controller and its programs", grace_s + GRACE_S)
     stop(server, "server", 2 * GRACE_S)
     log.info("everything stopped")
+    if view:
+        print("everything stopped", flush=True)
     return status
 
 

@@ -92,6 +92,7 @@ class Lta(Instrument):
         self.in_run = 0
         self._next_exposure()
         self.log.info("run %s: exposures of %g s, %d x %d into %s", run.number, *self.shape, self.run_folder)
+        self.publish_values()
         return {"folder": str(self.run_folder)}
 
     def on_end(self, run):

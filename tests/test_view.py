@@ -1,0 +1,112 @@
+"""The status view: --once and --json against a live damicm, and the live view in a real terminal (tmux)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tests.helpers import ROOT, env_for_children, free_beacon_port, wait_until
+
+DAMICM_PROGRAMS = {"spy", "cryo", "vacuum", "bias", "lta1", "lta2", "monitor", "shell"}
+
+
+def damicm_copy(folder):
+    """damicm.json with ephemeral ports and its files under `folder`."""
+    description = json.loads((ROOT / "damicm.json").read_text())
+    description["server"].update(router="tcp://127.0.0.1:0", events="tcp://127.0.0.1:0")
+    description["server"]["beacon"]["port"] = free_beacon_port()
+    for program in description["programs"].values():
+        program["cwd"] = str(ROOT)
+    path = folder / "damicm.json"
+    path.write_text(json.dumps(description))
+    return path
+
+
+def tool(*args, timeout_s=60):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env_for_children(),
+                          capture_output=True, text=True, timeout=timeout_s)
+
+
+def all_registered(path):
+    answer = tool("send.py", "--experiment", path, "run", "status")
+    if answer.returncode != 0:
+        return None
+    programs = json.loads(answer.stdout)["programs"]
+    return programs if all(p["registered"] for p in programs.values()) else None
+
+
+@pytest.fixture
+def damicm(tmp_path):
+    path = damicm_copy(tmp_path)
+    proc = subprocess.Popen([sys.executable, "run.py", str(path), "--headless"], cwd=ROOT, env=env_for_children(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until(lambda: all_registered(path), 60, 0.5, what="damicm up")
+        yield path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def test_status_once_and_json_against_a_live_damicm(damicm):
+    as_json = tool("status.py", "--experiment", damicm, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    snap = json.loads(as_json.stdout)
+    assert set(snap["run"]["programs"]) == DAMICM_PROGRAMS and snap["run"]["state"] == "STOP"
+    assert snap["server"]["experiment"] == "damicm"
+    assert {"cryo.values", "vacuum.values"} <= set(snap["retained"])
+    once = subprocess.run([sys.executable, "status.py", "--experiment", str(damicm), "--once"], cwd=ROOT,
+                          env={**env_for_children(), "COLUMNS": "80", "LINES": "24"}, capture_output=True,
+                          text=True, timeout=60)
+    assert once.returncode == 0, once.stderr
+    lines = once.stdout.splitlines()
+    assert lines[0].startswith("damicm  server") and lines[1].startswith("run STOP")
+    assert all(len(line) <= 80 for line in lines) and len(lines) <= 24
+    for name in DAMICM_PROGRAMS:
+        assert any(line.split()[:2] == [name, "RUNNING"] for line in lines), name
+
+
+@pytest.fixture
+def tmux():
+    """A private tmux server (its own socket), killed at the end; installed from Debian's packages if missing."""
+    if shutil.which("tmux") is None:
+        installed = subprocess.run(["apt-get", "install", "-y", "-q", "tmux"], capture_output=True, timeout=300)
+        if installed.returncode != 0 or shutil.which("tmux") is None:
+            pytest.skip(f"tmux is not installed and could not be: {installed.stderr[-200:]!r}")
+    socket = f"orbit-test-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+
+    def run(*args):
+        return subprocess.run(["tmux", "-L", socket, *args], capture_output=True, text=True, timeout=30)
+    yield run
+    run("kill-server")
+
+
+def test_live_view_in_a_terminal_shows_a_restart_and_ctrl_c_stops_everything(tmux, tmp_path):
+    path = damicm_copy(tmp_path)
+    env = " ".join(f"{k}={v}" for k, v in (("PYTHONPATH", ROOT),))
+    command = f"cd {ROOT} && {env} {sys.executable} run.py {path}; echo EXIT=$?; sleep 60"
+    assert tmux("new-session", "-d", "-s", "view", "-x", "80", "-y", "24", command).returncode == 0
+
+    def screen():
+        return tmux("capture-pane", "-p", "-t", "view").stdout
+    wait_until(lambda: sum(f" {n} " in screen() and "RUNNING" in screen() for n in DAMICM_PROGRAMS) == 8
+               and all_registered(path), 60, 0.5, what="the view with every program")
+    text = screen()
+    assert "run STOP" in text and all(len(line) <= 80 for line in text.splitlines())
+    lta1 = all_registered(path)["lta1"]["pid"]
+    os.kill(lta1, signal.SIGKILL)
+    wait_until(lambda: "program_restarting" in screen() and "SIGKILL" in screen(), 20, 0.3,
+               what="the restart in the view")
+    row = next(line for line in screen().splitlines() if line.split()[:1] == ["lta1"])
+    assert row.split()[4] == "1"  # restarts
+    pids = [p["pid"] for p in all_registered(path).values()]
+    tmux("send-keys", "-t", "view", "C-c")
+    wait_until(lambda: "EXIT=0" in screen(), 60, 0.5, what="run.py to stop and exit 0")
+    assert "everything stopped" in screen()
+    assert not any(psutil.pid_exists(pid) for pid in pids)
