@@ -105,7 +105,11 @@ def test_live_view_in_a_terminal_shows_a_restart_and_ctrl_c_stops_everything(tmu
                what="the restart in the view")
     row = next(line for line in screen().splitlines() if line.split()[:1] == ["lta1"])
     assert row.split()[4] == "1"  # restarts
-    pids = [p["pid"] for p in all_registered(path).values()]
+    instance = screen().split()[2]
+    os.kill(int((tmp_path / "var" / "run" / "server.pid").read_text().split()[0]), signal.SIGKILL)
+    wait_until(lambda: screen().startswith("damicm  server") and screen().split()[2] != instance, 30, 0.3,
+               what="the view to show the restarted server")
+    pids = [p["pid"] for p in wait_until(lambda: all_registered(path), 30, 0.5).values()]
     tmux("send-keys", "-t", "view", "C-c")
     wait_until(lambda: "EXIT=0" in screen(), 60, 0.5, what="run.py to stop and exit 0")
     assert "everything stopped" in screen()
