@@ -167,9 +167,22 @@ def retained_table(snap, width, rows):
 
 
 def event_text(event):
-    detail = {k: v for k, v in event.items() if k not in ("kind", "ts", "actions", "meta", "tail", "from")}
-    if event.get("kind") == "run_state" and event.get("message"):
-        return str(event["message"])
+    """The gist of an event, most telling words first (the line may be cut at the right)."""
+    kind, e = event.get("kind"), event
+    if kind == "run_state" and e.get("message"):
+        return str(e["message"])
+    if kind == "program_exited":
+        how = f"killed by {e['signal']}" if e.get("signal") else e.get("error") or f"exited with status {e.get('code')}"
+        return f"{e.get('program')} {how}" + (f" ({e['reason']})" if e.get("reason") else "")
+    if kind == "program_restarting":
+        return f"{e.get('program')} restart {e.get('restarts')} after {e.get('delay')} s"
+    if kind == "program_fatal":
+        return f"{e.get('program')}: {e.get('reason')}"
+    if kind in ("client_lost", "client_replaced"):
+        return f"{e.get('name')}: {e.get('reason')}"
+    if kind == "server_started":
+        return f"instance {e.get('instance')} pid {e.get('pid')}"
+    detail = {k: v for k, v in e.items() if k not in ("kind", "ts", "actions", "meta", "tail", "from")}
     return " ".join(f"{k}={short(v, 24)}" for k, v in detail.items() if v is not None)
 
 

@@ -363,3 +363,15 @@ class System:
         finally:
             self.events.close()
             self.server.stop()
+
+
+def damicm_copy(folder):
+    """damicm.json with ephemeral ports and its files under `folder`."""
+    description = json.loads((ROOT / "damicm.json").read_text())
+    description["server"].update(router="tcp://127.0.0.1:0", events="tcp://127.0.0.1:0")
+    description["server"]["beacon"]["port"] = free_beacon_port()
+    for program in description["programs"].values():
+        program["cwd"] = str(ROOT)
+    path = folder / "damicm.json"
+    path.write_text(json.dumps(description))
+    return path

@@ -9,7 +9,7 @@ import sys
 import psutil
 import pytest
 
-from tests.helpers import (ROOT, env_for_children, free_beacon_port, helper, registered_names, wait_until,
+from tests.helpers import (ROOT, damicm_copy, env_for_children, helper, registered_names, wait_until,
                            write_experiment)
 
 
@@ -179,13 +179,7 @@ def test_status_without_server_exit_3():
 
 
 def test_run_py_damicm_headless_brings_every_program_up_and_down(tmp_path):
-    description = json.loads((ROOT / "damicm.json").read_text())
-    description["server"].update(router="tcp://127.0.0.1:0", events="tcp://127.0.0.1:0")
-    description["server"]["beacon"]["port"] = free_beacon_port()
-    for program in description["programs"].values():
-        program["cwd"] = str(ROOT)
-    path = tmp_path / "damicm.json"
-    path.write_text(json.dumps(description))
+    path = damicm_copy(tmp_path)
     proc = subprocess.Popen([sys.executable, "run.py", str(path), "--headless"], cwd=ROOT,
                             env=env_for_children(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)

@@ -1,7 +1,5 @@
 """The supervisor over real child processes, driven in this process (no server: programs without client names)."""
 
-import os
-import signal
 import sys
 import time
 

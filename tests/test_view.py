@@ -11,21 +11,9 @@ import time
 import psutil
 import pytest
 
-from tests.helpers import ROOT, env_for_children, free_beacon_port, wait_until
+from tests.helpers import ROOT, damicm_copy, env_for_children, wait_until
 
 DAMICM_PROGRAMS = {"spy", "cryo", "vacuum", "bias", "lta1", "lta2", "monitor", "shell"}
-
-
-def damicm_copy(folder):
-    """damicm.json with ephemeral ports and its files under `folder`."""
-    description = json.loads((ROOT / "damicm.json").read_text())
-    description["server"].update(router="tcp://127.0.0.1:0", events="tcp://127.0.0.1:0")
-    description["server"]["beacon"]["port"] = free_beacon_port()
-    for program in description["programs"].values():
-        program["cwd"] = str(ROOT)
-    path = folder / "damicm.json"
-    path.write_text(json.dumps(description))
-    return path
 
 
 def tool(*args, timeout_s=60):
@@ -101,7 +89,7 @@ def test_live_view_in_a_terminal_shows_a_restart_and_ctrl_c_stops_everything(tmu
     assert "run STOP" in text and all(len(line) <= 80 for line in text.splitlines())
     lta1 = all_registered(path)["lta1"]["pid"]
     os.kill(lta1, signal.SIGKILL)
-    wait_until(lambda: "program_restarting" in screen() and "SIGKILL" in screen(), 20, 0.3,
+    wait_until(lambda: "program_restarting" in screen() and "lta1 killed by SIGKILL" in screen(), 20, 0.3,
                what="the restart in the view")
     row = next(line for line in screen().splitlines() if line.split()[:1] == ["lta1"])
     assert row.split()[4] == "1"  # restarts
