@@ -36,6 +36,12 @@ class BeaconSpec:
 
 
 @dataclass(frozen=True)
+class CurveSpec:
+    server_key: Path      # public key file; the secret key is beside it, <file>_secret
+    clients: Path         # folder of allowed client public keys
+
+
+@dataclass(frozen=True)
 class ServerSpec:
     router: str
     events: str
@@ -44,6 +50,12 @@ class ServerSpec:
     timeout_s: float
     stale_after_s: float
     max_message_bytes: int
+    insecure: bool = False
+    curve: object = None     # CurveSpec, or None for a plain (loopback) bus
+
+    def exposed(self):
+        """The addresses that can be reached from beyond this machine."""
+        return [a for a in (self.router, self.events) if not checks.is_loopback(a)]
 
 
 @dataclass(frozen=True)
@@ -152,7 +164,9 @@ def validate(raw):
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
     problems = [f"{json_path(e.absolute_path)}: {explain(e)}" for e in errors]
-    return problems + (checks.cross_check(raw) if isinstance(raw, dict) else [])
+    if not isinstance(raw, dict):
+        return problems
+    return problems + checks.cross_check(raw) + checks.network_exposure(raw)
 
 
 def json_path(parts):
@@ -214,7 +228,9 @@ def freeze(raw, path):
             beacon=BeaconSpec(beacon["address"], beacon["port"], float(beacon["interval"])),
             heartbeat_s=float(server["heartbeat"]), timeout_s=float(server["timeout"]),
             stale_after_s=float(server["stale_after"]),
-            max_message_bytes=server["max_message_bytes"]),
+            max_message_bytes=server["max_message_bytes"], insecure=server["insecure"],
+            curve=CurveSpec(folder / server["curve"]["server_key"], folder / server["curve"]["clients"])
+            if "curve" in server else None),
         paths=PathsSpec(*(folder / paths[key] for key in ("logs", "data", "state"))),
         programs=programs,
         hosts=MappingProxyType(copy.deepcopy(raw["hosts"])),

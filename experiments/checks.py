@@ -33,6 +33,21 @@ def cross_check(raw):
     return problems
 
 
+def network_exposure(raw):
+    """A router or event address off loopback needs CURVE keys, or an explicit `insecure`."""
+    server = raw.get("server") if isinstance(raw.get("server"), dict) else {}
+    if "curve" in server or server.get("insecure") is True:
+        return []
+    return [f"server.{key}: {server[key]} can be reached from the network: give server.curve "
+            "(keys made by python -m runcontrol.keys) or set server.insecure to true"
+            for key in ("router", "events") if isinstance(server.get(key), str) and not is_loopback(server[key])]
+
+
+def is_loopback(address):
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
 def dependencies(programs):
     return {name: [d for d in (p.get("depends_on") or []) if isinstance(d, str) and d in programs]
             for name, p in programs.items()}

@@ -165,6 +165,11 @@ class Server:
         log.info("server %s of %s: router %s, events %s, beacon %s:%s every %.1f s, pid file %s",
                  self.instance, self.experiment.name, self.router_address, self.events_address,
                  *self.beacon.target, self.beacon_interval_s, self.pidfile)
+        exposed = self.experiment.server.exposed()
+        if exposed and self.experiment.server.curve is None:
+            log.warning("INSECURE: %s can be reached from the network without keys (server.insecure is set): "
+                        "anybody who reaches it can register under any name and command any program",
+                        " and ".join(exposed))
         self.publish_event("server_started", instance=self.instance, pid=os.getpid(),
                            router=self.router_address, events=self.events_address)
         now = time.monotonic()

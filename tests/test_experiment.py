@@ -149,3 +149,22 @@ def test_run_py_check_invalid_exit_2_lists_problems(tmp_path):
     assert "2 problem(s)" in result.stderr
     assert "programs.a.depends_on: 'ghost' names no program" in result.stderr
     assert 'programs.a.restart: "sometimes" is not one of always, on-failure, never' in result.stderr
+
+
+@pytest.mark.parametrize("router", ["tcp://0.0.0.0:9820", "tcp://*:9820", "tcp://192.168.1.10:9820", "tcp://eth0:9820"])
+def test_a_bus_reachable_from_the_network_needs_keys_or_insecure(tmp_path, router):
+    raw = {"name": "exposed", "server": {"router": router}}
+    with pytest.raises(ConfigError) as refused:
+        experiments.from_dict(raw, tmp_path / "exposed.json")
+    assert f"server.router: {router} can be reached from the network" in str(refused.value)
+    allowed = experiments.from_dict({**raw, "server": {"router": router, "insecure": True}}, tmp_path / "x.json")
+    assert allowed.server.insecure and allowed.server.exposed() == [router]
+    keyed = experiments.from_dict({**raw, "server": {"router": router, "curve": {
+        "server_key": "keys/server.key", "clients": "keys/clients"}}}, tmp_path / "y.json")
+    assert keyed.server.curve.server_key == tmp_path / "keys" / "server.key"
+
+
+@pytest.mark.parametrize("router", ["tcp://127.0.0.1:9820", "tcp://localhost:9820", "tcp://127.3.4.5:1"])
+def test_a_loopback_bus_needs_no_keys(tmp_path, router):
+    spec = experiments.from_dict({"name": "local", "server": {"router": router}}, tmp_path / "local.json")
+    assert spec.server.exposed() == [] and spec.server.curve is None
