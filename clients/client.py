@@ -21,6 +21,7 @@ import time
 import uuid
 
 import zmq
+import zmq.auth
 import zmq.utils.monitor
 
 import experiments
@@ -118,7 +119,7 @@ class Client:
     """
 
     def __init__(self, name, experiment=None, server=None, *, actions=None, meta=None, host=None,
-                 queue_size=DEFAULT_QUEUE_SIZE, beacon_port=None, beacon_address=None):
+                 queue_size=DEFAULT_QUEUE_SIZE, beacon_port=None, beacon_address=None, key=None):
         if not protocol.valid_name(name):
             raise ConfigError(f"client name {name!r} must match {protocol.NAME_RE.pattern} and not be 'server'")
         self.name = name
@@ -127,7 +128,9 @@ class Client:
         self._actions = dict(actions or {})
         self._handlers = {}
         self._server_fixed = server or os.environ.get("ORBIT_SERVER") or None
-        self.experiment, port, address = resolve_experiment(experiment or os.environ.get("ORBIT_EXPERIMENT"))
+        self.experiment, port, address, spec = resolve_experiment(experiment or os.environ.get("ORBIT_EXPERIMENT"))
+        self._curve = curve_keys(spec, name, key or os.environ.get("ORBIT_KEY"),
+                                 os.environ.get("ORBIT_SERVER_KEY"))
         self._queue_size = queue_size
         self._outbox = collections.deque()
         self._dropped = 0
@@ -439,7 +442,10 @@ class Client:
         sock.setsockopt(zmq.RCVHWM, HWM)
         sock.setsockopt(zmq.RECONNECT_IVL, 50)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self._apply_curve(sock)
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+                                                | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
         try:
             sock.connect(router)
         except zmq.ZMQError as exc:
@@ -450,6 +456,10 @@ class Client:
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
         self._send_hello()
+
+    def _apply_curve(self, sock):
+        if self._curve is not None:
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self._curve
 
     def _close_socket(self):
         self._unregister()
@@ -491,6 +501,11 @@ class Client:
                 self._hello_due = time.monotonic() + HELLO_RETRY_S
             elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED and not self.registered:
                 self._send_hello()
+            elif event["event"] in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+                why = "refused our key" if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH \
+                    else "failed the key exchange (not the server whose key we hold?)"
+                log.error("the server at %s %s", self._router, why)
+                self._hello_error = RequestFailed(f"the server at {self._router} {why}", protocol.NOT_ALLOWED)
 
     def _on_beacon(self, beacon):
         if beacon.instance == self._beacon_instance or (self.registered and beacon.instance == self.instance):
@@ -655,6 +670,7 @@ class Client:
             self._sub = self._ctx.socket(zmq.SUB)
             self._sub.setsockopt(zmq.LINGER, 0)
             self._sub.setsockopt(zmq.RCVHWM, HWM)
+            self._apply_curve(self._sub)
             self._poller.register(self._sub, zmq.POLLIN)
             if self.events_address:
                 self._sub.connect(self.events_address)
@@ -756,11 +772,38 @@ class LogHandler(logging.Handler):
 
 
 def resolve_experiment(experiment):
-    """(name to match in beacons, beacon port, beacon address) for an experiment name or file."""
+    """(name to match in beacons, beacon port, beacon address, spec or None) for an experiment name or file."""
     if not experiment:
-        return None, protocol.DEFAULT_BEACON_PORT, protocol.DEFAULT_BEACON_ADDRESS
+        return None, protocol.DEFAULT_BEACON_PORT, protocol.DEFAULT_BEACON_ADDRESS, None
     try:
         spec = experiments.load(experiment)
     except experiments.NotFound:
-        return experiment, protocol.DEFAULT_BEACON_PORT, protocol.DEFAULT_BEACON_ADDRESS
-    return spec.name, spec.server.beacon.port, spec.server.beacon.address
+        return experiment, protocol.DEFAULT_BEACON_PORT, protocol.DEFAULT_BEACON_ADDRESS, None
+    return spec.name, spec.server.beacon.port, spec.server.beacon.address, spec
+
+
+def curve_keys(spec, name, key_file=None, server_key_file=None):
+    """(server public, our public, our secret) when the bus uses CURVE, else None.
+
+    The server's key comes from the experiment (or $ORBIT_SERVER_KEY), never from a
+    beacon; ours from `key_file` ($ORBIT_KEY), else the experiment's key of this
+    client name, else its operators' key.
+    """
+    curve = spec.server.curve if spec is not None else None
+    if curve is None and not key_file:
+        return None
+    server_file = server_key_file or (curve.server_key if curve else None)
+    if not server_file:
+        raise ConfigError(f"a key ({key_file}) but no server key: set $ORBIT_SERVER_KEY or use the experiment")
+    if not key_file:
+        own = curve.clients / f"{name}.key_secret"
+        key_file = own if own.exists() else curve.clients / "operator.key_secret"
+    try:
+        server_public, _ = zmq.auth.load_certificate(server_file)
+        public, secret = zmq.auth.load_certificate(key_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the CURVE keys for {name!r}: {exc} "
+                          "(make them with python -m runcontrol.keys EXPERIMENT)") from None
+    if secret is None:
+        raise ConfigError(f"{key_file} holds no secret key")
+    return server_public, public, secret

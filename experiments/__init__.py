@@ -39,6 +39,7 @@ class BeaconSpec:
 class CurveSpec:
     server_key: Path      # public key file; the secret key is beside it, <file>_secret
     clients: Path         # folder of allowed client public keys
+    names: MappingProxyType   # key name -> client names (glob patterns) it may register
 
 
 @dataclass(frozen=True)
@@ -229,14 +230,20 @@ def freeze(raw, path):
             heartbeat_s=float(server["heartbeat"]), timeout_s=float(server["timeout"]),
             stale_after_s=float(server["stale_after"]),
             max_message_bytes=server["max_message_bytes"], insecure=server["insecure"],
-            curve=CurveSpec(folder / server["curve"]["server_key"], folder / server["curve"]["clients"])
-            if "curve" in server else None),
+            curve=curve_spec(server.get("curve"), folder)),
         paths=PathsSpec(*(folder / paths[key] for key in ("logs", "data", "state"))),
         programs=programs,
         hosts=MappingProxyType(copy.deepcopy(raw["hosts"])),
         logs=LogRotation(raw["logs"]["max_bytes"], raw["logs"]["keep"]),
         warnings=tuple(checks.missing_commands(programs)),
     )
+
+
+def curve_spec(curve, folder):
+    if curve is None:
+        return None
+    return CurveSpec(folder / curve["server_key"], folder / curve["clients"],
+                     MappingProxyType({k: tuple(v) for k, v in curve.get("names", {}).items()}))
 
 
 def child_spec(name, program, folder):

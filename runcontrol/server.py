@@ -18,11 +18,13 @@ import sys
 import time
 
 import zmq
+import zmq.auth
 
 import experiments
 from runcontrol import commands, discovery, logsetup, pidfile, protocol
 from runcontrol.commands.base import ANSWERED
 from runcontrol.errors import ConfigError, ProtocolError
+from runcontrol.zap import ZAP_ENDPOINT, Gatekeeper
 
 log = logging.getLogger("runcontrol.server")
 
@@ -122,6 +124,9 @@ class Server:
         self.pub = self.ctx.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.SNDHWM, HWM)
         self.pub.setsockopt(zmq.LINGER, 0)
+        self.gate = self.zap = self.sender_key = None
+        if spec.curve is not None:
+            self._secure(spec.curve)
         try:
             self.router.bind(zmq_address(spec.router))
             self.pub.bind(zmq_address(spec.events))
@@ -141,16 +146,46 @@ class Server:
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.pub, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)
+        if self.zap is not None:
+            self.poller.register(self.zap, zmq.POLLIN)
         self.subscriptions = collections.Counter()
         self.watching_msgs = False
 
     def close(self):
-        for sock in ("router", "pub"):
-            if hasattr(self, sock):
+        for sock in ("router", "pub", "zap"):
+            if getattr(self, sock, None) is not None:
                 getattr(self, sock).close(linger=0)
         if hasattr(self, "beacon"):
             self.beacon.close()
         self.ctx.term()
+
+    def _secure(self, curve):
+        """CURVE on both sockets, with our ZAP handler deciding which client keys get in."""
+        try:
+            _, secret = zmq.auth.load_certificate(f"{curve.server_key}_secret")
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise ConfigError(f"cannot read the server's secret key {curve.server_key}_secret: {exc} "
+                              "(make the keys with python -m runcontrol.keys)") from None
+        if secret is None:
+            self.close()
+            raise ConfigError(f"{curve.server_key}_secret holds no secret key")
+        self.gate = Gatekeeper(curve.clients, curve.names)
+        self.zap = self.ctx.socket(zmq.REP)
+        self.zap.setsockopt(zmq.LINGER, 0)
+        self.zap.bind(ZAP_ENDPOINT)
+        for sock in (self.router, self.pub):
+            sock.curve_server = True
+            sock.curve_secretkey = secret
+            sock.zap_domain = b"orbit"
+
+    def _answer_zap(self):
+        while True:
+            try:
+                frames = self.zap.recv_multipart(NOBLOCK)
+            except zmq.Again:
+                return
+            self.zap.send_multipart(self.gate.answer(frames) or [b"1.0", b"", b"400", b"malformed", b"", b""])
 
     # --- main loop -------------------------------------------------------------
 
@@ -187,6 +222,8 @@ class Server:
                     self._read_subscriptions()
                 if self._wake_r.fileno() in ready:
                     self._drain_wakeups()
+                if self.zap is not None and self.zap in ready:
+                    self._answer_zap()
         finally:
             self._shutdown()
 
@@ -256,11 +293,15 @@ class Server:
 
     def _drain(self):
         recv = self.router.recv_multipart
+        secure = self.gate is not None
         for _ in range(BATCH):
             try:
-                frames = recv(NOBLOCK)
+                frames = recv(NOBLOCK, copy=not secure)
             except zmq.Again:
                 return
+            if secure:  # the key a connection authenticated with rides on its frames
+                self.sender_key = frames[-1].get("User-Id")
+                frames = [frame.bytes for frame in frames]
             try:
                 self._handle(frames)
             except Exception:  # one bad message must not stop the server
@@ -427,6 +468,9 @@ class Server:
 
     def hello(self, identity, peer, hello, msg_id):
         """Register `identity` as `hello.name`; returns the welcome, or ANSWERED when deferred."""
+        refusal = self.gate.may_register(self.sender_key, hello.name) if self.gate is not None else None
+        if refusal is not None:
+            raise ProtocolError(protocol.NOT_ALLOWED, refusal)
         if peer is not None:
             if peer.name == hello.name:
                 peer.set_hello(hello)

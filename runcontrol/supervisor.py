@@ -74,6 +74,7 @@ class Supervisor:
     """
 
     def __init__(self, experiment, backend=None, emit=None, env=None, clock=time.monotonic):
+        """`experiment.server.curve`, when set, gives each program ORBIT_KEY: its client name's secret key."""
         self.experiment = experiment
         self.backend = backend or LocalBackend()
         self.emit = emit or (lambda kind, **fields: None)
@@ -272,7 +273,11 @@ class Supervisor:
     def _spawn(self, program):
         spec = program.spec
         self._set(program, S.STARTING)
-        env = {**os.environ, **self.env, **spec.env, "ORBIT_NAME": spec.client or spec.name}
+        name = spec.client or spec.name
+        env = {**os.environ, **self.env, **spec.env, "ORBIT_NAME": name}
+        curve = self.experiment.server.curve
+        if curve is not None:
+            env.update(ORBIT_KEY=str(curve.clients / f"{name}.key_secret"), ORBIT_SERVER_KEY=str(curve.server_key))
         try:
             program.proc = self.backend.spawn(spec, env)
         except OSError as exc:

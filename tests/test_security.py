@@ -1,0 +1,128 @@
+"""CURVE on the bus: known keys get in, nobody else does, keys bound to names, a forged beacon goes nowhere."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import zmq
+import zmq.auth
+
+from clients.client import Client
+from runcontrol import discovery, protocol
+from runcontrol.errors import RequestFailed, ServerUnavailable
+from tests.helpers import (ROOT, ControllerProcess, ServerProcess, env_for_children, free_beacon_port, helper,
+                           wait_until)
+
+
+@pytest.fixture
+def keyed(tmp_path):
+    """A server with CURVE: keys made by runcontrol.keys; the key `monitor` may register only monitor*."""
+    path = tmp_path / "keyed.json"
+    path.write_text(json.dumps({
+        "name": "keyed",
+        "server": {"router": "tcp://127.0.0.1:0", "events": "tcp://127.0.0.1:0",
+                   "beacon": {"port": free_beacon_port(), "interval": 0.5}, "heartbeat": 0.5, "timeout": 5,
+                   "curve": {"server_key": "keys/server.key", "clients": "keys/clients",
+                             "names": {"monitor": ["monitor*"]}}},
+        "paths": {"logs": "log", "data": "data", "state": "state"},
+        "programs": {"lta1": helper("echo_client.py", "lta1", client="lta1"),
+                     "monitor": helper("echo_client.py", "monitor", client="monitor")}}))
+    made = subprocess.run([sys.executable, "-m", "runcontrol.keys", str(path)], cwd=ROOT, env=env_for_children(),
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    server = ServerProcess(path).start()
+    yield server
+    server.stop()
+
+
+def client(server, name, **kwargs):
+    return Client(name, experiment=str(server.path), **kwargs)
+
+
+def bare_dealer(router, keys=None, server_key=None):
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if keys:
+        sock.curve_publickey, sock.curve_secretkey = keys
+        sock.curve_serverkey = server_key
+    sock.connect(router)
+    return sock
+
+
+def test_a_known_key_registers_and_talks(keyed):
+    with client(keyed, "lta1") as lta1, client(keyed, "op") as op:
+        lta1.add_handler("ping_me", lambda msg: "pong")
+        lta1.connect(10)
+        op.connect(10)
+        wait_until(lambda: lta1.poll(0.05) * 0 or "lta1" in [c["name"] for c in op.request(None, "_list")])
+        pending = op.start({"to": "lta1", "cmd": "ping_me"})
+        wait_until(lambda: lta1.poll(0.05) * 0 or op.poll(0.05) * 0 or pending.answer, 10)
+        assert pending.answer.result == "pong"
+
+
+@pytest.mark.parametrize("how", ["no key", "unknown key"])
+def test_a_client_without_an_allowed_key_gets_nothing_and_others_go_on(keyed, how):
+    server_public, _ = zmq.auth.load_certificate(keyed.path.parent / "keys" / "server.key")
+    keys = zmq.curve_keypair() if how == "unknown key" else None
+    intruder = bare_dealer(keyed.router, keys, server_public)
+    try:
+        intruder.send(protocol.encode({"cmd": "_hello", "name": "bias", "id": "1"}))
+        assert intruder.poll(1500) == 0  # no answer at all: the connection never got through
+        with client(keyed, "op") as op:
+            op.connect(10)
+            assert "bias" not in [c["name"] for c in op.request(None, "_list")]
+    finally:
+        intruder.close()
+    if how == "unknown key":
+        wait_until(lambda: "unknown client key" in keyed.log.read_text(), 10)
+
+
+def test_a_key_bound_to_names_cannot_pose_as_another_client(keyed):
+    monitor_key = keyed.path.parent / "keys" / "clients" / "monitor.key_secret"
+    with client(keyed, "bias", key=str(monitor_key)) as impostor:
+        with pytest.raises(RequestFailed) as refused:
+            impostor.connect(5)
+        assert refused.value.code == "not_allowed" and "may register only monitor*" in str(refused.value)
+    with client(keyed, "monitor-2", key=str(monitor_key)) as allowed:
+        allowed.connect(10)
+        assert allowed.registered
+
+
+def test_a_forged_beacon_leads_a_client_to_no_server(keyed, tmp_path):
+    """A rogue server announces itself for the experiment; without the server key it learns nothing."""
+    rogue_public, rogue_secret = zmq.curve_keypair()
+    ctx = zmq.Context.instance()
+    rogue = ctx.socket(zmq.ROUTER)
+    rogue.setsockopt(zmq.LINGER, 0)
+    rogue.curve_server, rogue.curve_secretkey = True, rogue_secret
+    port = rogue.bind_to_random_port("tcp://127.0.0.1")
+    router = f"tcp://127.0.0.1:{port}"
+    keyed.stop()
+    beacon = discovery.BeaconSender("127.255.255.255", keyed.beacon_port,
+                                    protocol.make_beacon("keyed", "rogue", router, router, 1, 0.0))
+    try:
+        with client(keyed, "lta1") as victim:
+            for _ in range(20):
+                beacon.send()
+                victim.poll(0.1)
+            with pytest.raises((RequestFailed, ServerUnavailable)):
+                victim.connect(1)
+            assert rogue.poll(200) == 0  # not one message got through to the rogue
+    finally:
+        beacon.close()
+        rogue.close()
+
+
+def test_the_run_controller_hands_each_program_its_key(keyed):
+    controller = ControllerProcess(keyed.path).start()
+    try:
+        with client(keyed, "op") as op:
+            op.connect(10)
+            wait_until(lambda: {"run", "lta1", "monitor"} <= {c["name"] for c in op.request(None, "_list")}, 30, 0.2,
+                       what="the controller and its programs, each with its own key")
+            status = op.request("run", "status", timeout=10)["programs"]
+            assert status["lta1"]["registered"] and status["monitor"]["registered"]
+    finally:
+        assert controller.stop() == 0
