@@ -394,9 +394,10 @@ class Server:
                          msg_id)
             return
         cmd = msg["cmd"]
-        if cmd == "_reply" or cmd == "_error":
-            peer.waiting.pop((to, msg.get("re")), None)
-        elif msg_id is not None and cmd != "_progress":
+        if cmd == "_reply" or cmd == "_error" or cmd == "_progress":
+            if not self._owed(peer, to, msg.get("re"), final=cmd != "_progress"):
+                return
+        elif msg_id is not None:
             waiting = target.waiting
             if len(waiting) >= MAX_WAITING:
                 del waiting[next(iter(waiting))]
@@ -410,6 +411,24 @@ class Server:
                          f"{to!r} is not reading its messages; this one was dropped", msg_id)
         else:
             self._reject(peer.identity, protocol.NO_SUCH_CLIENT, f"{to!r} disconnected", msg_id)
+
+    def _owed(self, peer, to, re_id, final):
+        """Whether `peer` owes `to` an answer to request `re_id`; if not, tell `peer` and drop it.
+
+        Just after a restart the requests the previous instance routed are unknown:
+        answers to them pass while the server settles.
+        """
+        key = (to, re_id)
+        if key in peer.waiting:
+            if final:
+                del peer.waiting[key]
+            return True
+        if self.settling:
+            return True
+        self._reject(peer.identity, protocol.NOT_ALLOWED,
+                     f"{to!r} sent {peer.name!r} no request {re_id!r} that awaits an answer: "
+                     "answers go only to the requester", None)
+        return False
 
     def _broadcast(self, peer, msg):
         msg_id = msg.pop("id", None)
@@ -626,7 +645,7 @@ class Server:
                 "experiment": self.experiment.name, "router": self.router_address,
                 "events": self.events_address, "beacon": list(self.beacon.target),
                 "heartbeat": self.heartbeat_s, "timeout": self.timeout_s,
-                "max_message_bytes": self.max_bytes, "protocol": protocol.VERSION}
+                "max_message_bytes": self.max_bytes, "protocol": protocol.VERSION, "settling": self.settling}
 
 
 def rates(now, before, interval):

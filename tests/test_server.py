@@ -324,3 +324,24 @@ def test_server_refuses_unwritable_pid_file_with_message(tmp_path):
                             cwd=ROOT, env=env_for_children(), capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert f"cannot write the pid file {tmp_path / 'file' / 'server.pid'}" in result.stderr
+
+
+def test_a_reply_to_a_request_never_sent_is_refused_and_a_real_one_passes(server):
+    asker, answerer = RawClient(server.router), RawClient(server.router)
+    try:
+        asker.hello("asker")
+        answerer.hello("answerer")
+        wait_until(lambda: not asker.request({"cmd": "_status", "id": "s"})["result"]["settling"], 15, 0.2)
+        answerer.send({"cmd": "_reply", "to": "asker", "re": "never-asked", "ok": True, "result": "forged"})
+        refusal = answerer.recv_until(lambda m: m.get("cmd") == "_error")
+        assert refusal["code"] == "not_allowed" and "answers go only to the requester" in refusal["error"]
+        asker.send({"cmd": "ask", "to": "answerer", "id": "q1"})
+        answerer.recv_until(lambda m: m.get("id") == "q1")
+        answerer.send({"cmd": "_reply", "to": "asker", "re": "q1", "ok": True, "result": "real"})
+        answer = asker.recv_until(lambda m: m.get("cmd") == "_reply")
+        assert (answer["re"], answer["result"]) == ("q1", "real")
+        answerer.send({"cmd": "_reply", "to": "asker", "re": "q1", "ok": True, "result": "twice"})
+        assert answerer.recv_until(lambda m: m.get("cmd") == "_error")["code"] == "not_allowed"
+    finally:
+        asker.close()
+        answerer.close()
