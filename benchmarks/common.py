@@ -37,7 +37,7 @@ def percentile(values, fraction):
 class BenchServer:
     """`python -m runcontrol.server` on ephemeral loopback ports, found by its beacon."""
 
-    def __init__(self, heartbeat=5.0, timeout=30.0, name=None):
+    def __init__(self, heartbeat=5.0, timeout=30.0, name=None, curve=False):
         self.folder = Path(tempfile.mkdtemp(prefix="orbit-bench-"))
         self.name = name or f"bench-{os.getpid()}"
         self.port = 20000 + os.getpid() % 30000
@@ -48,6 +48,13 @@ class BenchServer:
                        "beacon": {"port": self.port, "interval": 0.5},
                        "heartbeat": heartbeat, "timeout": timeout},
             "paths": {"logs": "log", "data": "data", "state": "state"}}))
+        if curve:  # CURVE keys for the server and (as operator) every client
+            description = json.loads(self.path.read_text())
+            description["server"]["curve"] = {"server_key": "keys/server.key", "clients": "keys/clients"}
+            self.path.write_text(json.dumps(description))
+            from runcontrol import keys
+            import experiments
+            keys.make_all(experiments.load(self.path))
         self.proc = None
         self.router = None
 
