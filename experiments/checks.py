@@ -49,8 +49,10 @@ def is_loopback(address):
 
 
 def dependencies(programs):
-    return {name: [d for d in (p.get("depends_on") or []) if isinstance(d, str) and d in programs]
-            for name, p in programs.items()}
+    def named(p):
+        deps = p.get("depends_on")
+        return deps if isinstance(deps, list) else []
+    return {name: [d for d in named(p) if isinstance(d, str) and d in programs] for name, p in programs.items()}
 
 
 def find_cycle(graph):

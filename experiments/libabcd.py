@@ -16,12 +16,13 @@ def is_libabcd(raw):
 def convert(raw):
     """The Orbit form of a libABCD description; hosts it names are declared with defaults."""
     converted = {key: value for key, value in raw.items() if key != "run"}
-    programs, hosts = {}, dict(raw.get("hosts", {}))
-    run = raw["run"]
-    if not isinstance(run, dict):
+    run, hosts = raw["run"], raw.get("hosts", {})
+    if not isinstance(run, dict) or not isinstance(hosts, dict):
         return raw  # let the schema say what is wrong
+    programs, hosts = {}, dict(hosts)
     for name, entry in run.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("cmd"), str):
+        if not isinstance(entry, dict) or not isinstance(entry.get("cmd"), str) \
+                or not isinstance(entry.get("host", ""), str):
             return raw
         try:
             argv = shlex.split(entry["cmd"])

@@ -168,3 +168,11 @@ def test_a_bus_reachable_from_the_network_needs_keys_or_insecure(tmp_path, route
 def test_a_loopback_bus_needs_no_keys(tmp_path, router):
     spec = experiments.from_dict({"name": "local", "server": {"router": router}}, tmp_path / "local.json")
     assert spec.server.exposed() == [] and spec.server.curve is None
+
+
+@pytest.mark.parametrize("raw", [{"run": None, "hosts": None}, {"run": {}, "hosts": "0"},
+                                 {"run": {"a": {"cmd": "x", "host": 5}}}])
+def test_a_malformed_libabcd_form_is_explained_not_a_crash(tmp_path, raw):
+    with pytest.raises(ConfigError) as refused:
+        experiments.from_dict(raw, tmp_path / "odd.json")
+    assert refused.value.problems

@@ -74,3 +74,30 @@ def test_random_frames_never_hurt_the_server(fuzz_env, batch, n, name):
     assert good.request("echo", "echo", n=n, timeout=10) == n
     assert good.request(None, "_status", timeout=10)["pid"] == server.proc.pid
     assert server.proc.poll() is None
+
+
+# --- the experiment loader ------------------------------------------------------------------
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.floats(allow_nan=True),
+                    st.text(max_size=12), st.sampled_from(["always", "never", "TERM", "tcp://127.0.0.1:0",
+                                                           "tcp://0.0.0.0:1", "local", "x y", "../..", "python"]))
+KEYS = st.sampled_from(["name", "server", "paths", "programs", "hosts", "logs", "run", "cmd", "restart",
+                        "depends_on", "client", "router", "events", "beacon", "port", "curve", "insecure",
+                        "backoff", "initial", "max", "max_restarts", "stop_signal", "env", "host", "a", "b"])
+DESCRIPTIONS = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                             st.dictionaries(KEYS, inner, max_size=6)),
+                            max_leaves=30)
+
+
+@settings(max_examples=int(os.environ.get("ORBIT_FUZZ_EXAMPLES", "300")) * 2, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(DESCRIPTIONS)
+def test_the_experiment_loader_accepts_or_explains_anything(tmp_path_factory, raw):
+    import experiments
+    from runcontrol.errors import ConfigError
+    try:
+        spec = experiments.from_dict(raw, tmp_path_factory.getbasetemp() / "fuzz.json")
+    except ConfigError as exc:
+        assert exc.problems and all(isinstance(p, str) and ": " in p for p in exc.problems)
+    else:
+        assert all(p.argv for p in spec.programs)
