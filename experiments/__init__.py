@@ -53,6 +53,7 @@ class ServerSpec:
     max_message_bytes: int
     insecure: bool = False
     curve: object = None     # CurveSpec, or None for a plain (loopback) bus
+    client_rate: float = 100000.0   # messages per second one client may send
 
     def exposed(self):
         """The addresses that can be reached from beyond this machine."""
@@ -230,6 +231,7 @@ def freeze(raw, path):
             heartbeat_s=float(server["heartbeat"]), timeout_s=float(server["timeout"]),
             stale_after_s=float(server["stale_after"]),
             max_message_bytes=server["max_message_bytes"], insecure=server["insecure"],
+            client_rate=float(server["client_rate"]),
             curve=curve_spec(server.get("curve"), folder)),
         paths=PathsSpec(*(folder / paths[key] for key in ("logs", "data", "state"))),
         programs=programs,

@@ -48,7 +48,7 @@ class Peer:
 
     __slots__ = ("name", "identity", "topic", "pid", "host", "actions", "meta", "connected_at",
                  "last_seen_mono", "msgs_in", "msgs_out", "bytes_in", "bytes_out",
-                 "dropped", "waiting", "rates", "prev")
+                 "dropped", "waiting", "rates", "prev", "tokens", "refilled", "throttled", "report_at")
 
     def __init__(self, identity, hello, now):
         self.identity = identity
@@ -59,6 +59,10 @@ class Peer:
         self.waiting = {}
         self.rates = {}
         self.prev = (0, 0, 0, 0)
+        self.tokens = None          # the flood limit's bucket, filled at the first message
+        self.refilled = self.last_seen_mono
+        self.throttled = 0          # messages dropped since the last report
+        self.report_at = 0.0
 
     def set_hello(self, hello):
         self.name = hello.name
@@ -88,6 +92,7 @@ class Server:
         self.heartbeat_s = spec.heartbeat_s
         self.timeout_s = spec.timeout_s
         self.max_bytes = spec.max_message_bytes
+        self.client_rate = spec.client_rate
         self.claim_grace_s = min(2.0, spec.timeout_s)
         # Just after a (re)start the clients are registering again: a message for a name
         # not yet back is held for them this long instead of refused.
@@ -322,6 +327,8 @@ class Server:
         self._count_in(peer, len(data))
         if data == PONG:
             return
+        if peer is not None and not self._admit(peer):
+            return
         if len(data) > self.max_bytes:
             self._reject(identity, protocol.TOO_LARGE,
                          f"message of {len(data)} bytes exceeds the limit of {self.max_bytes}",
@@ -350,6 +357,27 @@ class Server:
                 self._broadcast(peer, msg)
             else:
                 self._route(peer, to, msg)
+
+    def _admit(self, peer):
+        """The flood limit: a token bucket of `client_rate` per second per client (burst as large)."""
+        now = peer.last_seen_mono
+        rate = self.client_rate
+        tokens = rate if peer.tokens is None else min(rate, peer.tokens + (now - peer.refilled) * rate)
+        peer.refilled = now
+        if tokens >= 1.0:
+            peer.tokens = tokens - 1.0
+            return True
+        peer.tokens = tokens
+        peer.throttled += 1
+        if now >= peer.report_at:  # told at most once a second, so the telling is no flood itself
+            peer.report_at = now + 1.0
+            log.warning("client %s sends more than %g messages/s: %d dropped", peer.name, rate, peer.throttled)
+            self.publish_event("client_throttled", name=peer.name, pid=peer.pid, dropped=peer.throttled,
+                               limit=rate)
+            self.answer(peer.identity, protocol.make_error(
+                protocol.THROTTLED, f"more than {rate:g} messages/s: {peer.throttled} dropped; slow down"))
+            peer.throttled = 0
+        return False
 
     def _count_in(self, peer, size):
         totals = self.totals

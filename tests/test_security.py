@@ -126,3 +126,60 @@ def test_the_run_controller_hands_each_program_its_key(keyed):
             assert status["lta1"]["registered"] and status["monitor"]["registered"]
     finally:
         assert controller.stop() == 0
+
+
+@pytest.fixture
+def limited(tmp_path):
+    from tests.helpers import write_experiment
+    server = ServerProcess(write_experiment(tmp_path, "limited", client_rate=2000)).start()
+    yield server
+    server.stop()
+
+
+def round_trip_median(raw, count):
+    import statistics
+    import time
+    times = []
+    for i in range(count):
+        started = time.perf_counter()
+        answer = raw.request({"to": "echo", "cmd": "echo", "id": f"rt{i}-{started}"}, 10)
+        assert answer["ok"]
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def test_a_flooding_client_is_throttled_and_the_others_keep_their_pace(limited, tmp_path):
+    import threading
+    from tests.helpers import EventWatcher, RawClient, start_program, stop_process
+    echo = start_program("echo_client.py", "echo", "--experiment", limited.path, log=tmp_path / "echo.log")
+    watcher = EventWatcher(limited.events, "event.client_throttled")
+    quiet, flooder = RawClient(limited.router), None
+    try:
+        quiet.hello("quiet")
+        wait_until(lambda: quiet.request({"cmd": "_list", "id": "l"})["result"] and
+                   "echo" in [c["name"] for c in quiet.request({"cmd": "_list", "id": "l"})["result"]], 15, 0.1)
+        calm = round_trip_median(quiet, 100)
+        flooder = RawClient(limited.router)
+        flooder.hello("flood")
+        note = protocol.encode({"to": "echo", "cmd": "note", "seq": 0})
+
+        def flood():
+            for _ in range(40000):
+                flooder.sock.send(note)
+        thread = threading.Thread(target=flood, daemon=True)
+        thread.start()
+        stormy = round_trip_median(quiet, 100)
+        thread.join(60)
+        assert stormy < 5 * calm + 0.005, f"round trip median {stormy * 1000:.2f} ms in the flood, {calm * 1000:.2f} quiet"
+        told = flooder.recv_until(lambda m: m.get("code") == "throttled", 10)
+        assert "more than 2000 messages/s" in told["error"]
+        event = watcher.wait_for("event.client_throttled", name="flood")
+        assert event["dropped"] > 0
+        notes = quiet.request({"to": "echo", "cmd": "notes", "id": "n"}, 10)["result"]
+        assert 0 < len(notes) < 40000  # the excess was dropped, the rest delivered
+    finally:
+        watcher.close()
+        quiet.close()
+        if flooder is not None:
+            flooder.close()
+        stop_process(echo)
