@@ -93,6 +93,7 @@ class Server:
         self.timeout_s = spec.timeout_s
         self.max_bytes = spec.max_message_bytes
         self.client_rate = spec.client_rate
+        self.max_clients = spec.max_clients
         self.claim_grace_s = min(2.0, spec.timeout_s)
         # Just after a (re)start the clients are registering again: a message for a name
         # not yet back is held for them this long instead of refused.
@@ -475,6 +476,10 @@ class Server:
         except zmq.Again:
             target.dropped += 1
             self.dropped += 1
+            now = time.monotonic()
+            if now >= target.report_at:  # an event at most once a second per slow client
+                target.report_at = now + 1.0
+                self.publish_event("client_slow", name=target.name, pid=target.pid, dropped=target.dropped)
             return False
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
@@ -524,6 +529,9 @@ class Server:
                 return self.welcome(hello.name)
             self.drop(peer, "client_left", f"renamed to {hello.name}")
         holder = self.by_name.get(hello.name)
+        if holder is None and len(self.by_name) >= self.max_clients:
+            raise ProtocolError(protocol.TOO_MANY_CLIENTS, f"the server already holds {self.max_clients} clients "
+                                "(server.max_clients)")
         if holder is None:
             self._register(identity, hello)
             return self.welcome(hello.name)

@@ -296,15 +296,36 @@ def test_server_refuses_invalid_experiment_with_message(tmp_path):
     assert 'server.heartbeat: "often" is not of type number' in result.stderr
 
 
-def test_slow_consumer_does_not_stall_others(raw):
+def test_slow_consumer_does_not_stall_others(raw, server):
+    watcher = EventWatcher(server.events, "event.").sync(server.router)
     sender, slow, quick = raw("sender"), raw("slow"), raw("quick")
     slow.sock.setsockopt(zmq.RCVHWM, 10)
-    blob = "x" * 10000
-    for _ in range(3000):
-        sender.send({"to": "slow", "cmd": "data", "blob": blob})
-    start = time.monotonic()
-    assert quick.request({"cmd": "_ping"}, timeout_s=10)["cmd"] == "_pong"
-    assert time.monotonic() - start < 10
+    blob = "x" * 1000
+    try:
+        for _ in range(15000):  # more than the server queues for one client (its high-water mark)
+            sender.send({"to": "slow", "cmd": "data", "blob": blob})
+        start = time.monotonic()
+        assert quick.request({"cmd": "_ping"}, timeout_s=10)["cmd"] == "_pong"
+        assert time.monotonic() - start < 10
+        event = watcher.wait_for("event.client_slow", name="slow")
+        assert event["dropped"] > 0
+        assert sender.recv_until(lambda m: m.get("code") == "queue_full")["error"].startswith("'slow' is not reading")
+    finally:
+        watcher.close()
+
+
+def test_clients_beyond_max_clients_are_refused(tmp_path):
+    server = ServerProcess(write_experiment(tmp_path, "few", max_clients=2)).start()
+    clients = [RawClient(server.router) for _ in range(3)]
+    try:
+        assert clients[0].hello("one")["ok"] and clients[1].hello("two")["ok"]
+        refused = clients[2].hello("three")
+        assert refused["code"] == "too_many_clients" and "already holds 2 clients" in refused["error"]
+        assert clients[0].request({"cmd": "_ping", "id": "p"})["cmd"] == "_pong"
+    finally:
+        for client in clients:
+            client.close()
+        server.stop()
 
 
 def test_second_server_on_same_ports_is_refused(server, tmp_path):
