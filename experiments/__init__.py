@@ -55,6 +55,7 @@ class ServerSpec:
     curve: object = None     # CurveSpec, or None for a plain (loopback) bus
     client_rate: float = 100000.0   # messages per second one client may send
     max_clients: int = 10000
+    max_pending: int = 1000
 
     def exposed(self):
         """The addresses that can be reached from beyond this machine."""
@@ -233,6 +234,7 @@ def freeze(raw, path):
             stale_after_s=float(server["stale_after"]),
             max_message_bytes=server["max_message_bytes"], insecure=server["insecure"],
             client_rate=float(server["client_rate"]), max_clients=server["max_clients"],
+            max_pending=server["max_pending"],
             curve=curve_spec(server.get("curve"), folder)),
         paths=PathsSpec(*(folder / paths[key] for key in ("logs", "data", "state"))),
         programs=programs,

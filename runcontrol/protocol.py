@@ -51,6 +51,7 @@ HANDLER_ERROR = "handler_error"
 NOT_ALLOWED = "not_allowed"
 THROTTLED = "throttled"
 TOO_MANY_CLIENTS = "too_many_clients"
+TOO_MANY_PENDING = "too_many_pending"
 # Codes clients (the run controller) use in refusals.
 REFUSED = "refused"
 UNKNOWN_PROGRAM = "unknown_program"
@@ -59,7 +60,7 @@ FAILED = "failed"
 ERROR_CODES = frozenset({
     BAD_JSON, NOT_OBJECT, BAD_FRAMES, TOO_LARGE, NO_CMD, BAD_FIELD, NOT_REGISTERED,
     NAME_TAKEN, BAD_NAME, NO_SUCH_CLIENT, UNKNOWN_COMMAND, CLIENT_LOST, QUEUE_FULL,
-    INTERNAL, HANDLER_ERROR, NOT_ALLOWED, THROTTLED, TOO_MANY_CLIENTS,
+    INTERNAL, HANDLER_ERROR, NOT_ALLOWED, THROTTLED, TOO_MANY_CLIENTS, TOO_MANY_PENDING,
 })
 
 # Commands a connection may send before its `_hello` succeeds.

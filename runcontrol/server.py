@@ -48,7 +48,8 @@ class Peer:
 
     __slots__ = ("name", "identity", "topic", "pid", "host", "actions", "meta", "connected_at",
                  "last_seen_mono", "msgs_in", "msgs_out", "bytes_in", "bytes_out",
-                 "dropped", "waiting", "rates", "prev", "tokens", "refilled", "throttled", "report_at")
+                 "dropped", "waiting", "rates", "prev", "tokens", "refilled", "throttled", "report_at",
+                 "pending")
 
     def __init__(self, identity, hello, now):
         self.identity = identity
@@ -63,6 +64,7 @@ class Peer:
         self.refilled = self.last_seen_mono
         self.throttled = 0          # messages dropped since the last report
         self.report_at = 0.0
+        self.pending = 0            # its requests that await an answer
 
     def set_hello(self, hello):
         self.name = hello.name
@@ -94,6 +96,7 @@ class Server:
         self.max_bytes = spec.max_message_bytes
         self.client_rate = spec.client_rate
         self.max_clients = spec.max_clients
+        self.max_pending = spec.max_pending
         self.claim_grace_s = min(2.0, spec.timeout_s)
         # Just after a (re)start the clients are registering again: a message for a name
         # not yet back is held for them this long instead of refused.
@@ -427,19 +430,40 @@ class Server:
             if not self._owed(peer, to, msg.get("re"), final=cmd != "_progress"):
                 return
         elif msg_id is not None:
-            waiting = target.waiting
-            if len(waiting) >= MAX_WAITING:
-                del waiting[next(iter(waiting))]
-            waiting[(peer.name, msg_id)] = None
+            if peer.pending >= self.max_pending:
+                self._reject(peer.identity, protocol.TOO_MANY_PENDING,
+                             f"{peer.pending} of your requests still await answers (server.max_pending): "
+                             "wait for some", msg_id)
+                return
+            self._await_answer(target, peer, msg_id)
         data = protocol.encode(msg)
         if self._deliver(target, data):
             if self.watching_msgs:
                 self._publish_frames(target.topic, data)
-        elif target.name in self.by_name:
+            return
+        if msg_id is not None and cmd not in ("_reply", "_error", "_progress"):
+            self._answered(target, (peer.name, msg_id))
+        if target.name in self.by_name:
             self._reject(peer.identity, protocol.QUEUE_FULL,
                          f"{to!r} is not reading its messages; this one was dropped", msg_id)
         else:
             self._reject(peer.identity, protocol.NO_SUCH_CLIENT, f"{to!r} disconnected", msg_id)
+
+    def _await_answer(self, target, requester, msg_id):
+        waiting, key = target.waiting, (requester.name, msg_id)
+        if key in waiting:
+            return
+        if len(waiting) >= MAX_WAITING:
+            self._answered(target, next(iter(waiting)))
+        waiting[key] = None
+        requester.pending += 1
+
+    def _answered(self, target, key):
+        """`target` no longer owes an answer for `key` (requester name, id)."""
+        if target.waiting.pop(key, False) is None:
+            requester = self.by_name.get(key[0])
+            if requester is not None and requester.pending > 0:
+                requester.pending -= 1
 
     def _owed(self, peer, to, re_id, final):
         """Whether `peer` owes `to` an answer to request `re_id`; if not, tell `peer` and drop it.
@@ -450,7 +474,7 @@ class Server:
         key = (to, re_id)
         if key in peer.waiting:
             if final:
-                del peer.waiting[key]
+                self._answered(peer, key)
             return True
         if self.settling:
             return True
@@ -632,6 +656,7 @@ class Server:
         for requester, msg_id in peer.waiting:
             asker = self.by_name.get(requester)
             if asker is not None:
+                asker.pending = max(0, asker.pending - 1)
                 self.answer(asker.identity, protocol.make_error(
                     protocol.CLIENT_LOST, f"{peer.name!r} left before answering: {reason}", msg_id))
         peer.waiting.clear()

@@ -366,3 +366,25 @@ def test_a_reply_to_a_request_never_sent_is_refused_and_a_real_one_passes(server
     finally:
         asker.close()
         answerer.close()
+
+
+def test_requests_beyond_max_pending_are_refused_until_some_are_answered(tmp_path):
+    server = ServerProcess(write_experiment(tmp_path, "pending", max_pending=3)).start()
+    asker, slow = RawClient(server.router), RawClient(server.router)
+    try:
+        asker.hello("asker")
+        slow.hello("slow")
+        for i in range(3):
+            asker.send({"to": "slow", "cmd": "work", "id": f"w{i}"})
+        asker.send({"to": "slow", "cmd": "work", "id": "w3"})
+        refused = asker.recv_until(lambda m: m.get("re") == "w3")
+        assert refused["code"] == "too_many_pending" and "3 of your requests still await answers" in refused["error"]
+        slow.recv_until(lambda m: m.get("id") == "w2")
+        slow.send({"cmd": "_reply", "to": "asker", "re": "w0", "ok": True, "result": 0})
+        assert asker.recv_until(lambda m: m.get("re") == "w0")["result"] == 0
+        asker.send({"to": "slow", "cmd": "work", "id": "w4"})
+        assert slow.recv_until(lambda m: m.get("id") == "w4")["cmd"] == "work"
+    finally:
+        asker.close()
+        slow.close()
+        server.stop()
