@@ -66,6 +66,14 @@ def signal_group(proc, signum):
         pass
 
 
+def tell(text):
+    """A line for the operator's terminal, which may be gone (a closed window: the log has it too)."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
 def plan(experiment):
     """The start plan of an experiment, as `run.py --check` prints it."""
     server = experiment.server
@@ -114,6 +122,7 @@ def main(argv=None):
     stopping = []
     signal.signal(signal.SIGTERM, lambda signum, _: stopping.append(signum))
     signal.signal(signal.SIGINT, lambda signum, _: stopping.append(signum))
+    signal.signal(signal.SIGHUP, lambda signum, _: stopping.append(signum))  # its terminal closed
     path = str(experiment.path)
     grace_s = controller_grace(experiment)
     server = start(kept("server", experiment, [sys.executable, "-m", "runcontrol.server", "--experiment", path],
@@ -130,8 +139,8 @@ def main(argv=None):
             log.error("the watchdog of the %s exited with status %s: stopping", ended[0],
                       watched[ended[0]].returncode)
             if view:
-                print(f"run.py: the watchdog of the {ended[0]} exited with status {watched[ended[0]].returncode}: "
-                      f"stopping (see {experiment.paths.logs / 'orbit.log'})", file=sys.stderr, flush=True)
+                tell(f"run.py: the watchdog of the {ended[0]} exited with status {watched[ended[0]].returncode}: "
+                     f"stopping (see {experiment.paths.logs / 'orbit.log'})")
             status = 1
             break
         if viewer is not None and viewer.poll() is not None:
@@ -142,13 +151,12 @@ def main(argv=None):
         viewer.terminate()
         viewer.wait()
     if view:
-        print("stopping: programs in reverse order, then the server (log: "
-              f"{experiment.paths.logs / 'orbit.log'})", flush=True)
+        tell(f"stopping: programs in reverse order, then the server (log: {experiment.paths.logs / 'orbit.log'})")
     stop(controller, "run controller and its programs", grace_s + GRACE_S)
     stop(server, "server", 2 * GRACE_S)
     log.info("everything stopped")
     if view:
-        print("everything stopped", flush=True)
+        tell("everything stopped")
     return status
 
 

@@ -196,6 +196,7 @@ def test_request_made_while_server_away_is_delivered_after_restart(server, echo,
     client = make_client("patient")
     server.pin_ports()
     server.kill()
+    pump([client], lambda: not client.registered, 10)  # what is sent before the loss is noticed goes down with it
     pending = client.start({"to": "echo", "cmd": "echo", "x": 1})
     server.start()
     assert client.wait(pending, timeout=20).value() == {"x": 1}

@@ -72,7 +72,18 @@ def tmux():
     def run(*args):
         return subprocess.run(["tmux", "-L", socket, *args], capture_output=True, text=True, timeout=30)
     yield run
-    run("kill-server")
+    family = []
+    for pane in run("list-panes", "-a", "-F", "#{pane_pid}").stdout.split():
+        try:
+            shell = psutil.Process(int(pane))
+            family += [shell, *shell.children(recursive=True)]
+        except psutil.Error:
+            continue
+    run("kill-server")  # SIGHUP: run.py stops everything as on Ctrl-C
+    _, alive = psutil.wait_procs(family, timeout=60)
+    for proc in alive:
+        proc.kill()
+    assert not alive, f"left running after the terminal closed: {[p.pid for p in alive]}"
 
 
 def test_live_view_in_a_terminal_shows_a_restart_and_ctrl_c_stops_everything(tmux, tmp_path):
@@ -102,3 +113,17 @@ def test_live_view_in_a_terminal_shows_a_restart_and_ctrl_c_stops_everything(tmu
     wait_until(lambda: "EXIT=0" in screen(), 60, 0.5, what="run.py to stop and exit 0")
     assert "everything stopped" in screen()
     assert not any(psutil.pid_exists(pid) for pid in pids)
+
+
+def test_closing_the_terminal_stops_everything(tmux, tmp_path):
+    path = damicm_copy(tmp_path)
+    assert tmux("new-session", "-d", "-s", "gone", "-x", "80", "-y", "24",
+                f"cd {ROOT} && {sys.executable} run.py {path}").returncode == 0
+    programs = wait_until(lambda: all_registered(path), 60, 0.5, what="damicm up")
+    pane = psutil.Process(int(tmux("list-panes", "-a", "-F", "#{pane_pid}").stdout.split()[0]))
+    family = [pane, *pane.children(recursive=True)]
+    tmux("kill-server")  # the window closes: SIGHUP
+    _, alive = psutil.wait_procs(family, timeout=60)
+    assert not alive, [p.pid for p in alive]
+    assert not any(psutil.pid_exists(p["pid"]) for p in programs.values())
+    assert "everything stopped" in (tmp_path / "var" / "log" / "orbit.log").read_text()
