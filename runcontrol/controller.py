@@ -125,11 +125,13 @@ class Controller(Client):
 
     def _act(self, msg, action, until_up):
         names = self._program_names(msg.get("program"))
-        for name in names:
-            action(name)
+        if not names:
+            return {}
         programs = [self.supervisor.programs[name] for name in names]
         before = {p.name: p.restarts for p in programs}
-        old_pids = {p.name: p.pid for p in programs}
+        old_pids = {p.name: p.pid for p in programs}  # before acting: a restart must bring a new one
+        for name in names:
+            action(name)
         if until_up:
             def done(p):
                 return p.state is S.RUNNING and (p.pid != old_pids[p.name] or msg["cmd"] != "restart")
@@ -457,7 +459,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m runcontrol.controller", description=__doc__.split("\n")[0])
     parser.add_argument("--experiment", required=True, help="experiment name or file")
     parser.add_argument("--pidfile", help="pid file to write and touch (for the watchdog)")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", choices=logsetup.LEVELS)
     args = parser.parse_args(argv)
     logsetup.configure(args.log_level)
     try:
@@ -481,6 +483,8 @@ def main(argv=None):
         controller = Controller(experiment, args.pidfile)
     except RunControlError as exc:
         print(f"run controller: {exc}", file=sys.stderr)
+        if args.pidfile:
+            pidfile.remove(args.pidfile, os.getpid())
         return 2
 
     def on_wake():

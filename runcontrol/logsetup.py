@@ -14,6 +14,9 @@ class UtcFormatter(logging.Formatter):
     converter = time.gmtime
 
 
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def configure(level="INFO", stream=None):
     handler = logging.StreamHandler(stream)
     handler.setFormatter(UtcFormatter(FORMAT, DATE_FORMAT))

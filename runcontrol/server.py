@@ -725,7 +725,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m runcontrol.server", description=__doc__.split("\n")[0])
     parser.add_argument("--experiment", required=True, help="experiment name or JSON file")
     parser.add_argument("--pidfile", help="pid file (default: <paths.state>/server.pid)")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", choices=logsetup.LEVELS)
     args = parser.parse_args(argv)
     logsetup.configure(args.log_level)
     try:

@@ -63,6 +63,10 @@ def test_stop_start_restart_answer_when_done(system):
     assert started["echo"]["state"] == "RUNNING" and started["echo"]["registered"]
     restarted = s.op.request("run", "restart", program="echo", timeout=15)
     assert restarted["echo"]["pid"] not in (first, started["echo"]["pid"])
+    s.op.request("run", "stop", program="echo", timeout=15)
+    again = s.op.request("run", "restart", program="echo", timeout=15)  # a stopped program: restart starts it
+    assert again["echo"]["state"] == "RUNNING" and again["echo"]["pid"] != restarted["echo"]["pid"]
+    assert s.op.request("run", "start", timeout=15)["echo"]["pid"] == again["echo"]["pid"]  # all: already up
     with pytest.raises(Refused) as refused:
         s.op.request("run", "stop", program="nope")
     assert refused.value.code == "unknown_program" and "programs: echo" in str(refused.value)

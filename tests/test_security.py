@@ -150,6 +150,7 @@ def round_trip_median(raw, count):
 
 def test_a_flooding_client_is_throttled_and_the_others_keep_their_pace(limited, tmp_path):
     import threading
+    import time
     from tests.helpers import EventWatcher, RawClient, start_program, stop_process
     echo = start_program("echo_client.py", "echo", "--experiment", limited.path, log=tmp_path / "echo.log")
     watcher = EventWatcher(limited.events, "event.client_throttled")
@@ -163,20 +164,29 @@ def test_a_flooding_client_is_throttled_and_the_others_keep_their_pace(limited, 
         flooder.hello("flood")
         note = protocol.encode({"to": "echo", "cmd": "note", "seq": 0})
 
-        def flood():
-            for _ in range(40000):
+        calm_done = threading.Event()
+        sent = [0]
+
+        def flood():  # until the stormy round trips are measured; bounded in count and time
+            deadline = time.monotonic() + 30
+            while not calm_done.is_set() and sent[0] < 400000 and time.monotonic() < deadline:
                 flooder.sock.send(note)
+                sent[0] += 1
         thread = threading.Thread(target=flood, daemon=True)
         thread.start()
+        wait_until(lambda: sent[0] > 5000, 10, 0.01)  # the flood is on
         stormy = round_trip_median(quiet, 100)
+        still_flooding = thread.is_alive()
+        calm_done.set()
         thread.join(60)
+        assert still_flooding, "the flood ended before the round trips were measured"
         assert stormy < 5 * calm + 0.005, f"round trip median {stormy * 1000:.2f} ms in the flood, {calm * 1000:.2f} quiet"
         told = flooder.recv_until(lambda m: m.get("code") == "throttled", 10)
         assert "more than 2000 messages/s" in told["error"]
         event = watcher.wait_for("event.client_throttled", name="flood")
         assert event["dropped"] > 0
         notes = quiet.request({"to": "echo", "cmd": "notes", "id": "n"}, 10)["result"]
-        assert 0 < len(notes) < 40000  # the excess was dropped, the rest delivered
+        assert 0 < len(notes) < sent[0]  # the excess was dropped, the rest delivered
     finally:
         watcher.close()
         quiet.close()
