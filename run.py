@@ -125,10 +125,10 @@ def main(argv=None):
     signal.signal(signal.SIGHUP, lambda signum, _: stopping.append(signum))  # its terminal closed
     path = str(experiment.path)
     grace_s = controller_grace(experiment)
-    server = start(kept("server", experiment, [sys.executable, "-m", "runcontrol.server", "--experiment", path],
+    server = start(kept("server", experiment, [sys.executable, "-m", "runcontrol.bus.server", "--experiment", path],
                         GRACE_S), output)
     controller = start(kept("controller", experiment,
-                            [sys.executable, "-m", "runcontrol.controller", "--experiment", path], grace_s), output)
+                            [sys.executable, "-m", "runcontrol.control.controller", "--experiment", path], grace_s), output)
     watched = {"server": server, "run controller": controller}
     viewer = subprocess.Popen([sys.executable, str(Path(__file__).with_name("status.py")), "--experiment", path,
                                "--connect-timeout", "30"]) if view else None

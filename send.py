@@ -16,8 +16,9 @@ import logging
 import os
 import sys
 
-from runcontrol import commands, logsetup, protocol
-from runcontrol.operator import Operator
+from runcontrol import logsetup, protocol
+from runcontrol.bus import commands
+from runcontrol.control.operator import Operator
 from runcontrol.errors import ConfigError, Refused, RequestFailed, RequestTimeout, ServerUnavailable
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3

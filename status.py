@@ -23,7 +23,7 @@ from rich.text import Text
 
 from runcontrol import logsetup
 from runcontrol.errors import ConfigError, RequestFailed, RunControlError, ServerUnavailable
-from runcontrol.operator import Operator
+from runcontrol.control.operator import Operator
 
 EXIT_OK, EXIT_USAGE, EXIT_NO_SERVER = 0, 2, 3
 REFRESH_S = 0.5

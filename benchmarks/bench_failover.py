@@ -21,7 +21,8 @@ import common
 import zmq
 
 from clients.client import Client
-from runcontrol import discovery, pidfile
+from runcontrol import pidfile
+from runcontrol.bus import discovery
 
 
 def client_process(name, experiment):
@@ -65,7 +66,7 @@ def main():
     watchdog = subprocess.Popen(
         [sys.executable, "-m", "watchdog", "--pidfile", str(pid_path), "--stale-after", "10",
          "--max-restarts", str(args.kills + 5), "--window", "600", "--",
-         sys.executable, "-m", "runcontrol.server", "--experiment", str(server.path), "--pidfile", str(pid_path),
+         sys.executable, "-m", "runcontrol.bus.server", "--experiment", str(server.path), "--pidfile", str(pid_path),
          "--log-level", "WARNING"],
         cwd=common.ROOT, start_new_session=True, stderr=subprocess.DEVNULL)
     clients = [mp.Process(target=client_process, args=(f"c{i:03d}", str(server.path)), daemon=True)

@@ -24,7 +24,7 @@ import common
 import orjson
 import zmq
 
-from runcontrol.operator import Operator
+from runcontrol.control.operator import Operator
 
 PER_PROCESS = 25
 
@@ -67,7 +67,7 @@ def main():
     args = parser.parse_args()
     common.exit_on_sigterm()
     server = common.BenchServer(heartbeat=1.0, timeout=10.0).start()
-    controller = subprocess.Popen([sys.executable, "-m", "runcontrol.controller", "--experiment", str(server.path),
+    controller = subprocess.Popen([sys.executable, "-m", "runcontrol.control.controller", "--experiment", str(server.path),
                                    "--log-level", "WARNING"], cwd=common.ROOT, start_new_session=True)
     helpers = []
     try:

@@ -32,8 +32,8 @@ import common
 import psutil
 
 import experiments
-from runcontrol.localhost import LocalBackend
-from runcontrol.supervisor import Supervisor
+from runcontrol.supervision.backends.local import LocalBackend
+from runcontrol.supervision.supervisor import Supervisor
 
 UP_BEFORE_KILL_S = 1.3
 STAMP = "echo $$ $EPOCHREALTIME >> {file}; exec sleep 1000"

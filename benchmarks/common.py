@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runcontrol import discovery  # noqa: E402
+from runcontrol.bus import discovery  # noqa: E402
 
 
 def exit_on_sigterm():
@@ -52,7 +52,7 @@ class BenchServer:
             description = json.loads(self.path.read_text())
             description["server"]["curve"] = {"server_key": "keys/server.key", "clients": "keys/clients"}
             self.path.write_text(json.dumps(description))
-            from runcontrol import keys
+            from runcontrol.bus import keys
             import experiments
             keys.make_all(experiments.load(self.path))
         self.proc = None
@@ -61,7 +61,7 @@ class BenchServer:
     def start(self):
         listener = discovery.BeaconListener(self.port, experiment=self.name)
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "runcontrol.server", "--experiment",
+            self.proc = subprocess.Popen([sys.executable, "-m", "runcontrol.bus.server", "--experiment",
                                           str(self.path), "--log-level", "WARNING"],
                                          cwd=ROOT, start_new_session=True)
             beacon = listener.wait(15)

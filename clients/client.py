@@ -25,7 +25,8 @@ import zmq.auth
 import zmq.utils.monitor
 
 import experiments
-from runcontrol import discovery, protocol
+from runcontrol import protocol
+from runcontrol.bus import discovery
 from runcontrol.errors import (ConfigError, ProtocolError, Refused, RequestFailed, RequestTimeout,
                                ServerUnavailable)
 

@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 
-from clients.sim.instrument import Instrument, run
+from clients.instrument import Instrument, run
 from runcontrol.errors import ConfigError, Refused
 
 DEFAULT_TIMEOUT_S = 10.0

@@ -11,7 +11,7 @@ Publishes `pub.<name>.values` {"rounds", "answers", "failures"} with retain.
 import json
 import time
 
-from clients.sim.instrument import Instrument, data_folder, run
+from clients.instrument import Instrument, data_folder, run
 from runcontrol.errors import Refused
 
 ANSWER_WAIT_S = 10.0

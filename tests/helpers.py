@@ -14,7 +14,8 @@ import zmq
 
 from clients.client import Client
 from runcontrol.errors import RunControlError
-from runcontrol import discovery, pidfile
+from runcontrol import pidfile
+from runcontrol.bus import discovery
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = Path(__file__).resolve().parent / "programs"
@@ -86,7 +87,7 @@ class ControllerProcess:
     def start(self):
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "runcontrol.controller", "--experiment", str(self.path)],
+                [sys.executable, "-m", "runcontrol.control.controller", "--experiment", str(self.path)],
                 cwd=ROOT, env=env_for_children(), stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)
         return self
@@ -126,7 +127,7 @@ class ServerProcess:
         try:
             with open(self.log, "ab") as out:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "runcontrol.server", "--experiment", str(self.path)],
+                    [sys.executable, "-m", "runcontrol.bus.server", "--experiment", str(self.path)],
                     cwd=ROOT, env=env_for_children(), stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True)
             deadline = time.monotonic() + timeout_s

@@ -3,7 +3,7 @@
 import pytest
 
 from runcontrol.errors import NoSuchClient, Refused, RequestFailed, RequestTimeout
-from runcontrol.operator import Operator
+from runcontrol.control.operator import Operator
 from tests.helpers import helper
 
 

@@ -9,7 +9,8 @@ import zmq
 import zmq.auth
 
 from clients.client import Client
-from runcontrol import discovery, protocol
+from runcontrol import protocol
+from runcontrol.bus import discovery
 from runcontrol.errors import RequestFailed, ServerUnavailable
 from tests.helpers import (ROOT, ControllerProcess, ServerProcess, env_for_children, free_beacon_port, helper,
                            wait_until)

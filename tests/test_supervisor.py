@@ -8,7 +8,7 @@ import pytest
 
 import experiments
 from runcontrol.states import ChildState as S
-from runcontrol.supervisor import Supervisor
+from runcontrol.supervision.supervisor import Supervisor
 from tests.helpers import PROGRAMS, wait_until
 
 

@@ -8,7 +8,8 @@ import sys
 import psutil
 import pytest
 
-from runcontrol import discovery, pidfile
+from runcontrol import pidfile
+from runcontrol.bus import discovery
 from tests.helpers import ROOT, ServerProcess, env_for_children, pump, registered_names, wait_until
 
 

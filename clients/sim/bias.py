@@ -9,7 +9,7 @@ values the cryo controller and the vacuum gauge publish. Commands: `on`, `off`,
 `status`, `monitor`.
 """
 
-from clients.sim.instrument import Instrument, run
+from clients.instrument import Instrument, run
 from runcontrol.errors import Refused
 
 

@@ -8,7 +8,7 @@ Publishes `pub.<name>.values` {"temperature", "set_point", "unit"} with retain.
 
 import random
 
-from clients.sim.instrument import Instrument, run
+from clients.instrument import Instrument, run
 from runcontrol.errors import Refused
 
 MIN_SET_POINT_K = 100.0

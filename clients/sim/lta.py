@@ -18,7 +18,7 @@ import json
 import random
 import time
 
-from clients.sim.instrument import Instrument, data_folder, run
+from clients.instrument import Instrument, data_folder, run
 from runcontrol.errors import Refused
 
 RECONNECT_TRIES = 5

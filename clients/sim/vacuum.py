@@ -8,7 +8,7 @@ Commands: `pump`, `vent`, `status`, `monitor`. Publishes `pub.<name>.values`
 
 import math
 
-from clients.sim.instrument import Instrument, run
+from clients.instrument import Instrument, run
 
 VENTED_MBAR = 1000.0
 PUMP_DECADES_PER_S = 1.0

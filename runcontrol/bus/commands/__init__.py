@@ -6,7 +6,7 @@ by other means, or raises ProtocolError for an `_error`. `peer` is None for a
 connection that has not registered. Modules hold no state of their own.
 """
 
-from runcontrol.commands import (bye, event, hello, list_clients, log, logs, ping, pong, publish,
+from runcontrol.bus.commands import (bye, event, hello, list_clients, log, logs, ping, pong, publish,
                                  retained, stats, status)
 
 MODULES = (hello, ping, pong, bye, list_clients, status, stats, logs, log, event, publish, retained)

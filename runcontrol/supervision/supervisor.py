@@ -18,8 +18,8 @@ import time
 
 import psutil
 
-from runcontrol.localhost import LocalBackend
-from runcontrol.programlog import ProgramLog
+from runcontrol.supervision.backends.local import LocalBackend
+from runcontrol.supervision.programlog import ProgramLog
 from runcontrol.states import ChildState, check_transition
 
 log = logging.getLogger(__name__)

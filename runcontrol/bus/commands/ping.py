@@ -3,7 +3,7 @@
   {"cmd": "_ping", "id": 7}  ->  {"cmd": "_pong", "re": 7}
 """
 
-from runcontrol.commands.base import ANSWERED
+from runcontrol.bus.commands.base import ANSWERED
 
 CMD = "_ping"
 

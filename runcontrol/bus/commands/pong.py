@@ -4,7 +4,7 @@
   {"cmd": "_pong", "re": "claim-1"} (answer to a ping that carried an id)
 """
 
-from runcontrol.commands.base import ANSWERED
+from runcontrol.bus.commands.base import ANSWERED
 
 CMD = "_pong"
 

@@ -1,0 +1,1 @@
+"""The bus: the central server, its connections and commands, the registry and routing, discovery, ZAP and keys."""

@@ -1,0 +1,155 @@
+"""The operator API: what a shift script needs, over one client connection.
+
+  from runcontrol.control.operator import Operator
+  with Operator(experiment="damicm") as op:
+      op.prepare_run()
+      op.begin_run(comment="dark current", seconds=600)
+      for kind, data in op.stream("lta1", "status"):   # ("progress", {...}) ..., then ("result", ...)
+          print(kind, data)
+
+Refusals (the other side understood and said no: a state or logic reason) raise
+`Refused`; failures (no answer, no such client, the server gone) raise
+`RequestFailed` or one of its subclasses. Replies are matched by `id`. Must not
+hold state of its own beyond the connection.
+"""
+
+import os
+import time
+
+from clients.client import Client
+from runcontrol.errors import RequestTimeout
+
+DEFAULT_TIMEOUT_S = 10.0
+TRANSITION_MARGIN_S = 5.0
+RUN = "run"
+
+
+class Operator:
+    def __init__(self, experiment=None, server=None, name=None, connect_timeout=10.0,
+                 timeout=DEFAULT_TIMEOUT_S):
+        self.timeout = timeout
+        self.client = Client(name or f"op-{os.getpid()}", experiment=experiment, server=server)
+        try:
+            self.client.connect(connect_timeout)
+        except BaseException:
+            self.client.close()
+            raise
+
+    # --- the whole system --------------------------------------------------------------
+
+    def status(self):
+        """The run controller's status: run state, run number, every program."""
+        return self.request(RUN, "status")
+
+    def programs(self):
+        return self.status()["programs"]
+
+    def clients(self):
+        """The registered clients, as the server lists them."""
+        return self.request(None, "_list")
+
+    def retained(self, prefix=""):
+        return self.request(None, "_retained", prefix=prefix)
+
+    def logs(self, n=20):
+        """The server's last `n` events."""
+        return self.request(None, "_logs", n=n)
+
+    def stats(self):
+        return self.request(None, "_stats")
+
+    # --- programs ------------------------------------------------------------------------
+
+    def start(self, program=None):
+        return self._program_command("start", program)
+
+    def stop(self, program=None):
+        return self._program_command("stop", program)
+
+    def restart(self, program):
+        return self._program_command("restart", program)
+
+    def reload(self):
+        return self.request(RUN, "reload")
+
+    def _program_command(self, cmd, program):
+        fields = {} if program is None else {"program": program}
+        return self.request(RUN, cmd, timeout=max(self.timeout, 60.0), **fields)
+
+    # --- runs ------------------------------------------------------------------------------
+
+    def prepare_run(self, timeout=None):
+        return self._transition("prepare_run", timeout)
+
+    def begin_run(self, comment="", timeout=None, **params):
+        return self._transition("begin_run", timeout, comment=comment, params=params)
+
+    def end_run(self, timeout=None):
+        return self._transition("end_run", timeout)
+
+    def abort_run(self, timeout=None):
+        return self._transition("abort_run", timeout)
+
+    def runs(self, n=20):
+        """The run log: the latest record of each of the last `n` runs."""
+        return self.request(RUN, "runs", n=n)
+
+    def _transition(self, action, timeout, **fields):
+        msg = {"to": RUN, "cmd": action, **fields}
+        if timeout is not None:
+            msg["timeout"] = timeout
+        wait = (timeout or self.timeout) + TRANSITION_MARGIN_S
+        return self.call(msg, wait)
+
+    # --- any client ------------------------------------------------------------------------
+
+    def send(self, to, cmd, **payload):
+        """A one-way message; returns once it is handed to the server."""
+        self.client.send(to, cmd, **payload)
+        self.client.poll(0)
+
+    def request(self, to, cmd, timeout=None, **payload):
+        """The result of `cmd` sent to `to` (None or "server": the server itself)."""
+        return self.client.request(to, cmd, timeout or self.timeout, **payload)
+
+    def call(self, msg, timeout=None, on_progress=None):
+        """`request` for a whole message dict (it may carry its own `id`)."""
+        return self.client.call(msg, timeout or self.timeout, on_progress)
+
+    def stream(self, to, cmd, timeout=None, **payload):
+        """Iterate a long request: ("progress", data) for each `_progress`, then ("result", value).
+
+        Raises as `request` does when the answer is a refusal or never comes.
+        """
+        pending = self.client.start({"to": to, "cmd": cmd, **payload})
+        seen = 0
+        answer = None
+
+        def progressed():
+            return len(pending.progress) > seen or pending.answer is not None
+        while answer is None:
+            self._wait_for(progressed, pending, timeout or self.timeout, f"{to} did not answer {cmd!r}")
+            while seen < len(pending.progress):
+                yield "progress", {k: v for k, v in pending.progress[seen].items()
+                                   if k not in ("cmd", "re", "from", "to", "ts")}
+                seen += 1
+            answer = pending.answer
+        yield "result", answer.value()
+
+    def _wait_for(self, condition, pending, timeout, what):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() >= deadline:
+                self.client.abandon(pending)
+                raise RequestTimeout(f"{what} within {timeout:g} s")
+            self.client.poll(max(0.0, deadline - time.monotonic()))
+
+    def close(self):
+        self.client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+

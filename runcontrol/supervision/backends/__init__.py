@@ -1,0 +1,1 @@
+"""Supervision backends: where and how a program's processes run."""
