@@ -14,224 +14,15 @@ import argparse
 import json
 import os
 import sys
-import time
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
+from rich.console import Console
 
 from runcontrol import logsetup
-from runcontrol.errors import ConfigError, RequestFailed, RunControlError, ServerUnavailable
 from runcontrol.control.operator import Operator
+from runcontrol.control.view import LIVE_TIMEOUT_S, live, render_safely
+from runcontrol.errors import ConfigError, RequestFailed, ServerUnavailable
 
 EXIT_OK, EXIT_USAGE, EXIT_NO_SERVER = 0, 2, 3
-REFRESH_S = 0.5
-LIVE_TIMEOUT_S = 2.0  # past this the view says the server is unreachable, and keeps trying
-STATE_STYLES = {"RUNNING": "green", "REGISTERED": "green", "STARTING": "yellow", "BACKOFF": "yellow", "STOPPING": "yellow",
-                "STOPPED": "dim", "EXITED": "dim", "FATAL": "bold red"}
-RUN_STYLES = {"RUN": "bold green", "READY": "bold yellow", "STOP": "bold"}
-ALARMS = {"program_fatal", "client_lost"}
-NOTABLE = {"program_restarting", "program_fatal", "program_exited", "client_lost", "run_state",
-           "server_started", "client_replaced"}
-# Program columns, most important first; the narrowest terminals keep only the first ones.
-COLUMNS = [("program", 12), ("state", 8), ("pid", 7), ("up", 5), ("rst", 3), ("reg", 3), ("hb", 4),
-           ("cpu%", 5), ("rss", 5), ("host", 8)]
-
-
-def snapshot(op, events=40):
-    """Everything the view shows, asked of the server and of the run controller (None when absent)."""
-    snap = {"server": op.request(None, "_status"), "stats": op.request(None, "_stats"),
-            "clients": op.request(None, "_list"), "retained": op.request(None, "_retained"),
-            "events": op.request(None, "_logs", n=events), "taken": time.time(), "run": None}
-    if any(isinstance(c, dict) and c.get("name") == "run" for c in snap["clients"]):
-        try:
-            snap["run"] = op.request("run", "status", timeout=3)
-        except RunControlError as exc:
-            snap["run_error"] = str(exc)
-    return snap
-
-
-def age(seconds):
-    if not isinstance(seconds, (int, float)):
-        return ""
-    seconds = max(0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def size(value):
-    if not isinstance(value, (int, float)):
-        return ""
-    for unit in ("B", "K", "M", "G"):
-        if value < 1024 or unit == "G":
-            return f"{value:.0f}{unit}"
-        value /= 1024
-
-
-def as_dict(value):
-    return value if isinstance(value, dict) else {}
-
-
-def as_list(value):
-    return value if isinstance(value, list) else []
-
-
-def short(value, width):
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= width else text[:width - 1] + "…"
-
-
-def header(snap):
-    server, run = as_dict(snap.get("server")), as_dict(snap.get("run"))
-    rate = as_dict(as_dict(snap.get("stats")).get("total")).get("msgs_in_per_s", 0)
-    line = Text.assemble((str(server.get("experiment", "?")), "bold"), f"  server {server.get('instance', '?')} ",
-                         f"up {age(server.get('uptime'))}  {server.get('clients', '?')} clients  ",
-                         f"{rate if isinstance(rate, (int, float)) else 0:.0f} msg/s")
-    if not run:
-        why = snap.get("run_error") or "no run controller registered"
-        return Group(line, Text(f"run: unknown ({why})", style="yellow"))
-    state, current = str(run.get("state", "?")), as_dict(run.get("current_run"))
-    started = current.get("start")
-    running = f"  for {age(snap['taken'] - started)}" if isinstance(started, (int, float)) and state == "RUN" else ""
-    comment = f"  \"{short(current.get('comment'), 30)}\"" if current.get("comment") else ""
-    number = run.get("run")
-    return Group(line, Text.assemble("run ", (state, RUN_STYLES.get(state, "bold")),
-                                     f"  number {number if number is not None else '-'}{running}{comment}"))
-
-
-def program_cells(name, info):
-    state = str(info.get("state", "?"))
-    registered = info.get("registered")
-    cpu = info.get("cpu_percent")
-    return {"program": Text(short(name, 12)), "state": Text(state, style=STATE_STYLES.get(state)),
-            "pid": Text(str(info.get("pid") or "")), "up": Text(age(info.get("uptime"))),
-            "rst": Text(str(info.get("restarts", ""))),
-            "reg": Text("" if registered is None else "yes" if registered else "no",
-                        style=None if registered is not False else "yellow"),
-            "hb": Text(age(info.get("heartbeat_age"))),
-            "cpu%": Text(f"{cpu:.0f}" if isinstance(cpu, (int, float)) else ""),
-            "rss": Text(size(info.get("rss"))), "host": Text(short(str(info.get("host", "")), 8))}
-
-
-def fitting_columns(width):
-    chosen, used = [], 0
-    for name, cells in COLUMNS:
-        if used + cells + 3 > width:
-            break
-        chosen.append(name)
-        used += cells + 3
-    return chosen
-
-
-def rows_of(snap):
-    """The run controller's programs; without one, the registered clients."""
-    if snap.get("run"):
-        return as_dict(as_dict(snap["run"]).get("programs"))
-    now = snap["taken"]
-    return {str(c.get("name")): {"state": "REGISTERED", "pid": c.get("pid"), "host": c.get("host"),
-                                 "uptime": now - c["connected_at"] if isinstance(c.get("connected_at"), (int, float))
-                                 else None, "registered": True,
-                                 "heartbeat_age": now - c["last_seen"] if isinstance(c.get("last_seen"), (int, float))
-                                 else None}
-            for c in as_list(snap.get("clients")) if isinstance(c, dict)}
-
-
-def programs_table(snap, width):
-    programs = rows_of(snap)
-    columns = fitting_columns(width)
-    title = "programs" if snap.get("run") else "clients (no run controller)"
-    table = Table(*columns, title=title, title_justify="left", box=None, padding=(0, 1))
-    for column in table.columns:
-        column.no_wrap, column.overflow = True, "ellipsis"
-    for name, info in programs.items():
-        cells = program_cells(str(name), as_dict(info))
-        table.add_row(*(cells[c] for c in columns))
-    return table
-
-
-def retained_table(snap, width, rows):
-    table = Table("value", "data", "age", title="monitoring", title_justify="left", box=None, padding=(0, 1))
-    for column in table.columns:
-        column.no_wrap, column.overflow = True, "ellipsis"
-    items = sorted(as_dict(snap.get("retained")).items())[:rows]
-    for key, value in items:
-        value = as_dict(value)
-        ts = value.get("ts")
-        table.add_row(short(str(key), 22), short(value.get("data"), max(10, width - 36)),
-                      age(snap["taken"] - ts) if isinstance(ts, (int, float)) else "")
-    return table
-
-
-def event_text(event):
-    """The gist of an event, most telling words first (the line may be cut at the right)."""
-    kind, e = event.get("kind"), event
-    if kind == "run_state" and e.get("message"):
-        return str(e["message"])
-    if kind == "program_exited":
-        how = f"killed by {e['signal']}" if e.get("signal") else e.get("error") or f"exited with status {e.get('code')}"
-        return f"{e.get('program')} {how}" + (f" ({e['reason']})" if e.get("reason") else "")
-    if kind == "program_restarting":
-        return f"{e.get('program')} restart {e.get('restarts')} after {e.get('delay')} s"
-    if kind == "program_fatal":
-        return f"{e.get('program')}: {e.get('reason')}"
-    if kind in ("client_lost", "client_replaced"):
-        return f"{e.get('name')}: {e.get('reason')}"
-    if kind == "server_started":
-        return f"instance {e.get('instance')} pid {e.get('pid')}"
-    detail = {k: v for k, v in e.items() if k not in ("kind", "ts", "actions", "meta", "tail", "from")}
-    return " ".join(f"{k}={short(v, 24)}" for k, v in detail.items() if v is not None)
-
-
-def events_table(snap, width, rows):
-    table = Table("time", "event", "detail", title="events", title_justify="left", box=None, padding=(0, 1))
-    for column in table.columns:
-        column.no_wrap, column.overflow = True, "ellipsis"
-    events = [e for e in as_list(snap.get("events")) if isinstance(e, dict) and e.get("kind") in NOTABLE]
-    for event in events[:rows]:  # newest first
-        kind = str(event.get("kind"))
-        ts = event.get("ts")
-        table.add_row(logsetup.utc_stamp(ts)[11:19] if isinstance(ts, (int, float)) else "",
-                      Text(kind, style="bold red" if kind in ALARMS else None),
-                      short(event_text(event), max(10, width - 32)))
-    return table
-
-
-def render(snap, width=80, height=24, note=None):
-    """The whole view for a terminal of `width` x `height`: nothing wraps, lower parts shrink first."""
-    programs = len(rows_of(snap))
-    spare = max(0, height - 2 - (programs + 2) - (1 if note else 0))
-    retained_rows = min(len(as_dict(snap.get("retained"))), max(0, (spare - 4) // 2))
-    event_rows = max(0, spare - 4 - retained_rows)
-    parts = [Text(note, style="bold yellow")] if note else []
-    parts += [header(snap), programs_table(snap, width), retained_table(snap, width, retained_rows),
-              events_table(snap, width, event_rows)]
-    return Group(*parts)
-
-
-def render_safely(snap, console, note=None):
-    try:
-        return render(snap, console.width, console.height, note)
-    except Exception as exc:  # whatever the network sent, the view goes on
-        return Text(f"cannot show this snapshot: {type(exc).__name__}: {exc}", style="red")
-
-
-def live(op, console):
-    last, lost_since = None, None
-    with Live(console=console, refresh_per_second=4, screen=True, vertical_overflow="crop") as view:
-        while True:
-            try:
-                last, lost_since = snapshot(op), None
-                view.update(render_safely(last, console))
-            except RequestFailed as exc:
-                lost_since = lost_since or time.time()
-                note = (f"server unreachable since {logsetup.utc_stamp(lost_since)[11:19]} UTC: "
-                        f"showing the last snapshot; reconnecting ({type(exc).__name__})")
-                view.update(render_safely(last, console, note) if last else Text(note, style="bold yellow"))
-            op.client.poll(REFRESH_S)
 
 
 def main(argv=None):
@@ -249,9 +40,9 @@ def main(argv=None):
         with Operator(args.experiment, args.server, f"status-{os.getpid()}", args.connect_timeout,
                       timeout=LIVE_TIMEOUT_S) as op:
             if args.json:
-                print(json.dumps(snapshot(op), indent=2, sort_keys=True))
+                print(json.dumps(op.snapshot(), indent=2, sort_keys=True))
             elif args.once:
-                console.print(render_safely(snapshot(op), console))
+                console.print(render_safely(op.snapshot(), console))
             else:
                 live(op, console)
     except ConfigError as exc:

@@ -8,21 +8,19 @@ too many restarts within a window end the watchdog with an error. Reads the pid 
 import server internals.
 """
 
-import collections
 import fcntl
 import logging
 import os
 import select
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
-import psutil
-
-from runcontrol import pidfile
+from runcontrol import pidfile, process
 from runcontrol.errors import RunControlError
+from runcontrol.restarts import Backoff, RestartWindow
+from runcontrol.signals import SignalWakeup
 
 log = logging.getLogger("watchdog")
 
@@ -54,11 +52,11 @@ class Keeper:
         self.last_pid = None
         self.started_wall = 0.0
         self.started_mono = 0.0
-        self.restarts = collections.deque()
-        self.delay_s = 0.0
+        self.restarts = RestartWindow(max_restarts, window_s)
+        self.backoff = Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S)
         self.restart_at = None
         self._lock_fd = None
-        self._stop_signal = None
+        self._wakeup = None
 
     # --- one watchdog per pid file ---------------------------------------------------
 
@@ -87,14 +85,10 @@ class Keeper:
             if self.pidfile.exists():
                 log.warning("pid file %s holds no valid pid: taking it over", self.pidfile)
             return
-        try:
-            proc = psutil.Process(pid)
-            cmdline = proc.cmdline()
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        cmdline = process.command_line(pid)
+        if cmdline is None:
             log.info("pid file %s names pid %d, which is dead: taking it over", self.pidfile, pid)
             return
-        except psutil.AccessDenied:
-            cmdline = []
         if cmdline and cmdline[1:] == self.argv[1:]:
             raise WatchdogError(f"pid file {self.pidfile} names pid {pid}, a live {' '.join(cmdline[:3])} ... "
                                 "started without this watchdog: stop it first")
@@ -107,54 +101,35 @@ class Keeper:
         """Keep the command alive until SIGTERM or SIGINT (returns 0) or a crash loop (raises)."""
         self.lock()
         self.check_leftover()
-        wake = self._install_signals()
+        self._wakeup = SignalWakeup(wake_only=(signal.SIGCHLD,))
         try:
             self._start()
-            while self._stop_signal is None:
-                self._wait(wake)
-                if self._stop_signal is not None:
+            while self._wakeup.stop_signal is None:
+                self._wait()
+                if self._wakeup.stop_signal is not None:
                     break
                 self._reap()
                 if self.child is None and self.restart_at is not None and time.monotonic() >= self.restart_at:
                     self._start()
                 if self.child is not None:
                     self._check_health()
-            log.info("stopping on %s", signal.Signals(self._stop_signal).name)
+            log.info("stopping on %s", signal.Signals(self._wakeup.stop_signal).name)
             return 0
         finally:
             self._stop_child("the watchdog is stopping")
             if self.last_pid is not None:
                 pidfile.remove(self.pidfile, self.last_pid)
-            signal.set_wakeup_fd(-1)
-            for end in wake:
-                end.close()
+            self._wakeup.close()
 
-    def _install_signals(self):
-        wake_r, wake_w = socket.socketpair()
-        for end in (wake_r, wake_w):
-            end.setblocking(False)
-
-        def on_stop(signum, _frame):
-            self._stop_signal = signum
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wake-up fd hears it
-        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        return wake_r, wake_w
-
-    def _wait(self, wake):
+    def _wait(self):
         now = time.monotonic()
         deadline = now + self.check_interval_s
         if self.child is None and self.restart_at is not None:
             deadline = min(deadline, self.restart_at)
         if self.child is not None and self.child.poll() is not None:
             return  # exited between checks: no need to sleep
-        select.select([wake[0]], [], [], max(0.0, deadline - now))
-        try:
-            while wake[0].recv(512):
-                pass
-        except BlockingIOError:
-            pass
+        select.select([self._wakeup], [], [], max(0.0, deadline - now))
+        self._wakeup.drain()
 
     def _start(self):
         self.restart_at = None
@@ -170,7 +145,7 @@ class Keeper:
     def _reap(self):
         if self.child is None or self.child.poll() is None:
             return
-        log.warning("pid %d %s after %.1f s", self.child.pid, describe_exit(self.child.returncode),
+        log.warning("pid %d %s after %.1f s", self.child.pid, process.describe_returncode(self.child.returncode),
                     time.monotonic() - self.started_mono)
         self._schedule_restart(self._came_up())
 
@@ -186,18 +161,12 @@ class Keeper:
         """Restart at once after a good start, with a growing delay after failed ones."""
         self.child = None
         now = time.monotonic()
-        self.restarts.append(now)
-        while self.restarts and now - self.restarts[0] > self.window_s:
-            self.restarts.popleft()
-        if len(self.restarts) > self.max_restarts:
+        if self.restarts.record(now):
             raise WatchdogError(f"{' '.join(self.argv[:4])} ... needed {len(self.restarts)} restarts within "
                                 f"{self.window_s:g} s (at most {self.max_restarts}): giving up")
-        if came_up:
-            self.delay_s = 0.0
-        else:
-            self.delay_s = BACKOFF_INITIAL_S if self.delay_s == 0 else min(self.delay_s * 2, BACKOFF_MAX_S)
-        log.info("restarting in %.1f s (restart %d within %g s)", self.delay_s, len(self.restarts), self.window_s)
-        self.restart_at = now + self.delay_s
+        delay = self.backoff.next_delay(good=came_up, came_up=came_up)
+        log.info("restarting in %.1f s (restart %d within %g s)", delay, len(self.restarts), self.window_s)
+        self.restart_at = now + delay
 
     def _check_health(self):
         reason = self.unhealthy()
@@ -234,28 +203,7 @@ class Keeper:
         if child is None or child.poll() is not None:
             return
         log.info("stopping pid %d (%s): SIGTERM", child.pid, reason)
-        signal_group(child.pid, signal.SIGTERM)
-        signal_group(child.pid, signal.SIGCONT)  # a stopped process must run to see the SIGTERM
-        try:
-            child.wait(self.grace_s)
-        except subprocess.TimeoutExpired:
-            log.warning("pid %d still running %.1f s after SIGTERM: SIGKILL", child.pid, self.grace_s)
-            signal_group(child.pid, signal.SIGKILL)
-            child.wait()
-        signal_group(child.pid, signal.SIGKILL)  # anything left in its group
-        log.info("pid %d %s", child.pid, describe_exit(child.returncode))
-
-
-def signal_group(pgid, signum):
-    try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        pass
-
-
-def describe_exit(code):
-    if code is None:
-        return "is running"
-    if code < 0:
-        return f"was killed by {signal.Signals(-code).name}"
-    return f"exited with status {code}"
+        _, killed = process.stop_group(child, self.grace_s)
+        if killed:
+            log.warning("pid %d was still running %.1f s after SIGTERM: killed", child.pid, self.grace_s)
+        log.info("pid %d %s", child.pid, process.describe_returncode(child.returncode))

@@ -17,7 +17,7 @@ import os
 import time
 
 from clients.client import Client
-from runcontrol.errors import RequestTimeout
+from runcontrol.errors import NoSuchClient, RequestTimeout, RunControlError
 
 DEFAULT_TIMEOUT_S = 10.0
 TRANSITION_MARGIN_S = 5.0
@@ -57,6 +57,31 @@ class Operator:
 
     def stats(self):
         return self.request(None, "_stats")
+
+    def snapshot(self, events=40, run_timeout=3.0):
+        """Everything the live view shows, asked of the server and the run controller at once.
+
+        The requests go out together and are awaited together; `run` is None without
+        a run controller (`run_error` says why when it did not answer).
+        """
+        asks = {"server": {"cmd": "_status"}, "stats": {"cmd": "_stats"}, "clients": {"cmd": "_list"},
+                "retained": {"cmd": "_retained"}, "events": {"cmd": "_logs", "n": events},
+                "run": {"to": RUN, "cmd": "status"}}
+        pending = {key: self.client.start(msg) for key, msg in asks.items()}
+        deadline = time.monotonic() + self.timeout
+        snap = {"taken": time.time(), "run": None}
+        for key, ask in pending.items():
+            wait_s = min(run_timeout, self.timeout) if key == "run" else self.timeout
+            try:
+                snap[key] = self.client.wait(ask, max(0.0, min(wait_s, deadline - time.monotonic()))).value()
+            except RunControlError as exc:
+                if key != "run":
+                    for rest in pending.values():
+                        self.client.abandon(rest)
+                    raise
+                if not isinstance(exc, NoSuchClient):
+                    snap["run_error"] = str(exc)
+        return snap
 
     # --- programs ------------------------------------------------------------------------
 
