@@ -43,7 +43,7 @@ def serve(path):
     """--serve: run our Supervisor over an experiment file until SIGTERM, then stop everything."""
     logging.basicConfig(level=logging.ERROR)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    sup = Supervisor(experiments.load(path), LocalBackend(subreaper=True))
+    sup = Supervisor(experiments.load(path), {LocalBackend.host: LocalBackend(subreaper=True)})
     sup.start_all()
     try:
         while True:

@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import time
 
+from clients.core import required
 from clients.instrument import Instrument, run
 from runcontrol.errors import ConfigError, Refused
 
@@ -112,7 +113,7 @@ class CommandClient(Instrument):
 
     def cmd_run(self, msg):
         """Run a configured command (`command`, `args`); answers with its exit status and output."""
-        name = msg["command"]
+        name = required(msg, "command")
         allowed = self.allowed.get(name) if isinstance(name, str) else None
         if allowed is None:
             raise Refused(f"no command {name!r} in this client's configuration; it has: "

@@ -136,14 +136,49 @@ def find(name_or_path, cwd=None):
 def load(name_or_path, cwd=None):
     """Load, validate and freeze an experiment; ConfigError lists every problem at once."""
     path = find(str(name_or_path), cwd)
+    return from_dict(read(path), path)
+
+
+@dataclass(frozen=True)
+class BusSettings:
+    """What a client needs to join an experiment's bus: its name, its beacon, its CURVE keys."""
+    name: str
+    beacon: BeaconSpec
+    curve: object = None
+
+
+def bus_settings(name_or_path, cwd=None):
+    """The bus settings of an experiment, read without validating its programs (clients need no more).
+
+    ConfigError when the file cannot be read or its `server` section is invalid.
+    """
+    path = find(str(name_or_path), cwd)
+    raw = read(path)
+    if libabcd.is_libabcd(raw):
+        raw = libabcd.convert(raw)
+    server = raw.get("server", {}) if isinstance(raw, dict) else None
+    server_schema = schema()["properties"]["server"]
+    validator = jsonschema.Draft202012Validator(server_schema)
+    problems = [f"server.{json_path(e.absolute_path)}: {explain(e)}" for e in validator.iter_errors(server)]
+    if problems:
+        raise ConfigError(f"{path}: {len(problems)} problem(s) in its server settings: {'; '.join(problems)}",
+                          problems)
+    server = fill_defaults(copy.deepcopy(server), server_schema)
+    beacon = server["beacon"]
+    name = raw.get("name") if isinstance(raw.get("name"), str) else path.stem
+    return BusSettings(name, BeaconSpec(beacon["address"], beacon["port"], float(beacon["interval"])),
+                       curve_spec(server.get("curve"), path.resolve().parent))
+
+
+def read(path):
+    """The decoded JSON of an experiment file; ConfigError saying where it is broken."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                           [f"line {exc.lineno} column {exc.colno}: {exc.msg}"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read: {exc}") from None
-    return from_dict(raw, path)
 
 
 def from_dict(raw, path):

@@ -243,6 +243,88 @@ def make_welcome(name, instance, heartbeat_s, timeout_s, events):
             "timeout": timeout_s, "events": events}
 
 
+@dataclass(frozen=True)
+class Welcome:
+    """The result of a successful `_hello`."""
+    name: str
+    instance: str
+    heartbeat_s: float
+    timeout_s: float
+    events: object = None
+
+
+def parse_welcome(result):
+    """Read the result of a `_hello`; ProtocolError (bad_field) when it is not a welcome."""
+    if type(result) is not dict or type(result.get("server")) is not str:
+        raise ProtocolError(BAD_FIELD, "the answer to _hello is not a welcome: it names no server instance")
+    try:
+        heartbeat_s = float(result.get("heartbeat", DEFAULT_HEARTBEAT_S))
+        timeout_s = float(result.get("timeout", DEFAULT_TIMEOUT_S))
+    except (TypeError, ValueError):
+        raise ProtocolError(BAD_FIELD, "the welcome's 'heartbeat' and 'timeout' must be numbers") from None
+    events = result.get("events")
+    return Welcome(result.get("name"), result["server"], heartbeat_s, timeout_s,
+                   events if type(events) is str and events else None)
+
+
+# --- liveness -------------------------------------------------------------------
+
+def make_ping(msg_id=None):
+    return {"cmd": "_ping"} if msg_id is None else {"cmd": "_ping", "id": msg_id}
+
+
+def make_pong(re_id=None):
+    return {"cmd": "_pong"} if re_id is None else {"cmd": "_pong", "re": re_id}
+
+
+def parse_ping(msg):
+    """The `id` a `_ping` asks to be echoed in its pong (None for a plain heartbeat)."""
+    return msg.get("id")
+
+
+PONG = encode(make_pong())
+
+
+# --- run transitions -------------------------------------------------------------
+
+TRANSITIONS = ("prepare", "begin", "end")
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A `_transition` request: `transition` is prepare, begin or end of run `run`."""
+    transition: str
+    run: object
+    comment: str = ""
+    params: dict = field(default_factory=dict)
+    abort: bool = False
+    rejoin: bool = False
+
+
+def make_transition(transition, run, comment=None, params=None, abort=False, rejoin=False):
+    msg = {"cmd": "_transition", "transition": transition, "run": run}
+    if comment is not None:
+        msg["comment"] = comment
+    if params is not None:
+        msg["params"] = params
+    if abort:
+        msg["abort"] = True
+    if rejoin:
+        msg["rejoin"] = True
+    return msg
+
+
+def parse_transition(msg):
+    """Read a `_transition`; ProtocolError (bad_field) when the transition is not one of TRANSITIONS."""
+    transition = msg.get("transition")
+    if transition not in TRANSITIONS:
+        raise ProtocolError(BAD_FIELD, f"unknown transition {transition!r}: prepare, begin or end")
+    comment = msg.get("comment")
+    params = msg.get("params")
+    return Transition(transition, msg.get("run"), comment if type(comment) is str else "",
+                      params if type(params) is dict else {}, msg.get("abort") is True, msg.get("rejoin") is True)
+
+
 # --- beacon ----------------------------------------------------------------------
 
 @dataclass(frozen=True)

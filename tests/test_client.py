@@ -7,6 +7,7 @@ import signal
 import pytest
 
 from clients.client import Client, LogHandler, NameTaken
+from clients.core import required
 from runcontrol.errors import ClientLost, NoSuchClient, Refused, RequestTimeout, ServerUnavailable
 from tests.helpers import (EventWatcher, ServerProcess, pump, registered_names, wait_until, write_experiment)
 
@@ -88,11 +89,20 @@ def test_actions_are_announced_in_hello(server, make_client):
 
 def test_missing_field_is_refused_as_bad_field(server, make_client):
     board = make_client("board", threaded=True)
-    board.add_handler("ramp", lambda msg: msg["volts"])
+    board.add_handler("ramp", lambda msg: required(msg, "volts"))
     operator = make_client("operator")
-    with pytest.raises(Refused, match="needs the field 'volts'") as info:
+    with pytest.raises(Refused, match="'ramp' needs the field 'volts'") as info:
         operator.request("board", "ramp")
     assert info.value.code == "bad_field"
+
+
+def test_a_key_error_inside_a_handler_is_a_handler_error_not_a_missing_field(server, make_client):
+    board = make_client("board", threaded=True)
+    board.add_handler("ramp", lambda msg: {}["calibration"])  # a bug in the handler, not in the request
+    operator = make_client("operator")
+    with pytest.raises(Refused, match="KeyError: 'calibration'") as info:
+        operator.request("board", "ramp", volts=3)
+    assert info.value.code == "handler_error"
 
 
 def test_server_address_from_environment(server, monkeypatch):

@@ -8,6 +8,7 @@ Publishes `pub.<name>.values` {"temperature", "set_point", "unit"} with retain.
 
 import random
 
+from clients.core import required
 from clients.instrument import Instrument, run
 from runcontrol.errors import Refused
 
@@ -31,7 +32,7 @@ class Cryo(Instrument):
 
     def cmd_set_point(self, msg):
         """Set the temperature to reach (`kelvin`, 100 to 300)."""
-        kelvin = msg["kelvin"]
+        kelvin = required(msg, "kelvin")
         if isinstance(kelvin, bool) or not isinstance(kelvin, (int, float)):
             raise Refused(f"'kelvin' must be a number, not {kelvin!r}", "bad_field")
         if not MIN_SET_POINT_K <= kelvin <= MAX_SET_POINT_K:

@@ -1,95 +1,67 @@
 """Process supervision: start, watch, restart and stop the programs of an experiment.
 
-Owns each program's state (changed only through `_set`, which checks the
-transition table), the restart policy, backoff, restart intensity, hang handling,
-start order (dependencies) and stop order (reverse), and the events that report
-all of it. Runs programs through a backend (local processes here). Waits on
-children through pidfds in one epoll set, never by polling. Must not parse JSON
-or touch zmq sockets: the run controller feeds it what the server says and
-carries its events.
+Owns the set of programs, their start order (dependencies) and stop order
+(reverse), operators' orders (start, stop, restart, reload), what the server
+says of their clients (registered, gone, hung), and their status. One backend
+per host name runs the processes; `Lifecycle` carries each program from an order
+to its outcome. Exits are events from the backends, never polled. Must not parse
+JSON or touch the bus: the run controller feeds it and carries its events.
 """
 
-import collections
 import logging
-import os
 import select
-import signal
 import time
 
-import psutil
-
+from runcontrol.states import ChildState as S
 from runcontrol.supervision.backends.local import LocalBackend
+from runcontrol.supervision.lifecycle import Lifecycle
+from runcontrol.supervision.program import Program
 from runcontrol.supervision.programlog import ProgramLog
-from runcontrol.states import ChildState, check_transition
 
 log = logging.getLogger(__name__)
-
-S = ChildState
-START_GRACE_S = 1.0    # a program without a client name counts as up once it lived this long
-STABLE_S = 1.0         # a run this long (and as long as the last backoff) resets the backoff
-TAIL_IN_EVENT = 10
-OLD_PIDS_KEPT = 16
-
-
-class Program:
-    """The supervisor's record of one program: its spec and what happened to it."""
-
-    def __init__(self, spec, program_log):
-        self.spec = spec
-        self.log = program_log
-        self.state = S.STOPPED
-        self.proc = None
-        self.wanted = False        # start it (again) when its dependencies allow
-        self.retired = False       # removed by a reload: forget it once stopped
-        self.next_spec = None      # changed by a reload: use it at the next start
-        self.registered = False
-        self.started_at = None
-        self.started_wall = None
-        self.restart_times = collections.deque()
-        self.restarts = 0
-        self.streak = 0            # failures in a row, for the backoff
-        self.delay_s = 0.0
-        self.timer = None          # (due, action): at most one per program
-        self.kill_reason = None    # why we killed it (a hang), so its exit counts as a failure
-        self.last_exit = None
-        self.old_pids = collections.deque(maxlen=OLD_PIDS_KEPT)
-        self.ps = None             # psutil.Process, made only when someone asks for figures
-
-    @property
-    def name(self):
-        return self.spec.name
-
-    @property
-    def pid(self):
-        return self.proc.pid if self.proc else None
 
 
 class Supervisor:
     """Keeps the programs of an experiment running as their specs say.
 
+    `backends` maps host names to backends (default: this machine's, as `local`);
     `emit(kind, **fields)` carries events out; `env` is added to every program's
-    environment (ORBIT_SERVER, ORBIT_EXPERIMENT). Drive it with `process(timeout)`,
-    or watch `fileno()` in another loop and call `process(0)` when it is readable
-    and at `next_due()`.
+    environment (ORBIT_SERVER, ORBIT_EXPERIMENT); `clock` is the seam tests drive.
+    Drive it with `process(timeout)`, or watch `fileno()` in another loop and call
+    `process(0)` when it is readable and at `next_due()`.
     """
 
-    def __init__(self, experiment, backend=None, emit=None, env=None, clock=time.monotonic):
-        """`experiment.server.curve`, when set, gives each program ORBIT_KEY: its client name's secret key."""
+    def __init__(self, experiment, backends=None, emit=None, env=None, clock=time.monotonic):
         self.experiment = experiment
-        self.backend = backend or LocalBackend()
-        self.emit = emit or (lambda kind, **fields: None)
-        self.env = dict(env or {})
+        self.backends = backends or {LocalBackend.host: LocalBackend()}
         self.clock = clock
-        self.server_up = True
         self.stopping_all = False
+        self.life = Lifecycle(self.backends, emit or (lambda kind, **fields: None), clock,
+                              settled=self._settled, deps_ready=self._deps_ready,
+                              restart_dependents=self._restart_dependents)
+        self.life.env.update(env or {})
+        self.life.curve = experiment.server.curve
         self.programs = {spec.name: self._new_program(spec) for spec in experiment.programs}
         self._epoll = select.epoll()
-        self._fds = {}
+        for backend in self.backends.values():
+            if backend.fileno() is not None:
+                self._epoll.register(backend.fileno(), select.EPOLLIN)
+
+    @property
+    def env(self):
+        return self.life.env
+
+    @property
+    def server_up(self):
+        return self.life.server_up
+
+    @server_up.setter
+    def server_up(self, up):
+        self.life.server_up = up
 
     def _new_program(self, spec):
         logs = self.experiment.logs
-        return Program(spec, ProgramLog(self.experiment.paths.logs / f"{spec.name}.log",
-                                        logs.max_bytes, logs.keep))
+        return Program(spec, ProgramLog(self.experiment.paths.logs / f"{spec.name}.log", logs.max_bytes, logs.keep))
 
     # --- what operators and the controller ask -----------------------------------------
 
@@ -113,8 +85,7 @@ class Supervisor:
         program = self.get(name)
         program.wanted = True
         if program.state is S.FATAL:
-            program.restart_times.clear()
-            program.streak = 0
+            program.clear_failures()
         self._start_ready()
         return program
 
@@ -146,8 +117,7 @@ class Supervisor:
         for name, program in self.programs.items():
             if name not in new:
                 diff["removed"].append(name)
-                program.retired = True
-                program.wanted = False
+                program.retired, program.wanted = True, False
                 self._stop(program)
             elif new[name] != program.spec:
                 diff["changed"].append(name)
@@ -155,7 +125,7 @@ class Supervisor:
                 if program.proc is not None:
                     self._stop(program)
                 else:
-                    self._take_next_spec(program)
+                    program.take_next_spec()
             else:
                 diff["unchanged"].append(name)
         self.experiment = experiment
@@ -178,10 +148,7 @@ class Supervisor:
         if program is None:
             return
         program.registered = True
-        if program.state is S.STARTING:
-            program.timer = None
-            self._set(program, S.RUNNING)
-            self._start_ready()
+        self.life.came_up(program)
 
     def client_gone(self, client, pid=None, hung=False):
         """The server dropped `client`; `hung` when it fell silent (not a goodbye): kill and restart."""
@@ -190,7 +157,7 @@ class Supervisor:
             return
         program.registered = False
         if hung and program.state in (S.STARTING, S.RUNNING):
-            self._kill_hung(program, f"registered as {client} but silent past the server timeout")
+            self.life.kill_hung(program, f"registered as {client} but silent past the server timeout")
 
     def _by_client(self, client, pid):
         for program in self.programs.values():
@@ -208,15 +175,16 @@ class Supervisor:
         due = self.next_due()
         if due is not None:
             timeout = max(0.0, min(timeout, due - self.clock()))
-        for fd, _ in self._epoll.poll(timeout):
-            program, kind = self._fds.get(fd, (None, None))
-            if program is None:
-                continue
-            if kind == "output":
-                self._read_output(program)
-            else:
-                self._on_exit(program)
+        if self._epoll.poll(timeout):
+            for backend in self.backends.values():
+                for event in backend.events():
+                    program = self._by_handle(event.handle)
+                    if program is not None:
+                        self.life.on_event(program, event)
         self._run_timers()
+
+    def _by_handle(self, handle):
+        return next((p for p in self.programs.values() if p.proc is handle), None)
 
     def next_due(self):
         return min((p.timer[0] for p in self.programs.values() if p.timer), default=None)
@@ -229,20 +197,47 @@ class Supervisor:
                 program.timer = None
                 action(program)
 
+    def reap_orphans(self):
+        return sum(backend.reap_orphans() for backend in self.backends.values())
+
+    def records(self):
+        """{program: record} of what runs now, for `stop_leftovers` after a crash of the controller."""
+        return {p.name: self.backends[p.spec.host].record(p.proc) for p in self.programs.values()
+                if p.proc is not None}
+
+    def stop_leftovers(self, records):
+        """Stop what a previous run controller left running (its `records()`); what was stopped."""
+        by_host = {}
+        for name, record in records.items():
+            host = record.get("host", LocalBackend.host) if isinstance(record, dict) else LocalBackend.host
+            by_host.setdefault(host, {})[name] = record
+        return [line for host, mine in by_host.items() if host in self.backends
+                for line in self.backends[host].stop_leftovers(mine)]
+
     def close(self):
         """Kill whatever still runs (an orderly stop is `stop_all`), close files."""
         self.stopping_all = True
         for program in list(self.programs.values()):
-            program.wanted = False
             if program.proc is not None:
-                self.backend.signal(program.proc, signal.SIGKILL)
-                program.proc.popen.wait()
-                self._on_exit(program)
+                self.life.kill_now(program)
         for program in self.programs.values():
             program.log.close()
+        for backend in self.backends.values():
+            backend.close()
         self._epoll.close()
 
-    # --- starting ------------------------------------------------------------------------------
+    # --- order ----------------------------------------------------------------------------------
+
+    def _settled(self, program):
+        """A program reached a resting state: take the next spec, forget it if retired, move the order on."""
+        if program.state is S.STOPPED and program.next_spec is not None:
+            program.take_next_spec()
+        if program.retired:
+            self._forget_retired()
+        if self.stopping_all:
+            self._stop_ready()
+        else:
+            self._start_ready()
 
     def _start_ready(self):
         if self.stopping_all:
@@ -251,13 +246,13 @@ class Supervisor:
             if (program.wanted and program.proc is None and program.timer is None
                     and program.state in (S.STOPPED, S.EXITED, S.FATAL) and self._deps_ready(program)
                     and self._runs_here(program)):
-                self._spawn(program)
+                self.life.spawn(program)
 
     def _runs_here(self, program):
-        if program.spec.host == self.backend.host:
+        if program.spec.host in self.backends:
             return True
         if program.wanted:
-            log.warning("%s is for host %s: no backend for other hosts here; not started",
+            log.warning("%s is for host %s: no backend for that host here; not started",
                         program.name, program.spec.host)
             program.wanted = False
             program.last_exit = {"error": f"host {program.spec.host}: programs of other hosts "
@@ -265,174 +260,10 @@ class Supervisor:
         return False
 
     def _deps_ready(self, program):
-        return all(self.programs[d].state is S.RUNNING for d in program.spec.depends_on if d in self.programs)
+        return not self.waiting_for(program)
 
     def waiting_for(self, program):
         return [d for d in program.spec.depends_on if d in self.programs and self.programs[d].state is not S.RUNNING]
-
-    def _spawn(self, program):
-        spec = program.spec
-        self._set(program, S.STARTING)
-        name = spec.client or spec.name
-        env = {**os.environ, **self.env, **spec.env, "ORBIT_NAME": name}
-        curve = self.experiment.server.curve
-        if curve is not None:
-            env.update(ORBIT_KEY=str(curve.clients / f"{name}.key_secret"), ORBIT_SERVER_KEY=str(curve.server_key))
-        try:
-            program.proc = self.backend.spawn(spec, env)
-        except OSError as exc:
-            program.log.note(f"cannot start {' '.join(spec.argv)}: {exc}")
-            log.error("%s cannot start: %s", spec.name, exc)
-            program.last_exit = {"error": f"cannot start: {exc}", "at": time.time()}
-            self.emit("program_exited", program=spec.name, pid=None, host=spec.host, code=None,
-                      signal=None, error=f"cannot start: {exc}", tail=[])
-            self._after_exit(program, clean=False, uptime=0.0)
-            return
-        now = self.clock()
-        program.started_at, program.started_wall = now, time.time()
-        program.registered = False
-        program.kill_reason = None
-        program.ps = None
-        program.log.note(f"started, pid {program.proc.pid}: {' '.join(spec.argv)}")
-        self._watch(program)
-        if spec.client:
-            program.timer = (now + spec.start_timeout_s, self._start_timed_out)
-        else:
-            program.timer = (now + min(START_GRACE_S, spec.start_timeout_s), self._came_up)
-        self.emit("program_started", program=spec.name, pid=program.proc.pid, host=spec.host,
-                  restarts=program.restarts)
-
-    def _came_up(self, program):
-        if program.state is S.STARTING:
-            self._set(program, S.RUNNING)
-            self._start_ready()
-
-    def _start_timed_out(self, program):
-        if program.state is not S.STARTING:
-            return
-        if not self.server_up:  # it cannot register while there is no server: give it the time again
-            program.timer = (self.clock() + program.spec.start_timeout_s, self._start_timed_out)
-            return
-        self._kill_hung(program, f"did not register as {program.spec.client} "
-                                 f"within {program.spec.start_timeout_s:g} s")
-
-    # --- exits and restarts --------------------------------------------------------------------
-
-    def _watch(self, program):
-        proc = program.proc
-        for fd, kind in ((proc.pidfd, "exit"), (proc.output, "output")):
-            self._fds[fd] = (program, kind)
-            self._epoll.register(fd, select.EPOLLIN)
-
-    def _unwatch(self, fd):
-        if fd is not None and self._fds.pop(fd, None) is not None:
-            self._epoll.unregister(fd)
-
-    def _read_output(self, program):
-        data, ended = program.proc.read_output()
-        if data:
-            program.log.feed(data)
-        if ended:
-            self._unwatch(program.proc.output)
-            program.proc.close_output()
-
-    def _on_exit(self, program):
-        proc = program.proc
-        status = proc.exit_status()
-        if status is None:
-            return
-        data, _ = proc.read_output()
-        program.log.feed(data)
-        self._unwatch(proc.pidfd)
-        self._unwatch(proc.output)
-        self.backend.finish(proc, self.running_pids())
-        code, sig = status
-        uptime = self.clock() - program.started_at
-        program.proc = None
-        program.timer = None
-        program.old_pids.append(proc.pid)
-        program.registered = False
-        how = f"exited with status {code}" if sig is None else f"killed by {sig.name}"
-        reason = program.kill_reason
-        program.last_exit = {"code": code, "signal": sig.name if sig else None, "at": time.time(),
-                             "uptime": round(uptime, 3), "reason": reason}
-        program.log.note(how + (f" ({reason})" if reason else ""))
-        log.log(logging.INFO if program.state is S.STOPPING else logging.WARNING,
-                "%s (pid %d) %s after %.1f s%s", program.name, proc.pid, how, uptime,
-                f": {reason}" if reason else "")
-        self.emit("program_exited", program=program.name, pid=proc.pid, host=program.spec.host,
-                  code=code, signal=sig.name if sig else None, uptime=round(uptime, 3), reason=reason,
-                  tail=program.log.last_lines(TAIL_IN_EVENT))
-        if program.state is S.STOPPING:
-            self._set(program, S.STOPPED)
-            self._after_stop(program)
-        else:
-            self._after_exit(program, clean=code == 0 and reason is None, uptime=uptime)
-
-    def running_pids(self):
-        return {p.proc.pid for p in self.programs.values() if p.proc is not None}
-
-    def _after_exit(self, program, clean, uptime):
-        spec = program.spec
-        was_running = program.state is S.RUNNING
-        restart = program.wanted and (spec.restart == "always" or (spec.restart == "on-failure" and not clean))
-        if not restart:
-            program.wanted = False
-            self._set(program, S.EXITED)
-            return
-        self._set(program, S.EXITED if was_running else S.BACKOFF)
-        now = self.clock()
-        program.restart_times.append(now)
-        while program.restart_times and program.restart_times[0] < now - spec.restart_window_s:
-            program.restart_times.popleft()
-        if len(program.restart_times) > spec.max_restarts:
-            self._give_up(program)
-            return
-        delay = self._next_delay(program, was_running, uptime)
-        program.restarts += 1
-        log.info("%s: restart %d in %.3g s", program.name, program.restarts, delay)
-        self.emit("program_restarting", program=program.name, host=spec.host, delay=delay,
-                  restarts=program.restarts)
-        self._restart_dependents(program)
-        if delay == 0:
-            self._spawn(program)
-        else:
-            if program.state is S.EXITED:
-                self._set(program, S.BACKOFF)
-            program.timer = (now + delay, self._retry)
-
-    def _next_delay(self, program, was_running, uptime):
-        """No delay after a good run; then initial, initial*factor, ... up to max while it keeps failing."""
-        backoff = program.spec.backoff
-        if was_running and uptime >= max(STABLE_S, program.delay_s):
-            program.streak = 0
-        elif not was_running:
-            program.streak = max(program.streak, 1)
-        delay = 0.0 if program.streak == 0 else min(backoff.initial_s * backoff.factor ** (program.streak - 1),
-                                                    backoff.max_s)
-        program.streak += 1
-        program.delay_s = delay
-        return delay
-
-    def _retry(self, program):
-        if program.state is S.BACKOFF and program.wanted and not self.stopping_all:
-            if self._deps_ready(program):
-                self._spawn(program)
-            else:
-                self._set(program, S.STOPPED)
-                self._start_ready()
-
-    def _give_up(self, program):
-        spec = program.spec
-        program.wanted = False
-        text = (f"needed {len(program.restart_times)} restarts within {spec.restart_window_s:g} s "
-                f"(at most {spec.max_restarts}): no more restarts")
-        program.last_exit = {**(program.last_exit or {}), "fatal": text}
-        self._set(program, S.FATAL)
-        log.error("%s is FATAL: %s", program.name, text)
-        program.log.note(f"FATAL: {text}")
-        self.emit("program_fatal", program=program.name, host=spec.host, reason=text,
-                  tail=program.log.last_lines(TAIL_IN_EVENT))
 
     def _restart_dependents(self, program):
         if not program.spec.restart_dependents:
@@ -443,50 +274,11 @@ class Supervisor:
                 other.wanted = True
                 self._stop(other)
 
-    def _kill_hung(self, program, reason):
-        log.warning("%s (pid %d) hangs: %s; killing it", program.name, program.proc.pid, reason)
-        program.log.note(f"hangs: {reason}; killing it")
-        program.kill_reason = reason
-        self.backend.signal(program.proc, program.spec.stop_signal)
-        program.timer = (self.clock() + program.spec.stop_timeout_s, self._kill)
-
-    # --- stopping ------------------------------------------------------------------------------
-
     def _stop(self, program):
-        if program.state in (S.STARTING, S.RUNNING):
-            self._set(program, S.STOPPING)
-            program.log.note(f"stopping with SIG{program.spec.stop_signal.name.removeprefix('SIG')}")
-            self.backend.signal(program.proc, program.spec.stop_signal)
-            program.timer = (self.clock() + program.spec.stop_timeout_s, self._kill)
-        elif program.state in (S.BACKOFF, S.EXITED, S.FATAL):
-            program.timer = None
-            self._set(program, S.STOPPED)
-            self._after_stop(program)
-        elif program.retired:
+        if program.proc is None and program.retired and program.state is S.STOPPED:
             self._forget_retired()
-
-    def _kill(self, program):
-        if program.proc is None:
-            return
-        log.warning("%s (pid %d) still running %.3g s after %s: SIGKILL", program.name, program.proc.pid,
-                    program.spec.stop_timeout_s, program.spec.stop_signal.name)
-        program.log.note("did not stop in time: SIGKILL")
-        self.backend.signal(program.proc, signal.SIGKILL)
-
-    def _after_stop(self, program):
-        if program.next_spec is not None:
-            self._take_next_spec(program)
-        if program.retired:
-            self._forget_retired()
-        if self.stopping_all:
-            self._stop_ready()
         else:
-            self._start_ready()
-
-    def _take_next_spec(self, program):
-        program.spec, program.next_spec = program.next_spec, None
-        program.restart_times.clear()
-        program.streak = 0
+            self.life.stop(program)
 
     def _forget_retired(self):
         for name in [n for n, p in self.programs.items() if p.retired and p.state is S.STOPPED]:
@@ -500,38 +292,21 @@ class Supervisor:
                        for other in self.programs.values()):
                 self._stop(program)
 
-    # --- state and figures ---------------------------------------------------------------------
-
-    def _set(self, program, new):
-        old = program.state
-        program.state = check_transition(old, new)
-        log.info("%s %s -> %s", program.name, old.value, new.value)
+    # --- figures --------------------------------------------------------------------------------
 
     def describe(self, name):
         """One program's status, with CPU % (since the last ask) and RSS gathered now."""
         program = self.programs[name]
-        spec, now = program.spec, self.clock()
-        cpu, rss = self._figures(program)
+        spec = program.spec
+        cpu, rss = self.backends[spec.host].figures(program.proc) if program.proc else (None, None)
         return {
             "state": program.state.value, "pid": program.pid, "host": spec.host,
-            "uptime": round(now - program.started_at, 3) if program.proc else None,
+            "uptime": round(self.clock() - program.started_at, 3) if program.proc else None,
             "restarts": program.restarts, "last_exit": program.last_exit,
             "client": spec.client, "registered": program.registered if spec.client else None,
             "cpu_percent": cpu, "rss": rss, "waiting_for": self.waiting_for(program),
             "cmd": list(spec.argv),
         }
-
-    def _figures(self, program):
-        if program.proc is None:
-            return None, None
-        try:
-            if program.ps is None or program.ps.pid != program.proc.pid:
-                program.ps = psutil.Process(program.proc.pid)
-                program.ps.cpu_percent(None)
-            with program.ps.oneshot():
-                return round(program.ps.cpu_percent(None), 1), program.ps.memory_info().rss
-        except psutil.Error:
-            return None, None
 
     def status(self):
         return {name: self.describe(name) for name, p in self.programs.items() if not p.retired}

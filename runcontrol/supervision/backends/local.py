@@ -1,30 +1,34 @@
-"""The local backend of the supervisor: programs as child processes of this one.
+"""The local backend: programs as child processes of the run controller, on this machine.
 
 Owns fork/exec (each program in its own session, so one signal reaches all it
-spawned), the pipe that carries its output, a pidfd to learn of its exit without
-polling, signals to its process group, reaping, and the sweep of orphans a dead
-program left behind. Must not decide when to start or stop: the supervisor does.
+spawned), the pipe that carries its output, a pidfd per program in one epoll set
+(exits are noticed without polling), signals to its process group, reaping, and
+the sweep of orphans a dead program left behind (as child subreaper). Must not
+decide when to start or stop: the supervisor does.
 """
 
 import ctypes
 import logging
 import os
+import select
 import signal
 import subprocess
 from pathlib import Path
 
-import psutil
+from runcontrol import process
+from runcontrol.supervision.backends.base import Backend, Exited, Output
 
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
 TAG = "ORBIT_NAME"  # every program's environment has it; so do the processes it spawns
+READ_CHUNK = 65536
 
 
 class LocalProcess:
     """A running program: pid (also its process group), pidfd, and the read end of its output."""
 
-    __slots__ = ("name", "pid", "pidfd", "output", "popen", "family")
+    __slots__ = ("name", "pid", "pidfd", "output", "popen", "family", "figures")
 
     def __init__(self, name, popen, output):
         self.name = name
@@ -33,13 +37,14 @@ class LocalProcess:
         self.pidfd = os.pidfd_open(self.pid)
         self.output = output
         self.family = []  # descendants seen when it was signalled, killed too once it has exited
+        self.figures = process.Figures()
 
     def read_output(self):
         """(what the program wrote since the last call, whether the pipe has ended)."""
         chunks = []
         while self.output is not None:
             try:
-                data = os.read(self.output, 65536)
+                data = os.read(self.output, READ_CHUNK)
             except BlockingIOError:
                 return b"".join(chunks), False
             if not data:
@@ -53,11 +58,10 @@ class LocalProcess:
             self.output = None
 
     def exit_status(self):
-        """(code, signal) once exited and reaped, else None. Exactly one of the two is set."""
+        """(code, signal) once exited and reaped, else None."""
         if self.popen.poll() is None:
             return None
-        code = self.popen.returncode
-        return (None, signal.Signals(-code)) if code < 0 else (code, None)
+        return process.exit_status(self.popen.returncode)
 
     def close(self):
         self.close_output()
@@ -66,11 +70,14 @@ class LocalProcess:
             self.pidfd = None
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     host = "local"
 
     def __init__(self, subreaper=False):
         self.subreaper = subreaper and set_subreaper()
+        self._epoll = select.epoll()
+        self._fds = {}       # fd -> (process, "exit" | "output")
+        self._running = {}   # pid -> process
 
     def spawn(self, spec, env):
         """Start `spec` as a new session with its output on a pipe; OSError if it cannot start."""
@@ -85,42 +92,88 @@ class LocalBackend:
             raise
         finally:
             os.close(write_end)
-        return LocalProcess(spec.name, popen, read_end)
+        proc = LocalProcess(spec.name, popen, read_end)
+        self._running[proc.pid] = proc
+        for fd, kind in ((proc.pidfd, "exit"), (proc.output, "output")):
+            self._fds[fd] = (proc, kind)
+            self._epoll.register(fd, select.EPOLLIN)
+        return proc
 
-    @staticmethod
-    def signal(proc, signum):
-        """Send `signum` to the program's whole process group (and SIGCONT, so a stopped one hears it)."""
-        try:
-            proc.family.extend(psutil.Process(proc.pid).children(recursive=True))
-        except psutil.Error:
-            pass
-        try:
-            os.killpg(proc.pid, signum)
-            if signum not in (signal.SIGKILL, signal.SIGCONT):
-                os.killpg(proc.pid, signal.SIGCONT)
-        except (ProcessLookupError, PermissionError):
-            pass
+    def signal(self, proc, signum):
+        """`signum` to the program's whole process group (and SIGCONT, so a stopped one hears it)."""
+        proc.family.extend(process.descendants(proc.pid))
+        process.signal_group(proc.pid, signum, wake=True)
 
-    def finish(self, proc, known_pids):
-        """After the program exited: kill what is left of its group, collect orphans, close fds."""
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    def kill(self, proc):
+        self.signal(proc, signal.SIGKILL)
+
+    def kill_now(self, proc):
+        self.kill(proc)
+        proc.popen.wait()
+        return self._finish(proc)
+
+    def fileno(self):
+        return self._epoll.fileno()
+
+    def events(self):
+        found = []
+        for fd, _ in self._epoll.poll(0):
+            proc, kind = self._fds.get(fd, (None, None))
+            if proc is None:
+                continue
+            if kind == "output":
+                data, ended = proc.read_output()
+                if data:
+                    found.append(Output(proc, data))
+                if ended:
+                    self._unwatch(proc.output)
+                    proc.close_output()
+            elif proc.exit_status() is not None:
+                found.extend(self._finish(proc))
+        return found
+
+    def _finish(self, proc):
+        """After the program exited: its last output, kill what is left of its group, collect orphans."""
+        code, sig = proc.exit_status()
+        data, _ = proc.read_output()
+        self._unwatch(proc.pidfd)
+        self._unwatch(proc.output)
+        self._running.pop(proc.pid, None)
+        process.signal_group(proc.pid, signal.SIGKILL)
         proc.close()
-        for member in proc.family:  # those that left the group (setsid) too
-            try:
-                member.kill()
-            except psutil.Error:
-                pass
-        self.sweep(known_pids)
+        process.kill_all(proc.family)  # those that left the group (setsid) too
+        self.reap_orphans()
+        return ([Output(proc, data)] if data else []) + [Exited(proc, code, sig)]
 
-    def sweep(self, known_pids):
+    def _unwatch(self, fd):
+        if fd is not None and self._fds.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    def figures(self, proc):
+        return proc.figures.of(proc.pid)
+
+    def record(self, proc):
+        return {"host": self.host, "pid": proc.pid, "started": process.start_time(proc.pid)}
+
+    def stop_leftovers(self, records):
+        stopped = []
+        for name, record in records.items():
+            if isinstance(record, list) and len(record) == 2:  # the form of earlier versions
+                record = {"pid": record[0], "started": record[1]}
+            try:
+                pid, started = int(record["pid"]), float(record["started"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if process.kill_recorded(pid, started):
+                stopped.append(f"{name} (pid {pid})")
+        return stopped
+
+    def reap_orphans(self):
         """Kill and reap orphans of our programs that were handed to us (as subreaper)."""
         if not self.subreaper:
             return 0
         swept = 0
-        for pid in children_of_self() - set(known_pids):
+        for pid in children_of_self() - set(self._running):
             try:
                 if zombie(pid):
                     os.waitpid(pid, os.WNOHANG)
@@ -133,6 +186,9 @@ class LocalBackend:
         if swept:
             log.info("killed %d orphan(s) left by programs that exited", swept)
         return swept
+
+    def close(self):
+        self._epoll.close()
 
 
 def set_subreaper():

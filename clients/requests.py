@@ -1,0 +1,80 @@
+"""What requests and answers look like to a client: a request awaiting its answer, an answer given later, a run.
+
+Owns `Pending` (a request sent, waiting for its final answer), `Deferred` (a
+handler's promise to answer later) and `Run` (what the run hooks get). Must
+not do I/O: the client core sends what they produce.
+"""
+
+from runcontrol import protocol
+from runcontrol.errors import RequestFailed
+
+
+class NameTaken(RequestFailed):
+    def __init__(self, message):
+        super().__init__(message, protocol.NAME_TAKEN)
+
+
+class Pending:
+    """A request waiting for its final answer; `progress` collects `_progress` messages."""
+
+    __slots__ = ("id", "to", "cmd", "data", "answer", "progress", "on_progress", "on_answer")
+
+    def __init__(self, msg_id, to, cmd, data, on_progress, on_answer=None):
+        self.id, self.to, self.cmd, self.data = msg_id, to, cmd, data
+        self.answer = None
+        self.progress = []
+        self.on_progress = on_progress
+        self.on_answer = on_answer
+
+
+class Deferred:
+    """A reply given later: a handler returns `client.defer(msg)` and calls `resolve` or `refuse` when done.
+
+    The client keeps serving (pings, other requests) meanwhile, so a slow
+    command never makes its program look hung.
+    """
+
+    __slots__ = ("_answer", "_progress", "to", "id", "done")
+
+    def __init__(self, msg, answer, progress):
+        self._answer, self._progress = answer, progress
+        self.to, self.id = msg.get("from"), msg.get("id")
+        self.done = False
+
+    def resolve(self, result=None):
+        self._finish(protocol.make_reply(self.id, result))
+
+    def refuse(self, error, code=protocol.REFUSED):
+        self._finish(protocol.make_refusal(self.id, error, code))
+
+    def progress(self, **data):
+        if not self.done:
+            self._progress({"id": self.id, "from": self.to}, **data)
+
+    def _finish(self, reply):
+        if not self.done:
+            self.done = True
+            if self.id is not None:
+                self._answer(self.to, reply)
+
+
+class Run:
+    """What `on_prepare`, `on_begin` and `on_end` get: the run, and the message that carried it.
+
+    `abort` is set on an `end` that aborts; `rejoin` when the run controller tells a
+    client that (re)joined during a run where the run is.
+    """
+
+    __slots__ = ("number", "transition", "comment", "params", "abort", "rejoin", "msg")
+
+    def __init__(self, transition, msg):
+        self.msg = msg
+        self.number = transition.run
+        self.transition = transition.transition
+        self.comment = transition.comment
+        self.params = transition.params
+        self.abort = transition.abort
+        self.rejoin = transition.rejoin
+
+
+RUN_STATE_AFTER = {"prepare": "READY", "begin": "RUN", "end": "STOP"}

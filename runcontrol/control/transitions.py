@@ -1,0 +1,184 @@
+"""Run transitions: STOP -> READY -> RUN -> STOP, driven through every participant.
+
+Owns the run commands of the run controller (`prepare_run`, `begin_run`,
+`end_run`, `abort_run`, `runs`): checking the state, asking each participant
+with `_transition` and waiting for all answers within the timeout, concluding
+(state entered and logged in the run book, `run_state` event) or refusing with
+the name of each participant that refused or stayed silent; and telling a
+participant that (re)joins during a run where the run is. Must not spawn
+processes.
+"""
+
+import logging
+import time
+
+from runcontrol import protocol
+from runcontrol.control import runbook as runs
+from runcontrol.errors import Refused
+
+log = logging.getLogger("runcontrol.controller")
+
+TRANSITION_TIMEOUT_S = 10.0
+MAX_TRANSITION_TIMEOUT_S = 600.0
+WORDS = {"prepare_run": "Prepared run", "begin_run": "Beginning run", "end_run": "Ending run",
+         "abort_run": "Aborted run"}
+
+
+class Transitions:
+    def __init__(self, client, supervisor, book, waiters):
+        self.client = client
+        self.supervisor = supervisor
+        self.runs = book
+        self.waiters = waiters
+        self.run_clients = set()   # clients that said meta.run in their _hello
+        self.busy = None
+
+    def cmd_prepare_run(self, msg):
+        """STOP -> READY: hand out the next run number; every participant prepares."""
+        return self._begin_transition(msg, "prepare_run")
+
+    def cmd_begin_run(self, msg):
+        """READY -> RUN, with an optional `comment` and run parameters (`params`)."""
+        return self._begin_transition(msg, "begin_run")
+
+    def cmd_end_run(self, msg):
+        """RUN -> STOP: every participant ends the run."""
+        return self._begin_transition(msg, "end_run")
+
+    def cmd_abort_run(self, msg):
+        """RUN or READY -> STOP whatever the participants answer, for when things went wrong."""
+        return self._begin_transition(msg, "abort_run")
+
+    def cmd_runs(self, msg):
+        """The run log: the latest record of each run (`n`: how many, newest last; default 20)."""
+        n = msg.get("n", 20)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise Refused("'n' must be a whole number >= 0", protocol.BAD_FIELD)
+        return self.runs.records()[-n:] if n else []
+
+    def participants(self):
+        names = {p.spec.client for p in self.supervisor.programs.values()
+                 if p.spec.run and p.spec.client and not p.retired}
+        return sorted(names | self.run_clients)
+
+    def client_joined(self, name, meta):
+        if isinstance(meta, dict) and meta.get("run") is True:
+            self.run_clients.add(name)
+
+    def client_left(self, name):
+        self.run_clients.discard(name)
+
+    # --- one transition ---------------------------------------------------------------------
+
+    def _begin_transition(self, msg, action):
+        self._check(msg, action)
+        timeout = msg.get("timeout", TRANSITION_TIMEOUT_S)
+        fields = self._run_fields(msg, action)
+        if action == "prepare_run":
+            fields["run"] = self.runs.next_number()  # on disk before any participant hears of it
+        participants = self.participants()
+        answers = {}
+        ask = protocol.make_transition(runs.WIRE[action], fields["run"], comment=fields.get("comment"),
+                                       params=fields.get("params"), abort=action == "abort_run")
+        pendings = {name: self.client.start({"to": name, **ask},
+                                            on_answer=lambda answer, n=name: answers.__setitem__(n, answer))
+                    for name in participants}
+        self.busy = action
+        reply = self.client.defer(msg)
+        log.info("%s: run %s, asking %s", action, fields["run"], ", ".join(participants) or "no participant")
+
+        def finish():
+            self.busy = None
+            for name, pending in pendings.items():
+                if name not in answers:
+                    self.client.abandon(pending)
+            self._conclude(reply, action, fields, participants, answers)
+        self.waiters.add(lambda: len(answers) == len(participants), finish, timeout, finish)
+        return reply
+
+    def _check(self, msg, action):
+        state = self.runs.state
+        if self.busy:
+            raise Refused(f"{self.busy} is in progress; try again when it has answered", "busy")
+        if state not in runs.ALLOWED_FROM[action]:
+            raise Refused(f"{action} needs state {' or '.join(runs.ALLOWED_FROM[action])}; the state is {state} "
+                          f"({runs.HINTS[state]})", "bad_state")
+        timeout = msg.get("timeout", TRANSITION_TIMEOUT_S)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not 0 < timeout <= MAX_TRANSITION_TIMEOUT_S:
+            raise Refused(f"'timeout' must be seconds, more than 0 and at most {MAX_TRANSITION_TIMEOUT_S:g}",
+                          protocol.BAD_FIELD)
+
+    def _run_fields(self, msg, action):
+        if action == "prepare_run":
+            return {"run": None}
+        fields = dict(self.runs.current)
+        if action == "begin_run":
+            comment, params = msg.get("comment", ""), msg.get("params", {})
+            if not isinstance(comment, str) or not isinstance(params, dict):
+                raise Refused("'comment' must be a string and 'params' an object", protocol.BAD_FIELD)
+            fields.update(comment=comment, params=params)
+        return fields
+
+    def _conclude(self, reply, action, fields, participants, answers):
+        problems = {name: describe_problem(answers.get(name)) for name in participants
+                    if name not in answers or not answers[name].ok}
+        run = fields["run"]
+        if problems and action != "abort_run":
+            why = "; ".join(f"{name} {problem}" for name, problem in problems.items())
+            log.warning("%s of run %s failed: %s", action, run, why)
+            if action == "prepare_run":
+                self.runs.log({"run": run, "result": "failed", "why": f"prepare: {why}"})
+            if action == "begin_run":
+                for name in participants:
+                    if name not in problems:  # those that had begun end it, aborted
+                        self.client.post({"to": name, **protocol.make_transition("end", run, abort=True)})
+            reply.refuse(f"{action} of run {run} failed, the state stays {self.runs.state}: {why}", protocol.FAILED)
+            return
+        self._enter(action, fields, participants, problems)
+        reply.resolve({"state": self.runs.state, "run": run, "participants": participants,
+                       "problems": problems, **({"comment": fields.get("comment")} if action == "begin_run" else {})})
+
+    def _enter(self, action, fields, participants, problems):
+        now = time.time()
+        target = runs.TARGET[action]
+        if action == "prepare_run":
+            self.runs.enter(target, run=fields["run"], prepared=now, participants=participants)
+        elif action == "begin_run":
+            self.runs.enter(target, **{**fields, "start": now, "participants": participants})
+            self.runs.log({k: self.runs.current.get(k) for k in ("run", "comment", "params", "participants",
+                                                                  "start")} | {"result": "running"})
+        else:
+            started = fields.get("start")
+            self.runs.log({"run": fields["run"], "comment": fields.get("comment"), "params": fields.get("params"),
+                           "participants": participants, "start": started, "end": now,
+                           "duration": round(now - started, 3) if started else None,
+                           "result": "aborted" if action == "abort_run" else "ended",
+                           **({"problems": problems} if problems else {})})
+            self.runs.enter(target)
+        log.info("%s %s: state %s", WORDS[action], fields["run"], target)
+        self.client.send(None, "_event", kind="run_state", state=target, run=fields["run"], transition=action,
+                         message=f"{WORDS[action]} {fields['run']}", comment=fields.get("comment"))
+
+    def rejoin(self, name):
+        """Tell a participant that (re)joined during a run where the run is, at once."""
+        state, current = self.runs.state, self.runs.current
+        if state == runs.STOP or name not in self.participants():
+            return
+        log.info("%s joined during run %s (%s): telling it", name, current.get("run"), state)
+        run = current.get("run")
+
+        def then_begin(answer):
+            if answer.ok and self.runs.state == runs.RUN:
+                self.client.start({"to": name, **protocol.make_transition(
+                    "begin", run, comment=current.get("comment", ""), params=current.get("params", {}), rejoin=True)})
+        self.client.start({"to": name, **protocol.make_transition("prepare", run, rejoin=True)}, on_answer=then_begin)
+
+
+def describe_problem(answer):
+    """What a participant's answer to a transition (None: no answer) says went wrong."""
+    if answer is None:
+        return "silent (no answer in time)"
+    if answer.code == protocol.NO_SUCH_CLIENT:
+        return "silent (not registered)"
+    return f"refused: {answer.error}"
