@@ -1,6 +1,6 @@
 """The commands the server answers itself, one module each.
 
-Each module has `CMD` (the wire name) and `handle(server, identity, peer, msg)`,
+Each module has `CMD` (the wire name) and `handle(server, conn, peer, msg)`,
 which returns the `result` of the `_reply`, returns ANSWERED when it answered
 by other means, or raises ProtocolError for an `_error`. `peer` is None for a
 connection that has not registered. Modules hold no state of their own.

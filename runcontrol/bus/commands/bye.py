@@ -6,7 +6,7 @@
 CMD = "_bye"
 
 
-def handle(server, identity, peer, msg):
+def handle(server, conn, peer, msg):
     if peer is not None:
         server.drop(peer, "client_left", "said goodbye")
     return None

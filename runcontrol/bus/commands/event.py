@@ -13,7 +13,7 @@ CMD = "_event"
 RESERVED = frozenset({"cmd", "to", "id", "re", "from", "ts", "kind"})
 
 
-def handle(server, identity, peer, msg):
+def handle(server, conn, peer, msg):
     kind = msg.get("kind")
     if not protocol.valid_name(kind):
         raise ProtocolError(protocol.BAD_FIELD, f"'kind' must be a name matching {protocol.NAME_RE.pattern}")

@@ -13,5 +13,5 @@ from runcontrol import protocol
 CMD = "_hello"
 
 
-def handle(server, identity, peer, msg):
-    return server.hello(identity, peer, protocol.parse_hello(msg), msg.get("id"))
+def handle(server, conn, peer, msg):
+    return server.hello(conn, peer, protocol.parse_hello(msg), msg.get("id"))

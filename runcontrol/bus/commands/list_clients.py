@@ -9,5 +9,5 @@
 CMD = "_list"
 
 
-def handle(server, identity, peer, msg):
+def handle(server, conn, peer, msg):
     return [p.describe() for p in sorted(server.by_name.values(), key=lambda p: p.name)]

@@ -14,7 +14,7 @@ from runcontrol.errors import ProtocolError
 CMD = "_log"
 
 
-def handle(server, identity, peer, msg):
+def handle(server, conn, peer, msg):
     level, text, logger = msg.get("level", "INFO"), msg.get("msg"), msg.get("logger", "")
     if type(text) is not str or type(level) is not str or type(logger) is not str:
         raise ProtocolError(protocol.BAD_FIELD, "'msg', 'level' and 'logger' must be strings")

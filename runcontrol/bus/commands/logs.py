@@ -13,7 +13,7 @@ CMD = "_logs"
 DEFAULT_N = 20
 
 
-def handle(server, identity, peer, msg):
+def handle(server, conn, peer, msg):
     n = msg.get("n", DEFAULT_N)
     if type(n) is not int or n < 0:
         raise ProtocolError(protocol.BAD_FIELD, f"'n' must be a non-negative integer, not {n!r}")

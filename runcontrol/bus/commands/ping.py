@@ -3,14 +3,12 @@
   {"cmd": "_ping", "id": 7}  ->  {"cmd": "_pong", "re": 7}
 """
 
+from runcontrol import protocol
 from runcontrol.bus.commands.base import ANSWERED
 
 CMD = "_ping"
 
 
-def handle(server, identity, peer, msg):
-    pong = {"cmd": "_pong"}
-    if "id" in msg:
-        pong["re"] = msg["id"]
-    server.answer(identity, pong)
+def handle(server, conn, peer, msg):
+    server.answer(conn, protocol.make_pong(msg.get("id")))
     return ANSWERED

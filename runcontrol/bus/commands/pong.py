@@ -9,6 +9,6 @@ from runcontrol.bus.commands.base import ANSWERED
 CMD = "_pong"
 
 
-def handle(server, identity, peer, msg):
+def handle(server, conn, peer, msg):
     server.pong(peer, msg.get("re"))
     return ANSWERED

@@ -14,7 +14,7 @@ from runcontrol.errors import ProtocolError
 CMD = "_publish"
 
 
-def handle(server, identity, peer, msg):
+def handle(server, conn, peer, msg):
     topic, retain = msg.get("topic"), msg.get("retain", False)
     if type(topic) is not str or not 0 < len(topic) <= protocol.MAX_TOPIC_LEN or not topic.isprintable() \
             or " " in topic:

@@ -11,7 +11,7 @@ from runcontrol.errors import ProtocolError
 CMD = "_retained"
 
 
-def handle(server, identity, peer, msg):
+def handle(server, conn, peer, msg):
     prefix = msg.get("prefix", "")
     if type(prefix) is not str:
         raise ProtocolError(protocol.BAD_FIELD, f"'prefix' must be a string, not {protocol.type_name(prefix)}")

@@ -10,5 +10,5 @@
 CMD = "_stats"
 
 
-def handle(server, identity, peer, msg):
+def handle(server, conn, peer, msg):
     return server.stats

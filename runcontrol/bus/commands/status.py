@@ -9,5 +9,5 @@
 CMD = "_status"
 
 
-def handle(server, identity, peer, msg):
+def handle(server, conn, peer, msg):
     return server.status()

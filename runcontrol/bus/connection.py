@@ -1,0 +1,61 @@
+"""A client's connection to the server, whatever carries it.
+
+Routing, the registry and every server command deal in `Connection`s: send
+bytes, an identity to key it by, the name of the key it authenticated with, and
+the transport's name. `ZmqConnection` is one peer of the ROUTER socket; a
+second transport (libABCD's raw TCP) adds a class here and nothing else changes.
+Must not know what the bytes mean.
+"""
+
+import zmq
+
+# Plain ints: pyzmq's enum flags cost an enum operation on every send.
+NOBLOCK = int(zmq.NOBLOCK)
+NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+
+
+class Closed(Exception):
+    """The other end of the connection is gone."""
+
+
+class Connection:
+    """What the bus needs of a connection. `identity` is hashable and unique among live connections."""
+
+    __slots__ = ()
+    transport = None
+
+    def send(self, data):
+        """Send one message without blocking: True when taken, False when the peer's queue is full.
+
+        Raises Closed when the peer is gone.
+        """
+        raise NotImplementedError
+
+    def describe(self):
+        """A short name of the connection for logs."""
+        raise NotImplementedError
+
+
+class ZmqConnection(Connection):
+    """One peer of the server's ROUTER socket, known by its routing id."""
+
+    __slots__ = ("router", "identity", "key")
+    transport = "zmq"
+
+    def __init__(self, router, identity, key=None):
+        self.router, self.identity, self.key = router, identity, key
+
+    def send(self, data):
+        try:
+            self.router.send(self.identity, NOBLOCK_MORE)
+            self.router.send(data, NOBLOCK)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            raise Closed(self.describe()) from None
+        return True
+
+    def describe(self):
+        return self.identity.hex()

@@ -1,0 +1,189 @@
+"""The registry of named clients: who holds which name, on which connection, and since when.
+
+Owns `_hello` (register, rename, refuse), name claims (a name held by another
+connection is handed over once its holder is found gone, or refused while it
+answers), dropping a client (left, lost, replaced) and the heartbeat that finds
+the silent ones. Deals in connections, never in socket frames. Must not route
+messages: routing fails the requests a dropped client still owed.
+"""
+
+import logging
+import secrets
+import time
+
+from runcontrol import protocol
+from runcontrol.bus.commands.base import ANSWERED
+from runcontrol.bus.connection import Closed
+from runcontrol.errors import ProtocolError
+
+log = logging.getLogger("runcontrol.server")
+
+CLAIM_RECHECK_S = 0.05       # how often a claimed name's holder is probed for a closed connection
+
+
+class Peer:
+    """One registered client: its connection, its name and what it said of itself, its counters."""
+
+    __slots__ = ("name", "conn", "topic", "pid", "host", "actions", "meta", "connected_at",
+                 "last_seen_mono", "msgs_in", "msgs_out", "bytes_in", "bytes_out",
+                 "dropped", "waiting", "rates", "prev", "tokens", "refilled", "throttled", "report_at",
+                 "pending")
+
+    def __init__(self, conn, hello, now):
+        self.conn = conn
+        self.set_hello(hello)
+        self.connected_at = now
+        self.last_seen_mono = time.monotonic()
+        self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = self.dropped = 0
+        self.waiting = {}           # (requester name, id) of requests it owes an answer
+        self.rates = {}
+        self.prev = (0, 0, 0, 0)
+        self.tokens = None          # the flood limit's bucket, filled at the first message
+        self.refilled = self.last_seen_mono
+        self.throttled = 0          # messages dropped since the last report
+        self.report_at = 0.0
+        self.pending = 0            # its requests that await an answer
+
+    def set_hello(self, hello):
+        self.name = hello.name
+        self.topic = f"msg.{hello.name}".encode()
+        self.pid, self.host, self.actions, self.meta = hello.pid, hello.host, hello.actions, hello.meta
+
+    def describe(self):
+        return {"name": self.name, "pid": self.pid, "host": self.host, "actions": self.actions,
+                "meta": self.meta, "connected_at": self.connected_at,
+                "last_seen": time.time() - (time.monotonic() - self.last_seen_mono),
+                "msgs_in": self.msgs_in, "msgs_out": self.msgs_out, "transport": self.conn.transport}
+
+
+class Claim:
+    """A `_hello` for a name another connection holds, waiting to see if the holder is alive."""
+
+    def __init__(self, conn, hello, msg_id, deadline, probe_id, started):
+        self.conn, self.hello, self.msg_id = conn, hello, msg_id
+        self.deadline, self.probe_id, self.started = deadline, probe_id, started
+        self.recheck = started + CLAIM_RECHECK_S
+
+
+class Registry:
+    """`server` gives events (`publish_event`), answers (`answer`), held messages (`routing.unpark`)."""
+
+    def __init__(self, server, spec):
+        self.server = server
+        self.max_clients = spec.max_clients
+        self.timeout_s = spec.timeout_s
+        self.claim_grace_s = min(2.0, spec.timeout_s)
+        self.by_identity = {}
+        self.by_name = {}
+        self.claims = {}
+
+    def peer_of(self, conn):
+        return self.by_identity.get(conn.identity)
+
+    def hello(self, conn, peer, hello, msg_id, gate=None):
+        """Register `conn` as `hello.name`; returns the welcome, or ANSWERED when deferred."""
+        refusal = gate.may_register(conn.key, hello.name) if gate is not None else None
+        if refusal is not None:
+            raise ProtocolError(protocol.NOT_ALLOWED, refusal)
+        if peer is not None:
+            if peer.name == hello.name:
+                peer.set_hello(hello)
+                return self.server.welcome(hello.name)
+            self.drop(peer, "client_left", f"renamed to {hello.name}")
+        holder = self.by_name.get(hello.name)
+        if holder is None and len(self.by_name) >= self.max_clients:
+            raise ProtocolError(protocol.TOO_MANY_CLIENTS, f"the server already holds {self.max_clients} clients "
+                                "(server.max_clients)")
+        if holder is None:
+            self._register(conn, hello)
+            return self.server.welcome(hello.name)
+        probe_id = f"claim-{secrets.token_hex(4)}"
+        if not probe(holder, probe_id):
+            self.drop(holder, "client_replaced", "its connection is closed", by_pid=hello.pid)
+            self._register(conn, hello)
+            return self.server.welcome(hello.name)
+        now = time.monotonic()
+        self.claims.setdefault(hello.name, []).append(Claim(conn, hello, msg_id, now + self.claim_grace_s,
+                                                            probe_id, now))
+        return ANSWERED
+
+    def _register(self, conn, hello):
+        peer = Peer(conn, hello, time.time())
+        self.by_identity[conn.identity] = peer
+        self.by_name[hello.name] = peer
+        log.info("client %s joined (pid %s, host %s)", hello.name, hello.pid, hello.host)
+        self.server.publish_event("client_joined", name=hello.name, pid=hello.pid, host=hello.host,
+                                  actions=hello.actions, meta=hello.meta)
+        self.server.routing.unpark(lambda to: to == hello.name)
+        return peer
+
+    def pong(self, peer, re_id):
+        """A pong answering a name-claim probe proves the holder alive: refuse the claimants."""
+        if peer is None or re_id is None:
+            return
+        for claim in self.claims.get(peer.name, []):
+            if claim.probe_id == re_id:
+                self._settle(peer.name, holder_alive=True)
+                return
+
+    def next_deadline(self, deadline):
+        for claim_list in self.claims.values():
+            deadline = min(deadline, claim_list[0].deadline, claim_list[0].recheck)
+        return deadline
+
+    def settle_claims(self, now):
+        """Hand a claimed name over once its holder's connection is seen closed or the grace ends."""
+        for name, claims in list(self.claims.items()):
+            holder = self.by_name.get(name)
+            if holder is None:
+                self._settle(name, holder_alive=False, reason="it left")
+            elif now >= claims[0].recheck and not probe(holder, claims[0].probe_id):
+                self._settle(name, holder_alive=False, reason="its connection is closed")
+            elif now >= claims[0].deadline:
+                alive = holder.last_seen_mono >= claims[0].started
+                self._settle(name, holder_alive=alive, reason="it did not answer a ping")
+            else:
+                claims[0].recheck = now + CLAIM_RECHECK_S
+
+    def _settle(self, name, holder_alive, reason=""):
+        claims = self.claims.pop(name)
+        if not holder_alive:
+            holder = self.by_name.get(name)
+            winner = claims.pop(0)
+            if holder is not None:
+                self.drop(holder, "client_replaced", reason, by_pid=winner.hello.pid)
+            self._register(winner.conn, winner.hello)
+            if winner.msg_id is not None:
+                self.server.answer(winner.conn, protocol.make_reply(winner.msg_id, self.server.welcome(name)))
+        for claim in claims:
+            self.server.answer(claim.conn, protocol.make_error(
+                protocol.NAME_TAKEN, f"name {name!r} is held by a live client", claim.msg_id))
+
+    def drop(self, peer, kind, reason, **info):
+        """Unregister `peer` and publish `kind`; the requests it still owed answers are failed."""
+        if self.by_name.get(peer.name) is peer:
+            del self.by_name[peer.name]
+        self.by_identity.pop(peer.conn.identity, None)
+        log.info("client %s %s: %s", peer.name, kind.replace("client_", ""), reason)
+        self.server.publish_event(kind, name=peer.name, pid=peer.pid, host=peer.host, reason=reason, **info)
+        self.server.routing.fail_waiting(peer, reason)
+
+    def heartbeat(self, now):
+        """Drop the clients silent past the timeout; ping the others."""
+        ping = protocol.encode({**protocol.make_ping(), "from": protocol.SERVER, "ts": time.time()})
+        for peer in list(self.by_name.values()):
+            silent_s = now - peer.last_seen_mono
+            if silent_s > self.timeout_s:
+                self.drop(peer, "client_lost", f"silent for {silent_s:.1f} s", silent=round(silent_s, 3))
+            else:
+                self.server.routing.deliver(peer, ping)
+
+
+def probe(holder, probe_id):
+    """Ping the holder of a claimed name; False when its connection is already closed."""
+    ping = {**protocol.make_ping(probe_id), "from": protocol.SERVER, "ts": time.time()}
+    try:
+        holder.conn.send(protocol.encode(ping))
+    except Closed:
+        return False
+    return True  # taken, or not read (a full queue): alive or not, the grace decides

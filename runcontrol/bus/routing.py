@@ -1,0 +1,186 @@
+"""Routing by name, and the answer ledger that gives every request exactly one final answer.
+
+Owns delivering a message to the client named in `to` (or to every client),
+the ledger of requests each client owes an answer (so a lost client's requests
+are failed with `client_lost`, and answers go only to the requester), the limit
+of requests awaiting answers per client, messages held for clients not yet back
+after a restart, and the server's own answers and refusals. Deals in peers and
+connections, never in socket frames. Must not register clients.
+"""
+
+import collections
+import logging
+import time
+
+from runcontrol import protocol
+from runcontrol.bus.connection import Closed
+
+log = logging.getLogger("runcontrol.server")
+
+MAX_WAITING = 10000          # requests remembered per target, to fail them if it is lost
+MAX_PARKED = 10000           # messages held for clients not yet back after a restart
+ANSWERS = frozenset({"_reply", "_error", "_progress"})
+
+
+class Routing:
+    """`server` gives the registry (`registry`), events (`publish_event`) and the event stream (`sockets`)."""
+
+    def __init__(self, server, spec):
+        self.server = server
+        self.max_pending = spec.max_pending
+        self.parked = collections.deque()
+        self.settling = True       # just after a (re)start: see `route`
+        self.totals = [0, 0, 0, 0]   # msgs_in, bytes_in, msgs_out, bytes_out
+        self.dropped = 0
+
+    # --- to one client ---------------------------------------------------------------------
+
+    def route(self, peer, to, msg):
+        registry = self.server.registry
+        target = registry.by_name.get(to)
+        msg_id = msg.get("id")
+        if target is None and self.settling and len(self.parked) < MAX_PARKED:
+            # Just after a (re)start the clients are registering again: hold it for them.
+            self.parked.append((peer.name, to, msg))
+            return
+        if target is None:
+            self.reject(peer.conn, protocol.NO_SUCH_CLIENT, f"no client named {to!r} is registered", msg_id)
+            return
+        cmd = msg["cmd"]
+        request = msg_id is not None and cmd not in ANSWERS
+        if cmd in ANSWERS:
+            if not self._owed(peer, to, msg.get("re"), final=cmd != "_progress"):
+                return
+        elif request and peer.pending >= self.max_pending:
+            self.reject(peer.conn, protocol.TOO_MANY_PENDING,
+                        f"{peer.pending} of your requests still await answers (server.max_pending): "
+                        "wait for some", msg_id)
+            return
+        data = protocol.encode(msg)
+        if self.deliver(target, data):
+            if request:
+                self._await_answer(target, peer, msg_id)
+            if self.server.sockets.watching_msgs:
+                self.server.sockets.publish(target.topic, data)
+        elif registry.by_name.get(target.name) is target:
+            self.reject(peer.conn, protocol.QUEUE_FULL, f"{to!r} is not reading its messages; this one was dropped",
+                        msg_id)
+        else:  # its connection closed as we delivered: it was dropped, without this request on its ledger
+            self.reject(peer.conn, protocol.NO_SUCH_CLIENT, f"{to!r} disconnected", msg_id)
+
+    def _await_answer(self, target, requester, msg_id):
+        waiting, key = target.waiting, (requester.name, msg_id)
+        if key in waiting:
+            return
+        if len(waiting) >= MAX_WAITING:
+            self._answered(target, next(iter(waiting)))
+        waiting[key] = None
+        requester.pending += 1
+
+    def _answered(self, target, key):
+        """`target` no longer owes an answer for `key` (requester name, id)."""
+        if target.waiting.pop(key, False) is None:
+            requester = self.server.registry.by_name.get(key[0])
+            if requester is not None and requester.pending > 0:
+                requester.pending -= 1
+
+    def _owed(self, peer, to, re_id, final):
+        """Whether `peer` owes `to` an answer to request `re_id`; if not, tell `peer` and drop it.
+
+        Just after a restart the requests the previous instance routed are unknown:
+        answers to them pass while the server settles.
+        """
+        key = (to, re_id)
+        if key in peer.waiting:
+            if final:
+                self._answered(peer, key)
+            return True
+        if self.settling:
+            return True
+        self.reject(peer.conn, protocol.NOT_ALLOWED,
+                    f"{to!r} sent {peer.name!r} no request {re_id!r} that awaits an answer: "
+                    "answers go only to the requester")
+        return False
+
+    def fail_waiting(self, peer, reason):
+        """`peer` is gone: each request it still owed an answer gets one, `client_lost`."""
+        for requester, msg_id in peer.waiting:
+            asker = self.server.registry.by_name.get(requester)
+            if asker is not None:
+                asker.pending = max(0, asker.pending - 1)
+                self.answer(asker.conn, protocol.make_error(
+                    protocol.CLIENT_LOST, f"{peer.name!r} left before answering: {reason}", msg_id))
+        peer.waiting.clear()
+
+    # --- to every client ---------------------------------------------------------------------
+
+    def broadcast(self, peer, msg):
+        msg_id = msg.pop("id", None)
+        data = protocol.encode(msg)
+        delivered = [p.name for p in list(self.server.registry.by_name.values())
+                     if p is not peer and self.deliver(p, data)]
+        if self.server.sockets.watching_msgs:
+            self.server.sockets.publish(b"msg.*", data)
+        if msg_id is not None:
+            self.answer(peer.conn, protocol.make_reply(msg_id, {"to": delivered}))
+
+    # --- sending ----------------------------------------------------------------------------------
+
+    def deliver(self, target, data):
+        """Send to a registered client without ever blocking; False if it could not take it."""
+        try:
+            taken = target.conn.send(data)
+        except Closed:
+            self.server.registry.drop(target, "client_lost", "connection closed")
+            return False
+        if not taken:
+            target.dropped += 1
+            self.dropped += 1
+            now = time.monotonic()
+            if now >= target.report_at:  # an event at most once a second per slow client
+                target.report_at = now + 1.0
+                self.server.publish_event("client_slow", name=target.name, pid=target.pid, dropped=target.dropped)
+            return False
+        target.msgs_out += 1
+        target.bytes_out += len(data)
+        self.totals[2] += 1
+        self.totals[3] += len(data)
+        return True
+
+    def answer(self, conn, msg):
+        """Send a message of the server's own; the recipient may have gone, which is fine."""
+        msg["from"] = protocol.SERVER
+        msg["ts"] = time.time()
+        data = protocol.encode(msg)
+        peer = self.server.registry.peer_of(conn)
+        if peer is not None:
+            return self.deliver(peer, data)
+        try:
+            return conn.send(data)
+        except Closed:
+            return False
+
+    def reject(self, conn, code, text, msg_id=None):
+        peer = self.server.registry.peer_of(conn)
+        log.debug("rejected from %s: %s %s", peer.name if peer else conn.describe(), code, text)
+        self.answer(conn, protocol.make_error(code, text, msg_id))
+
+    # --- held messages ------------------------------------------------------------------------------
+
+    def unpark(self, matches):
+        """Route the held messages whose target `matches`, in the order they came."""
+        if not self.parked:
+            return
+        held, self.parked = self.parked, collections.deque()
+        for sender, to, msg in held:
+            peer = self.server.registry.by_name.get(sender)
+            if not matches(to):
+                self.parked.append((sender, to, msg))
+            elif peer is not None:
+                self.route(peer, to, msg)
+
+    def settled(self):
+        self.settling = False
+        if self.parked:
+            log.info("%d held message(s) for clients that did not come back", len(self.parked))
+        self.unpark(lambda to: True)
