@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_failover.py
 	$(PY) benchmarks/bench_supervision.py
 	$(PY) benchmarks/bench_runs.py
+	$(PY) benchmarks/bench_flood.py
 
 fuzz: $(STAMP)
 	ORBIT_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q tests/test_fuzz.py

@@ -37,7 +37,7 @@ def percentile(values, fraction):
 class BenchServer:
     """`python -m runcontrol.server` on ephemeral loopback ports, found by its beacon."""
 
-    def __init__(self, heartbeat=5.0, timeout=30.0, name=None, curve=False):
+    def __init__(self, heartbeat=5.0, timeout=30.0, name=None, curve=False, **server):
         self.folder = Path(tempfile.mkdtemp(prefix="orbit-bench-"))
         self.name = name or f"bench-{os.getpid()}"
         self.port = 20000 + os.getpid() % 30000
@@ -46,7 +46,7 @@ class BenchServer:
             "name": self.name,
             "server": {"router": "tcp://127.0.0.1:0", "events": "tcp://127.0.0.1:0",
                        "beacon": {"port": self.port, "interval": 0.5},
-                       "heartbeat": heartbeat, "timeout": timeout},
+                       "heartbeat": heartbeat, "timeout": timeout, **server},
             "paths": {"logs": "log", "data": "data", "state": "state"}}))
         if curve:  # CURVE keys for the server and (as operator) every client
             description = json.loads(self.path.read_text())

@@ -218,6 +218,18 @@ class RawClient:
         self.send(msg)
         return self.recv_until(lambda m: m.get("re") == msg["id"], timeout_s)
 
+    def until_pong(self, timeout_s=10.0):
+        """Every message that arrives before the answer to a ping sent now (the server answers in order)."""
+        self.seq += 1
+        marker = f"raw-pong-{self.seq}"
+        self.send({"cmd": "_ping", "id": marker})
+        seen = []
+        while True:
+            msg = self.recv(timeout_s)
+            if msg.get("cmd") == "_pong" and msg.get("re") == marker:
+                return seen
+            seen.append(msg)
+
     def hello(self, name, **extra):
         return self.request({"cmd": "_hello", "name": name, "pid": os.getpid(), **extra})
 

