@@ -5,8 +5,8 @@ import psutil
 import pytest
 
 from clients.client import Client
-from tests.helpers import (ServerProcess, System, registered_names, start_program, stop_process, wait_until,
-                           write_experiment)
+from tests.helpers import (ServerProcess, System, registered_names, start_program, stop_process, tagged_processes,
+                           wait_until, write_experiment)
 
 
 def reap_or_fail(procs, what):
@@ -23,19 +23,25 @@ def reap_or_fail(procs, what):
         pytest.fail(f"processes left running after {what}: {names}")
 
 
+def ours():
+    """What this test session started that still lives: our descendants, and tagged processes wherever they went."""
+    found = {p.pid: p for p in psutil.Process().children(recursive=True)}
+    found.update((p.pid, p) for p in tagged_processes())
+    return found
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_orphans_at_end():
     yield
-    reap_or_fail(psutil.Process().children(recursive=True), "the test session")
+    reap_or_fail(list(ours().values()), "the test session")
 
 
 @pytest.fixture(autouse=True)
 def no_orphans():
-    """Every process a test starts must be gone when it ends (module fixtures' are checked at the end)."""
-    me = psutil.Process()
-    before = {p.pid for p in me.children(recursive=True)}
+    """Every process a test starts must be gone when it ends, also one handed to init (module fixtures' at the end)."""
+    before = set(ours())
     yield
-    reap_or_fail([p for p in me.children(recursive=True) if p.pid not in before], "this test")
+    reap_or_fail([p for pid, p in ours().items() if pid not in before], "this test")
 
 
 @pytest.fixture
@@ -48,7 +54,8 @@ def experiment_path(tmp_path, request):
 def server(experiment_path):
     proc = ServerProcess(experiment_path).start()
     yield proc
-    proc.stop()
+    code = proc.stop()
+    assert code in (0, -signal.SIGKILL), f"the server exited with status {code}: {proc.log.read_text()[-2000:]}"
 
 
 @pytest.fixture

@@ -10,11 +10,12 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import zmq
 
 from clients.client import Client
 from runcontrol.errors import RunControlError
-from runcontrol import pidfile
+from runcontrol import pidfile, process
 from runcontrol.bus import discovery
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,31 @@ def pump(clients, predicate, timeout_s=10.0):
             client.poll(0.02)
         return predicate()
     return wait_until(step, timeout_s, interval_s=0)
+
+
+# Every process a test starts carries this in its environment (and so do their children),
+# so the orphan check finds them even when they were handed to init.
+TEST_TAG = "ORBIT_TEST_TAG"
+os.environ[TEST_TAG] = f"{os.getpid()}-{random.randrange(1 << 30)}"  # one per pytest process (xdist worker)
+
+
+def tagged_processes():
+    """Live processes (not zombies) whose environment carries this test session's tag, except this one."""
+    mark = f"{TEST_TAG}={os.environ[TEST_TAG]}".encode()
+    found = []
+    for pid in psutil.pids():
+        if pid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                if mark not in environ.read().split(b"\0"):
+                    continue
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return found
 
 
 def env_for_children():
@@ -94,15 +120,9 @@ class ControllerProcess:
 
     def stop(self, timeout_s=30.0):
         """SIGTERM (it stops its programs first); returns the exit status."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout_s)
-                raise AssertionError(f"run controller ignored SIGTERM: {self.log.read_text()[-2000:]}") from None
-        return self.proc.returncode
+        code, killed = process.stop_group(self.proc, timeout_s)
+        assert not killed, f"run controller ignored SIGTERM: {self.log.read_text()[-2000:]}"
+        return code
 
     def kill(self):
         os.kill(self.proc.pid, signal.SIGKILL)
@@ -156,7 +176,7 @@ class ServerProcess:
         self.path.write_text(json.dumps(self.description))
 
     def signal(self, signum):
-        os.killpg(self.proc.pid, signum)
+        process.signal_group(self.proc.pid, signum)
 
     def kill(self):
         if self.proc and self.proc.poll() is None:
@@ -164,15 +184,12 @@ class ServerProcess:
             self.proc.wait(10)
 
     def stop(self, timeout_s=10.0):
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError("server ignored SIGTERM") from None
+        """SIGTERM; the exit status (0 for an orderly stop). Fails when it had to be killed."""
+        if self.proc is None:
+            return None
+        code, killed = process.stop_group(self.proc, timeout_s)
+        assert not killed, f"server ignored SIGTERM: {self.log.read_text()[-2000:]}"
+        return code
 
     def pid_in_file(self):
         return pidfile.read(self.pidfile)
@@ -301,16 +318,8 @@ def start_program(name, *args, log=None, env=None, cwd=None):
 
 
 def stop_process(proc, timeout_s=10.0):
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGCONT)
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout_s)
-        except ProcessLookupError:
-            proc.wait(timeout_s)
+    """SIGTERM to its group, SIGKILL after `timeout_s`; its exit status."""
+    return process.stop_group(proc, timeout_s)[0]
 
 
 def registered_names(router):

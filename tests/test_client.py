@@ -128,16 +128,21 @@ def test_beacons_of_other_experiments_are_ignored(tmp_path):
     port = 20000 + os.getpid() % 30000
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    decoy = ServerProcess(write_experiment(tmp_path / "a", "decoy", beacon_port=port)).start()
-    real = ServerProcess(write_experiment(tmp_path / "b", "real", beacon_port=port)).start()
+    real_path = write_experiment(tmp_path / "b", "real", beacon_port=port)
+    decoy = ServerProcess(write_experiment(tmp_path / "a", "decoy", beacon_port=port)).start()  # its beacons heard
+    real = None
     try:
-        for _ in range(3):
-            with Client("picky", experiment=str(real.path)) as client:
-                client.connect(10)
-                assert client.request(None, "_status")["experiment"] == "real"
+        with Client("picky", experiment=str(real_path)) as client:
+            with pytest.raises(ServerUnavailable):
+                client.connect(3)  # six of the decoy's beacons came by, none of them taken
+            assert client.router is None
+            real = ServerProcess(real_path).start()
+            client.connect(10)
+            assert client.request(None, "_status")["experiment"] == "real"
     finally:
         decoy.stop()
-        real.stop()
+        if real is not None:
+            real.stop()
 
 
 def test_log_handler_sends_records_to_the_stream(server, make_client):
@@ -212,9 +217,11 @@ def test_request_made_while_server_away_is_delivered_after_restart(server, echo,
     assert client.wait(pending, timeout=20).value() == {"x": 1}
 
 
-def test_client_reregisters_when_new_instance_beacon_arrives(server, make_client):
+def test_client_follows_the_beacon_of_a_new_instance_to_its_new_address(server, make_client):
     client = make_client("watcher")
-    server.pin_ports()
+    old_router = server.router
     server.kill()
-    server.start()
-    pump([client], lambda: client.registered and client.instance == server.beacon.instance, 10)
+    server.start()  # new ephemeral ports: only its beacon can tell the client where it is now
+    assert server.router != old_router
+    pump([client], lambda: client.registered and client.instance == server.beacon.instance, 15)
+    assert client.router == server.router

@@ -170,9 +170,12 @@ def test_a_loopback_bus_needs_no_keys(tmp_path, router):
     assert spec.server.exposed() == [] and spec.server.curve is None
 
 
-@pytest.mark.parametrize("raw", [{"run": None, "hosts": None}, {"run": {}, "hosts": "0"},
-                                 {"run": {"a": {"cmd": "x", "host": 5}}}])
-def test_a_malformed_libabcd_form_is_explained_not_a_crash(tmp_path, raw):
+@pytest.mark.parametrize("raw, problems", [
+    ({"run": None, "hosts": None}, ["hosts: null is not of type object", "run: null is not of type object"]),
+    ({"run": {}, "hosts": "0"}, ['hosts: "0" is not of type object']),
+    ({"run": {"a": {"cmd": "x", "host": 5}}}, ["run.a.host: 5 is not of type string"]),
+])
+def test_a_malformed_libabcd_form_is_explained_not_a_crash(tmp_path, raw, problems):
     with pytest.raises(ConfigError) as refused:
         experiments.from_dict(raw, tmp_path / "odd.json")
-    assert refused.value.problems
+    assert refused.value.problems == problems

@@ -4,7 +4,7 @@ import pytest
 
 from runcontrol.errors import NoSuchClient, Refused, RequestFailed, RequestTimeout
 from runcontrol.control.operator import Operator
-from tests.helpers import helper
+from tests.helpers import helper, wait_until
 
 
 @pytest.fixture
@@ -27,10 +27,13 @@ def test_operator_drives_a_run_and_reads_the_system(op):
     assert (record["run"], record["comment"], record["params"]) == (run, "from a script", {"seconds": 5})
     assert set(op.programs()) == {"echo", "board"}
     assert {"echo", "board", "run"} <= {c["name"] for c in op.clients()}
-    assert any(e["kind"] == "run_state" for e in op.logs(50))
-    assert "total" in op.stats()
-    op.send("server", "_publish", topic="t", data=1, retain=True)
-    assert op.retained("")  # at least what was just published is there, once it arrived
+    messages = [e["message"] for e in op.logs(50) if e["kind"] == "run_state" and e["run"] == run]
+    assert messages == [f"Ending run {run}", f"Beginning run {run}", f"Prepared run {run}"]  # newest first
+    wait_until(lambda: op.stats()["total"]["msgs_in"] > 0, 10, 0.2, what="the server's figures of the last second")
+    op.send("server", "_publish", topic="t", data=41, retain=True)
+    key = f"{op.client.name}.t"
+    assert wait_until(lambda: op.retained(op.client.name).get(key), 10, 0.1)["data"] == 41
+    assert key not in op.retained("nobody.")
     restarted = op.restart("echo")
     assert restarted["echo"]["state"] == "RUNNING"
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -94,7 +95,7 @@ def test_lta_exposes_only_during_a_run_into_its_folder_through_link_drops(op, se
     assert len(images) == counts["exposures"]
     with open(os.path.join(folder, images[0]), "rb") as image:
         assert len(image.read()) == 64 * 32 * 2
-    meta = json.loads(open(os.path.join(folder, images[0].replace(".raw", ".json"))).read())
+    meta = json.loads(Path(folder, images[0].replace(".raw", ".json")).read_text())
     assert (meta["run"], meta["rows"], meta["dtype"]) == (7, 64, "uint16-le")
     op.poll(0.5)
     assert op.request("lta1", "status")["exposures"] == counts["exposures"]
