@@ -214,3 +214,50 @@ def test_run_py_damicm_headless_brings_every_program_up_and_down(tmp_path):
         < out.index("cryo RUNNING -> STOPPING")
     assert not any(psutil.pid_exists(pid) for pid in pids)
     assert "wrote " in (tmp_path / "var" / "log" / "lta2.log").read_text()
+
+
+def test_send_finds_the_server_by_orbit_server_and_by_its_beacon_alone(tmp_path):
+    from tests.helpers import ServerProcess
+    from runcontrol import protocol
+    # The default beacon port: what a newcomer's tools listen on with no flag and no $ORBIT_EXPERIMENT.
+    server = ServerProcess(write_experiment(tmp_path, "by-beacon", beacon_port=protocol.DEFAULT_BEACON_PORT)).start()
+    try:
+        alone = run_tool("send.py", "server", "_status")
+        assert alone.returncode == 0, alone.stderr
+        assert json.loads(alone.stdout)["instance"] == server.beacon.instance
+        by_env = run_tool("send.py", "server", "_status", env={**env_for_children(), "ORBIT_SERVER": server.router})
+        assert by_env.returncode == 0, by_env.stderr
+        assert json.loads(by_env.stdout)["router"] == server.router
+    finally:
+        assert server.stop() == 0
+
+
+def controller_pid(path):
+    answer = run_tool("send.py", "--experiment", path, "run", "status", timeout_s=30)
+    return json.loads(answer.stdout)["controller"]["pid"] if answer.returncode == 0 else None
+
+
+def test_run_py_replaces_a_killed_or_hung_run_controller(tmp_path):
+    path = write_experiment(tmp_path, "keeper", stale_after=3.0, programs={
+        "echo": helper("echo_client.py", "echo", client="echo")})
+    proc = subprocess.Popen([sys.executable, "run.py", str(path), "--headless"], cwd=ROOT,
+                            env=env_for_children(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        first = wait_until(lambda: controller_pid(path), 30, 0.3, what="the run controller")
+        os.kill(first, signal.SIGKILL)
+        second = wait_until(lambda: (pid := controller_pid(path)) not in (None, first) and pid, 30, 0.3,
+                            what="a new run controller after the kill")
+        os.kill(second, signal.SIGSTOP)  # hung: its pid file goes stale
+        third = wait_until(lambda: (pid := controller_pid(path)) not in (None, first, second) and pid, 40, 0.3,
+                           what="a new run controller after the hang")
+        assert not psutil.pid_exists(second) or psutil.Process(second).status() == psutil.STATUS_ZOMBIE
+        status = json.loads(run_tool("send.py", "--experiment", path, "run", "status").stdout)
+        assert status["controller"]["pid"] == third
+        wait_until(lambda: json.loads(run_tool("send.py", "--experiment", path, "run", "status").stdout)
+                   ["programs"]["echo"]["registered"], 30, 0.3, what="echo up under the third controller")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert "is hung: pid file" in out and "everything stopped" in out

@@ -137,3 +137,45 @@ def test_run_numbers_never_repeat_across_a_sigkill_of_the_controller(system, tmp
     assert (status["state"], status["run"]) == ("READY", second)
     s.op.request("run", "abort_run")
     assert [r["run"] for r in s.op.request("run", "runs")] == [first, second]
+
+
+def test_abort_run_from_run_ends_it_for_every_participant_and_logs_it_aborted(system, tmp_path):
+    s = system({"p": participant("p", tmp_path / "p"), "q": participant("q", tmp_path / "q")})
+    wait_participants(s, "p", "q")
+    run = s.op.request("run", "prepare_run")["run"]
+    s.op.request("run", "begin_run", comment="cut short")
+    aborted = s.op.request("run", "abort_run")
+    assert (aborted["state"], aborted["run"], aborted["problems"]) == ("STOP", run, {})
+    for record in (tmp_path / "p", tmp_path / "q"):
+        last = transitions(record)[-1]
+        assert (last["transition"], last["run"], last["abort"]) == ("end", run, True)
+    record = s.op.request("run", "runs")[-1]
+    assert (record["run"], record["result"], record["comment"]) == (run, "aborted", "cut short")
+    assert s.wait_event("event.run_state", message=f"Aborted run {run}")["state"] == "STOP"
+
+
+def test_a_controller_crash_during_run_keeps_the_run_and_its_number(system, tmp_path):
+    s = system({"p": participant("p", tmp_path / "p")})
+    wait_participants(s, "p")
+    run = s.op.request("run", "prepare_run")["run"]
+    s.op.request("run", "begin_run", comment="through a crash", params={"seconds": 3})
+    s.replace_controller()
+    status = s.op.request("run", "status")
+    assert (status["state"], status["run"]) == ("RUN", run)
+    assert status["current_run"]["comment"] == "through a crash"
+    wait_participants(s, "p")  # its programs were started afresh and told the run again
+    ended = s.op.request("run", "end_run")
+    assert (ended["state"], ended["run"]) == ("STOP", run)
+    record = s.op.request("run", "runs")[-1]
+    assert (record["run"], record["result"], record["params"]) == (run, "ended", {"seconds": 3})
+    assert s.op.request("run", "prepare_run")["run"] == run + 1
+    s.op.request("run", "abort_run")
+
+
+def test_a_transition_sent_to_the_run_controller_itself_is_answered_not_a_handler_error(system):
+    s = system({})
+    answer = s.op.request("run", "_transition", transition="prepare", run=1)
+    assert answer == {"state": "READY", "run": 1}
+    with pytest.raises(Refused) as refused:
+        s.op.request("run", "_transition", transition="sideways", run=1)
+    assert refused.value.code == "bad_field" and "unknown transition 'sideways'" in str(refused.value)

@@ -180,3 +180,24 @@ def test_a_flooding_client_is_throttled_and_the_others_are_served_during_the_flo
         if flooder is not None:
             flooder.close()
         stop_process(echo)
+
+
+def run_tool(*args, env=None):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env or env_for_children(),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_send_and_status_use_the_operator_key_on_a_curve_bus(keyed):
+    sent = run_tool("send.py", "--experiment", keyed.path, "server", "_status")
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["experiment"] == "keyed"
+    snap = run_tool("status.py", "--experiment", keyed.path, "--json")
+    assert snap.returncode == 0, snap.stderr
+    assert json.loads(snap.stdout)["server"]["experiment"] == "keyed"
+    keys = keyed.path.parent / "keys"
+    env = {**env_for_children(), "ORBIT_KEY": str(keys / "clients" / "operator.key_secret"),
+           "ORBIT_SERVER_KEY": str(keys / "server.key")}
+    by_address = run_tool("send.py", "--server", keyed.router, "server", "_status", env=env)
+    assert by_address.returncode == 0, by_address.stderr
+    keyless = run_tool("send.py", "--server", keyed.router, "--connect-timeout", "2", "server", "_status")
+    assert keyless.returncode != 0 and "experiment" not in keyless.stdout  # no key, no answer

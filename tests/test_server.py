@@ -390,3 +390,14 @@ def test_requests_beyond_max_pending_are_refused_until_some_are_answered(tmp_pat
         asker.close()
         slow.close()
         server.stop()
+
+
+def test_bye_frees_the_name_at_once_with_client_left(raw, watcher):
+    first = raw("leaver")
+    first.send({"cmd": "_bye"})
+    left = watcher.wait_for("event.client_left", name="leaver")
+    assert left["reason"] == "said goodbye"
+    second = raw()
+    welcome = second.hello("leaver")  # no claim to settle: the name is free
+    assert welcome["ok"] is True and welcome["result"]["name"] == "leaver"
+    assert not [t for t, m in watcher.items if t == "event.client_replaced"]

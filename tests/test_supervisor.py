@@ -1,5 +1,7 @@
 """The supervisor over real child processes, driven in this process (no server: programs without client names)."""
 
+import os
+import signal
 import sys
 import time
 
@@ -88,22 +90,22 @@ def test_a_crash_reports_its_exit_code_and_the_last_lines_of_its_log(supervise):
 
 
 def crash_loop(sup, clock, name, runs):
-    """Let program `name` exit `len(runs)` times; before each exit the clock moves by that run's length.
+    """Kill program `name` once per entry of `runs`, after the clock moved by that run's length.
 
-    Returns the delay of each restart (None where none came: FATAL or not restarted).
+    Exits happen only when the test kills, so the manual clock alone decides how long each run
+    lasted. Returns the delay of each restart (None where none came: FATAL).
     """
     delays = []
     for run_s in runs:
         program = sup.programs[name]
-        drive(sup, lambda: program.state in (S.RUNNING, S.STARTING) and program.proc is not None
-              or program.state is S.FATAL)
+        drive(sup, lambda: program.state is S.FATAL or (program.state is S.STARTING and program.proc is not None))
         if program.state is S.FATAL:
             delays.append(None)
             continue
-        exits = kinds(sup, name).count("program_exited")
         clock.advance(run_s)
-        if run_s >= 1.0:  # a run that long counted as up: no client name, so past the start grace
-            sup.process(0)
+        sup.process(0)  # a run past the start grace (1 s) came up
+        exits = kinds(sup, name).count("program_exited")
+        os.kill(program.pid, signal.SIGKILL)
         drive(sup, lambda: kinds(sup, name).count("program_exited") > exits)
         restarting = [f for k, f in sup.events if k == "program_restarting" and f["program"] == name]
         delays.append(restarting[-1]["delay"] if len(restarting) > len(delays) else None)
@@ -133,7 +135,7 @@ BACKOFF_CASES = {
 def test_backoff_follows_the_clock(supervise, case):
     fields, runs, expected = BACKOFF_CASES[case]
     clock = ManualClock()
-    sup = supervise({"a": program("crash_after.py", 0, 2, **fields)}, clock=clock)
+    sup = supervise({"a": program("crash_after.py", 600, **fields)}, clock=clock)
     assert crash_loop(sup, clock, "a", runs) == expected
 
 
@@ -150,7 +152,7 @@ INTENSITY_CASES = {
 def test_restart_intensity_follows_the_clock(supervise, case):
     max_restarts, window, runs, fatal = INTENSITY_CASES[case]
     clock = ManualClock()
-    sup = supervise({"bad": program("crash_after.py", 0, 1, max_restarts=max_restarts, restart_window=window,
+    sup = supervise({"bad": program("crash_after.py", 600, max_restarts=max_restarts, restart_window=window,
                                     backoff={"initial": 0.01, "factor": 1, "max": 0.01})}, clock=clock)
     crash_loop(sup, clock, "bad", runs)
     drive(sup, lambda: sup.programs["bad"].state in (S.FATAL, S.BACKOFF, S.STARTING, S.RUNNING))
@@ -162,9 +164,9 @@ def test_restart_intensity_follows_the_clock(supervise, case):
 
 def test_too_many_restarts_make_it_fatal_and_others_go_on(supervise):
     clock = ManualClock()
-    sup = supervise({"bad": program("crash_after.py", 0, 1, max_restarts=2, restart_window=30,
+    sup = supervise({"bad": program("crash_after.py", 600, max_restarts=2, restart_window=30,
                                     backoff={"initial": 0.05, "max": 0.05}),
-                     "good": program("crash_after.py", 60)}, clock=clock)
+                     "good": program("crash_after.py", 600)}, clock=clock)
     assert crash_loop(sup, clock, "bad", [0, 0, 0]) == [0.05, 0.05, None]
     assert sup.programs["bad"].state is S.FATAL
     fatal = next(f for k, f in sup.events if k == "program_fatal")
@@ -284,3 +286,24 @@ def test_a_program_of_another_host_is_not_run_here(supervise):
     remote = sup.describe("remote")
     assert remote["state"] == "STOPPED" and remote["pid"] is None
     assert "host daq2" in remote["last_exit"]["error"]
+
+
+def test_a_program_gets_its_env_and_cwd_and_stops_with_its_own_signal(supervise, tmp_path):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    code = ("import os, signal, sys, time\n"
+            "print('cwd', os.getcwd(), 'detector', os.environ.get('DETECTOR'), flush=True)\n"
+            "signal.signal(signal.SIGINT, lambda *_: (print('got SIGINT', flush=True), sys.exit(7)))\n"
+            "signal.signal(signal.SIGTERM, lambda *_: sys.exit(9))\n"
+            "time.sleep(60)\n")
+    sup = supervise({"a": {"cmd": [sys.executable, "-c", code], "env": {"DETECTOR": "ccd-3"}, "cwd": str(folder),
+                           "stop_signal": "INT", "stop_timeout": 10}})
+    log = tmp_path / "log" / "a.log"
+    drive(sup, lambda: log.exists() and "detector" in log.read_text())
+    assert f"cwd {folder} detector ccd-3" in log.read_text()
+    drive(sup, lambda: sup.programs["a"].state is S.RUNNING)
+    sup.stop("a")
+    drive(sup, lambda: sup.programs["a"].state is S.STOPPED)
+    exited = next(f for k, f in sup.events if k == "program_exited")
+    assert (exited["code"], exited["signal"]) == (7, None)  # it heard SIGINT, not SIGTERM
+    assert "stopping with SIGINT" in log.read_text() and "got SIGINT" in log.read_text()

@@ -97,7 +97,9 @@ def test_killed_server_restarted_and_client_back_with_queue(kept, make_client, e
     assert "killed by SIGKILL" in kept.output()
 
 
-def test_hung_server_killed_and_replaced(kept):
+def test_hung_server_killed_and_replaced_and_clients_move_to_the_new_one(kept, make_client, echo):
+    client = make_client("mover")
+    old_instance = client.instance
     hung = kept.server_pid()
     os.kill(hung, signal.SIGSTOP)
     new_beacon = next_beacon(kept.server, kept.server.beacon.instance)
@@ -105,6 +107,10 @@ def test_hung_server_killed_and_replaced(kept):
     wait_until(lambda: not psutil.pid_exists(hung), 10, what="the hung server to be gone")
     assert new_beacon.pid != hung and kept.server_pid() == new_beacon.pid
     assert f"pid {hung} is hung: pid file" in kept.output() and "not touched for" in kept.output()
+    pump([client], lambda: client.registered and client.instance == new_beacon.instance, 20)
+    assert client.instance != old_instance and client.router == new_beacon.router
+    wait_until(lambda: "echo" in registered_names(new_beacon.router), 15, interval_s=0.1)
+    assert client.request("echo", "echo", timeout=10, x=1) == {"x": 1}
 
 
 @pytest.mark.parametrize("content", ["other-pid", "garbage"])

@@ -51,7 +51,6 @@ class BeaconListener:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self.sock.bind((address, port))
         self.sock.setblocking(False)
-        self.ignored = 0
 
     def fileno(self):
         return self.sock.fileno()
@@ -75,7 +74,6 @@ class BeaconListener:
         try:
             beacon = protocol.parse_beacon(data)
         except ProtocolError as exc:
-            self.ignored += 1
             log.debug("ignored datagram from %s: %s", host, exc)
             return None
         if self.experiment is not None and beacon.experiment != self.experiment:
@@ -96,13 +94,3 @@ class BeaconListener:
 
     def close(self):
         self.sock.close()
-
-
-def discover(experiment=None, port=protocol.DEFAULT_BEACON_PORT,
-             address=protocol.DEFAULT_BEACON_ADDRESS, timeout_s=3.0):
-    """Listen for the first beacon of `experiment` (any experiment when None)."""
-    listener = BeaconListener(port, address, experiment)
-    try:
-        return listener.wait(timeout_s)
-    finally:
-        listener.close()
