@@ -139,3 +139,21 @@ def test_closing_the_terminal_stops_everything(tmux, tmp_path):
     assert not alive, [p.pid for p in alive]
     assert not any(psutil.pid_exists(p["pid"]) for p in programs.values())
     assert "everything stopped" in (tmp_path / "var" / "log" / "orbit.log").read_text()
+
+
+def test_status_py_live_view_follows_a_running_system_and_leaves_on_ctrl_c(tmux, server, echo_program):
+    echo_program("echo")
+    command = f"cd {ROOT} && PYTHONPATH={ROOT} {sys.executable} status.py --experiment {server.path}; echo EXIT=$?; sleep 30"
+    assert tmux("new-session", "-d", "-s", "status", "-x", "100", "-y", "30", command).returncode == 0
+
+    def screen():
+        return tmux("capture-pane", "-p", "-t", "status").stdout
+
+    def row(name):
+        return next((line.split() for line in screen().splitlines() if line.split()[:1] == [name]), None)
+    wait_until(lambda: (r := row("echo")) and r[1] == "REGISTERED", 30, 0.3, what="echo's row in the live view")
+    assert screen().startswith(f"{server.name}  server {server.beacon.instance}")
+    echo_program("late")  # the view follows what changes
+    wait_until(lambda: (r := row("late")) and r[1] == "REGISTERED", 30, 0.3, what="a newcomer in the live view")
+    tmux("send-keys", "-t", "status", "C-c")
+    wait_until(lambda: "EXIT=0" in screen(), 20, 0.3, what="status.py to leave with status 0")
