@@ -1,1 +1,1 @@
-"""The client library and the clients Orbit ships (spy, simulated instruments in `sim/`)."""
+"""The client library (a core without I/O and its blocking driver) and the clients Orbit ships."""

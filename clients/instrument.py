@@ -1,4 +1,5 @@
-"""What every simulated instrument shares: a client that ticks, publishes its values, and answers `status`.
+"""The base of the programs we ship (instruments, the monitor, the command client): a client that ticks,
+publishes its values, and answers `status`.
 
 An instrument steps its simulation every `period` seconds between polls of the
 client (so pings are answered on time), publishes its monitoring values as

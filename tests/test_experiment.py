@@ -179,3 +179,21 @@ def test_a_malformed_libabcd_form_is_explained_not_a_crash(tmp_path, raw, proble
     with pytest.raises(ConfigError) as refused:
         experiments.from_dict(raw, tmp_path / "odd.json")
     assert refused.value.problems == problems
+
+
+def test_a_client_reads_the_bus_settings_without_the_programs(tmp_path):
+    path = tmp_path / "half.json"
+    path.write_text(json.dumps({"name": "half", "server": {"beacon": {"port": 23456}},
+                                "programs": {"a": {"cmd": ["x"], "depends_on": ["a"]}, "b": {"restart": "maybe"}}}))
+    with pytest.raises(ConfigError):
+        experiments.load(path)  # the whole description is invalid ...
+    bus = experiments.bus_settings(path)  # ... but what a client needs is there
+    assert (bus.name, bus.beacon.port, bus.beacon.address, bus.curve) == ("half", 23456, "127.255.255.255", None)
+
+
+def test_invalid_bus_settings_are_refused_with_their_path(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"name": "bad", "server": {"beacon": {"port": "x"}}}))
+    with pytest.raises(ConfigError) as refused:
+        experiments.bus_settings(path)
+    assert refused.value.problems == ['server.beacon.port: "x" is not of type integer']

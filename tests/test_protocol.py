@@ -95,3 +95,38 @@ def test_decode_never_raises_anything_but_protocol_error(data):
         assert isinstance(protocol.decode(data), dict)
     except ProtocolError as exc:
         assert exc.code in (protocol.BAD_JSON, protocol.NOT_OBJECT)
+
+
+@given(st.sampled_from(protocol.TRANSITIONS), st.integers(0, 10**6), st.text(max_size=30),
+       st.dictionaries(st.text(max_size=8), json_values, max_size=3), st.booleans(), st.booleans())
+def test_make_transition_parse_transition_are_inverse(transition, run, comment, params, abort, rejoin):
+    msg = protocol.decode(protocol.encode(protocol.make_transition(transition, run, comment, params, abort, rejoin)))
+    assert protocol.parse_transition(msg) == protocol.Transition(transition, run, comment, params, abort, rejoin)
+
+
+def test_an_unknown_transition_is_a_bad_field():
+    with pytest.raises(ProtocolError) as info:
+        protocol.parse_transition({"cmd": "_transition", "transition": "pause", "run": 3})
+    assert info.value.code == "bad_field" and "'pause'" in str(info.value)
+
+
+@given(names, st.text(min_size=1, max_size=12), st.floats(0.01, 100), st.floats(0.01, 100))
+def test_make_welcome_parse_welcome_are_inverse(name, instance, heartbeat, timeout):
+    welcome = protocol.parse_welcome(protocol.decode(protocol.encode(
+        protocol.make_welcome(name, instance, heartbeat, timeout, "tcp://127.0.0.1:9821"))))
+    assert welcome == protocol.Welcome(name, instance, heartbeat, timeout, "tcp://127.0.0.1:9821")
+
+
+@pytest.mark.parametrize("result", [None, [], {"name": "x"}, {"server": 5}, {"server": "a", "heartbeat": "often"}])
+def test_a_welcome_that_is_none_is_a_bad_field(result):
+    with pytest.raises(ProtocolError) as info:
+        protocol.parse_welcome(result)
+    assert info.value.code == "bad_field"
+
+
+@given(st.one_of(st.none(), ids))
+def test_make_ping_parse_ping_and_the_pong_echo_the_id(msg_id):
+    ping = protocol.decode(protocol.encode(protocol.make_ping(msg_id)))
+    assert protocol.parse_ping(ping) == msg_id
+    pong = protocol.make_pong(protocol.parse_ping(ping))
+    assert protocol.parse_answer(pong).re == msg_id

@@ -1,0 +1,128 @@
+"""The client core without I/O, driven by a driver that keeps what it sends in lists (as an asyncio one would)."""
+
+import orjson
+import pytest
+
+from clients.core import ClientCore, required
+from runcontrol import protocol
+from runcontrol.errors import Refused
+
+
+class ListDriver(ClientCore):
+    """A driver whose connection is two lists: what went out, and whether the connection takes more."""
+
+    def __init__(self, name, **kwargs):
+        self.sent, self.raw, self.hellos, self.open = [], [], [], True
+        super().__init__(name, **kwargs)
+
+    def _transmit(self, data):
+        if self.open:
+            self.sent.append(orjson.loads(data))
+        return self.open
+
+    def _send_raw(self, data):
+        self.raw.append(orjson.loads(data))
+        return True
+
+    def _send_hello(self):
+        self.hellos.append(orjson.loads(self._next_hello()))
+
+    def welcome(self, instance="i1"):
+        hello = self.hellos[-1]
+        self.receive(protocol.encode(protocol.make_reply(hello["id"], protocol.make_welcome(
+            hello["name"], instance, 0.5, 3.0, "tcp://127.0.0.1:9"))))
+
+    def deliver(self, msg):
+        self.receive(protocol.encode(msg))
+
+
+class Board(ListDriver):
+    def cmd_ramp(self, msg):
+        """Ramp the bias."""
+        return {"volts": required(msg, "volts")}
+
+    def on_begin(self, run):
+        self.began = (run.number, run.comment, run.params)
+
+
+@pytest.fixture
+def board():
+    board = Board("board")
+    board._send_hello()
+    board.welcome()
+    return board
+
+
+def test_a_welcome_registers_and_flushes_what_was_queued_in_order():
+    core = ListDriver("early")
+    core.send("other", "note", seq=1)
+    pending = core.start({"to": "other", "cmd": "ask"})
+    assert core.sent == [] and not core.registered
+    core._send_hello()
+    core.welcome("abc")
+    assert core.registered and core.instance == "abc" and core.timeout_s == 3.0
+    assert [(m["cmd"], m.get("seq")) for m in core.sent] == [("note", 1), ("ask", None)]
+    core.deliver({"cmd": "_reply", "re": pending.id, "ok": True, "result": 5, "from": "other"})
+    assert pending.answer.value() == 5
+
+
+def test_a_refused_hello_is_kept_as_the_error_and_leaves_it_unregistered():
+    core = ListDriver("twin")
+    core._send_hello()
+    core.deliver(protocol.make_error(protocol.NAME_TAKEN, "held by a live client", core.hellos[-1]["id"]))
+    assert not core.registered and core._hello_error.code == "name_taken"
+
+
+def test_handlers_answer_refuse_and_name_what_is_missing(board):
+    board.deliver({"cmd": "ramp", "id": 1, "from": "op", "volts": 30})
+    board.deliver({"cmd": "ramp", "id": 2, "from": "op"})
+    board.deliver({"cmd": "melt", "id": 3, "from": "op"})
+    answers = {m["re"]: m for m in board.sent}
+    assert answers[1] == {"cmd": "_reply", "re": 1, "ok": True, "result": {"volts": 30}, "to": "op"}
+    assert (answers[2]["ok"], answers[2]["code"]) == (False, "bad_field")
+    assert "'ramp' needs the field 'volts'" in answers[2]["error"]
+    assert answers[3]["code"] == "unknown_command" and "it offers: ramp" in answers[3]["error"]
+
+
+def test_a_ping_is_answered_at_once_with_its_id(board):
+    board.deliver({"cmd": "_ping", "id": "probe-1", "from": "server"})
+    board.deliver({"cmd": "_ping", "from": "server"})
+    assert board.raw == [{"cmd": "_pong", "re": "probe-1"}, {"cmd": "_pong"}]
+
+
+def test_run_hooks_follow_transitions(board):
+    board.deliver({**protocol.make_transition("prepare", 12), "id": "t1", "from": "run"})
+    board.deliver({**protocol.make_transition("begin", 12, comment="dark", params={"s": 2}), "id": "t2",
+                   "from": "run"})
+    assert (board.run_state, board.run_number, board.began) == ("RUN", 12, (12, "dark", {"s": 2}))
+    assert [m["result"] for m in board.sent] == [{"state": "READY", "run": 12}, {"state": "RUN", "run": 12}]
+
+
+def test_while_the_connection_takes_nothing_messages_wait_in_the_outbox(board):
+    board.open = False
+    board.send("other", "note", seq=1)
+    board.send("other", "note", seq=2)
+    assert board.sent == [] and len(board._outbox) == 2
+    board.open = True
+    board._flush()
+    assert [m["seq"] for m in board.sent] == [1, 2]
+
+
+def test_a_deferred_answer_goes_out_once(board):
+    held = []
+    board.add_handler("slow", lambda msg: held.append(board.defer(msg)) or held[-1])
+    board.deliver({"cmd": "slow", "id": 9, "from": "op"})
+    assert board.sent == []
+    held[0].progress(done=0.5)
+    held[0].resolve("ok")
+    held[0].resolve("again")
+    assert [(m["cmd"], m.get("result")) for m in board.sent] == [("_progress", None), ("_reply", "ok")]
+
+
+def test_a_refusal_raised_by_a_hook_is_the_answer(board):
+    def refuse(run):
+        raise Refused("the CCDs are warm", "not_ready")
+    board.on_prepare = refuse
+    board.deliver({**protocol.make_transition("prepare", 13), "id": "t", "from": "run"})
+    assert (board.sent[-1]["ok"], board.sent[-1]["code"]) == (False, "not_ready")
+    assert board.run_state == "STOP"
