@@ -37,6 +37,8 @@ def events_until(backend, predicate, timeout_s=10.0):
 def backend():
     made = LocalBackend()
     yield made
+    for handle in list(made._running.values()):  # what a failed test left running
+        made.kill_now(handle)
     made.close()
 
 
@@ -67,6 +69,7 @@ def test_signal_reaches_the_group_and_kill_now_reaps(backend, tmp_path):
 
 def test_figures_and_leftovers_after_a_crash_of_the_controller(backend, tmp_path):
     handle = backend.spawn(spec_of(tmp_path, "s", PROGRAMS / "crash_after.py", 600), dict(os.environ))
+    events_until(backend, lambda s: any(isinstance(e, Output) and b"up" in e.data for e in s))  # Python is up
     cpu, rss = backend.figures(handle)
     assert cpu is not None and rss > 1_000_000
     record = backend.record(handle)
