@@ -3,6 +3,7 @@
 Only entry points (`run.py`, `send.py`, `python -m ...`) call `configure`.
 """
 
+import argparse
 import logging
 import time
 
@@ -28,3 +29,14 @@ def configure(level="INFO", stream=None):
 def utc_stamp(ts):
     """An ISO-8601 UTC stamp with milliseconds for a UNIX time."""
     return time.strftime(DATE_FORMAT, time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+def service_arguments(prog, description, pidfile_help, argv=None):
+    """Parse the arguments every Orbit service takes (--experiment, --pidfile, --log-level); set up logging."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--experiment", required=True, help="experiment name or JSON file")
+    parser.add_argument("--pidfile", help=pidfile_help)
+    parser.add_argument("--log-level", default="INFO", choices=LEVELS)
+    args = parser.parse_args(argv)
+    configure(args.log_level)
+    return args

@@ -10,7 +10,6 @@ start or kill processes.
 Run: python -m runcontrol.server --experiment FILE [--pidfile PATH]
 """
 
-import argparse
 import collections
 import logging
 import os
@@ -311,12 +310,8 @@ def rates(now, before, interval):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m runcontrol.server", description=__doc__.split("\n")[0])
-    parser.add_argument("--experiment", required=True, help="experiment name or JSON file")
-    parser.add_argument("--pidfile", help="pid file (default: <paths.state>/server.pid)")
-    parser.add_argument("--log-level", default="INFO", choices=logsetup.LEVELS)
-    args = parser.parse_args(argv)
-    logsetup.configure(args.log_level)
+    args = logsetup.service_arguments("python -m runcontrol.server", __doc__.split("\n")[0],
+                                      "pid file (default: <paths.state>/server.pid)", argv)
     try:
         Server(experiments.load(args.experiment), args.pidfile).serve()
     except ConfigError as exc:

@@ -10,7 +10,6 @@ a crash. Must not spawn processes itself.
   python -m runcontrol.controller --experiment FILE [--pidfile PATH]
 """
 
-import argparse
 import json
 import logging
 import os
@@ -154,12 +153,8 @@ def stop_leftovers(supervisor, state_path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m runcontrol.controller", description=__doc__.split("\n")[0])
-    parser.add_argument("--experiment", required=True, help="experiment name or file")
-    parser.add_argument("--pidfile", help="pid file to write and touch (for the watchdog)")
-    parser.add_argument("--log-level", default="INFO", choices=logsetup.LEVELS)
-    args = parser.parse_args(argv)
-    logsetup.configure(args.log_level)
+    args = logsetup.service_arguments("python -m runcontrol.controller", __doc__.split("\n")[0],
+                                      "pid file to write and touch (for the watchdog)", argv)
     try:
         experiment = experiments.load(args.experiment)
         experiment.paths.state.mkdir(parents=True, exist_ok=True)
