@@ -18,7 +18,7 @@ import socket
 
 from runcontrol import protocol
 from runcontrol.errors import ConfigError, ProtocolError, Refused, RequestFailed
-from clients.requests import RUN_STATE_AFTER, Deferred, NameTaken, Pending, Run
+from clients.requests import RUN_STATE_AFTER, AnswerMemory, Deferred, NameTaken, Pending, Run
 
 log = logging.getLogger("clients.client")
 
@@ -40,6 +40,8 @@ class ClientCore:
         self._outbox = collections.deque()
         self._dropped = 0
         self._pending = {}
+        self._served = AnswerMemory()
+        self._ever_registered = False
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(3)
         self.registered = False
@@ -192,8 +194,21 @@ class ClientCore:
         self.instance = welcome.instance
         self.heartbeat_s, self.timeout_s = welcome.heartbeat_s, welcome.timeout_s
         self._on_registered(welcome, was_registered)
+        if self._ever_registered and not was_registered:
+            self._resend_unanswered()
+        self._ever_registered = True
         self._flush()
         return True
+
+    def _resend_unanswered(self):
+        """Registered again (a new server, or the connection came back): what was sent before and never
+        answered may have died with the old connection. Sent again, with the same ids, ahead of what waits;
+        the other side answers a repeat from memory."""
+        queued = {id(data) for data in self._outbox}
+        again = [p.data for p in self._pending.values() if id(p.data) not in queued]
+        if again:
+            log.info("sending again %d request(s) that got no answer before the server came back", len(again))
+            self._outbox.extendleft(reversed(again))
 
     # --- incoming ----------------------------------------------------------------------------------
 
@@ -275,6 +290,11 @@ class ClientCore:
 
     def _serve(self, msg):
         cmd, msg_id, sender = msg.get("cmd"), msg.get("id"), msg.get("from")
+        if msg_id is not None and not self._served.begin((sender, msg_id)):
+            earlier = self._served.answer_of((sender, msg_id))
+            if earlier is not None:  # a repeat of a request answered already: the same answer, not a second run
+                self._emit(earlier)
+            return
         handler = self._on_transition if cmd == "_transition" else self._handlers.get(cmd)
         if handler is None:
             if msg_id is not None:
@@ -306,6 +326,7 @@ class ClientCore:
         except TypeError as exc:
             data = protocol.encode({**protocol.make_refusal(reply["re"], f"result is not JSON: {exc}",
                                                             protocol.HANDLER_ERROR), "to": to})
+        self._served.answered((to, reply.get("re")), data)
         self._emit(data)
 
 

@@ -1,9 +1,13 @@
 """What requests and answers look like to a client: a request awaiting its answer, an answer given later, a run.
 
 Owns `Pending` (a request sent, waiting for its final answer), `Deferred` (a
-handler's promise to answer later) and `Run` (what the run hooks get). Must
-not do I/O: the client core sends what they produce.
+handler's promise to answer later), `Run` (what the run hooks get) and
+`AnswerMemory` (what was answered to whom, so a resent request runs once).
+Must not do I/O: the client core sends what they produce.
 """
+
+import collections
+import time
 
 from runcontrol import protocol
 from runcontrol.errors import RequestFailed
@@ -78,3 +82,45 @@ class Run:
 
 
 RUN_STATE_AFTER = {"prepare": "READY", "begin": "RUN", "end": "STOP"}
+
+
+class AnswerMemory:
+    """The requests a client served, by `(from, id)`, and what it answered: a repeat is answered again, never re-run.
+
+    A request seen again (its sender resent it after a server restart) is answered
+    with the same bytes; one still being worked on is answered once, when done.
+    Kept for `window_s` seconds and at most `size` requests.
+    """
+
+    WORKING = None
+
+    def __init__(self, window_s=300.0, size=10000, clock=time.monotonic):
+        self.window_s, self.size, self.clock = window_s, size, clock
+        self._seen = collections.OrderedDict()   # (from, id) -> [answer bytes or WORKING, when]
+
+    def begin(self, key):
+        """True for a request not seen before (now marked as being worked on); False for a repeat."""
+        self._forget_old()
+        if key in self._seen:
+            return False
+        self._seen[key] = [self.WORKING, self.clock()]
+        return True
+
+    def answer_of(self, key):
+        """What was answered to `key`, or None while it is still being worked on (or unknown)."""
+        entry = self._seen.get(key)
+        return entry[0] if entry else None
+
+    def answered(self, key, data):
+        entry = self._seen.get(key)
+        if entry is not None:
+            entry[0], entry[1] = data, self.clock()
+            self._seen.move_to_end(key)
+
+    def _forget_old(self):
+        horizon = self.clock() - self.window_s
+        while self._seen:
+            key, (data, when) = next(iter(self._seen.items()))
+            if len(self._seen) < self.size and (when >= horizon or data is self.WORKING):
+                return
+            del self._seen[key]

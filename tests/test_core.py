@@ -126,3 +126,38 @@ def test_a_refusal_raised_by_a_hook_is_the_answer(board):
     board.deliver({**protocol.make_transition("prepare", 13), "id": "t", "from": "run"})
     assert (board.sent[-1]["ok"], board.sent[-1]["code"]) == (False, "not_ready")
     assert board.run_state == "STOP"
+
+
+def test_after_registering_again_unanswered_requests_go_out_again_with_their_ids(board):
+    answered = board.start({"to": "other", "cmd": "a"})
+    lost = board.start({"to": "other", "cmd": "b"})
+    board.deliver({"cmd": "_reply", "re": answered.id, "ok": True, "result": 1, "from": "other"})
+    board._unregister()  # the server went away ...
+    board.send("other", "note", seq=7)  # ... what is sent meanwhile waits
+    board._send_hello()
+    board.welcome("i2")  # ... and a new instance welcomed it
+    resent = board.sent[-2:]
+    assert [(m["cmd"], m.get("id"), m.get("seq")) for m in resent] == [("b", lost.id, None), ("note", None, 7)]
+    assert [m.get("id") for m in board.sent].count(answered.id) == 1
+
+
+def test_a_repeated_request_is_answered_again_without_running_the_handler_twice(board):
+    runs = []
+    board.add_handler("count", lambda msg: runs.append(1) or len(runs))
+    board.deliver({"cmd": "count", "id": 5, "from": "op"})
+    board.deliver({"cmd": "count", "id": 5, "from": "op"})  # resent after a server restart
+    board.deliver({"cmd": "count", "id": 5, "from": "other"})  # another requester's id 5 is another request
+    assert runs == [1, 1]
+    assert [(m["to"], m["result"]) for m in board.sent] == [("op", 1), ("op", 1), ("other", 2)]
+
+
+def test_a_repeat_of_a_request_still_being_worked_on_is_answered_once_when_done(board):
+    held = []
+    board.add_handler("slow", lambda msg: held.append(board.defer(msg)) or held[-1])
+    board.deliver({"cmd": "slow", "id": 9, "from": "op"})
+    board.deliver({"cmd": "slow", "id": 9, "from": "op"})
+    assert len(held) == 1 and board.sent == []
+    held[0].resolve("done")
+    board.deliver({"cmd": "slow", "id": 9, "from": "op"})
+    assert [m["result"] for m in board.sent] == ["done", "done"]
+    assert len(held) == 1

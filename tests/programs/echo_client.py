@@ -17,6 +17,7 @@ class Echo(Client):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.notes = []
+        self.tallies = {}
 
     def cmd_echo(self, msg):
         """Answer with the payload."""
@@ -49,6 +50,18 @@ class Echo(Client):
         """Answer after `seconds` (blocking the client meanwhile)."""
         time.sleep(float(msg.get("seconds", 1)))
         return "awake"
+
+    def cmd_tally(self, msg):
+        """Count the runs of this request (by sender and id), answering after `seconds` (blocking meanwhile)."""
+        key = f"{msg.get('from')}/{msg.get('id')}"
+        self.tallies[key] = self.tallies.get(key, 0) + 1
+        logging.info("tally %s started", key)
+        time.sleep(float(msg.get("seconds", 0)))
+        return self.tallies[key]
+
+    def cmd_tallies(self, msg):
+        """How often each request of `tally` ran."""
+        return self.tallies
 
     def cmd_forward(self, msg):
         """Ask another client and answer with its result."""
