@@ -66,10 +66,11 @@ class Run:
     """What `on_prepare`, `on_begin` and `on_end` get: the run, and the message that carried it.
 
     `abort` is set on an `end` that aborts; `rejoin` when the run controller tells a
-    client that (re)joined during a run where the run is.
+    client that (re)joined during a run where the run is; `reason` says why a run
+    ends other than by an operator's `end_run` (the experiment being stopped).
     """
 
-    __slots__ = ("number", "transition", "comment", "params", "abort", "rejoin", "msg")
+    __slots__ = ("number", "transition", "comment", "params", "abort", "rejoin", "reason", "msg")
 
     def __init__(self, transition, msg):
         self.msg = msg
@@ -79,6 +80,7 @@ class Run:
         self.params = transition.params
         self.abort = transition.abort
         self.rejoin = transition.rejoin
+        self.reason = transition.reason
 
 
 RUN_STATE_AFTER = {"prepare": "READY", "begin": "RUN", "end": "STOP"}

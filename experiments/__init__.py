@@ -22,6 +22,9 @@ from runcontrol.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# A program with a client name that has not registered this long after the server's timeout
+# counts as hung: as long as a registered one may stay silent, plus time to start Python.
+START_ALLOWANCE_S = 5.0
 
 
 class NotFound(ConfigError):
@@ -258,7 +261,8 @@ def freeze(raw, path):
     server, beacon, paths = raw["server"], raw["server"]["beacon"], raw["paths"]
     folder = path.resolve().parent
     order = checks.start_order(raw["programs"])
-    programs = tuple(child_spec(name, raw["programs"][name], folder) for name in order)
+    start_timeout_s = float(server["timeout"]) + START_ALLOWANCE_S
+    programs = tuple(child_spec(name, raw["programs"][name], folder, start_timeout_s) for name in order)
     return Experiment(
         name=raw.get("name", path.stem),
         path=path.resolve(),
@@ -286,7 +290,7 @@ def curve_spec(curve, folder):
                      MappingProxyType({k: tuple(v) for k, v in curve.get("names", {}).items()}))
 
 
-def child_spec(name, program, folder):
+def child_spec(name, program, folder, start_timeout_s):
     argv = program["cmd"] if isinstance(program["cmd"], list) else shlex.split(program["cmd"])
     if argv[0] == "python":  # the interpreter that runs Orbit, so programs get its environment
         argv = [sys.executable, *argv[1:]]
@@ -296,7 +300,7 @@ def child_spec(name, program, folder):
         client=program["client"], run=program["run"],
         backoff=BackoffSpec(float(backoff["initial"]), float(backoff["max"]), float(backoff["factor"])),
         max_restarts=program["max_restarts"], restart_window_s=float(program["restart_window"]),
-        restart_dependents=program["restart_dependents"], start_timeout_s=float(program["start_timeout"]),
+        restart_dependents=program["restart_dependents"], start_timeout_s=float(program.get("start_timeout", start_timeout_s)),
         stop_signal=signal.Signals[f"SIG{program['stop_signal']}"],
         stop_timeout_s=float(program["stop_timeout"]), env=MappingProxyType(dict(program["env"])),
         cwd=(folder / program["cwd"]).resolve(), host=program["host"])

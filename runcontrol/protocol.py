@@ -299,10 +299,13 @@ class Transition:
     params: dict = field(default_factory=dict)
     abort: bool = False
     rejoin: bool = False
+    reason: str = ""
 
 
-def make_transition(transition, run, comment=None, params=None, abort=False, rejoin=False):
+def make_transition(transition, run, comment=None, params=None, abort=False, rejoin=False, reason=None):
     msg = {"cmd": "_transition", "transition": transition, "run": run}
+    if reason:
+        msg["reason"] = reason
     if comment is not None:
         msg["comment"] = comment
     if params is not None:
@@ -319,10 +322,10 @@ def parse_transition(msg):
     transition = msg.get("transition")
     if transition not in TRANSITIONS:
         raise ProtocolError(BAD_FIELD, f"unknown transition {transition!r}: prepare, begin or end")
-    comment = msg.get("comment")
-    params = msg.get("params")
+    comment, params, reason = msg.get("comment"), msg.get("params"), msg.get("reason")
     return Transition(transition, msg.get("run"), comment if type(comment) is str else "",
-                      params if type(params) is dict else {}, msg.get("abort") is True, msg.get("rejoin") is True)
+                      params if type(params) is dict else {}, msg.get("abort") is True, msg.get("rejoin") is True,
+                      reason if type(reason) is str else "")
 
 
 # --- beacon ----------------------------------------------------------------------

@@ -139,3 +139,24 @@ def test_sigterm_stops_programs_in_reverse_order_and_exits_zero(system):
     assert order == ["c", "b", "a"]
     assert s.events.find("event.program_exited", program="c")["signal"] == "SIGKILL"
     assert not any(psutil.pid_exists(pid) for pid in pids)
+
+
+def test_a_program_that_hangs_just_before_a_server_restart_is_found_and_replaced(system):
+    from runcontrol.errors import RunControlError
+    s = system({"echo": helper("echo_client.py", "echo", client="echo")})
+    before = s.wait_state("echo", "RUNNING", registered=True)
+    s.server.pin_ports()
+    os.killpg(before["pid"], signal.SIGSTOP)  # hung, but not yet silent past the server's timeout ...
+    s.server.kill()  # ... when the server dies: the new one never knew it
+    s.server.start()
+
+    def replaced():
+        try:
+            echo = s.program("echo")
+        except RunControlError:
+            return None
+        return echo if echo["pid"] != before["pid"] and echo["registered"] else None
+    echo = wait_until(replaced, 40, 0.3, what="the hung program replaced after the server restart")
+    assert echo["restarts"] == 1
+    assert "not registered with the server" in echo["last_exit"]["reason"]
+    assert not psutil.pid_exists(before["pid"]) or psutil.Process(before["pid"]).status() == psutil.STATUS_ZOMBIE

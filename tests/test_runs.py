@@ -179,3 +179,36 @@ def test_a_transition_sent_to_the_run_controller_itself_is_answered_not_a_handle
     with pytest.raises(Refused) as refused:
         s.op.request("run", "_transition", transition="sideways", run=1)
     assert refused.value.code == "bad_field" and "unknown transition 'sideways'" in str(refused.value)
+
+
+def test_stopping_the_experiment_during_a_run_ends_it_and_the_next_start_is_in_stop(system, tmp_path):
+    s = system({"p": participant("p", tmp_path / "p")})
+    wait_participants(s, "p")
+    run = s.op.request("run", "prepare_run")["run"]
+    s.op.request("run", "begin_run", comment="overnight")
+    assert s.controller.stop() == 0  # SIGTERM, as run.py's Ctrl-C
+    last = transitions(tmp_path / "p")[-1]
+    assert (last["transition"], last["run"], last["abort"]) == ("end", run, False)
+    assert last["reason"] == "the experiment was stopped (SIGTERM)"
+    record = [json.loads(line) for line in (s.path.parent / "state" / "runs.jsonl").read_text().splitlines()][-1]
+    assert (record["run"], record["result"], record["why"]) == (run, "ended by shutdown",
+                                                               "the experiment was stopped (SIGTERM)")
+    from tests.helpers import ControllerProcess
+    s.controller = ControllerProcess(s.path).start()
+    status = wait_until(lambda: s.op.request("run", "status", timeout=5), 30, 0.3)
+    assert (status["state"], status["run"]) == ("STOP", None)
+    wait_participants(s, "p")
+    assert s.op.request("run", "prepare_run")["run"] == run + 1
+    s.op.request("run", "abort_run")
+
+
+def test_a_participant_lost_during_a_transition_is_named_lost_not_refusing(system, tmp_path):
+    s = system({"p": participant("p", tmp_path / "p", "--silent", "prepare")})
+    wait_participants(s, "p")
+    pid = s.program("p")["pid"]
+    pending = s.op.start({"to": "run", "cmd": "prepare_run", "timeout": 20})
+    wait_until(lambda: s.op.poll(0.05) * 0 or transitions(tmp_path / "p"), 10, 0)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(Refused) as refused:
+        s.op.wait(pending, 30).value()
+    assert "p lost (" in str(refused.value) and "refused" not in str(refused.value)

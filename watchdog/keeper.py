@@ -3,7 +3,8 @@
 Starts the command in its own process group and restarts it when it exits (woken
 by SIGCHLD, never by a polling sleep), or when the pid file it must touch goes
 stale, names another process, or holds garbage (a hang). A child that had come up
-(it wrote its pid file) is restarted at once; failed starts back off from 100 ms;
+(it wrote its pid file) is restarted at once; a hung one is killed (SIGKILL) and
+replaced; failed starts back off from 100 ms;
 too many restarts within a window end the watchdog with an error. Reads the pid file only; must not
 import server internals.
 """
@@ -172,9 +173,13 @@ class Keeper:
         reason = self.unhealthy()
         if reason is None:
             return
-        log.warning("pid %d is hung: %s", self.child.pid, reason)
+        log.warning("pid %d is hung: %s; killing it", self.child.pid, reason)
         came_up = self._came_up()
-        self._stop_child(reason)
+        # A hung command is killed, not asked to stop: it could not act on the request in time, and what
+        # it would do on an orderly stop (the run controller ends the run) is not what a replacement wants.
+        process.signal_group(self.child.pid, signal.SIGKILL)
+        self.child.wait()
+        log.info("pid %d %s", self.child.pid, process.describe_returncode(self.child.returncode))
         self._schedule_restart(came_up)
 
     def unhealthy(self):

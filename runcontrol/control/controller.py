@@ -35,6 +35,8 @@ NAME = "run"
 CONNECT_WAIT_S = 30.0
 TOUCH_EVERY_S = 1.0
 LOOP_MAX_S = 1.0
+RECONCILE_EVERY_S = 1.0   # how often the programs are held against the server's registry
+LIST_WAIT_S = 5.0
 
 
 class Controller:
@@ -59,6 +61,10 @@ class Controller:
         self.client.subscribe("event.", self._on_server_event)
         self._seen_instance = None
         self._touched = 0.0
+        self._reconciled = 0.0
+        self._listing = None
+        # A program that did not come back to a restarted server within this is hung.
+        self.missing_grace_s = experiment.server.timeout_s + 2 * experiment.server.beacon.interval_s
 
     # --- events in and out --------------------------------------------------------------------
 
@@ -82,13 +88,24 @@ class Controller:
             self._refresh_registrations()
 
     def _refresh_registrations(self):
-        """After (re)registering, learn who is registered: events sent while we were away are lost."""
+        """Learn who is registered from the server's list: after a restart of either, events are lost;
+        asked again every RECONCILE_EVERY_S, so a join event missed is made good and a program that never
+        came back to a new server is found."""
+        now = time.monotonic()
+        if self._listing is not None and self._listing.answer is None:
+            if now - self._reconciled < LIST_WAIT_S:
+                return  # one at a time
+            self.client.abandon(self._listing)
+        self._reconciled = now
+
         def apply(answer):
-            if answer.ok:
-                for client in answer.result:
-                    self.supervisor.client_registered(client["name"], client.get("pid"))
-                    self.transitions.client_joined(client["name"], client.get("meta"))
-        self.client.start({"cmd": "_list"}, on_answer=apply)
+            if not answer.ok or not isinstance(answer.result, list):
+                return
+            clients = [c for c in answer.result if isinstance(c, dict) and isinstance(c.get("name"), str)]
+            self.supervisor.reconcile({c["name"]: c.get("pid") for c in clients}, self.missing_grace_s)
+            for client in clients:
+                self.transitions.client_joined(client["name"], client.get("meta"))
+        self._listing = self.client.start({"cmd": "_list"}, on_answer=apply)
 
     def _save_records(self):
         """Record what runs, so a controller started after a crash of this one can stop it."""
@@ -101,7 +118,8 @@ class Controller:
     def step(self):
         """One turn of the loop: wait for anything (sockets, children, timers), handle it."""
         now = time.monotonic()
-        due = [now + LOOP_MAX_S, self._touched + TOUCH_EVERY_S, *self.waiters.deadlines()]
+        due = [now + LOOP_MAX_S, self._touched + TOUCH_EVERY_S, self._reconciled + RECONCILE_EVERY_S,
+               *self.waiters.deadlines()]
         next_due = self.supervisor.next_due()
         if next_due is not None:
             due.append(next_due)
@@ -112,6 +130,8 @@ class Controller:
             self.supervisor.env["ORBIT_SERVER"] = self.client.router
             self._refresh_registrations()
         self.supervisor.server_up = self.client.registered
+        if self.client.registered and time.monotonic() - self._reconciled >= RECONCILE_EVERY_S:
+            self._refresh_registrations()
         self.waiters.check()
         if self.pidfile_path and time.monotonic() - self._touched >= TOUCH_EVERY_S:
             pidfile.touch(self.pidfile_path)
@@ -128,7 +148,11 @@ class Controller:
         self.supervisor.start_all()
         while wakeup.stop_signal is None:
             self.step()
-        log.info("stopping every program (%s)", signal.Signals(wakeup.stop_signal).name)
+        name = signal.Signals(wakeup.stop_signal).name
+        ending = self.transitions.end_for_shutdown(f"the experiment was stopped ({name})")
+        while ending is not None and not ending.done:
+            self.step()
+        log.info("stopping every program (%s)", name)
         self.supervisor.stop_all()
         while not self.supervisor.all_stopped():
             self.step()

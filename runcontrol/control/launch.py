@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 from runcontrol import process
+from runcontrol.control.transitions import SHUTDOWN_TIMEOUT_S
 
 log = logging.getLogger("run")
 
@@ -32,8 +33,8 @@ def kept(name, experiment, command, grace_s):
 
 
 def controller_grace(experiment):
-    """Time the run controller may take to stop every program (each stop_timeout, then SIGKILL)."""
-    return sum(p.stop_timeout_s for p in experiment.programs) + GRACE_S
+    """Time the run controller may take to end an open run and stop every program (each stop_timeout)."""
+    return SHUTDOWN_TIMEOUT_S + sum(p.stop_timeout_s for p in experiment.programs) + GRACE_S
 
 
 def plan(experiment):

@@ -19,6 +19,7 @@ from runcontrol.errors import Refused
 log = logging.getLogger("runcontrol.controller")
 
 TRANSITION_TIMEOUT_S = 10.0
+SHUTDOWN_TIMEOUT_S = 5.0   # how long a stop of the experiment waits for the participants to end the run
 MAX_TRANSITION_TIMEOUT_S = 600.0
 WORDS = {"prepare_run": "Prepared run", "begin_run": "Beginning run", "end_run": "Ending run",
          "abort_run": "Aborted run"}
@@ -70,7 +71,16 @@ class Transitions:
 
     # --- one transition ---------------------------------------------------------------------
 
-    def _begin_transition(self, msg, action):
+    def end_for_shutdown(self, why):
+        """The experiment is being stopped: an open run ends first (participants told `end` with `why`,
+        the record saying so). Returns an Outcome to wait on, or None when no run is open."""
+        if self.runs.state == runs.STOP or self.busy:
+            return None
+        outcome = Outcome()
+        self._begin_transition({"timeout": SHUTDOWN_TIMEOUT_S}, "abort_run", outcome, why)
+        return outcome
+
+    def _begin_transition(self, msg, action, reply=None, why=None):
         self._check(msg, action)
         timeout = msg.get("timeout", TRANSITION_TIMEOUT_S)
         fields = self._run_fields(msg, action)
@@ -79,12 +89,13 @@ class Transitions:
         participants = self.participants()
         answers = {}
         ask = protocol.make_transition(runs.WIRE[action], fields["run"], comment=fields.get("comment"),
-                                       params=fields.get("params"), abort=action == "abort_run")
+                                       params=fields.get("params"), abort=action == "abort_run" and not why,
+                                       reason=why)
         pendings = {name: self.client.start({"to": name, **ask},
                                             on_answer=lambda answer, n=name: answers.__setitem__(n, answer))
                     for name in participants}
         self.busy = action
-        reply = self.client.defer(msg)
+        reply = reply or self.client.defer(msg)
         log.info("%s: run %s, asking %s", action, fields["run"], ", ".join(participants) or "no participant")
 
         def finish():
@@ -92,7 +103,7 @@ class Transitions:
             for name, pending in pendings.items():
                 if name not in answers:
                     self.client.abandon(pending)
-            self._conclude(reply, action, fields, participants, answers)
+            self._conclude(reply, action, fields, participants, answers, why)
         self.waiters.add(lambda: len(answers) == len(participants), finish, timeout, finish)
         return reply
 
@@ -120,7 +131,7 @@ class Transitions:
             fields.update(comment=comment, params=params)
         return fields
 
-    def _conclude(self, reply, action, fields, participants, answers):
+    def _conclude(self, reply, action, fields, participants, answers, why=None):
         problems = {name: describe_problem(answers.get(name)) for name in participants
                     if name not in answers or not answers[name].ok}
         run = fields["run"]
@@ -135,11 +146,11 @@ class Transitions:
                         self.client.post({"to": name, **protocol.make_transition("end", run, abort=True)})
             reply.refuse(f"{action} of run {run} failed, the state stays {self.runs.state}: {why}", protocol.FAILED)
             return
-        self._enter(action, fields, participants, problems)
+        self._enter(action, fields, participants, problems, why)
         reply.resolve({"state": self.runs.state, "run": run, "participants": participants,
                        "problems": problems, **({"comment": fields.get("comment")} if action == "begin_run" else {})})
 
-    def _enter(self, action, fields, participants, problems):
+    def _enter(self, action, fields, participants, problems, why=None):
         now = time.time()
         target = runs.TARGET[action]
         if action == "prepare_run":
@@ -150,15 +161,16 @@ class Transitions:
                                                                   "start")} | {"result": "running"})
         else:
             started = fields.get("start")
+            result = "ended by shutdown" if why else "aborted" if action == "abort_run" else "ended"
             self.runs.log({"run": fields["run"], "comment": fields.get("comment"), "params": fields.get("params"),
                            "participants": participants, "start": started, "end": now,
-                           "duration": round(now - started, 3) if started else None,
-                           "result": "aborted" if action == "abort_run" else "ended",
-                           **({"problems": problems} if problems else {})})
+                           "duration": round(now - started, 3) if started else None, "result": result,
+                           **({"why": why} if why else {}), **({"problems": problems} if problems else {})})
             self.runs.enter(target)
-        log.info("%s %s: state %s", WORDS[action], fields["run"], target)
+        message = f"Ended run {fields['run']}: {why}" if why else f"{WORDS[action]} {fields['run']}"
+        log.info("%s: state %s", message, target)
         self.client.send(None, "_event", kind="run_state", state=target, run=fields["run"], transition=action,
-                         message=f"{WORDS[action]} {fields['run']}", comment=fields.get("comment"))
+                         message=message, comment=fields.get("comment"))
 
     def rejoin(self, name):
         """Tell a participant that (re)joined during a run where the run is, at once."""
@@ -175,10 +187,25 @@ class Transitions:
         self.client.start({"to": name, **protocol.make_transition("prepare", run, rejoin=True)}, on_answer=then_begin)
 
 
+class Outcome:
+    """Where the answer of a transition the run controller starts itself goes (at shutdown)."""
+
+    def __init__(self):
+        self.done, self.result, self.error = False, None, None
+
+    def resolve(self, result=None):
+        self.done, self.result = True, result
+
+    def refuse(self, error, code=None):
+        self.done, self.error = True, error
+
+
 def describe_problem(answer):
     """What a participant's answer to a transition (None: no answer) says went wrong."""
     if answer is None:
         return "silent (no answer in time)"
     if answer.code == protocol.NO_SUCH_CLIENT:
         return "silent (not registered)"
+    if answer.code == protocol.CLIENT_LOST:
+        return f"lost ({answer.error})"
     return f"refused: {answer.error}"

@@ -31,6 +31,7 @@ class Program:
         self.retired = False       # removed by a reload: forget it once stopped
         self.next_spec = None      # changed by a reload: use it at the next start
         self.registered = False
+        self.missing_since = None  # running, but not in the server's registry since then
         self.started_at = None
         self.restarts = 0
         self.timer = None          # (due, action): at most one per program
@@ -84,6 +85,7 @@ class Program:
         self.proc = None
         self.timer = None
         self.registered = False
+        self.missing_since = None
         self.last_exit = {"code": code, "signal": sig.name if sig else None, "at": at,
                           "uptime": round(uptime, 3), "reason": self.kill_reason}
         return process.describe_exit(code, sig)

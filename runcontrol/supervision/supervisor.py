@@ -159,6 +159,28 @@ class Supervisor:
         if hung and program.state in (S.STARTING, S.RUNNING):
             self.life.kill_hung(program, f"registered as {client} but silent past the server timeout")
 
+    def reconcile(self, registered, grace_s):
+        """Hold the programs against the server's registry (`registered`: client name -> pid), one consistent view.
+
+        A program registered there is up (a join event missed is made good); a running one absent from it
+        for longer than `grace_s` (a server restart it did not come back from: it hangs) is replaced.
+        """
+        now = self.clock()
+        for program in self.programs.values():
+            client = program.spec.client
+            if not client or program.proc is None:
+                continue
+            if registered.get(client, -1) in (program.pid, None):
+                program.missing_since = None
+                self.client_registered(client, program.pid)
+            elif program.state is S.RUNNING:
+                program.registered = False
+                program.missing_since = program.missing_since or now
+                if now - program.missing_since > grace_s:
+                    program.missing_since = None
+                    self.life.kill_hung(program, f"not registered with the server for {grace_s:g} s "
+                                                 f"(registered as {client} before)")
+
     def _by_client(self, client, pid):
         for program in self.programs.values():
             if program.spec.client == client and program.proc is not None:

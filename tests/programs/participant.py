@@ -20,7 +20,8 @@ class Participant(Client):
     def _note(self, run):
         with open(self.record, "a") as out:
             out.write(json.dumps({"transition": run.transition, "run": run.number, "comment": run.comment,
-                                  "params": run.params, "abort": run.abort, "rejoin": run.rejoin}) + "\n")
+                                  "params": run.params, "abort": run.abort, "rejoin": run.rejoin,
+                                  "reason": run.reason}) + "\n")
         if run.transition == self.refuse:
             raise Refused(f"{self.name} will not {run.transition}", "not_ready")
         if run.transition == self.silent:
