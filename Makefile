@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXPERIMENT ?= damicm
 
-.PHONY: run test bench fuzz clean
+.PHONY: run test bench fuzz chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_supervision.py
 	$(PY) benchmarks/bench_runs.py
 	$(PY) benchmarks/bench_flood.py
+
+# make chaos: 60 s of random SIGKILLs and SIGSTOPs on damicm; SEED=N replays one, RUNS=N runs N seeds in a row.
+SEED ?=
+RUNS ?= 1
+chaos: $(STAMP)
+	$(PY) -m tests.chaos --seconds 60 --runs $(RUNS) $(if $(SEED),--seed $(SEED))
 
 fuzz: $(STAMP)
 	ORBIT_FUZZ_EXAMPLES=5000 $(PY) -m pytest -q tests/test_fuzz.py

@@ -1,0 +1,24 @@
+"""The short chaos run: damicm under random SIGKILLs and SIGSTOPs for 20 s (the long one is `make chaos`).
+
+The seed is printed, and taken from $ORBIT_CHAOS_SEED when set, so a failure can be replayed:
+`ORBIT_CHAOS_SEED=N make test` or `python -m tests.chaos --seed N --seconds 20`.
+"""
+
+import os
+import random
+
+import pytest
+
+from tests.chaos import chaos
+
+SECONDS = 20.0
+
+
+@pytest.mark.timeout(300)
+def test_nothing_lost_and_nobody_forgotten_when_processes_die_at_random(tmp_path):
+    seed = int(os.environ.get("ORBIT_CHAOS_SEED") or random.randrange(1 << 30))
+    print(f"chaos seed {seed}: replay with ORBIT_CHAOS_SEED={seed} or python -m tests.chaos --seed {seed} "
+          f"--seconds {SECONDS:g}")
+    report = chaos(seed, SECONDS, tmp_path)
+    assert report["problems"] == [], f"seed {seed}: {report}"
+    assert report["requests"] > 0 and report["answers"].get("ok", 0) > 0 and sum(report["faults"].values()) > 0
