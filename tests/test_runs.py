@@ -193,9 +193,16 @@ def test_stopping_the_experiment_during_a_run_ends_it_and_the_next_start_is_in_s
     record = [json.loads(line) for line in (s.path.parent / "state" / "runs.jsonl").read_text().splitlines()][-1]
     assert (record["run"], record["result"], record["why"]) == (run, "ended by shutdown",
                                                                "the experiment was stopped (SIGTERM)")
+    from runcontrol.errors import RunControlError
     from tests.helpers import ControllerProcess
     s.controller = ControllerProcess(s.path).start()
-    status = wait_until(lambda: s.op.request("run", "status", timeout=5), 30, 0.3)
+
+    def status_of_the_new_controller():
+        try:
+            return s.op.request("run", "status", timeout=5)
+        except RunControlError:
+            return None
+    status = wait_until(status_of_the_new_controller, 30, 0.3)
     assert (status["state"], status["run"]) == ("STOP", None)
     wait_participants(s, "p")
     assert s.op.request("run", "prepare_run")["run"] == run + 1
