@@ -201,3 +201,66 @@ def test_send_and_status_use_the_operator_key_on_a_curve_bus(keyed):
     assert by_address.returncode == 0, by_address.stderr
     keyless = run_tool("send.py", "--server", keyed.router, "--connect-timeout", "2", "server", "_status")
     assert keyless.returncode != 0 and "experiment" not in keyless.stdout  # no key, no answer
+
+
+def test_a_forged_reply_just_after_a_restart_is_refused(tmp_path):
+    from tests.helpers import RawClient, write_experiment
+    server = ServerProcess(write_experiment(tmp_path, "fresh")).start()  # uptime: a fraction of a second
+    asker, victim, thief = (RawClient(server.router) for _ in range(3))
+    try:
+        asker.hello("asker")
+        victim.hello("victim")
+        thief.hello("thief")
+        assert asker.request({"cmd": "_status"})["result"]["settling"]  # still in the window after a start
+        asker.send({"to": "victim", "cmd": "balance", "id": "b1"})
+        victim.recv_until(lambda m: m.get("id") == "b1")
+        thief.send({"to": "asker", "cmd": "_reply", "re": "b1", "ok": True, "result": "forged"})
+        refusal = thief.recv_until(lambda m: m.get("cmd") == "_error")
+        assert refusal["code"] == "not_allowed"
+        victim.send({"to": "asker", "cmd": "_reply", "re": "b1", "ok": True, "result": "real"})
+        answers = [m for m in asker.until_pong() if m.get("re") == "b1"]
+        if not answers:
+            answers = [asker.recv_until(lambda m: m.get("re") == "b1")]
+        assert [(a["from"], a["result"]) for a in answers] == [("victim", "real")]
+    finally:
+        for raw in (asker, victim, thief):
+            raw.close()
+        assert server.stop() == 0
+
+
+def test_an_unregistered_flood_is_dropped_unread_while_registered_clients_are_served(server, echo):
+    import threading
+    import time
+    from tests.helpers import EventWatcher, RawClient
+    watcher = EventWatcher(server.events, "event.").sync(server.router)
+    quiet, flooder = RawClient(server.router), RawClient(server.router)
+    try:
+        quiet.hello("quiet")
+        done, sent = threading.Event(), [0]
+
+        def flood():  # never registers; bounded in count and time
+            deadline = time.monotonic() + 20
+            while not done.is_set() and sent[0] < 300000 and time.monotonic() < deadline:
+                flooder.sock.send(b"\xff not json")
+                sent[0] += 1
+        thread = threading.Thread(target=flood, daemon=True)
+        thread.start()
+        wait_until(lambda: sent[0] > 5000, 10, 0.01)
+        answers = [quiet.request({"to": "echo", "cmd": "echo", "n": i}, 10) for i in range(30)]
+        still = thread.is_alive()
+        done.set()
+        thread.join(30)
+        assert still, "the flood ended before the requests were answered"
+        assert [a["result"]["n"] for a in answers] == list(range(30))
+        event = watcher.wait_for("event.anonymous_throttled")
+        assert event["dropped"] > 0
+        errors = []
+        while flooder.sock.poll(500):
+            errors.append(flooder.sock.recv())
+        assert 0 < len(errors) < 100 < sent[0]  # told, a few times a second, not once per frame
+        wait_until(lambda: quiet.request({"cmd": "_stats"}, 10)["result"]["anonymous_dropped"] > 0, 5, 0.3,
+                   what="the dropped messages in the server's figures")
+    finally:
+        watcher.close()
+        quiet.close()
+        flooder.close()

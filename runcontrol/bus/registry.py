@@ -110,6 +110,7 @@ class Registry:
     def _register(self, conn, hello):
         peer = Peer(conn, hello, time.time())
         self.by_identity[conn.identity] = peer
+        self.server.anonymous.forget(conn.identity)
         self.by_name[hello.name] = peer
         log.info("client %s joined (pid %s, host %s)", hello.name, hello.pid, hello.host)
         self.server.publish_event("client_joined", name=hello.name, pid=hello.pid, host=hello.host,

@@ -87,15 +87,14 @@ class Routing:
     def _owed(self, peer, to, re_id, final):
         """Whether `peer` owes `to` an answer to request `re_id`; if not, tell `peer` and drop it.
 
-        Just after a restart the requests the previous instance routed are unknown:
-        answers to them pass while the server settles.
+        Also just after a restart: the requests the previous instance routed are unknown here, and
+        their requesters send them again once registered (the client library does), which puts them
+        on this instance's ledger; an answer to anything else is refused.
         """
         key = (to, re_id)
         if key in peer.waiting:
             if final:
                 self._answered(peer, key)
-            return True
-        if self.settling:
             return True
         self.reject(peer.conn, protocol.NOT_ALLOWED,
                     f"{to!r} sent {peer.name!r} no request {re_id!r} that awaits an answer: "
@@ -161,8 +160,11 @@ class Routing:
             return False
 
     def reject(self, conn, code, text, msg_id=None):
+        """An `_error` for what `conn` sent; to an unregistered connection only as often as its budget allows."""
         peer = self.server.registry.peer_of(conn)
         log.debug("rejected from %s: %s %s", peer.name if peer else conn.describe(), code, text)
+        if peer is None and not self.server.anonymous.may_tell(conn.identity, time.monotonic()):
+            return
         self.answer(conn, protocol.make_error(code, text, msg_id))
 
     # --- held messages ------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ class Server:
                                        self.events_address, os.getpid(), self.started)
         self.beacon = discovery.BeaconSender(spec.beacon.address, spec.beacon.port, payload)
         self.beacon_interval_s = spec.beacon.interval_s
+        self.anonymous = limits.AnonymousBudget(time.monotonic())
         self._wakeup = None
 
     # --- what commands and the parts use -------------------------------------------------------
@@ -190,6 +191,8 @@ class Server:
         """Take in one message (its frames) from `conn`: check it, then route it or serve it."""
         peer = self.registry.peer_of(conn)
         self._count_in(peer, sum(len(f) for f in frames))
+        if peer is None and not self._admit_anonymous(conn):
+            return
         if len(frames) != 1:
             self.routing.reject(conn, protocol.BAD_FRAMES, f"a message is one frame of JSON, not {len(frames)} frames")
             return
@@ -236,6 +239,17 @@ class Server:
             self.publish_event("client_throttled", name=peer.name, pid=peer.pid, dropped=dropped, limit=rate)
             self.answer(peer.conn, protocol.make_error(
                 protocol.THROTTLED, f"more than {rate:g} messages/s: {dropped} dropped; slow down"))
+        return False
+
+    def _admit_anonymous(self, conn):
+        """The budget of connections that have not registered; a flood of them is dropped unread."""
+        now = time.monotonic()
+        if self.anonymous.admit(conn.identity, now):
+            return True
+        dropped = self.anonymous.due_report(now)
+        if dropped:
+            log.warning("unregistered connections send more than allowed: %d message(s) dropped", dropped)
+            self.publish_event("anonymous_throttled", dropped=dropped, total=self.anonymous.dropped_total)
         return False
 
     def _count_in(self, peer, size):
@@ -290,6 +304,7 @@ class Server:
             peer.prev = now
         self.stats = {"interval": interval, "total": rates(totals, self._prev_totals, interval),
                       "clients": clients, "dropped": self.routing.dropped + self.sockets.dropped,
+                      "anonymous_dropped": self.anonymous.dropped_total,
                       "updated": time.time()}
         self._prev_totals = totals
 
