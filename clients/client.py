@@ -23,6 +23,7 @@ from clients.centrallog import LogHandler
 from clients.core import DEFAULT_QUEUE_SIZE, ClientCore
 from clients.events import EventStream
 from clients.link import Link
+from clients.probe import Probe
 from clients.requests import NameTaken
 from clients.settings import curve_keys, resolve_experiment
 from runcontrol import protocol
@@ -63,6 +64,9 @@ class Client(ClientCore):
         self._ctx = zmq.Context()
         self._poller = zmq.Poller()
         self._link = self._stream = None
+        self._probe = self._check = None
+        self._ignored = 0           # beacons that led nowhere, since the last time it was said
+        self._ignored_said = 0.0
         self._watched = {}
         self._beacons = self._listen(beacon_port or port, beacon_address or address)
         if self._server_fixed:
@@ -164,6 +168,8 @@ class Client(ClientCore):
             handled += len(frames)
         if self._stream is not None and self._stream.sock in ready:
             handled += self._stream.drain()
+        if self._probe is not None and (self._probe.link.sock in ready or self._probe.link.monitor in ready):
+            self._probe.read()
         for fd, callback in list(self._watched.items()):
             if fd in ready:
                 callback()
@@ -181,8 +187,12 @@ class Client(ClientCore):
                 self._close_link()
         if not self.registered and self._hello_due is not None and now >= self._hello_due:
             self._send_hello()
+        if self._probe is not None:
+            self._judge_probe(now)
 
     def _next_timer(self, now):
+        if self._probe is not None:
+            return now + 0.1
         if self.registered:
             return self._last_heard + self.timeout_s + 0.01
         if self._hello_due is not None:
@@ -283,13 +293,58 @@ class Client(ClientCore):
             return
         if self._server_fixed and beacon.router != self._server_fixed:
             return
+        if self.registered and beacon.router != self.router:
+            self._check_beacon(beacon)  # anybody can send a beacon: a working connection is not left lightly
+            return
         log.info("beacon of server %s (%s) at %s", beacon.instance, beacon.experiment, beacon.router)
         self._beacon_instance = beacon.instance
         if not self._server_fixed and beacon.router != self.router:
             self._open(beacon.router)
         else:
-            self._unregister()
-            self._send_hello()
+            self._send_hello()  # the welcome says which instance answers at this address
+
+    def _check_beacon(self, beacon):
+        if self._probe is not None:
+            self._beacon_led_nowhere(beacon, "another beacon is being checked")
+            return
+        self._probe = Probe(self._ctx, beacon, self._curve, time.monotonic())
+        self._poller.register(self._probe.link.sock, zmq.POLLIN)
+        self._poller.register(self._probe.link.monitor, zmq.POLLIN)
+        self._check = self.start({"cmd": "_ping"})
+
+    def _judge_probe(self, now):
+        probe, ours_answered = self._probe, self._check.answer is not None
+        verdict = probe.verdict(now, ours_answered)
+        if verdict == "wait":
+            return
+        self._drop_probe()
+        if verdict == "move":
+            log.info("server %s at %s answers and ours at %s does not: moving to it", probe.beacon.instance,
+                     probe.beacon.router, self.router)
+            self._beacon_instance = probe.beacon.instance
+            self._open(probe.beacon.router)
+        else:
+            why = probe.refused or ("our server answers" if ours_answered else "no answer there")
+            self._beacon_led_nowhere(probe.beacon, why)
+
+    def _drop_probe(self):
+        if self._probe is not None:
+            self._poller.unregister(self._probe.link.sock)
+            self._poller.unregister(self._probe.link.monitor)
+            self._probe.close()
+            self._probe = None
+        if self._check is not None:
+            self.abandon(self._check)
+            self._check = None
+
+    def _beacon_led_nowhere(self, beacon, why):
+        """Counted; said at most every 10 s, so a storm of forged beacons costs a line, not a flood."""
+        self._ignored += 1
+        now = time.monotonic()
+        if now - self._ignored_said >= 10.0:
+            log.warning("ignored %d beacon(s) that led nowhere (last: server %s at %s: %s)", self._ignored,
+                        beacon.instance, beacon.router, why)
+            self._ignored, self._ignored_said = 0, now
 
     # --- event stream -----------------------------------------------------------------------
 
@@ -331,6 +386,7 @@ class Client(ClientCore):
             self._send_raw(protocol.encode({"cmd": "_bye"}))
         if self._outbox:
             log.warning("closing with %d message(s) never sent", len(self._outbox))
+        self._drop_probe()
         if self._link is not None:
             self._link.close(linger=200 if registered else 0)
         if self._stream is not None:

@@ -191,10 +191,10 @@ class ClientCore:
                 else RequestFailed(answer.error, answer.code)
             return False
         was_registered, self.registered = self.registered, True
-        self.instance = welcome.instance
+        known, self.instance = self.instance, welcome.instance
         self.heartbeat_s, self.timeout_s = welcome.heartbeat_s, welcome.timeout_s
         self._on_registered(welcome, was_registered)
-        if self._ever_registered and not was_registered:
+        if self._ever_registered and (not was_registered or known != welcome.instance):
             self._resend_unanswered()
         self._ever_registered = True
         self._flush()

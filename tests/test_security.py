@@ -264,3 +264,42 @@ def test_an_unregistered_flood_is_dropped_unread_while_registered_clients_are_se
         watcher.close()
         quiet.close()
         flooder.close()
+
+
+def test_a_storm_of_forged_beacons_never_takes_a_client_off_its_server(server, echo, make_client):
+    """Without CURVE, and a rogue that even answers pings: the client stays while its own server answers."""
+    import threading
+    import time
+    client = make_client("steady")
+    ctx = zmq.Context.instance()
+    rogue = ctx.socket(zmq.ROUTER)
+    rogue.setsockopt(zmq.LINGER, 0)
+    rogue_router = f"tcp://127.0.0.1:{rogue.bind_to_random_port('tcp://127.0.0.1')}"
+    received, stop = [], threading.Event()
+
+    def answer_pings():  # bounded by the test's own end
+        while not stop.is_set():
+            if rogue.poll(50):
+                identity, data = rogue.recv_multipart()
+                msg = json.loads(data)
+                received.append(msg["cmd"])
+                if msg["cmd"] == "_ping":
+                    rogue.send_multipart([identity, protocol.encode(protocol.make_pong(msg.get("id")))])
+    thread = threading.Thread(target=answer_pings, daemon=True)
+    thread.start()
+    sender = discovery.BeaconSender("127.255.255.255", server.beacon_port, b"")
+    try:
+        answers, deadline, n = [], time.monotonic() + 6, 0
+        while time.monotonic() < deadline and n < 400:  # a new forged instance every 50 ms, a request each time
+            sender.payload = protocol.make_beacon(server.name, f"forged{n}", rogue_router, rogue_router, 1, 0.0)
+            sender.send()
+            answers.append(client.request("echo", "echo", timeout=10, n=n)["n"])
+            n += 1
+        assert answers == list(range(n))  # every request answered, none failed
+        assert client.router == server.router and client.instance == server.beacon.instance
+        assert "_hello" not in received  # the rogue was pinged at most, never told who we are
+    finally:
+        stop.set()
+        thread.join(5)
+        sender.close()
+        rogue.close()
