@@ -11,19 +11,17 @@ Single-threaded by design: everything happens inside `poll()` (or
 stops answering pings and is seen as hung. Not thread-safe, except `LogHandler`.
 """
 
-import collections
 import logging
 import os
-import threading
 import time
 
 import zmq
 
-from clients.centrallog import LogHandler
+from clients.centrallog import LogHandler, LogRelay
 from clients.core import DEFAULT_QUEUE_SIZE, ClientCore
 from clients.events import EventStream
 from clients.link import Link
-from clients.probe import Probe
+from clients.probe import BeaconChecks
 from clients.requests import NameTaken
 from clients.settings import curve_keys, resolve_experiment
 from runcontrol import protocol
@@ -36,7 +34,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REQUEST_TIMEOUT_S = 5.0
 HELLO_RETRY_S = 1.0
-LOG_BACKLOG = 1000   # records from other threads kept until the next poll
 
 
 class Client(ClientCore):
@@ -53,9 +50,8 @@ class Client(ClientCore):
         self._server_fixed = server or os.environ.get("ORBIT_SERVER") or None
         self.experiment, port, address, curve = resolve_experiment(experiment or os.environ.get("ORBIT_EXPERIMENT"))
         self._curve = curve_keys(curve, name, key or os.environ.get("ORBIT_KEY"), os.environ.get("ORBIT_SERVER_KEY"))
-        self._log_backlog = collections.deque(maxlen=LOG_BACKLOG)
-        self._owner = threading.get_ident()
-        self._in_log = False
+        self._logs = LogRelay(lambda level, text, logger: self.send(None, "_log", level=level, msg=text,
+                                                                    logger=logger))
         self.events_address = None
         self._beacon_instance = None
         self._hello_due = None
@@ -64,9 +60,8 @@ class Client(ClientCore):
         self._ctx = zmq.Context()
         self._poller = zmq.Poller()
         self._link = self._stream = None
-        self._probe = self._check = None
-        self._ignored = 0           # beacons that led nowhere, since the last time it was said
-        self._ignored_said = 0.0
+        self._checks = BeaconChecks(self._ctx, self._curve, self._poller, lambda: self.start({"cmd": "_ping"}),
+                                    self.abandon)
         self._watched = {}
         self._beacons = self._listen(beacon_port or port, beacon_address or address)
         if self._server_fixed:
@@ -146,8 +141,7 @@ class Client(ClientCore):
             wait_s = min(deadline, self._next_timer(now)) - now
             ready = dict(self._poller.poll(max(0, wait_s) * 1000))
             handled = self._process(ready) if ready else 0
-            if self._log_backlog and threading.get_ident() == self._owner:
-                self._flush_logs()
+            self._logs.flush()
             if handled or time.monotonic() >= deadline:
                 return handled
 
@@ -168,8 +162,7 @@ class Client(ClientCore):
             handled += len(frames)
         if self._stream is not None and self._stream.sock in ready:
             handled += self._stream.drain()
-        if self._probe is not None and (self._probe.link.sock in ready or self._probe.link.monitor in ready):
-            self._probe.read()
+        self._checks.read(ready)
         for fd, callback in list(self._watched.items()):
             if fd in ready:
                 callback()
@@ -187,11 +180,15 @@ class Client(ClientCore):
                 self._close_link()
         if not self.registered and self._hello_due is not None and now >= self._hello_due:
             self._send_hello()
-        if self._probe is not None:
-            self._judge_probe(now)
+        moved_to = self._checks.judge(now)
+        if moved_to is not None:
+            log.info("server %s at %s answers and ours at %s does not: moving to it", moved_to.instance,
+                     moved_to.router, self.router)
+            self._beacon_instance = moved_to.instance
+            self._open(moved_to.router)
 
     def _next_timer(self, now):
-        if self._probe is not None:
+        if self._checks.probe is not None:
             return now + 0.1
         if self.registered:
             return self._last_heard + self.timeout_s + 0.01
@@ -294,7 +291,7 @@ class Client(ClientCore):
         if self._server_fixed and beacon.router != self._server_fixed:
             return
         if self.registered and beacon.router != self.router:
-            self._check_beacon(beacon)  # anybody can send a beacon: a working connection is not left lightly
+            self._checks.check(beacon, time.monotonic())  # anybody can send one: a working connection stays
             return
         log.info("beacon of server %s (%s) at %s", beacon.instance, beacon.experiment, beacon.router)
         self._beacon_instance = beacon.instance
@@ -302,49 +299,6 @@ class Client(ClientCore):
             self._open(beacon.router)
         else:
             self._send_hello()  # the welcome says which instance answers at this address
-
-    def _check_beacon(self, beacon):
-        if self._probe is not None:
-            self._beacon_led_nowhere(beacon, "another beacon is being checked")
-            return
-        self._probe = Probe(self._ctx, beacon, self._curve, time.monotonic())
-        self._poller.register(self._probe.link.sock, zmq.POLLIN)
-        self._poller.register(self._probe.link.monitor, zmq.POLLIN)
-        self._check = self.start({"cmd": "_ping"})
-
-    def _judge_probe(self, now):
-        probe, ours_answered = self._probe, self._check.answer is not None
-        verdict = probe.verdict(now, ours_answered)
-        if verdict == "wait":
-            return
-        self._drop_probe()
-        if verdict == "move":
-            log.info("server %s at %s answers and ours at %s does not: moving to it", probe.beacon.instance,
-                     probe.beacon.router, self.router)
-            self._beacon_instance = probe.beacon.instance
-            self._open(probe.beacon.router)
-        else:
-            why = probe.refused or ("our server answers" if ours_answered else "no answer there")
-            self._beacon_led_nowhere(probe.beacon, why)
-
-    def _drop_probe(self):
-        if self._probe is not None:
-            self._poller.unregister(self._probe.link.sock)
-            self._poller.unregister(self._probe.link.monitor)
-            self._probe.close()
-            self._probe = None
-        if self._check is not None:
-            self.abandon(self._check)
-            self._check = None
-
-    def _beacon_led_nowhere(self, beacon, why):
-        """Counted; said at most every 10 s, so a storm of forged beacons costs a line, not a flood."""
-        self._ignored += 1
-        now = time.monotonic()
-        if now - self._ignored_said >= 10.0:
-            log.warning("ignored %d beacon(s) that led nowhere (last: server %s at %s: %s)", self._ignored,
-                        beacon.instance, beacon.router, why)
-            self._ignored, self._ignored_said = 0, now
 
     # --- event stream -----------------------------------------------------------------------
 
@@ -361,18 +315,7 @@ class Client(ClientCore):
 
     def log_record(self, level, text, logger=""):
         """Send a log record as `_log`; from other threads it waits for the next poll."""
-        if threading.get_ident() != self._owner or self._in_log:
-            self._log_backlog.append((level, text, logger))
-            return
-        self._in_log = True
-        try:
-            self.send(None, "_log", level=level, msg=text, logger=logger)
-        finally:
-            self._in_log = False
-
-    def _flush_logs(self):
-        while self._log_backlog:
-            self.log_record(*self._log_backlog.popleft())
+        self._logs.record(level, text, logger)
 
     # --- lifetime -------------------------------------------------------------------------------
 
@@ -386,7 +329,7 @@ class Client(ClientCore):
             self._send_raw(protocol.encode({"cmd": "_bye"}))
         if self._outbox:
             log.warning("closing with %d message(s) never sent", len(self._outbox))
-        self._drop_probe()
+        self._checks.close()
         if self._link is not None:
             self._link.close(linger=200 if registered else 0)
         if self._stream is not None:

@@ -8,12 +8,18 @@ own did not within VERIFY_S. Must not touch the client's own connection.
 """
 
 import itertools
+import logging
+
+import zmq
 
 from clients.link import Link
 from runcontrol import protocol
 
+log = logging.getLogger("clients.client")
+
 VERIFY_S = 1.0       # how long our own server has to answer before an answering new one wins
 GIVE_UP_S = 5.0      # a probe that learned nothing by then is dropped
+SAY_EVERY_S = 10.0   # beacons that led nowhere are said at most this often
 _ids = itertools.count(1)
 
 
@@ -55,3 +61,64 @@ class Probe:
 
     def close(self):
         self.link.close()
+
+
+class BeaconChecks:
+    """The beacon a registered client is checking (one at a time), and the count of those that led nowhere.
+
+    `ping_ours()` sends a `_ping` to the client's own server and returns its Pending; `abandon(pending)`
+    forgets it. Readable sockets go in `poller`.
+    """
+
+    def __init__(self, ctx, curve, poller, ping_ours, abandon):
+        self.ctx, self.curve, self.poller = ctx, curve, poller
+        self.ping_ours, self.abandon = ping_ours, abandon
+        self.probe = self.ours = None
+        self.ignored, self.said_at = 0, 0.0
+
+    def check(self, beacon, now):
+        if self.probe is not None:
+            self._led_nowhere(beacon, "another beacon is being checked", now)
+            return
+        self.probe = Probe(self.ctx, beacon, self.curve, now)
+        self.poller.register(self.probe.link.sock, zmq.POLLIN)
+        self.poller.register(self.probe.link.monitor, zmq.POLLIN)
+        self.ours = self.ping_ours()
+
+    def read(self, ready):
+        if self.probe is not None and (self.probe.link.sock in ready or self.probe.link.monitor in ready):
+            self.probe.read()
+
+    def judge(self, now):
+        """The beacon to move to, once it is clear; None while checking, or when it led nowhere."""
+        probe = self.probe
+        if probe is None:
+            return None
+        ours_answered = self.ours.answer is not None
+        verdict = probe.verdict(now, ours_answered)
+        if verdict == "wait":
+            return None
+        self.close()
+        if verdict == "move":
+            return probe.beacon
+        self._led_nowhere(probe.beacon, probe.refused or ("our server answers" if ours_answered
+                                                          else "no answer there"), now)
+        return None
+
+    def _led_nowhere(self, beacon, why, now):
+        """Counted; said at most every SAY_EVERY_S, so a storm of forged beacons costs a line, not a flood."""
+        self.ignored += 1
+        if now - self.said_at >= SAY_EVERY_S:
+            log.warning("ignored %d beacon(s) that led nowhere (last: server %s at %s: %s)", self.ignored,
+                        beacon.instance, beacon.router, why)
+            self.ignored, self.said_at = 0, now
+
+    def close(self):
+        if self.probe is not None:
+            self.poller.unregister(self.probe.link.sock)
+            self.poller.unregister(self.probe.link.monitor)
+            self.probe.close()
+            self.probe = None
+        if self.ours is not None:
+            self.abandon(self.ours)
+            self.ours = None
