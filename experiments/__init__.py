@@ -101,6 +101,15 @@ class ChildSpec:
 
 
 @dataclass(frozen=True)
+class HostSpec:
+    """Another host of the experiment, whose programs run under its supervisord."""
+    name: str
+    supervisord: str          # its XML-RPC address
+    username: object = None
+    password_file: object = None   # a Path, or None on loopback without credentials
+
+
+@dataclass(frozen=True)
 class LogRotation:
     max_bytes: int
     keep: int
@@ -208,7 +217,7 @@ def validate(raw):
     problems = [f"{json_path(e.absolute_path)}: {explain(e)}" for e in errors]
     if not isinstance(raw, dict):
         return problems
-    return problems + checks.cross_check(raw) + checks.network_exposure(raw)
+    return problems + checks.cross_check(raw) + checks.network_exposure(raw) + checks.host_credentials(raw)
 
 
 def json_path(parts):
@@ -277,10 +286,16 @@ def freeze(raw, path):
             curve=curve_spec(server.get("curve"), folder)),
         paths=PathsSpec(*(folder / paths[key] for key in ("logs", "data", "state"))),
         programs=programs,
-        hosts=MappingProxyType(copy.deepcopy(raw["hosts"])),
+        hosts=MappingProxyType({name: host_spec(name, host, folder) for name, host in raw["hosts"].items()}),
         logs=LogRotation(raw["logs"]["max_bytes"], raw["logs"]["keep"]),
         warnings=tuple(checks.missing_commands(programs)),
     )
+
+
+def host_spec(name, host, folder):
+    password_file = host.get("password_file")
+    return HostSpec(name, host["supervisord"], host.get("username"),
+                    (folder / password_file).resolve() if password_file else None)
 
 
 def curve_spec(curve, folder):

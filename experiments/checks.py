@@ -1,6 +1,7 @@
 """Checks a schema cannot express: dependencies, cycles, shared client names, hosts; start order."""
 
 import shutil
+import urllib.parse
 from pathlib import Path
 
 
@@ -41,6 +42,26 @@ def network_exposure(raw):
     return [f"server.{key}: {server[key]} can be reached from the network: give server.curve "
             "(keys made by python -m runcontrol.keys) or set server.insecure to true"
             for key in ("router", "events") if isinstance(server.get(key), str) and not is_loopback(server[key])]
+
+
+def host_credentials(raw):
+    """A host's supervisord off loopback needs a username and a password file: its HTTP has no encryption."""
+    hosts = raw.get("hosts") if isinstance(raw.get("hosts"), dict) else {}
+    problems = []
+    for name, host in hosts.items():
+        url = host.get("supervisord") if isinstance(host, dict) else None
+        if not isinstance(url, str) or is_loopback_url(url):
+            continue
+        if not host.get("username") or not host.get("password_file"):
+            problems.append(f"hosts.{name}.supervisord: {url} is off loopback: give hosts.{name}.username and "
+                            f"hosts.{name}.password_file (supervisord's HTTP interface has no encryption: keep it "
+                            "on a private DAQ network, with a password)")
+    return problems
+
+
+def is_loopback_url(url):
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def is_loopback(address):

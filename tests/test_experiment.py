@@ -197,3 +197,23 @@ def test_invalid_bus_settings_are_refused_with_their_path(tmp_path):
     with pytest.raises(ConfigError) as refused:
         experiments.bus_settings(path)
     assert refused.value.problems == ['server.beacon.port: "x" is not of type integer']
+
+
+def test_a_supervisord_off_loopback_needs_credentials(tmp_path):
+    def load(host):
+        path = tmp_path / "hosts.json"
+        path.write_text(json.dumps({"name": "h", "hosts": {"daq2": host},
+                                    "programs": {"a": {"cmd": ["x"], "host": "daq2"}}}))
+        return experiments.load(path)
+    with pytest.raises(ConfigError) as refused:
+        load({"supervisord": "http://10.0.0.2:9001/RPC2"})
+    assert refused.value.problems == [
+        "hosts.daq2.supervisord: http://10.0.0.2:9001/RPC2 is off loopback: give hosts.daq2.username and "
+        "hosts.daq2.password_file (supervisord's HTTP interface has no encryption: keep it on a private DAQ "
+        "network, with a password)"]
+    host = load({"supervisord": "http://10.0.0.2:9001/RPC2", "username": "orbit",
+                 "password_file": "keys/daq2.pass"}).hosts["daq2"]
+    assert (host.supervisord, host.username, host.password_file) == (
+        "http://10.0.0.2:9001/RPC2", "orbit", (tmp_path / "keys" / "daq2.pass").resolve())
+    local = load({"supervisord": "http://127.0.0.1:9001/RPC2"}).hosts["daq2"]
+    assert (local.username, local.password_file) == (None, None)
