@@ -2,6 +2,7 @@
 """Start an experiment and keep it up until Ctrl-C or SIGTERM.
 
   python run.py damicm [--headless] [--check]
+  python run.py damicm --export HOST DIR      what HOST needs to run its programs under its supervisord
 
 Starts the central server and the run controller, each kept alive by a pid-file
 watchdog; the run controller starts every program of the experiment in
@@ -21,6 +22,7 @@ import experiments
 from runcontrol import logsetup
 from runcontrol.control.launch import launch, plan
 from runcontrol.errors import ConfigError
+from runcontrol.supervision.export import export
 from runcontrol.signals import SignalWakeup
 
 log = logging.getLogger("run")
@@ -40,6 +42,8 @@ def main(argv=None):
     parser.add_argument("--headless", action="store_true", help="log to stdout instead of a live view")
     parser.add_argument("--check", action="store_true",
                         help="validate the experiment and print its start plan; start nothing")
+    parser.add_argument("--export", nargs=2, metavar=("HOST", "DIR"),
+                        help="write what HOST needs (supervisord.conf, keys, README) into DIR; start nothing")
     args = parser.parse_args(argv)
     logsetup.configure("INFO")
     try:
@@ -49,6 +53,14 @@ def main(argv=None):
         return 2
     if args.check:
         print(plan(experiment))
+        return 0
+    if args.export:
+        try:
+            written = export(experiment, *args.export)
+        except ConfigError as exc:
+            print(f"run.py: {exc}", file=sys.stderr)
+            return 2
+        print("\n".join(str(path) for path in written))
         return 0
     in_terminal = not args.headless and sys.stdout.isatty()
     output, view = None, None

@@ -1,0 +1,138 @@
+"""What another host needs to run its programs under its own supervisord, written into one folder.
+
+  python run.py EXPERIMENT --export HOST DIR
+
+Writes into DIR: `supervisord.conf` (an `[inet_http_server]` with the host's
+credentials; one `[program:x]` per program of that host, never started or
+restarted by supervisord itself, since Orbit alone decides that, with its own
+backoff and intensity; stop signal and grace; the whole process group stopped
+and killed; environment; directory; log files rotated as the experiment says),
+a copy of the experiment file, the CURVE keys of that host's programs and the
+server's public key when the bus uses CURVE, and a README with the commands to
+run there. Copying DIR and starting supervisord is the whole deployment. Must
+not start anything.
+"""
+
+import shlex
+import shutil
+import sys
+import urllib.parse
+from pathlib import Path
+
+from runcontrol.errors import ConfigError
+
+CONF = "supervisord.conf"
+EXPERIMENT_COPY = "experiment.json"
+README = """# {experiment}: host {host}
+
+What runs here: {programs}. Orbit's run controller starts, stops and restarts them
+through this host's supervisord at {url}; supervisord never does on its own.
+
+On {host}, with Orbit's checkout at the same path as on the controller's host
+({root}) and its virtual environment made there (`make test` or `make .venv/.installed`):
+
+    cd {folder} && {python} -m supervisor.supervisord -c {conf}
+    {python} -m supervisor.supervisorctl -c {folder}/{conf} status
+
+The first starts supervisord (it goes to the background; its log is log/supervisord.log);
+the second shows the programs, STOPPED until the run controller starts them.
+"""
+
+
+def programs_of(experiment, host):
+    return [p for p in experiment.programs if p.host == host]
+
+
+def export(experiment, host, folder):
+    """Write what `host` needs into `folder`; returns the files written. ConfigError for an unknown host."""
+    spec = experiment.hosts.get(host)
+    if spec is None:
+        known = ", ".join(experiment.hosts) or "none"
+        raise ConfigError(f"experiment {experiment.name} has no host {host!r} (hosts: {known})")
+    folder = Path(folder).resolve()
+    (folder / "log").mkdir(parents=True, exist_ok=True)
+    written = [folder / EXPERIMENT_COPY]
+    shutil.copyfile(experiment.path, written[0])
+    keys = copy_keys(experiment, host, folder)
+    written.extend(keys.values())
+    conf = folder / CONF
+    conf.write_text(configuration(experiment, spec, folder, keys), encoding="utf-8")
+    conf.chmod(0o600)  # it holds the password
+    readme = folder / "README.md"
+    readme.write_text(README.format(
+        experiment=experiment.name, host=host, url=spec.supervisord, folder=folder, conf=CONF,
+        root=Path(__file__).resolve().parents[2], python=sys.executable,
+        programs=", ".join(p.name for p in programs_of(experiment, host)) or "no program yet"), encoding="utf-8")
+    return [conf, readme, *written]
+
+
+def configuration(experiment, host, folder, keys):
+    address = urllib.parse.urlsplit(host.supervisord)
+    port = f"{address.hostname}:{address.port or 9001}"
+    password = read_password(host)
+    lines = ["[supervisord]", f"logfile={folder / 'log' / 'supervisord.log'}",
+             f"pidfile={folder / 'supervisord.pid'}", f"childlogdir={folder / 'log'}", "",
+             "[inet_http_server]", f"port={port}"]
+    lines += [f"username={host.username}", f"password={password}"] if host.username else []
+    lines += ["", "[rpcinterface:supervisor]",
+              "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
+              "[supervisorctl]", f"serverurl=http://{port}"]
+    lines += [f"username={host.username}", f"password={password}"] if host.username else []
+    for program in programs_of(experiment, host.name):
+        lines += ["", *program_section(experiment, program, folder, keys)]
+    return "\n".join(lines) + "\n"
+
+
+def program_section(experiment, program, folder, keys):
+    name = program.client or program.name
+    env = {**program.env, "ORBIT_NAME": name, "ORBIT_EXPERIMENT": str(folder / EXPERIMENT_COPY)}
+    if f"{name}.key_secret" in keys:
+        env.update(ORBIT_KEY=str(keys[f"{name}.key_secret"]), ORBIT_SERVER_KEY=str(keys["server.key"]))
+    log = folder / "log" / f"{program.name}.log"
+    return [f"[program:{program.name}]",
+            f"command={shlex.join(program.argv)}",
+            f"directory={program.cwd}",
+            "environment=" + ",".join(f'{key}="{quoted(value)}"' for key, value in env.items()),
+            "autostart=false", "autorestart=false", "startsecs=0", "startretries=0",
+            f"stopsignal={program.stop_signal.name.removeprefix('SIG')}",
+            f"stopwaitsecs={max(1, round(program.stop_timeout_s))}",
+            "stopasgroup=true", "killasgroup=true", "redirect_stderr=true",
+            f"stdout_logfile={log}", f"stdout_logfile_maxbytes={experiment.logs.max_bytes}",
+            f"stdout_logfile_backups={experiment.logs.keep}"]
+
+
+def quoted(value):
+    """A value for supervisord's environment= line: its quotes escaped, its % doubled (it expands %(name)s)."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+
+
+def read_password(host):
+    if host.password_file is None:
+        return None
+    try:
+        return host.password_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"hosts.{host.name}.password_file: cannot read {host.password_file}: "
+                          f"{exc.strerror}") from None
+
+
+def copy_keys(experiment, host, folder):
+    """The CURVE keys of the host's programs and the server's public key, copied under folder/keys."""
+    curve = experiment.server.curve
+    if curve is None:
+        return {}
+    target = folder / "keys"
+    target.mkdir(mode=0o700, exist_ok=True)
+    copied = {"server.key": target / "server.key"}
+    shutil.copyfile(curve.server_key, copied["server.key"])
+    for program in programs_of(experiment, host):
+        name = program.client or program.name
+        for suffix in ("key", "key_secret"):
+            source = curve.clients / f"{name}.{suffix}"
+            if not source.exists():
+                raise ConfigError(f"no CURVE key {source} for {name} (make them with python -m runcontrol.keys)")
+            copied[f"{name}.{suffix}"] = target / source.name
+            shutil.copyfile(source, copied[f"{name}.{suffix}"])
+            if suffix == "key_secret":
+                copied[f"{name}.{suffix}"].chmod(0o600)
+    return copied

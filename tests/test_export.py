@@ -1,0 +1,87 @@
+"""Exporting a host: a real supervisord started from the folder run.py --export writes, driven over XML-RPC."""
+
+import json
+import random
+import subprocess
+import sys
+import xmlrpc.client
+
+import psutil
+
+from runcontrol import process
+from tests.helpers import PROGRAMS, ROOT, env_for_children, wait_until
+
+
+def experiment_with_a_host(folder, port):
+    (folder / "keys").mkdir()
+    (folder / "keys" / "daq2.pass").write_text("s3cret\n")
+    path = folder / "two.json"
+    path.write_text(json.dumps({
+        "name": "two", "paths": {"logs": "log", "data": "data", "state": "state"},
+        "hosts": {"daq2": {"supervisord": f"http://127.0.0.1:{port}/RPC2", "username": "orbit",
+                           "password_file": "keys/daq2.pass"}},
+        "programs": {"here": {"cmd": ["python", str(PROGRAMS / "crash_after.py"), "600"]},
+                     "there": {"cmd": ["python", str(PROGRAMS / "crash_after.py"), "600"], "host": "daq2",
+                               "client": "board", "env": {"DETECTOR": "ccd 3"}, "stop_signal": "INT",
+                               "stop_timeout": 3}}}))
+    return path
+
+
+def start_supervisord(folder):
+    """supervisord on a random loopback port, in the foreground; another port when that one is taken."""
+    for _ in range(5):
+        port = random.randint(20000, 60000)
+        (folder / str(port)).mkdir()
+        path = experiment_with_a_host(folder / str(port), port)
+        export = folder / str(port) / "daq2"
+        made = subprocess.run([sys.executable, "run.py", str(path), "--export", "daq2", str(export)], cwd=ROOT,
+                              env=env_for_children(), capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+        proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-n", "-c",
+                                 str(export / "supervisord.conf")], cwd=export, env=env_for_children(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        rpc = xmlrpc.client.ServerProxy(f"http://orbit:s3cret@127.0.0.1:{port}/RPC2")
+
+        def answers():
+            try:
+                return rpc.supervisor.getState()["statename"] == "RUNNING"
+            except (OSError, xmlrpc.client.Error):
+                return proc.poll() is not None  # it gave up (the port was taken): try another
+        wait_until(answers, 20, 0.1, what="supervisord to answer")
+        if proc.poll() is None:
+            return proc, rpc, export
+    raise AssertionError("no free port for supervisord after 5 tries")
+
+
+def test_the_exported_folder_runs_that_hosts_programs_under_its_supervisord_and_only_when_asked(tmp_path):
+    proc, rpc, export = start_supervisord(tmp_path)
+    try:
+        assert (export / "supervisord.conf").stat().st_mode & 0o077 == 0  # it holds the password
+        assert "supervisord -c supervisord.conf" in (export / "README.md").read_text()
+        listed = {p["name"]: p["statename"] for p in rpc.supervisor.getAllProcessInfo()}
+        assert listed == {"there": "STOPPED"}  # only this host's programs, and none started by itself
+        rpc.supervisor.startProcess("there")
+        info = rpc.supervisor.getProcessInfo("there")
+        assert info["statename"] == "RUNNING"
+        log = export / "log" / "there.log"
+        wait_until(lambda: log.exists() and "exiting in 600 s" in log.read_text(), 10, 0.1)  # past its exec
+        env = psutil.Process(info["pid"]).environ()
+        assert (env["ORBIT_NAME"], env["DETECTOR"]) == ("board", "ccd 3")
+        assert env["ORBIT_EXPERIMENT"] == str(export / "experiment.json")
+        pid = info["pid"]
+        psutil.Process(pid).kill()
+        wait_until(lambda: rpc.supervisor.getProcessInfo("there")["statename"] == "EXITED", 10, 0.1)
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert rpc.supervisor.getProcessInfo("there")["statename"] == "EXITED"  # not restarted: Orbit decides
+        rpc.supervisor.startProcess("there")
+        rpc.supervisor.stopProcess("there")
+        assert rpc.supervisor.getProcessInfo("there")["statename"] == "STOPPED"
+    finally:
+        process.stop_group(proc, 15)
+
+
+def test_export_of_an_unknown_host_says_which_there_are(tmp_path):
+    path = experiment_with_a_host(tmp_path, 9001)
+    made = subprocess.run([sys.executable, "run.py", str(path), "--export", "daq9", str(tmp_path / "out")],
+                          cwd=ROOT, env=env_for_children(), capture_output=True, text=True, timeout=60)
+    assert made.returncode == 2 and "experiment two has no host 'daq9' (hosts: daq2)" in made.stderr
