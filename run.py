@@ -22,6 +22,7 @@ import experiments
 from runcontrol import logsetup
 from runcontrol.control.launch import launch, plan
 from runcontrol.errors import ConfigError
+from runcontrol.supervision.backends import supervisord
 from runcontrol.supervision.export import export
 from runcontrol.signals import SignalWakeup
 
@@ -52,7 +53,7 @@ def main(argv=None):
         print(f"run.py: {exc}", file=sys.stderr)
         return 2
     if args.check:
-        print(plan(experiment))
+        print(plan(experiment, supervisord.check))
         return 0
     if args.export:
         try:

@@ -8,7 +8,9 @@ import xmlrpc.client
 
 import psutil
 
+import experiments
 from runcontrol import process
+from runcontrol.supervision.backends import supervisord
 from tests.helpers import PROGRAMS, ROOT, env_for_children, wait_until
 
 
@@ -49,15 +51,24 @@ def start_supervisord(folder):
                 return proc.poll() is not None  # it gave up (the port was taken): try another
         wait_until(answers, 20, 0.1, what="supervisord to answer")
         if proc.poll() is None:
-            return proc, rpc, export
+            return proc, rpc, export, port
     raise AssertionError("no free port for supervisord after 5 tries")
 
 
 def test_the_exported_folder_runs_that_hosts_programs_under_its_supervisord_and_only_when_asked(tmp_path):
-    proc, rpc, export = start_supervisord(tmp_path)
+    proc, rpc, export, port = start_supervisord(tmp_path)
     try:
         assert (export / "supervisord.conf").stat().st_mode & 0o077 == 0  # it holds the password
         assert "supervisord -c supervisord.conf" in (export / "README.md").read_text()
+        checked = subprocess.run([sys.executable, "run.py", str(export.parent / "two.json"), "--check"], cwd=ROOT,
+                                 env=env_for_children(), capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 0, checked.stderr
+        assert "host daq2 (supervisord http://127.0.0.1:" in checked.stdout
+        assert "): there; supervisord answers" in checked.stdout and "warning" not in checked.stdout
+        wrong = tmp_path / "wrong.pass"
+        wrong.write_text("guess")
+        impostor = experiments.HostSpec("daq2", f"http://127.0.0.1:{port}/RPC2", "orbit", wrong)
+        assert supervisord.check(impostor) == "refused: 401 Unauthorized (username or password?)"
         listed = {p["name"]: p["statename"] for p in rpc.supervisor.getAllProcessInfo()}
         assert listed == {"there": "STOPPED"}  # only this host's programs, and none started by itself
         rpc.supervisor.startProcess("there")
@@ -85,3 +96,12 @@ def test_export_of_an_unknown_host_says_which_there_are(tmp_path):
     made = subprocess.run([sys.executable, "run.py", str(path), "--export", "daq9", str(tmp_path / "out")],
                           cwd=ROOT, env=env_for_children(), capture_output=True, text=True, timeout=60)
     assert made.returncode == 2 and "experiment two has no host 'daq9' (hosts: daq2)" in made.stderr
+
+
+def test_check_warns_when_a_hosts_supervisord_does_not_answer(tmp_path):
+    path = experiment_with_a_host(tmp_path, 1)  # nothing listens on port 1
+    checked = subprocess.run([sys.executable, "run.py", str(path), "--check"], cwd=ROOT, env=env_for_children(),
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr  # a warning, not an error
+    assert "host daq2 (supervisord http://127.0.0.1:1/RPC2): there" in checked.stdout
+    assert "warning: host daq2's supervisord at http://127.0.0.1:1/RPC2: does not answer" in checked.stdout

@@ -37,8 +37,9 @@ def controller_grace(experiment):
     return SHUTDOWN_TIMEOUT_S + sum(p.stop_timeout_s for p in experiment.programs) + GRACE_S
 
 
-def plan(experiment):
-    """The start plan of an experiment, as `run.py --check` prints it."""
+def plan(experiment, check_host=None):
+    """The start plan of an experiment, as `run.py --check` prints it; `check_host(host)` says what is wrong
+    with a host's supervisord (None when it answers)."""
     server = experiment.server
     lines = [f"experiment {experiment.name} ({experiment.path})",
              f"server: router {server.router}, events {server.events}, beacon {server.beacon.address}:"
@@ -54,7 +55,15 @@ def plan(experiment):
                      f"on {program.host}{after}: {' '.join(program.argv)}")
     if not experiment.programs:
         lines.append("  (no programs)")
-    lines.extend(f"warning: {w}" for w in experiment.warnings)
+    warnings = list(experiment.warnings)
+    for name, host in experiment.hosts.items():
+        there = [p.name for p in experiment.programs if p.host == name]
+        problem = check_host(host) if check_host else None
+        lines.append(f"host {name} (supervisord {host.supervisord}): {', '.join(there) or 'no programs'}"
+                     f"{'' if check_host is None or problem else '; supervisord answers'}")
+        if problem:
+            warnings.append(f"host {name}'s supervisord at {host.supervisord}: {problem}")
+    lines.extend(f"warning: {w}" for w in warnings)
     return "\n".join(lines)
 
 
