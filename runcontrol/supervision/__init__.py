@@ -1,1 +1,1 @@
-"""The supervision: the supervisor and its backends (local processes; each host's supervisord later)."""
+"""The supervision: the supervisor and its backends (local processes; other hosts' supervisord), and the export of what a host needs."""
