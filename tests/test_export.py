@@ -14,7 +14,7 @@ from runcontrol.supervision.backends import supervisord
 from tests.helpers import PROGRAMS, ROOT, env_for_children, wait_until
 
 
-def experiment_with_a_host(folder, port):
+def experiment_with_a_host(folder, port, client="board"):
     (folder / "keys").mkdir()
     (folder / "keys" / "daq2.pass").write_text("s3cret\n")
     path = folder / "two.json"
@@ -24,17 +24,17 @@ def experiment_with_a_host(folder, port):
                            "password_file": "keys/daq2.pass"}},
         "programs": {"here": {"cmd": ["python", str(PROGRAMS / "crash_after.py"), "600"]},
                      "there": {"cmd": ["python", str(PROGRAMS / "crash_after.py"), "600"], "host": "daq2",
-                               "client": "board", "env": {"DETECTOR": "ccd 3"}, "stop_signal": "INT",
-                               "stop_timeout": 3}}}))
+                               "env": {"DETECTOR": "ccd 3"}, "stop_signal": "INT", "stop_timeout": 3,
+                               **({"client": client} if client else {})}}}))
     return path
 
 
-def start_supervisord(folder):
+def start_supervisord(folder, client="board"):
     """supervisord on a random loopback port, in the foreground; another port when that one is taken."""
     for _ in range(5):
         port = random.randint(20000, 60000)
         (folder / str(port)).mkdir()
-        path = experiment_with_a_host(folder / str(port), port)
+        path = experiment_with_a_host(folder / str(port), port, client)
         export = folder / str(port) / "daq2"
         made = subprocess.run([sys.executable, "run.py", str(path), "--export", "daq2", str(export)], cwd=ROOT,
                               env=env_for_children(), capture_output=True, text=True, timeout=60)
@@ -105,3 +105,33 @@ def test_check_warns_when_a_hosts_supervisord_does_not_answer(tmp_path):
     assert checked.returncode == 0, checked.stderr  # a warning, not an error
     assert "host daq2 (supervisord http://127.0.0.1:1/RPC2): there" in checked.stdout
     assert "warning: host daq2's supervisord at http://127.0.0.1:1/RPC2: does not answer" in checked.stdout
+
+
+def test_the_supervisor_runs_restarts_and_stops_a_program_of_another_host_through_its_supervisord(tmp_path):
+    from runcontrol.states import ChildState as S
+    from runcontrol.supervision.backends.local import LocalBackend
+    from runcontrol.supervision.supervisor import Supervisor
+    proc, rpc, export, port = start_supervisord(tmp_path, client=None)
+    experiment = experiments.load(export.parent / "two.json")
+    events = []
+    sup = Supervisor(experiment, {"local": LocalBackend(), "daq2": supervisord.SupervisordBackend(experiment.hosts["daq2"])},
+                     emit=lambda kind, **fields: events.append((kind, fields)))
+
+    def drive(predicate, timeout_s=20):
+        return wait_until(lambda: sup.process(0.05) or predicate(), timeout_s, 0)
+    try:
+        sup.start_all()
+        drive(lambda: sup.programs["there"].state is S.RUNNING and sup.programs["here"].state is S.RUNNING)
+        first = drive(lambda: sup.programs["there"].pid)
+        assert rpc.supervisor.getProcessInfo("there")["pid"] == first  # it runs there, under that supervisord
+        psutil.Process(first).kill()
+        drive(lambda: sup.programs["there"].restarts == 1 and sup.programs["there"].pid not in (None, first))
+        exited = next(f for k, f in events if k == "program_exited" and f["program"] == "there")
+        assert (exited["host"], exited["signal"]) == ("daq2", "SIGKILL")
+        assert rpc.supervisor.getProcessInfo("there")["statename"] == "RUNNING"
+        sup.stop_all()
+        drive(sup.all_stopped)
+        assert rpc.supervisor.getProcessInfo("there")["statename"] == "STOPPED"
+    finally:
+        sup.close()
+        process.stop_group(proc, 15)

@@ -27,6 +27,7 @@ from runcontrol.control.waiters import Waiters
 from runcontrol.errors import ConfigError, RunControlError
 from runcontrol.signals import SignalWakeup
 from runcontrol.supervision.backends.local import LocalBackend
+from runcontrol.supervision.backends.supervisord import SupervisordBackend
 from runcontrol.supervision.supervisor import Supervisor
 
 log = logging.getLogger("runcontrol.controller")
@@ -46,7 +47,7 @@ class Controller:
         self.state_path = experiment.paths.state / "programs.json"
         self.client = Client(NAME, experiment=str(experiment.path), meta={"role": "run controller"},
                              **client_kwargs)
-        self.supervisor = Supervisor(experiment, backends or {LocalBackend.host: LocalBackend(subreaper=True)},
+        self.supervisor = Supervisor(experiment, backends or backends_for(experiment),
                                      emit=self._on_supervisor_event,
                                      env={"ORBIT_EXPERIMENT": str(experiment.path)})
         self.waiters = Waiters()
@@ -162,6 +163,13 @@ class Controller:
     def close(self):
         self.supervisor.close()
         self.client.close()
+
+
+def backends_for(experiment):
+    """This machine's backend, and one per other host of the experiment, driving its supervisord."""
+    backends = {LocalBackend.host: LocalBackend(subreaper=True)}
+    backends.update((name, SupervisordBackend(host)) for name, host in experiment.hosts.items())
+    return backends
 
 
 def stop_leftovers(supervisor, state_path):

@@ -45,12 +45,7 @@ class Lifecycle:
         try:
             program.proc = self.backend(program).spawn(spec, self._environment(spec))
         except OSError as exc:
-            program.log.note(f"cannot start {' '.join(spec.argv)}: {exc}")
-            log.error("%s cannot start: %s", spec.name, exc)
-            program.last_exit = {"error": f"cannot start: {exc}", "at": time.time()}
-            self.emit("program_exited", program=spec.name, pid=None, host=spec.host, code=None,
-                      signal=None, error=f"cannot start: {exc}", tail=[])
-            self._after_exit(program, clean=False, uptime=0.0)
+            self._start_failed(program, str(exc))
             return
         now = self.clock()
         program.started_at = now
@@ -63,6 +58,17 @@ class Lifecycle:
             program.timer = (now + min(START_GRACE_S, spec.start_timeout_s), self.came_up)
         self.emit("program_started", program=spec.name, pid=program.proc.pid, host=spec.host,
                   restarts=program.restarts)
+
+    def _start_failed(self, program, why):
+        spec = program.spec
+        program.proc = None
+        program.timer = None
+        program.log.note(f"cannot start {' '.join(spec.argv)}: {why}")
+        log.error("%s cannot start: %s", spec.name, why)
+        program.last_exit = {"error": f"cannot start: {why}", "at": time.time()}
+        self.emit("program_exited", program=spec.name, pid=None, host=spec.host, code=None,
+                  signal=None, error=f"cannot start: {why}", tail=[])
+        self._after_exit(program, clean=False, uptime=0.0)
 
     def _environment(self, spec):
         name = spec.client or spec.name
@@ -191,6 +197,8 @@ class Lifecycle:
         """An Output or Exited event of the backend, for `program`."""
         if isinstance(event, Output):
             program.log.feed(event.data)
+        elif isinstance(event, Exited) and event.error:
+            self._start_failed(program, event.error)
         elif isinstance(event, Exited):
             self.on_exit(program, event.code, event.signal)
 

@@ -20,10 +20,12 @@ class Output:
 
 @dataclass(frozen=True)
 class Exited:
-    """A program's process has exited and was reaped: `code` or `signal` (a signal.Signals) is set."""
+    """A program's process has exited and was reaped: `code` or `signal` (a signal.Signals) is set;
+    or it could not be started at all, and `error` says why."""
     handle: object
     code: object
     signal: object
+    error: str = ""
 
 
 class Backend:
