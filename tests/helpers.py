@@ -79,7 +79,17 @@ def env_for_children():
 def free_beacon_port():
     # Beacon listeners share ports (SO_REUSEPORT) and filter by experiment name, so a
     # collision between tests is harmless; a random port only keeps the traffic apart.
-    return random.randint(20000, 60000)
+    # Below the ephemeral range: a socket the kernel gave an ephemeral port (without
+    # SO_REUSEPORT) would make the port unusable for listeners.
+    return random.randint(10000, ephemeral_ports()[0] - 1)
+
+
+def ephemeral_ports():
+    try:
+        low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return max(low, 10001), high
 
 
 def write_experiment(folder, name, router="tcp://127.0.0.1:0", events="tcp://127.0.0.1:0",

@@ -9,7 +9,8 @@ import pytest
 from clients.client import Client, LogHandler, NameTaken
 from clients.core import required
 from runcontrol.errors import ClientLost, NoSuchClient, Refused, RequestTimeout, ServerUnavailable
-from tests.helpers import (EventWatcher, ServerProcess, pump, registered_names, wait_until, write_experiment)
+from tests.helpers import (EventWatcher, ServerProcess, free_beacon_port, pump, registered_names, wait_until,
+                           write_experiment)
 
 
 def test_request_returns_handler_result(make_client, echo):
@@ -125,7 +126,7 @@ def test_second_live_client_with_same_name_gets_name_taken(make_client):
 
 
 def test_beacons_of_other_experiments_are_ignored(tmp_path):
-    port = 20000 + os.getpid() % 30000
+    port = free_beacon_port()
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     real_path = write_experiment(tmp_path / "b", "real", beacon_port=port)
