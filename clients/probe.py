@@ -14,6 +14,7 @@ import zmq
 
 from clients.link import Link
 from runcontrol import protocol
+from runcontrol.errors import ProtocolError
 
 log = logging.getLogger("clients.client")
 
@@ -46,7 +47,7 @@ class Probe:
         for data in self.link.receive():
             try:
                 msg = protocol.decode(data)
-            except Exception:  # whatever a stranger sends: it is no answer
+            except ProtocolError:  # whatever a stranger sends: it is no answer
                 continue
             if msg.get("cmd") == "_pong" and msg.get("re") == self.ping_id:
                 self.answered = True

@@ -91,38 +91,42 @@ class AnswerMemory:
 
     A request seen again (its sender resent it after a server restart) is answered
     with the same bytes; one still being worked on is answered once, when done.
-    Kept for `window_s` seconds and at most `size` requests.
+    Answers are kept `window_s` seconds, at most `size` of them and `max_bytes` in all
+    (the oldest forgotten first); a request still being worked on is never forgotten.
     """
 
     WORKING = None
 
-    def __init__(self, window_s=300.0, size=10000, clock=time.monotonic):
-        self.window_s, self.size, self.clock = window_s, size, clock
-        self._seen = collections.OrderedDict()   # (from, id) -> [answer bytes or WORKING, when]
+    def __init__(self, window_s=300.0, size=10000, max_bytes=16 << 20, clock=time.monotonic):
+        self.window_s, self.size, self.max_bytes, self.clock = window_s, size, max_bytes, clock
+        self._answered = collections.OrderedDict()   # (from, id) -> (answer bytes, when), oldest first
+        self._working = set()
+        self._bytes = 0
 
     def begin(self, key):
         """True for a request not seen before (now marked as being worked on); False for a repeat."""
         self._forget_old()
-        if key in self._seen:
+        if key in self._working or key in self._answered:
             return False
-        self._seen[key] = [self.WORKING, self.clock()]
+        self._working.add(key)
         return True
 
     def answer_of(self, key):
         """What was answered to `key`, or None while it is still being worked on (or unknown)."""
-        entry = self._seen.get(key)
+        entry = self._answered.get(key)
         return entry[0] if entry else None
 
     def answered(self, key, data):
-        entry = self._seen.get(key)
-        if entry is not None:
-            entry[0], entry[1] = data, self.clock()
-            self._seen.move_to_end(key)
+        if key in self._working:
+            self._working.discard(key)
+            self._answered[key] = (data, self.clock())
+            self._bytes += len(data)
+            self._forget_old()
 
     def _forget_old(self):
         horizon = self.clock() - self.window_s
-        while self._seen:
-            key, (data, when) = next(iter(self._seen.items()))
-            if len(self._seen) < self.size and (when >= horizon or data is self.WORKING):
+        while self._answered:
+            data, when = next(iter(self._answered.values()))
+            if when >= horizon and len(self._answered) <= self.size and self._bytes <= self.max_bytes:
                 return
-            del self._seen[key]
+            self._bytes -= len(self._answered.popitem(last=False)[1][0])

@@ -18,7 +18,7 @@ from types import MappingProxyType
 import jsonschema
 
 from experiments import checks, libabcd
-from runcontrol.errors import ConfigError
+from experiments.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -166,12 +166,16 @@ def bus_settings(name_or_path, cwd=None):
     """
     path = find(str(name_or_path), cwd)
     raw = read(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: an experiment description is a JSON object, not {type(raw).__name__}",
+                          ["(top level): not an object"])
     if libabcd.is_libabcd(raw):
         raw = libabcd.convert(raw)
-    server = raw.get("server", {}) if isinstance(raw, dict) else None
+    server = raw.get("server", {})
     server_schema = schema()["properties"]["server"]
     validator = jsonschema.Draft202012Validator(server_schema)
-    problems = [f"server.{json_path(e.absolute_path)}: {explain(e)}" for e in validator.iter_errors(server)]
+    problems = [".".join(["server", *map(str, e.absolute_path)]) + f": {explain(e)}"
+                for e in validator.iter_errors(server)]
     if problems:
         raise ConfigError(f"{path}: {len(problems)} problem(s) in its server settings: {'; '.join(problems)}",
                           problems)

@@ -52,11 +52,20 @@ def exit_status(returncode):
     return (None, signal.Signals(-returncode)) if returncode < 0 else (returncode, None)
 
 
-def describe_exit(code=None, signal_name=None):
-    """How a process ended, for a person: "exited with status 3", "killed by SIGKILL"."""
-    if signal_name is not None:
-        name = signal_name.name if isinstance(signal_name, signal.Signals) else str(signal_name)
-        return f"killed by {name}"
+UNNAMED_SIGNAL = "a signal"   # what a remote process was killed by when its host does not say which
+
+
+def signal_name(sig):
+    """The name of what killed a process (a signal.Signals, or UNNAMED_SIGNAL), or None."""
+    if sig is None:
+        return None
+    return sig.name if isinstance(sig, signal.Signals) else str(sig)
+
+
+def describe_exit(code=None, sig=None):
+    """How a process ended, for a person: "exited with status 3", "killed by SIGKILL", "killed by a signal"."""
+    if sig is not None:
+        return f"killed by {signal_name(sig)}"
     if code is None:
         return "is running"
     return f"exited with status {code}"

@@ -161,3 +161,19 @@ def test_a_repeat_of_a_request_still_being_worked_on_is_answered_once_when_done(
     board.deliver({"cmd": "slow", "id": 9, "from": "op"})
     assert [m["result"] for m in board.sent] == ["done", "done"]
     assert len(held) == 1
+
+
+def test_the_answer_memory_forgets_the_oldest_past_its_window_count_and_bytes_but_never_work_in_progress():
+    from clients.requests import AnswerMemory
+    now = [0.0]
+    memory = AnswerMemory(window_s=10, size=3, max_bytes=100, clock=lambda: now[0])
+    assert memory.begin(("op", 1)) and memory.begin(("op", 2))
+    memory.answered(("op", 1), b"one")
+    now[0] = 11.0
+    assert memory.begin(("op", 3))  # forgets ("op", 1): past the window
+    assert memory.begin(("op", 1)) and not memory.begin(("op", 2))  # 2 is still being worked on
+    for n in range(4, 8):
+        memory.begin(("op", n))
+        memory.answered(("op", n), b"x" * 40)
+    assert [memory.answer_of(("op", n)) is not None for n in range(4, 8)] == [False, False, True, True]  # bytes
+    assert not memory.begin(("op", 2))

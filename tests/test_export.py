@@ -96,6 +96,11 @@ def test_export_of_an_unknown_host_says_which_there_are(tmp_path):
     made = subprocess.run([sys.executable, "run.py", str(path), "--export", "daq9", str(tmp_path / "out")],
                           cwd=ROOT, env=env_for_children(), capture_output=True, text=True, timeout=60)
     assert made.returncode == 2 and "experiment two has no host 'daq9' (hosts: daq2)" in made.stderr
+    (tmp_path / "taken").write_text("a file where the folder should go")
+    made = subprocess.run([sys.executable, "run.py", str(path), "--export", "daq2", str(tmp_path / "taken" / "out")],
+                          cwd=ROOT, env=env_for_children(), capture_output=True, text=True, timeout=60)
+    assert made.returncode == 2 and "Traceback" not in made.stderr
+    assert f"cannot write what host daq2 needs into {tmp_path / 'taken' / 'out'}: Not a directory" in made.stderr
 
 
 def test_check_warns_when_a_hosts_supervisord_does_not_answer(tmp_path):
@@ -127,7 +132,7 @@ def test_the_supervisor_runs_restarts_and_stops_a_program_of_another_host_throug
         psutil.Process(first).kill()
         drive(lambda: sup.programs["there"].restarts == 1 and sup.programs["there"].pid not in (None, first))
         exited = next(f for k, f in events if k == "program_exited" and f["program"] == "there")
-        assert (exited["host"], exited["signal"]) == ("daq2", "SIGKILL")
+        assert (exited["host"], exited["code"], exited["signal"]) == ("daq2", None, "a signal")  # it does not say which
         assert rpc.supervisor.getProcessInfo("there")["statename"] == "RUNNING"
         sup.stop_all()
         drive(sup.all_stopped)
@@ -135,3 +140,46 @@ def test_the_supervisor_runs_restarts_and_stops_a_program_of_another_host_throug
     finally:
         sup.close()
         process.stop_group(proc, 15)
+
+
+def test_a_host_that_cannot_be_reached_is_a_failed_start_with_the_reason(tmp_path):
+    from runcontrol.states import ChildState as S
+    from runcontrol.supervision.supervisor import Supervisor
+    experiment = experiments.load(experiment_with_a_host(tmp_path, 1, client=None))  # nothing on port 1
+    events = []
+    sup = Supervisor(experiment, {"local": supervisord.SupervisordBackend(experiments.HostSpec(
+        "unused", "http://127.0.0.1:1/RPC2")), "daq2": supervisord.SupervisordBackend(experiment.hosts["daq2"])},
+        emit=lambda kind, **fields: events.append((kind, fields)))
+    try:
+        sup.start("there")
+        wait_until(lambda: sup.process(0.05) or sup.programs["there"].state is S.BACKOFF, 20, 0)
+        exited = next(f for k, f in events if k == "program_exited" and f["program"] == "there")
+        assert exited["error"].startswith("cannot start: daq2's supervisord cannot be reached")
+    finally:
+        sup.close()
+
+
+def test_a_host_that_answers_nonsense_costs_the_backend_nothing(tmp_path):
+    """A stranger on the supervisord address: the worker says so and goes on, and its orders still go out."""
+    import threading
+    from xmlrpc.server import SimpleXMLRPCServer
+    server = SimpleXMLRPCServer(("127.0.0.1", 0), logRequests=False, allow_none=True)
+    calls = []
+    server.register_function(lambda name, wait: calls.append(("start", name)) or True, "supervisor.startProcess")
+    server.register_function(lambda name: {"pid": "not a pid"}, "supervisor.getProcessInfo")
+    server.register_function(lambda: "nonsense", "supervisor.getAllProcessInfo")
+    server.register_function(lambda name, sig: calls.append(("signal", name, sig)) or True,
+                             "supervisor.signalProcess")
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    host = experiments.HostSpec("odd", f"http://127.0.0.1:{server.server_address[1]}/RPC2")
+    backend = supervisord.SupervisordBackend(host, poll_s=0.05)
+    try:
+        handle = backend.spawn(type("Spec", (), {"name": "there"})(), {})
+        wait_until(lambda: ("start", "there") in calls, 10)
+        backend.kill(handle)
+        wait_until(lambda: ("signal", "there", "KILL") in calls, 10)  # the worker lives on after the nonsense
+    finally:
+        backend.close()
+        server.shutdown()
+        server.server_close()

@@ -50,6 +50,15 @@ def export(experiment, host, folder):
         known = ", ".join(experiment.hosts) or "none"
         raise ConfigError(f"experiment {experiment.name} has no host {host!r} (hosts: {known})")
     folder = Path(folder).resolve()
+    try:
+        return write(experiment, spec, folder)
+    except OSError as exc:
+        raise ConfigError(f"cannot write what host {host} needs into {folder}: "
+                          f"{exc.strerror or exc} ({exc.filename or folder})") from None
+
+
+def write(experiment, spec, folder):
+    host = spec.name
     (folder / "log").mkdir(parents=True, exist_ok=True)
     written = [folder / EXPERIMENT_COPY]
     shutil.copyfile(experiment.path, written[0])

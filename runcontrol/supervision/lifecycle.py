@@ -13,6 +13,7 @@ import logging
 import os
 import time
 
+from runcontrol import process
 from runcontrol.states import ChildState as S
 from runcontrol.supervision.backends.base import Exited, Output
 
@@ -106,7 +107,7 @@ class Lifecycle:
                 "%s (pid %d) %s after %.1f s%s", program.name, proc.pid, how, uptime,
                 f": {reason}" if reason else "")
         self.emit("program_exited", program=program.name, pid=proc.pid, host=program.spec.host,
-                  code=code, signal=sig.name if sig else None, uptime=round(uptime, 3), reason=reason,
+                  code=code, signal=process.signal_name(sig), uptime=round(uptime, 3), reason=reason,
                   tail=program.log.last_lines(TAIL_IN_EVENT))
         if program.state is S.STOPPING:
             program.set(S.STOPPED)

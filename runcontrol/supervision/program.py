@@ -86,7 +86,7 @@ class Program:
         self.timer = None
         self.registered = False
         self.missing_since = None
-        self.last_exit = {"code": code, "signal": sig.name if sig else None, "at": at,
+        self.last_exit = {"code": code, "signal": process.signal_name(sig), "at": at,
                           "uptime": round(uptime, 3), "reason": self.kill_reason}
         return process.describe_exit(code, sig)
 

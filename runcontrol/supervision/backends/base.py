@@ -20,8 +20,8 @@ class Output:
 
 @dataclass(frozen=True)
 class Exited:
-    """A program's process has exited and was reaped: `code` or `signal` (a signal.Signals) is set;
-    or it could not be started at all, and `error` says why."""
+    """A program's process has exited and was reaped: `code` or `signal` is set (a signal.Signals, or
+    process.UNNAMED_SIGNAL where the host does not say which); or it could not be started, and `error` says why."""
     handle: object
     code: object
     signal: object

@@ -16,10 +16,20 @@ import time
 import urllib.parse
 import xmlrpc.client
 
+from runcontrol import process
 from runcontrol.errors import ConfigError
 from runcontrol.supervision.backends.base import Backend, Exited
 
 log = logging.getLogger(__name__)
+
+
+class Unexpected(Exception):
+    """The host's supervisord answered something that is not what its interface promises."""
+
+
+# What a call to a host's supervisord may end in when the host is away, refuses, or answers nonsense.
+UNREACHABLE = (OSError, xmlrpc.client.Error, http.client.HTTPException, ConfigError, Unexpected, KeyError,
+               TypeError, ValueError)
 
 TIMEOUT_S = 5.0
 
@@ -118,14 +128,16 @@ class SupervisordBackend(Backend):
         self._orders.put(("signal", handle, signal.SIGKILL))
 
     def kill_now(self, handle):
-        rpc = proxy(self.spec)
-        try:
-            rpc.supervisor.signalProcess(handle.name, "KILL")
-        except xmlrpc.client.Fault:
-            pass  # not running any more
         self._running.pop(handle.name, None)
-        info = rpc.supervisor.getProcessInfo(handle.name)
-        return [self._exited(handle, info)]
+        try:
+            rpc = proxy(self.spec)
+            try:
+                rpc.supervisor.signalProcess(handle.name, "KILL")
+            except xmlrpc.client.Fault:
+                pass  # not running any more
+            return [self._exited(handle, rpc.supervisor.getProcessInfo(handle.name))]
+        except UNREACHABLE as exc:
+            return [Exited(handle, None, None, f"{self.host}'s supervisord cannot be reached to kill it: {exc}")]
 
     def fileno(self):
         return self._wake_r
@@ -146,13 +158,13 @@ class SupervisordBackend(Backend):
 
     def stop_leftovers(self, records):
         stopped = []
-        rpc = proxy(self.spec)
         for name, record in records.items():
             try:
-                if rpc.supervisor.getProcessInfo(name)["pid"] == record.get("pid"):
+                rpc = proxy(self.spec)
+                if rpc.supervisor.getProcessInfo(name).get("pid") == record.get("pid"):
                     rpc.supervisor.stopProcess(name, True)
                     stopped.append(f"{name} (pid {record.get('pid')} on {self.host})")
-            except (OSError, xmlrpc.client.Error, http.client.HTTPException) as exc:
+            except UNREACHABLE as exc:
                 log.warning("cannot stop %s on %s: %s", name, self.host, exc)
         return stopped
 
@@ -179,7 +191,7 @@ class SupervisordBackend(Backend):
                 if order is not None:
                     self._carry_out(rpc, *order)
                 self._look(rpc)
-            except (OSError, xmlrpc.client.ProtocolError, http.client.HTTPException, ConfigError) as exc:
+            except UNREACHABLE as exc:
                 rpc = None
                 self._unreachable(exc, order)
 
@@ -191,7 +203,7 @@ class SupervisordBackend(Backend):
                 except xmlrpc.client.Fault as exc:
                     self._gone(handle, Exited(handle, None, None, f"{self.host}'s supervisord: {exc.faultString}"))
                     return
-                handle.pid = rpc.supervisor.getProcessInfo(handle.name)["pid"]
+                handle.pid = rpc.supervisor.getProcessInfo(handle.name).get("pid")
             elif signum == signal.SIGKILL:
                 rpc.supervisor.signalProcess(handle.name, "KILL")
             else:  # its stop signal: supervisord stops the whole group, SIGKILL after the exported grace
@@ -201,12 +213,16 @@ class SupervisordBackend(Backend):
 
     def _look(self, rpc):
         """Hand the loop an Exited event for each program of ours that no longer runs there."""
-        infos = {info["name"]: info for info in rpc.supervisor.getAllProcessInfo()}
+        listed = rpc.supervisor.getAllProcessInfo()
+        if not isinstance(listed, list) or not all(isinstance(i, dict) for i in listed):
+            raise Unexpected(f"getAllProcessInfo answered {type(listed).__name__}, not a list of processes")
+        infos = {info.get("name"): info for info in listed}
         for name, handle in list(self._running.items()):
             if handle.pid is None:
                 continue  # its start order has not been carried out yet
             info = infos.get(name)
-            if info is None or info["statename"] not in ("RUNNING", "STARTING", "STOPPING") or info["pid"] != handle.pid:
+            if info is None or info.get("statename") not in ("RUNNING", "STARTING", "STOPPING") \
+                    or info.get("pid") != handle.pid:
                 self._gone(handle, self._exited(handle, info or {}))
 
     def _gone(self, handle, event):
@@ -214,10 +230,13 @@ class SupervisordBackend(Backend):
         self._found.append(event)
         self._wake()
 
-    def _exited(self, handle, info):
-        status = info.get("exitstatus", -1)
-        # supervisord says -1 for a process killed by a signal, without saying which
-        return Exited(handle, status if status >= 0 else None, None if status >= 0 else signal.SIGKILL)
+    @staticmethod
+    def _exited(handle, info):
+        status = info.get("exitstatus")
+        if isinstance(status, int) and status >= 0:
+            return Exited(handle, status, None)
+        # supervisord says -1 for a process killed by a signal, and not which one
+        return Exited(handle, None, process.UNNAMED_SIGNAL)
 
     def _unreachable(self, exc, order):
         now = time.monotonic()
