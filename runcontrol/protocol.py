@@ -16,6 +16,7 @@ VERSION = 1
 SERVICE = "orbit"
 SERVER = "server"
 BROADCAST = "*"
+HOST_AGENT = "host."   # each host's agent registers as host.<name>
 
 DEFAULT_ROUTER = "tcp://127.0.0.1:9820"
 DEFAULT_EVENTS = "tcp://127.0.0.1:9821"

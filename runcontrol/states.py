@@ -14,6 +14,7 @@ class ChildState(enum.Enum):
     STOPPING = "STOPPING"
     EXITED = "EXITED"
     FATAL = "FATAL"
+    UNKNOWN = "UNKNOWN"  # said, never held: the host that runs it cannot be reached (its last known state is kept)
 
 
 # STARTING -> EXITED: a one-shot program (restart never, or on-failure) that finished
@@ -26,6 +27,7 @@ ALLOWED = {
     ChildState.STOPPING: {ChildState.STOPPED},
     ChildState.EXITED: {ChildState.STARTING, ChildState.BACKOFF, ChildState.STOPPED, ChildState.FATAL},
     ChildState.FATAL: {ChildState.STARTING, ChildState.STOPPED},
+    ChildState.UNKNOWN: set(),
 }
 
 

@@ -70,6 +70,7 @@ def test_the_exported_folder_runs_that_hosts_programs_under_its_supervisord_and_
         impostor = experiments.HostSpec("daq2", f"http://127.0.0.1:{port}/RPC2", "orbit", wrong)
         assert supervisord.check(impostor) == "refused: 401 Unauthorized (username or password?)"
         listed = {p["name"]: p["statename"] for p in rpc.supervisor.getAllProcessInfo()}
+        assert listed.pop("orbit-agent") in ("STARTING", "RUNNING")  # the host agent, its event listener
         assert listed == {"there": "STOPPED"}  # only this host's programs, and none started by itself
         rpc.supervisor.startProcess("there")
         info = rpc.supervisor.getProcessInfo("there")
@@ -159,26 +160,41 @@ def test_a_host_that_cannot_be_reached_is_a_failed_start_with_the_reason(tmp_pat
         sup.close()
 
 
-def test_a_host_that_answers_nonsense_costs_the_backend_nothing(tmp_path):
-    """A stranger on the supervisord address: the worker says so and goes on, and its orders still go out."""
+def test_a_host_that_answers_nonsense_is_a_host_lost_and_its_orders_wait_for_it(tmp_path):
+    """A stranger on the supervisord address: the worker says the host cannot be reached and goes on;
+    once a real answer comes, the order that waited goes out."""
     import threading
     from xmlrpc.server import SimpleXMLRPCServer
+    from runcontrol.supervision.backends.base import HostChanged
     server = SimpleXMLRPCServer(("127.0.0.1", 0), logRequests=False, allow_none=True)
     calls = []
+    listing = ["nonsense"]
     server.register_function(lambda name, wait: calls.append(("start", name)) or True, "supervisor.startProcess")
-    server.register_function(lambda name: {"pid": "not a pid"}, "supervisor.getProcessInfo")
-    server.register_function(lambda: "nonsense", "supervisor.getAllProcessInfo")
+    server.register_function(lambda name: {"pid": 4242, "now": 100, "start": 90, "statename": "RUNNING"},
+                             "supervisor.getProcessInfo")
+    server.register_function(lambda: listing[0], "supervisor.getAllProcessInfo")
+    server.register_function(lambda: {"statename": "RUNNING"}, "supervisor.getState")
     server.register_function(lambda name, sig: calls.append(("signal", name, sig)) or True,
                              "supervisor.signalProcess")
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     host = experiments.HostSpec("odd", f"http://127.0.0.1:{server.server_address[1]}/RPC2")
     backend = supervisord.SupervisordBackend(host, poll_s=0.05)
+    seen = []
+
+    def changes():
+        seen.extend(e for e in backend.events() if isinstance(e, HostChanged))
+        return seen
     try:
         handle = backend.spawn(type("Spec", (), {"name": "there"})(), {})
-        wait_until(lambda: ("start", "there") in calls, 10)
+        wait_until(lambda: ("start", "there") in calls and changes(), 10)
+        assert seen[0].problem == "getAllProcessInfo answered str, not a list of processes"
+        assert not backend.reachable and handle.pid == 4242
         backend.kill(handle)
-        wait_until(lambda: ("signal", "there", "KILL") in calls, 10)  # the worker lives on after the nonsense
+        listing[0] = [{"name": "there", "statename": "RUNNING", "pid": 4242}]
+        wait_until(lambda: ("signal", "there", "KILL") in calls, 20)  # the worker lives on, the order waited
+        wait_until(lambda: len(changes()) == 2, 10)
+        assert seen[1] == HostChanged("odd", "") and backend.reachable
     finally:
         backend.close()
         server.shutdown()

@@ -5,9 +5,9 @@
 Writes, where the experiment's `server.curve` says: the server's pair at
 `server_key` (public) and `server_key`_secret; in the `clients` folder one pair
 per client name (`<name>.key`, `<name>.key_secret`) for every program with a
-client name, for the run controller (`run`) and for operators' tools
-(`operator`). Secret keys are readable by their owner only (0600), the folder
-too (0700). Existing pairs are kept unless --force. Exit status 0, or 2 with the
+client name, for the run controller (`run`), for each host's agent
+(`host.<name>`) and for operators' tools (`operator`). Secret keys are
+readable by their owner only (0600), the folder too (0700). Existing pairs are kept unless --force. Exit status 0, or 2 with the
 reason.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import zmq.auth
 
 import experiments
+from runcontrol import protocol
 from runcontrol.errors import ConfigError
 
 OPERATOR = "operator"
@@ -50,7 +51,8 @@ def make_pair(public_path, force=False):
 
 
 def client_names(experiment):
-    return sorted({p.client for p in experiment.programs if p.client} | {CONTROLLER, OPERATOR})
+    agents = {protocol.HOST_AGENT + host for host in experiment.hosts}
+    return sorted({p.client for p in experiment.programs if p.client} | {CONTROLLER, OPERATOR} | agents)
 
 
 def make_all(experiment, force=False):

@@ -19,7 +19,7 @@ import time
 
 import experiments
 from clients.client import Client
-from runcontrol import logsetup, pidfile
+from runcontrol import logsetup, pidfile, protocol
 from runcontrol.control import runbook
 from runcontrol.control.programs import ProgramCommands
 from runcontrol.control.transitions import Transitions
@@ -60,6 +60,7 @@ class Controller:
                     self.client.add_handler(attr[4:], getattr(part, attr))
         self.client.watch(self.supervisor.fileno(), lambda: self.supervisor.process(0))
         self.client.subscribe("event.", self._on_server_event)
+        self.client.subscribe(f"pub.{protocol.HOST_AGENT}", self._on_host_agent)
         self._seen_instance = None
         self._touched = 0.0
         self._reconciled = 0.0
@@ -87,6 +88,14 @@ class Controller:
             self.supervisor.client_gone(name, pid, hung=True)
         elif kind == "server_started":
             self._refresh_registrations()
+
+    def _on_host_agent(self, topic, event):
+        """A host's agent published: a process changed state there (look at once), or the host's figures."""
+        host, _, what = topic.removeprefix(f"pub.{protocol.HOST_AGENT}").rpartition(".")
+        if what == "process":
+            self.supervisor.look(host)
+        elif what == "figures":
+            self.supervisor.take_figures(host, event.get("data"))
 
     def _refresh_registrations(self):
         """Learn who is registered from the server's list: after a restart of either, events are lost;

@@ -53,7 +53,7 @@ class ProgramCommands:
         runs = self.controller.runs
         return {"experiment": self.controller.spec.name, "state": runs.state, "run": runs.run,
                 "current_run": runs.current, "participants": self.controller.transitions.participants(),
-                "programs": programs, "clients": sorted(clients),
+                "programs": programs, "hosts": self.supervisor.hosts(), "clients": sorted(clients),
                 "controller": {"pid": os.getpid(), "host": socket.gethostname()}}
 
     def cmd_start(self, msg):

@@ -6,7 +6,8 @@ Writes into DIR: `supervisord.conf` (an `[inet_http_server]` with the host's
 credentials; one `[program:x]` per program of that host, never started or
 restarted by supervisord itself, since Orbit alone decides that, with its own
 backoff and intensity; stop signal and grace; the whole process group stopped
-and killed; environment; directory; log files rotated as the experiment says),
+and killed; environment; directory; log files rotated as the experiment says;
+the host agent as an event listener),
 a copy of the experiment file, the CURVE keys of that host's programs and the
 server's public key when the bus uses CURVE, and a README with the commands to
 run there. Copying DIR and starting supervisord is the whole deployment. Must
@@ -19,14 +20,20 @@ import sys
 import urllib.parse
 from pathlib import Path
 
+from runcontrol import protocol
 from runcontrol.errors import ConfigError
 
 CONF = "supervisord.conf"
+AGENT = "orbit-agent"
+ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT_COPY = "experiment.json"
 README = """# {experiment}: host {host}
 
 What runs here: {programs}. Orbit's run controller starts, stops and restarts them
 through this host's supervisord at {url}; supervisord never does on its own.
+Beside them supervisord runs Orbit's host agent (`{agent}`, client host.{host}), which
+tells the run controller at once when a process changes state and publishes this
+host's figures.
 
 On {host}, with Orbit's checkout at the same path as on the controller's host
 ({root}) and its virtual environment made there (`make test` or `make .venv/.installed`):
@@ -35,7 +42,8 @@ On {host}, with Orbit's checkout at the same path as on the controller's host
     {python} -m supervisor.supervisorctl -c {folder}/{conf} status
 
 The first starts supervisord (it goes to the background; its log is log/supervisord.log);
-the second shows the programs, STOPPED until the run controller starts them.
+the second shows the programs, STOPPED until the run controller starts them, and the
+agent, RUNNING.
 """
 
 
@@ -70,8 +78,8 @@ def write(experiment, spec, folder):
     readme = folder / "README.md"
     readme.write_text(README.format(
         experiment=experiment.name, host=host, url=spec.supervisord, folder=folder, conf=CONF,
-        root=Path(__file__).resolve().parents[2], python=sys.executable,
-        programs=", ".join(p.name for p in programs_of(experiment, host)) or "no program yet"), encoding="utf-8")
+        root=ROOT, python=sys.executable,
+        agent=AGENT, programs=", ".join(p.name for p in programs_of(experiment, host)) or "no program yet"), encoding="utf-8")
     return [conf, readme, *written]
 
 
@@ -89,19 +97,42 @@ def configuration(experiment, host, folder, keys):
     lines += [f"username={host.username}", f"password={password}"] if host.username else []
     for program in programs_of(experiment, host.name):
         lines += ["", *program_section(experiment, program, folder, keys)]
+    lines += ["", *agent_section(experiment, host.name, folder, keys)]
     return "\n".join(lines) + "\n"
 
 
-def program_section(experiment, program, folder, keys):
-    name = program.client or program.name
-    env = {**program.env, "ORBIT_NAME": name, "ORBIT_EXPERIMENT": str(folder / EXPERIMENT_COPY)}
+def agent_section(experiment, host, folder, keys):
+    """The host agent, run by supervisord as an event listener of PROCESS_STATE (and restarted by it)."""
+    name = protocol.HOST_AGENT + host
+    return [f"[eventlistener:{AGENT}]",
+            f"command={shlex.join([sys.executable, '-m', 'clients.hostagent', '--host', host, '--data', str(experiment.paths.data)])}",
+            f"directory={ROOT}",
+            "environment=" + environment(client_env(name, folder, keys)),
+            "events=PROCESS_STATE", "autostart=true", "autorestart=true", "startsecs=1", "buffer_size=1000",
+            "stopasgroup=true", "killasgroup=true",
+            f"stderr_logfile={folder / 'log' / f'{AGENT}.log'}", f"stderr_logfile_maxbytes={experiment.logs.max_bytes}",
+            f"stderr_logfile_backups={experiment.logs.keep}"]
+
+
+def client_env(name, folder, keys):
+    """What a client of this host needs to join: its name, the experiment, its CURVE key when there is one."""
+    env = {"ORBIT_NAME": name, "ORBIT_EXPERIMENT": str(folder / EXPERIMENT_COPY)}
     if f"{name}.key_secret" in keys:
         env.update(ORBIT_KEY=str(keys[f"{name}.key_secret"]), ORBIT_SERVER_KEY=str(keys["server.key"]))
+    return env
+
+
+def environment(env):
+    return ",".join(f'{key}="{quoted(value)}"' for key, value in env.items())
+
+
+def program_section(experiment, program, folder, keys):
+    env = {**program.env, **client_env(program.client or program.name, folder, keys)}
     log = folder / "log" / f"{program.name}.log"
     return [f"[program:{program.name}]",
             f"command={shlex.join(program.argv)}",
             f"directory={program.cwd}",
-            "environment=" + ",".join(f'{key}="{quoted(value)}"' for key, value in env.items()),
+            "environment=" + environment(env),
             "autostart=false", "autorestart=false", "startsecs=0", "startretries=0",
             f"stopsignal={program.stop_signal.name.removeprefix('SIG')}",
             f"stopwaitsecs={max(1, round(program.stop_timeout_s))}",
@@ -134,8 +165,8 @@ def copy_keys(experiment, host, folder):
     target.mkdir(mode=0o700, exist_ok=True)
     copied = {"server.key": target / "server.key"}
     shutil.copyfile(curve.server_key, copied["server.key"])
-    for program in programs_of(experiment, host):
-        name = program.client or program.name
+    names = [program.client or program.name for program in programs_of(experiment, host)]
+    for name in [*names, protocol.HOST_AGENT + host]:
         for suffix in ("key", "key_secret"):
             source = curve.clients / f"{name}.{suffix}"
             if not source.exists():

@@ -15,7 +15,7 @@ import time
 
 from runcontrol import process
 from runcontrol.states import ChildState as S
-from runcontrol.supervision.backends.base import Exited, Output
+from runcontrol.supervision.backends.base import Exited, Output, Started
 
 log = logging.getLogger("runcontrol.supervision.supervisor")
 
@@ -52,13 +52,34 @@ class Lifecycle:
         program.started_at = now
         program.registered = False
         program.kill_reason = None
-        program.log.note(f"started, pid {program.proc.pid}: {' '.join(spec.argv)}")
         if spec.client:
             program.timer = (now + spec.start_timeout_s, self._start_timed_out)
         else:
             program.timer = (now + min(START_GRACE_S, spec.start_timeout_s), self.came_up)
+        if program.proc.pid is not None:
+            self._started(program)
+        # else its backend tells the pid later (another host's supervisord), with a Started event
+
+    def _started(self, program, adopted=False):
+        spec = program.spec
+        where = "" if spec.host == "local" else f" on {spec.host}"
+        if adopted:
+            program.log.note(f"adopted, pid {program.proc.pid}{where}, running for "
+                             f"{self.clock() - program.started_at:.0f} s: {' '.join(spec.argv)}")
+            log.info("%s: adopted pid %s%s, running already", spec.name, program.proc.pid, where)
+        else:
+            program.log.note(f"started, pid {program.proc.pid}{where}: {' '.join(spec.argv)}")
         self.emit("program_started", program=spec.name, pid=program.proc.pid, host=spec.host,
-                  restarts=program.restarts)
+                  restarts=program.restarts, **({"adopted": True} if adopted else {}))
+
+    def _lost(self, program, why):
+        """A program being stopped whose end cannot be learnt (its host is away): counted as stopped."""
+        program.log.note(f"left to its host: {why}")
+        log.error("%s: %s; counted as stopped", program.name, why)
+        program.exited(None, None, 0.0, time.time())
+        program.last_exit = {"error": why, "at": time.time()}
+        program.set(S.STOPPED)
+        self.settled(program)
 
     def _start_failed(self, program, why):
         spec = program.spec
@@ -104,7 +125,7 @@ class Lifecycle:
         how = program.exited(code, sig, uptime, time.time())
         program.log.note(how + (f" ({reason})" if reason else ""))
         log.log(logging.INFO if program.state is S.STOPPING else logging.WARNING,
-                "%s (pid %d) %s after %.1f s%s", program.name, proc.pid, how, uptime,
+                "%s (pid %s) %s after %.1f s%s", program.name, proc.pid, how, uptime,
                 f": {reason}" if reason else "")
         self.emit("program_exited", program=program.name, pid=proc.pid, host=program.spec.host,
                   code=code, signal=process.signal_name(sig), uptime=round(uptime, 3), reason=reason,
@@ -158,7 +179,7 @@ class Lifecycle:
                   tail=program.log.last_lines(TAIL_IN_EVENT))
 
     def kill_hung(self, program, reason):
-        log.warning("%s (pid %d) hangs: %s; killing it", program.name, program.proc.pid, reason)
+        log.warning("%s (pid %s) hangs: %s; killing it", program.name, program.proc.pid, reason)
         program.log.note(f"hangs: {reason}; killing it")
         program.kill_reason = reason
         self._signal_with_grace(program)
@@ -183,7 +204,7 @@ class Lifecycle:
     def _kill(self, program):
         if program.proc is None:
             return
-        log.warning("%s (pid %d) still running %.3g s after %s: SIGKILL", program.name, program.proc.pid,
+        log.warning("%s (pid %s) still running %.3g s after %s: SIGKILL", program.name, program.proc.pid,
                     program.spec.stop_timeout_s, program.spec.stop_signal.name)
         program.log.note("did not stop in time: SIGKILL")
         self.backend(program).kill(program.proc)
@@ -198,6 +219,14 @@ class Lifecycle:
         """An Output or Exited event of the backend, for `program`."""
         if isinstance(event, Output):
             program.log.feed(event.data)
+        elif isinstance(event, Started):
+            adopted = event.adopted
+            program.started_at = self.clock() - event.age_s
+            self._started(program, adopted)
+            if adopted and not program.spec.client:
+                self.came_up(program)
+        elif isinstance(event, Exited) and event.error and program.state is S.STOPPING:
+            self._lost(program, event.error)
         elif isinstance(event, Exited) and event.error:
             self._start_failed(program, event.error)
         elif isinstance(event, Exited):

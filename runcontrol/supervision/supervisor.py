@@ -13,6 +13,7 @@ import select
 import time
 
 from runcontrol.states import ChildState as S
+from runcontrol.supervision.backends.base import HostChanged
 from runcontrol.supervision.backends.local import LocalBackend
 from runcontrol.supervision.lifecycle import Lifecycle
 from runcontrol.supervision.program import Program
@@ -200,10 +201,38 @@ class Supervisor:
         if self._epoll.poll(timeout):
             for backend in self.backends.values():
                 for event in backend.events():
+                    if isinstance(event, HostChanged):
+                        self._host_changed(event)
+                        continue
                     program = self._by_handle(event.handle)
                     if program is not None:
                         self.life.on_event(program, event)
         self._run_timers()
+
+    def _host_changed(self, event):
+        """A host lost (its programs UNKNOWN, none started there until it is back: an alarm) or back."""
+        mine = [p.name for p in self.programs.values() if p.spec.host == event.host and not p.retired]
+        if event.problem:
+            log.error("host %s cannot be reached: %s; its programs are UNKNOWN", event.host, event.problem)
+            self.life.emit("host_unreachable", host=event.host, error=event.problem, programs=mine)
+        else:
+            log.warning("host %s is back: its programs are held against what its supervisord reports", event.host)
+            self.life.emit("host_reachable", host=event.host, programs=mine)
+            if self.stopping_all:
+                self._stop_ready()
+            else:
+                self._start_ready()
+
+    def look(self, host):
+        """Someone on `host` (its agent) said a process changed state there."""
+        backend = self.backends.get(host)
+        if backend is not None:
+            backend.look()
+
+    def take_figures(self, host, figures):
+        backend = self.backends.get(host)
+        if backend is not None:
+            backend.take_figures(figures)
 
     def _by_handle(self, handle):
         return next((p for p in self.programs.values() if p.proc is handle), None)
@@ -233,7 +262,11 @@ class Supervisor:
         for name, record in records.items():
             host = record.get("host", LocalBackend.host) if isinstance(record, dict) else LocalBackend.host
             by_host.setdefault(host, {})[name] = record
-        return [line for host, mine in by_host.items() if host in self.backends
+        for host, mine in by_host.items():  # what we will start there again is adopted, not stopped
+            if self.backends.get(host) is not None and self.backends[host].adopts:
+                for name in [n for n in mine if n in self.programs and self.programs[n].spec.host == host]:
+                    del mine[name]
+        return [line for host, mine in by_host.items() if host in self.backends and mine
                 for line in self.backends[host].stop_leftovers(mine)]
 
     def close(self):
@@ -285,7 +318,12 @@ class Supervisor:
         return not self.waiting_for(program)
 
     def waiting_for(self, program):
-        return [d for d in program.spec.depends_on if d in self.programs and self.programs[d].state is not S.RUNNING]
+        """What a program waits for before it can start: programs it depends on, or its host."""
+        waits = [d for d in program.spec.depends_on if d in self.programs and self.programs[d].state is not S.RUNNING]
+        backend = self.backends.get(program.spec.host)
+        if backend is not None and not backend.reachable:
+            waits.append(f"host {program.spec.host}")
+        return waits
 
     def _restart_dependents(self, program):
         if not program.spec.restart_dependents:
@@ -321,8 +359,10 @@ class Supervisor:
         program = self.programs[name]
         spec = program.spec
         cpu, rss = self.backends[spec.host].figures(program.proc) if program.proc else (None, None)
+        backend = self.backends.get(spec.host)
+        unknown = backend is not None and not backend.reachable and program.state is not S.STOPPED
         return {
-            "state": program.state.value, "pid": program.pid, "host": spec.host,
+            "state": S.UNKNOWN.value if unknown else program.state.value, "pid": program.pid, "host": spec.host,
             "uptime": round(self.clock() - program.started_at, 3) if program.proc else None,
             "restarts": program.restarts, "last_exit": program.last_exit,
             "client": spec.client, "registered": program.registered if spec.client else None,
@@ -332,3 +372,10 @@ class Supervisor:
 
     def status(self):
         return {name: self.describe(name) for name, p in self.programs.items() if not p.retired}
+
+    def hosts(self):
+        """Each host but this one: reachable or why not, its agent's last figures, its programs."""
+        return {name: {"reachable": backend.reachable, "problem": backend.problem or None,
+                       "figures": getattr(backend, "figures_seen", None) or None,
+                       "programs": [p.name for p in self.programs.values() if p.spec.host == name and not p.retired]}
+                for name, backend in self.backends.items() if name != LocalBackend.host}

@@ -28,10 +28,33 @@ class Exited:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class Started:
+    """A program's process runs, with `pid`, since `age_s` seconds: told by a backend that learns it after `spawn`
+    returned; `adopted` when it was found running already (started before this run controller)."""
+    handle: object
+    pid: int
+    age_s: float
+    adopted: bool = False
+
+
+@dataclass(frozen=True)
+class HostChanged:
+    """The host of a backend became reachable (`problem` empty) or not (`problem` says why)."""
+    host: str
+    problem: str = ""
+
+
 class Backend:
     """Where programs run. `host` is the name programs use for it in the experiment (`local` here)."""
 
     host = None
+    adopts = False  # a start of a program that runs already there takes it over (Started with adopted)
+    problem = ""   # why the host cannot be reached now; empty while it can
+
+    @property
+    def reachable(self):
+        return not self.problem
 
     def spawn(self, spec, env):
         """Start the program `spec` with `env`; a handle with `.pid` and `.name`. OSError if it cannot start."""
@@ -54,19 +77,26 @@ class Backend:
         raise NotImplementedError
 
     def events(self):
-        """What happened since the last call (Output and Exited events, in order); never blocks."""
+        """What happened since the last call (Output, Started, Exited and HostChanged events, in order); never blocks."""
         raise NotImplementedError
 
     def figures(self, handle):
         """(cpu_percent since the last ask, rss in bytes), or (None, None) when unknown."""
         return None, None
 
+    def look(self):
+        """Someone on the host said a process changed state: look at once instead of at the next poll."""
+
+    def take_figures(self, figures):
+        """Figures of the host and its programs, as its agent published them."""
+
     def record(self, handle):
         """A JSON-able record of a running program, for `stop_leftovers` after a crash of the controller."""
         raise NotImplementedError
 
     def stop_leftovers(self, records):
-        """Stop programs a previous run controller left running ({name: record}); what was stopped."""
+        """Stop programs a previous run controller left running ({name: record}); what was stopped.
+        A backend that `adopts` keeps those its successor will find running when it starts them."""
         raise NotImplementedError
 
     def reap_orphans(self):

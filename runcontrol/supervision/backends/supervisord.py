@@ -12,13 +12,13 @@ import queue
 import signal
 import socket
 import threading
-import time
 import urllib.parse
 import xmlrpc.client
 
 from runcontrol import process
 from runcontrol.errors import ConfigError
-from runcontrol.supervision.backends.base import Backend, Exited
+from runcontrol.restarts import Backoff
+from runcontrol.supervision.backends.base import Backend, Exited, HostChanged, Output, Started
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,11 @@ def check(host, timeout_s=2.0):
     return None
 
 
-POLL_S = 0.5        # how often the worker reads the host's process list (exits are learnt from it)
-SAY_EVERY_S = 10.0  # an unreachable host is said at most this often
+POLL_S = 2.0        # how often the worker reads the host's process list when its agent says nothing
+RETRY = (0.5, 10.0, 2.0)  # an unreachable host is tried again after 0.5 s, 1 s, 2 s ... at most 10 s apart
+TAIL_BYTES = 2048   # of a program's log on its host, read when it exits
+ALREADY_STARTED = 60  # supervisord's fault code for a start of a program that runs
+ALIVE = ("RUNNING", "STARTING", "STOPPING")
 
 
 class RemoteProcess:
@@ -95,29 +98,36 @@ class SupervisordBackend(Backend):
     """Programs of another host, run by its supervisord (its configuration from `run.py --export`).
 
     Orders go to supervisord from a worker thread, so a slow or dead host never blocks the
-    controller's loop; exits are learnt from its process list every POLL_S and handed to the
-    loop as events through a pipe. What a program writes stays in its log on that host.
+    controller's loop; what happens there (a start, an exit, the host lost or back) is handed to
+    the loop as events through a pipe. Exits are learnt from the process list, read at once when
+    the host's agent says a process changed state (`look`) and every POLL_S anyway. A start of a
+    program that already runs there adopts it. What a program writes stays in its log on that
+    host; its last lines come with its exit.
     """
+
+    adopts = True
 
     def __init__(self, host, poll_s=POLL_S):
         self.host, self.spec, self.poll_s = host.name, host, poll_s
+        self.problem = ""
+        self.figures_seen = {}      # the host agent's last figures
         self._orders = queue.Queue()
         self._found = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._running = {}          # name -> RemoteProcess, as the worker last saw it
+        self._deferred = {}         # name -> a signal order that waits for the host to be back
         self._stopping = threading.Event()
-        self._said_at = 0.0
         self._thread = threading.Thread(target=self._work, daemon=True, name=f"supervisord-{host.name}")
         self._thread.start()
 
     # --- what the supervisor asks (from the loop's thread) --------------------------------------
 
     def spawn(self, spec, env):
-        """Ask the host's supervisord to start `spec.name`; its environment is the exported one, not `env`."""
+        """Ask the host's supervisord to start `spec.name`; its environment is the exported one, not `env`.
+        Its pid comes later, as a Started event."""
         handle = RemoteProcess(spec.name)
-        self._running[spec.name] = handle
         self._orders.put(("start", handle, None))
         return handle
 
@@ -129,6 +139,9 @@ class SupervisordBackend(Backend):
 
     def kill_now(self, handle):
         self._running.pop(handle.name, None)
+        if self.problem:
+            return [Exited(handle, None, None, f"{self.host}'s supervisord cannot be reached to kill it: "
+                                               f"{self.problem}")]
         try:
             rpc = proxy(self.spec)
             try:
@@ -138,6 +151,20 @@ class SupervisordBackend(Backend):
             return [self._exited(handle, rpc.supervisor.getProcessInfo(handle.name))]
         except UNREACHABLE as exc:
             return [Exited(handle, None, None, f"{self.host}'s supervisord cannot be reached to kill it: {exc}")]
+
+    def look(self):
+        self._orders.put(("look", None, None))
+
+    def take_figures(self, figures):
+        if isinstance(figures, dict):
+            self.figures_seen = figures
+
+    def figures(self, handle):
+        mine = self.figures_seen.get("programs")
+        mine = mine.get(handle.name) if isinstance(mine, dict) else None
+        if not isinstance(mine, dict) or mine.get("pid") != handle.pid:
+            return None, None
+        return mine.get("cpu_percent"), mine.get("rss")
 
     def fileno(self):
         return self._wake_r
@@ -179,18 +206,22 @@ class SupervisordBackend(Backend):
 
     def _work(self):
         rpc = None
+        retry = Backoff(*RETRY)
         while not self._stopping.is_set():
             try:
-                order = self._orders.get(timeout=self.poll_s)
+                order = self._orders.get(timeout=retry.next_delay(False, came_up=False) if self.problem else self.poll_s)
             except queue.Empty:
                 order = None
             if order is None and self._stopping.is_set():
                 return
             try:
                 rpc = rpc or proxy(self.spec)
+                if self.problem:
+                    self._back(rpc)
                 if order is not None:
                     self._carry_out(rpc, *order)
                 self._look(rpc)
+                retry.reset()
             except UNREACHABLE as exc:
                 rpc = None
                 self._unreachable(exc, order)
@@ -198,18 +229,31 @@ class SupervisordBackend(Backend):
     def _carry_out(self, rpc, what, handle, signum):
         try:
             if what == "start":
-                try:
-                    rpc.supervisor.startProcess(handle.name, True)
-                except xmlrpc.client.Fault as exc:
-                    self._gone(handle, Exited(handle, None, None, f"{self.host}'s supervisord: {exc.faultString}"))
-                    return
-                handle.pid = rpc.supervisor.getProcessInfo(handle.name).get("pid")
-            elif signum == signal.SIGKILL:
+                self._start(rpc, handle)
+            elif what == "signal" and signum == signal.SIGKILL:
                 rpc.supervisor.signalProcess(handle.name, "KILL")
-            else:  # its stop signal: supervisord stops the whole group, SIGKILL after the exported grace
+            elif what == "signal":  # its stop signal: supervisord stops the whole group, SIGKILL after the grace
                 rpc.supervisor.stopProcess(handle.name, False)
         except xmlrpc.client.Fault as exc:
-            log.warning("%s on %s: %s %s: %s", what, self.host, handle.name, "refused", exc.faultString)
+            log.warning("%s %s on %s: refused: %s", what, handle.name, self.host, exc.faultString)
+
+    def _start(self, rpc, handle):
+        adopted = False
+        try:
+            rpc.supervisor.startProcess(handle.name, True)
+        except xmlrpc.client.Fault as exc:
+            if exc.faultCode != ALREADY_STARTED:
+                self._tell(Exited(handle, None, None, f"{self.host}'s supervisord: {exc.faultString}"))
+                return
+            adopted = True
+        info = rpc.supervisor.getProcessInfo(handle.name)
+        pid, now, since = info.get("pid"), info.get("now"), info.get("start")
+        if not isinstance(pid, int) or not isinstance(now, int) or not isinstance(since, int):
+            raise Unexpected(f"getProcessInfo({handle.name!r}) answered {str(info)[:200]}")
+        handle.pid = pid or None
+        self._running[handle.name] = handle
+        if handle.pid:
+            self._tell(Started(handle, handle.pid, max(0.0, float(now - since)), adopted))
 
     def _look(self, rpc):
         """Hand the loop an Exited event for each program of ours that no longer runs there."""
@@ -218,17 +262,51 @@ class SupervisordBackend(Backend):
             raise Unexpected(f"getAllProcessInfo answered {type(listed).__name__}, not a list of processes")
         infos = {info.get("name"): info for info in listed}
         for name, handle in list(self._running.items()):
-            if handle.pid is None:
-                continue  # its start order has not been carried out yet
-            info = infos.get(name)
-            if info is None or info.get("statename") not in ("RUNNING", "STARTING", "STOPPING") \
-                    or info.get("pid") != handle.pid:
-                self._gone(handle, self._exited(handle, info or {}))
+            info = infos.get(name) or {}
+            if info.get("statename") not in ALIVE or info.get("pid") != handle.pid:
+                self._running.pop(name, None)
+                tail = self._tail(rpc, name)
+                if tail:
+                    self._tell(Output(handle, tail))
+                self._tell(self._exited(handle, info))
 
-    def _gone(self, handle, event):
-        self._running.pop(handle.name, None)
-        self._found.append(event)
-        self._wake()
+    def _tail(self, rpc, name):
+        """The last lines of the program's log on its host (whole lines only)."""
+        try:
+            text, _, overflow = rpc.supervisor.tailProcessStdoutLog(name, 0, TAIL_BYTES)
+        except (xmlrpc.client.Fault, ValueError, TypeError):
+            return b""
+        if overflow and "\n" in text:
+            text = text.split("\n", 1)[1]
+        return text.encode("utf-8", "replace")
+
+    def _back(self, rpc):
+        """The host answers again: its programs are held against what its supervisord reports (by `_look`),
+        the orders that waited go out."""
+        rpc.supervisor.getState()
+        log.warning("host %s: supervisord at %s answers again", self.host, self.spec.supervisord)
+        self._set_problem("")
+        deferred, self._deferred = self._deferred, {}
+        for order in deferred.values():
+            self._carry_out(rpc, *order)
+
+    def _unreachable(self, exc, order):
+        problem = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+        if not self.problem:
+            log.warning("host %s: supervisord at %s cannot be reached: %s", self.host, self.spec.supervisord, problem)
+        self._set_problem(problem)
+        if order is None:
+            return
+        what, handle, _ = order
+        if what == "start":
+            self._tell(Exited(handle, None, None, f"{self.host}'s supervisord cannot be reached: {problem}"))
+        elif what == "signal":
+            self._deferred[handle.name] = order  # carried out when the host is back
+
+    def _set_problem(self, problem):
+        if problem != self.problem:
+            self.problem = problem
+            self._tell(HostChanged(self.host, problem))
 
     @staticmethod
     def _exited(handle, info):
@@ -238,15 +316,8 @@ class SupervisordBackend(Backend):
         # supervisord says -1 for a process killed by a signal, and not which one
         return Exited(handle, None, process.UNNAMED_SIGNAL)
 
-    def _unreachable(self, exc, order):
-        now = time.monotonic()
-        if now - self._said_at >= SAY_EVERY_S:
-            self._said_at = now
-            log.warning("host %s: supervisord at %s cannot be reached: %s", self.host, self.spec.supervisord, exc)
-        if order is not None and order[0] == "start":
-            self._gone(order[1], Exited(order[1], None, None, f"{self.host}'s supervisord cannot be reached: {exc}"))
-
-    def _wake(self):
+    def _tell(self, event):
+        self._found.append(event)
         try:
             os.write(self._wake_w, b"x")
         except BlockingIOError:

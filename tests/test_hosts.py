@@ -1,0 +1,110 @@
+"""Several hosts on loopback: two real supervisord instances, run from what `run.py --export` writes, driven by
+a real run controller; each host's agent registers and tells of exits at once."""
+
+import os
+import signal
+
+import psutil
+import pytest
+
+from tests.helpers import System, helper, wait_until, write_experiment
+from tests.hosts import Host, add_hosts
+
+
+def participant(name, folder, host, **fields):
+    return helper("participant.py", name, folder / f"{name}.jsonl", client=name, run=True, host=host,
+                  stop_timeout=2, **fields)
+
+
+@pytest.fixture
+def hosts_system(tmp_path):
+    """A server and run controller here, `db` on host daq2, `board` (which needs db) on daq3, `here` locally."""
+    path = write_experiment(tmp_path, "hosts", timeout=5.0, programs={
+        "db": participant("db", tmp_path, "daq2"),
+        "board": participant("board", tmp_path, "daq3", depends_on=["db"]),
+        "here": helper("crash_after.py", 600)})
+    add_hosts(path, ["daq2", "daq3"])
+    hosts = {}
+    system = None
+    try:
+        for name in ("daq2", "daq3"):
+            hosts[name] = Host(path, name).start()
+        system = System(path)
+        system.hosts = hosts
+        for name in ("db", "board"):
+            system.wait_state(name, "RUNNING", timeout_s=30, registered=True)
+        yield system
+    finally:
+        try:
+            if system is not None:
+                system.close()
+        finally:
+            for host in hosts.values():
+                host.stop()
+
+
+def pid_gone(pid):
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_programs_on_two_hosts_start_in_order_restart_and_take_part_in_runs(hosts_system, tmp_path):
+    s = hosts_system
+    started = [e["program"] for t, e in s.events.items if t == "event.program_started"]
+    assert started.index("db") < started.index("board")  # dependency order across hosts
+    status = s.op.request("run", "status")
+    assert (status["programs"]["db"]["host"], status["programs"]["board"]["host"]) == ("daq2", "daq3")
+    assert s.hosts["daq2"].info("db")["pid"] == status["programs"]["db"]["pid"]  # under that host's supervisord
+    assert {"host.daq2", "host.daq3"} <= set(s.clients())  # the host agents
+    wait_until(lambda: (s.program("db")["rss"] or 0) > 0, 20, 0.2, what="db's figures from its host's agent")
+    figures = s.op.request("run", "status")["hosts"]["daq2"]
+    assert figures["reachable"] and figures["programs"] == ["db"] and figures["figures"]["disk_free"] > 0
+
+    first = s.program("db")["pid"]
+    os.kill(first, signal.SIGKILL)
+    s.wait_event("event.program_exited", program="db", host="daq2", signal="a signal")
+    again = s.wait_state("db", "RUNNING", registered=True, restarts=1)
+    assert again["pid"] != first and s.hosts["daq2"].info("db")["pid"] == again["pid"]
+
+    hung = s.program("board")["pid"]
+    os.kill(hung, signal.SIGSTOP)  # silent: its heartbeats stop, the server says it is lost
+    replaced = s.wait_state("board", "RUNNING", timeout_s=40, registered=True, restarts=1)
+    assert replaced["pid"] != hung and pid_gone(hung)
+
+    ready = s.op.request("run", "prepare_run")
+    assert ready["participants"] == ["board", "db"]
+    s.op.request("run", "begin_run")
+    assert s.op.request("run", "end_run")["state"] == "STOP"
+
+    s.op.close()
+    assert s.controller.stop() == 0
+    for host, program in (("daq2", "db"), ("daq3", "board")):
+        assert s.hosts[host].info(program)["statename"] == "STOPPED"
+    assert pid_gone(again["pid"]) and pid_gone(replaced["pid"])
+    s.controller.stop = lambda: 0  # stopped already
+
+
+def test_a_lost_host_is_unknown_then_adopted_and_a_new_run_controller_adopts_what_runs(hosts_system):
+    s = hosts_system
+    before = s.status()
+    s.hosts["daq3"].pause()
+    try:
+        lost = s.wait_event("event.host_unreachable", host="daq3")
+        assert lost["programs"] == ["board"] and lost["error"]
+        status = s.op.request("run", "status")
+        assert status["programs"]["board"]["state"] == "UNKNOWN" and status["programs"]["db"]["state"] == "RUNNING"
+        assert not status["hosts"]["daq3"]["reachable"] and status["hosts"]["daq2"]["reachable"]
+    finally:
+        s.hosts["daq3"].resume()
+    s.wait_event("event.host_reachable", host="daq3")
+    back = s.wait_state("board", "RUNNING", registered=True)
+    assert (back["pid"], back["restarts"]) == (before["board"]["pid"], 0)  # adopted, not restarted
+
+    s.replace_controller()
+    for name in ("db", "board"):
+        adopted = s.wait_state(name, "RUNNING", timeout_s=30, registered=True)
+        assert (adopted["pid"], adopted["restarts"]) == (before[name]["pid"], 0)
+        assert adopted["uptime"] >= before[name]["uptime"]  # its uptime goes on
+    s.wait_event("event.program_started", program="board", adopted=True)
