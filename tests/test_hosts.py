@@ -108,3 +108,15 @@ def test_a_lost_host_is_unknown_then_adopted_and_a_new_run_controller_adopts_wha
         assert (adopted["pid"], adopted["restarts"]) == (before[name]["pid"], 0)
         assert adopted["uptime"] >= before[name]["uptime"]  # its uptime goes on
     s.wait_event("event.program_started", program="board", adopted=True)
+
+    s.hosts["daq3"].pause()  # the experiment stopped while a host is away: the stop ends, that host's program left
+    try:
+        s.wait_event("event.host_unreachable", host="daq3")
+        s.op.close()
+        assert s.controller.stop() == 0
+        log = s.controller.log.read_text()
+        assert "board: daq3's supervisord cannot be reached to kill it" in log
+        assert s.hosts["daq2"].info("db")["statename"] == "STOPPED"
+    finally:
+        s.hosts["daq3"].resume()
+    s.controller.stop = lambda: 0  # stopped already; daq3's supervisord stops board when the test ends

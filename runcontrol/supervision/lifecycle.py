@@ -73,13 +73,21 @@ class Lifecycle:
                   restarts=program.restarts, **({"adopted": True} if adopted else {}))
 
     def _lost(self, program, why):
-        """A program being stopped whose end cannot be learnt (its host is away): counted as stopped."""
+        """A program to be killed whose end cannot be learnt (its host is away): counted as ended there;
+        its host's supervisord stops it when it is back."""
         program.log.note(f"left to its host: {why}")
-        log.error("%s: %s; counted as stopped", program.name, why)
-        program.exited(None, None, 0.0, time.time())
-        program.last_exit = {"error": why, "at": time.time()}
-        program.set(S.STOPPED)
-        self.settled(program)
+        log.error("%s: %s; counted as ended", program.name, why)
+        stopping = program.state is S.STOPPING
+        program.old_pids.append(program.pid)
+        program.exited(None, None, self.clock() - program.started_at, time.time())
+        program.last_exit = {"error": why, "at": time.time(), "reason": program.kill_reason}
+        self.emit("program_exited", program=program.name, pid=program.old_pids[-1], host=program.spec.host,
+                  code=None, signal=None, error=why, tail=[])
+        if stopping:
+            program.set(S.STOPPED)
+            self.settled(program)
+        else:
+            self._after_exit(program, clean=False, uptime=0.0)
 
     def _start_failed(self, program, why):
         spec = program.spec
@@ -225,7 +233,7 @@ class Lifecycle:
             self._started(program, adopted)
             if adopted and not program.spec.client:
                 self.came_up(program)
-        elif isinstance(event, Exited) and event.error and program.state is S.STOPPING:
+        elif isinstance(event, Exited) and event.lost:
             self._lost(program, event.error)
         elif isinstance(event, Exited) and event.error:
             self._start_failed(program, event.error)

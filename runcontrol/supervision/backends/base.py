@@ -21,11 +21,13 @@ class Output:
 @dataclass(frozen=True)
 class Exited:
     """A program's process has exited and was reaped: `code` or `signal` is set (a signal.Signals, or
-    process.UNNAMED_SIGNAL where the host does not say which); or it could not be started, and `error` says why."""
+    process.UNNAMED_SIGNAL where the host does not say which); or it could not be started, and `error` says why;
+    or, `lost`, it was to be killed but its host cannot be reached: it is left to that host, counted as ended."""
     handle: object
     code: object
     signal: object
     error: str = ""
+    lost: bool = False
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,7 @@ class SupervisordBackend(Backend):
         os.set_blocking(self._wake_w, False)
         self._running = {}          # name -> RemoteProcess, as the worker last saw it
         self._deferred = {}         # name -> a signal order that waits for the host to be back
+        self._abandoned = set()     # programs we could not kill while the host was away: stopped when it is back
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._work, daemon=True, name=f"supervisord-{host.name}")
         self._thread.start()
@@ -140,8 +141,9 @@ class SupervisordBackend(Backend):
     def kill_now(self, handle):
         self._running.pop(handle.name, None)
         if self.problem:
+            self._abandoned.add(handle.name)
             return [Exited(handle, None, None, f"{self.host}'s supervisord cannot be reached to kill it: "
-                                               f"{self.problem}")]
+                                               f"{self.problem}", lost=True)]
         try:
             rpc = proxy(self.spec)
             try:
@@ -150,7 +152,8 @@ class SupervisordBackend(Backend):
                 pass  # not running any more
             return [self._exited(handle, rpc.supervisor.getProcessInfo(handle.name))]
         except UNREACHABLE as exc:
-            return [Exited(handle, None, None, f"{self.host}'s supervisord cannot be reached to kill it: {exc}")]
+            return [Exited(handle, None, None, f"{self.host}'s supervisord cannot be reached to kill it: {exc}",
+                           lost=True)]
 
     def look(self):
         self._orders.put(("look", None, None))
@@ -225,6 +228,8 @@ class SupervisordBackend(Backend):
             except UNREACHABLE as exc:
                 rpc = None
                 self._unreachable(exc, order)
+            except Exception:  # a bug here must not leave the host's programs without their worker
+                log.exception("host %s: the worker failed on %s; it goes on", self.host, order)
 
     def _carry_out(self, rpc, what, handle, signum):
         try:
@@ -289,6 +294,13 @@ class SupervisordBackend(Backend):
         deferred, self._deferred = self._deferred, {}
         for order in deferred.values():
             self._carry_out(rpc, *order)
+        abandoned, self._abandoned = self._abandoned - set(self._running), set()
+        for name in abandoned:
+            try:
+                rpc.supervisor.stopProcess(name, True)
+                log.warning("host %s: stopped %s, left there while the host was away", self.host, name)
+            except xmlrpc.client.Fault:
+                pass  # it ended meanwhile
 
     def _unreachable(self, exc, order):
         problem = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
@@ -297,9 +309,15 @@ class SupervisordBackend(Backend):
         self._set_problem(problem)
         if order is None:
             return
-        what, handle, _ = order
+        what, handle, signum = order
         if what == "start":
             self._tell(Exited(handle, None, None, f"{self.host}'s supervisord cannot be reached: {problem}"))
+        elif what == "signal" and signum == signal.SIGKILL:  # the end of a program that must end now: it is left to its host
+            self._running.pop(handle.name, None)
+            self._deferred.pop(handle.name, None)
+            self._abandoned.add(handle.name)
+            self._tell(Exited(handle, None, None, f"{self.host}'s supervisord cannot be reached to kill it: "
+                                                  f"{problem}", lost=True))
         elif what == "signal":
             self._deferred[handle.name] = order  # carried out when the host is back
 
