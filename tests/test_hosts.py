@@ -3,11 +3,13 @@ a real run controller; each host's agent registers and tells of exits at once.""
 
 import os
 import signal
+import subprocess
+import sys
 
 import psutil
 import pytest
 
-from tests.helpers import System, helper, wait_until, write_experiment
+from tests.helpers import ROOT, System, env_for_children, helper, wait_until, write_experiment
 from tests.hosts import Host, add_hosts
 
 
@@ -96,6 +98,14 @@ def test_a_lost_host_is_unknown_then_adopted_and_a_new_run_controller_adopts_wha
         status = s.op.request("run", "status")
         assert status["programs"]["board"]["state"] == "UNKNOWN" and status["programs"]["db"]["state"] == "RUNNING"
         assert not status["hosts"]["daq3"]["reachable"] and status["hosts"]["daq2"]["reachable"]
+        shown = subprocess.run([sys.executable, "status.py", "--once", "--experiment", str(s.path)], cwd=ROOT,
+                               env={**env_for_children(), "COLUMNS": "150", "LINES": "40"}, capture_output=True,
+                               text=True, timeout=60)
+        lines = shown.stdout.splitlines()
+        assert any(line.split()[:3] == ["board", "UNKNOWN", str(before["board"]["pid"])] for line in lines)
+        assert any(line.split()[:2] == ["daq3", "LOST"] for line in lines), shown.stdout  # a line per host
+        assert any(line.split()[:2] == ["daq2", "up"] and "1/1" in line for line in lines), shown.stdout
+        assert "host daq3 cannot be reached" in shown.stdout  # the alarm among the events
     finally:
         s.hosts["daq3"].resume()
     s.wait_event("event.host_reachable", host="daq3")

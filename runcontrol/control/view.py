@@ -20,11 +20,11 @@ from runcontrol.errors import RequestFailed
 REFRESH_S = 0.5
 LIVE_TIMEOUT_S = 2.0  # past this the view says the server is unreachable, and keeps trying
 STATE_STYLES = {"RUNNING": "green", "REGISTERED": "green", "STARTING": "yellow", "BACKOFF": "yellow", "STOPPING": "yellow",
-                "STOPPED": "dim", "EXITED": "dim", "FATAL": "bold red"}
+                "STOPPED": "dim", "EXITED": "dim", "FATAL": "bold red", "UNKNOWN": "bold magenta"}
 RUN_STYLES = {"RUN": "bold green", "READY": "bold yellow", "STOP": "bold"}
-ALARMS = {"program_fatal", "client_lost"}
+ALARMS = {"program_fatal", "client_lost", "host_unreachable"}
 NOTABLE = {"program_restarting", "program_fatal", "program_exited", "client_lost", "run_state",
-           "server_started", "client_replaced"}
+           "server_started", "client_replaced", "host_unreachable", "host_reachable"}
 # Program columns, most important first; the narrowest terminals keep only the first ones.
 COLUMNS = [("program", 12), ("state", 8), ("pid", 7), ("up", 5), ("rst", 3), ("reg", 3), ("hb", 4),
            ("cpu%", 5), ("rss", 5), ("host", 8)]
@@ -131,6 +131,37 @@ def programs_table(snap, width):
     return table
 
 
+def hosts_of(snap):
+    return as_dict(as_dict(snap.get("run")).get("hosts"))
+
+
+def host_cells(name, info, programs):
+    figures = as_dict(info.get("figures"))
+    load = as_list(figures.get("load"))
+    mine = [str(p) for p in as_list(info.get("programs"))]
+    running = sum(1 for p in mine if as_dict(programs.get(p)).get("state") == "RUNNING")
+    reachable = info.get("reachable")
+    cpu, memory = figures.get("cpu_percent"), figures.get("memory_percent")
+    return [short(name, 10), Text("up" if reachable else "LOST", style="green" if reachable else "bold magenta"),
+            f"{load[0]:.2f}" if load and isinstance(load[0], (int, float)) else "",
+            f"{cpu:.0f}" if isinstance(cpu, (int, float)) else "",
+            f"{memory:.0f}" if isinstance(memory, (int, float)) else "", size(figures.get("disk_free")),
+            f"{running}/{len(mine)}", "" if reachable else str(info.get("problem") or "")]
+
+
+def hosts_table(snap, width):
+    """A line per other host: reachable or not (and why), load, CPU, memory, free data space, programs up."""
+    table = Table("host", "state", "load", "cpu%", "mem%", "free", "progs", "problem", title="hosts",
+                  title_justify="left", box=None, padding=(0, 1))
+    for column in table.columns:
+        column.no_wrap, column.overflow = True, "ellipsis"
+    table.columns[-1].max_width = max(10, width - 60)
+    programs = as_dict(as_dict(snap.get("run")).get("programs"))
+    for name, info in sorted(hosts_of(snap).items()):
+        table.add_row(*host_cells(str(name), as_dict(info), programs))
+    return table
+
+
 def retained_table(snap, width, rows):
     table = Table("value", "data", "age", title="monitoring", title_justify="left", box=None, padding=(0, 1))
     for column in table.columns:
@@ -158,6 +189,10 @@ def event_text(event):
         return f"{e.get('program')}: {e.get('reason')}"
     if kind in ("client_lost", "client_replaced"):
         return f"{e.get('name')}: {e.get('reason')}"
+    if kind == "host_unreachable":
+        return f"host {e.get('host')} cannot be reached: {e.get('error')}"
+    if kind == "host_reachable":
+        return f"host {e.get('host')} is back"
     if kind == "server_started":
         return f"instance {e.get('instance')} pid {e.get('pid')}"
     detail = {k: v for k, v in e.items() if k not in ("kind", "ts", "actions", "meta", "tail", "from")}
@@ -180,13 +215,14 @@ def events_table(snap, width, rows):
 
 def render(snap, width=80, height=24, note=None):
     """The whole view for a terminal of `width` x `height`: nothing wraps, lower parts shrink first."""
-    programs = len(rows_of(snap))
-    spare = max(0, height - 2 - (programs + 2) - (1 if note else 0))
+    programs, hosts = len(rows_of(snap)), len(hosts_of(snap))
+    spare = max(0, height - 2 - (programs + 2) - (hosts + 2 if hosts else 0) - (1 if note else 0))
     retained_rows = min(len(as_dict(snap.get("retained"))), max(0, (spare - 4) // 2))
     event_rows = max(0, spare - 4 - retained_rows)
     parts = [Text(note, style="bold yellow")] if note else []
-    parts += [header(snap), programs_table(snap, width), retained_table(snap, width, retained_rows),
-              events_table(snap, width, event_rows)]
+    parts += [header(snap), programs_table(snap, width)]
+    parts += [hosts_table(snap, width)] if hosts else []
+    parts += [retained_table(snap, width, retained_rows), events_table(snap, width, event_rows)]
     return Group(*parts)
 
 
