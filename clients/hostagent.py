@@ -4,7 +4,9 @@
 
 Turns supervisord's PROCESS_STATE events into `_publish` of `process` at once
 (the run controller looks at the host's supervisord when it hears one, so an
-exit there is noticed without polling), and publishes `figures` (retained)
+exit there is noticed without polling). supervisord itself learns of an exit
+only at its next tick (up to a second), so the agent also holds a pidfd of
+each program and says `EXITED` the moment one ends. It publishes `figures` (retained)
 every second: the load, CPU and memory of the host, the free space of the data
 path, and the CPU and RSS of each program supervisord runs here. Its stdin and
 stdout belong to supervisord's event listener protocol; it logs to stderr.
@@ -135,6 +137,7 @@ class HostAgent(Client):
         self.protocol = ListenerProtocol()
         self._in, self._out = events_in, answers_out
         self.ended = False
+        self._exits = {}  # pid -> pidfd of a program of this host, readable when it ends
         os.set_blocking(self._in, False)
         self.watch(self._in, self._read_events)
 
@@ -149,8 +152,11 @@ class HostAgent(Client):
             self.poll(max(0.0, due - time.monotonic()))
             if time.monotonic() >= due:
                 due = time.monotonic() + FIGURES_EVERY_S
+                figures = self.figures.read()
+                for name, program in figures["programs"].items():
+                    self._watch_exit(name, program["pid"])
                 if self.registered:
-                    self.publish("figures", self.figures.read(), retain=True)
+                    self.publish("figures", figures, retain=True)
 
     def _read_events(self):
         try:
@@ -169,10 +175,29 @@ class HostAgent(Client):
         if not eventname.startswith("PROCESS_STATE_"):
             return
         pid = payload.get("pid", "")
-        self.publish("process", {"host": self.host, "program": payload.get("processname"),
-                                 "state": eventname.removeprefix("PROCESS_STATE_"),
-                                 "from_state": payload.get("from_state"),
-                                 "pid": int(pid) if pid.isdigit() else None})
+        pid = int(pid) if pid.isdigit() else None
+        state, name = eventname.removeprefix("PROCESS_STATE_"), payload.get("processname")
+        if state == "RUNNING" and pid:
+            self._watch_exit(name, pid)
+        self.publish("process", {"host": self.host, "program": name, "state": state,
+                                 "from_state": payload.get("from_state"), "pid": pid})
+
+    def _watch_exit(self, name, pid):
+        if pid in self._exits:
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return  # gone already: supervisord tells
+        self._exits[pid] = fd
+        self.watch(fd, lambda: self._ended(name, pid))
+
+    def _ended(self, name, pid):
+        fd = self._exits.pop(pid)
+        self.unwatch(fd)
+        os.close(fd)
+        self.publish("process", {"host": self.host, "program": name, "state": "EXITED", "from_state": None,
+                                 "pid": pid, "seen": "pidfd"})
 
 
 def main(argv=None):

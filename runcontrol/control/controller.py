@@ -93,7 +93,7 @@ class Controller:
         """A host's agent published: a process changed state there (look at once), or the host's figures."""
         host, _, what = topic.removeprefix(f"pub.{protocol.HOST_AGENT}").rpartition(".")
         if what == "process":
-            self.supervisor.look(host)
+            self.supervisor.look(host, event.get("data"))
         elif what == "figures":
             self.supervisor.take_figures(host, event.get("data"))
 
@@ -128,8 +128,11 @@ class Controller:
     def step(self):
         """One turn of the loop: wait for anything (sockets, children, timers), handle it."""
         now = time.monotonic()
-        due = [now + LOOP_MAX_S, self._touched + TOUCH_EVERY_S, self._reconciled + RECONCILE_EVERY_S,
+        waiting = self._listing is not None and self._listing.answer is None  # asked: wait for it, not spin
+        due = [now + LOOP_MAX_S, self._reconciled + (LIST_WAIT_S if waiting else RECONCILE_EVERY_S),
                *self.waiters.deadlines()]
+        if self.pidfile_path:
+            due.append(self._touched + TOUCH_EVERY_S)
         next_due = self.supervisor.next_due()
         if next_due is not None:
             due.append(next_due)

@@ -223,11 +223,11 @@ class Supervisor:
             else:
                 self._start_ready()
 
-    def look(self, host):
-        """Someone on `host` (its agent) said a process changed state there."""
+    def look(self, host, hint=None):
+        """Someone on `host` (its agent) said a process changed state there (`hint`: what it said)."""
         backend = self.backends.get(host)
         if backend is not None:
-            backend.look()
+            backend.look(hint if isinstance(hint, dict) else None)
 
     def take_figures(self, host, figures):
         backend = self.backends.get(host)

@@ -86,8 +86,9 @@ class Backend:
         """(cpu_percent since the last ask, rss in bytes), or (None, None) when unknown."""
         return None, None
 
-    def look(self):
-        """Someone on the host said a process changed state: look at once instead of at the next poll."""
+    def look(self, hint=None):
+        """Someone on the host said a process changed state (`hint`: what it said, e.g. `pid` and `state`):
+        look at once instead of at the next poll."""
 
     def take_figures(self, figures):
         """Figures of the host and its programs, as its agent published them."""

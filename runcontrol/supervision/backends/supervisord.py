@@ -12,6 +12,7 @@ import queue
 import signal
 import socket
 import threading
+import time
 import urllib.parse
 import xmlrpc.client
 
@@ -81,8 +82,10 @@ def check(host, timeout_s=2.0):
 POLL_S = 2.0        # how often the worker reads the host's process list when its agent says nothing
 RETRY = (0.5, 10.0, 2.0)  # an unreachable host is tried again after 0.5 s, 1 s, 2 s ... at most 10 s apart
 TAIL_BYTES = 2048   # of a program's log on its host, read when it exits
-ALREADY_STARTED = 60  # supervisord's fault code for a start of a program that runs
+ALREADY_STARTED = 60  # supervisord's fault codes: a start of a program that runs, a name it does not know
+BAD_NAME = 10
 ALIVE = ("RUNNING", "STARTING", "STOPPING")
+REAP_WAIT_S = 1.5   # supervisord's tick is a second
 
 
 class RemoteProcess:
@@ -155,8 +158,8 @@ class SupervisordBackend(Backend):
             return [Exited(handle, None, None, f"{self.host}'s supervisord cannot be reached to kill it: {exc}",
                            lost=True)]
 
-    def look(self):
-        self._orders.put(("look", None, None))
+    def look(self, hint=None):
+        self._orders.put(("look", None, hint))
 
     def take_figures(self, figures):
         if isinstance(figures, dict):
@@ -239,6 +242,8 @@ class SupervisordBackend(Backend):
                 rpc.supervisor.signalProcess(handle.name, "KILL")
             elif what == "signal":  # its stop signal: supervisord stops the whole group, SIGKILL after the grace
                 rpc.supervisor.stopProcess(handle.name, False)
+            elif what == "look" and signum:
+                self._await_reaped(rpc, signum)
         except xmlrpc.client.Fault as exc:
             log.warning("%s %s on %s: refused: %s", what, handle.name, self.host, exc.faultString)
 
@@ -248,7 +253,9 @@ class SupervisordBackend(Backend):
             rpc.supervisor.startProcess(handle.name, True)
         except xmlrpc.client.Fault as exc:
             if exc.faultCode != ALREADY_STARTED:
-                self._tell(Exited(handle, None, None, f"{self.host}'s supervisord: {exc.faultString}"))
+                hint = " (not in its supervisord.conf: export the host again, python run.py EXPERIMENT --export " \
+                       f"{self.host} DIR)" if exc.faultCode == BAD_NAME else ""
+                self._tell(Exited(handle, None, None, f"{self.host}'s supervisord: {exc.faultString}{hint}"))
                 return
             adopted = True
         info = rpc.supervisor.getProcessInfo(handle.name)
@@ -259,6 +266,20 @@ class SupervisordBackend(Backend):
         self._running[handle.name] = handle
         if handle.pid:
             self._tell(Started(handle, handle.pid, max(0.0, float(now - since)), adopted))
+
+    def _await_reaped(self, rpc, hint):
+        """The agent saw a process of ours end: ask until supervisord says so too. It learns of an exit only
+        at its next tick (up to a second), and each request to it brings that tick on at once."""
+        pid, name = hint.get("pid"), hint.get("program")
+        handle = self._running.get(name) if isinstance(name, str) else None
+        if hint.get("state") != "EXITED" or handle is None or handle.pid != pid:
+            return
+        deadline = time.monotonic() + REAP_WAIT_S
+        while time.monotonic() < deadline:
+            info = rpc.supervisor.getProcessInfo(name)
+            if info.get("statename") not in ALIVE or info.get("pid") != pid:
+                return
+            time.sleep(0.002)
 
     def _look(self, rpc):
         """Hand the loop an Exited event for each program of ours that no longer runs there."""
