@@ -8,7 +8,9 @@ exit there is noticed without polling). supervisord itself learns of an exit
 only at its next tick (up to a second), so the agent also holds a pidfd of
 each program and says `EXITED` the moment one ends. It publishes `figures` (retained)
 every second: the load, CPU and memory of the host, the free space of the data
-path, and the CPU and RSS of each program supervisord runs here. Its stdin and
+path, and the CPU and RSS of each program supervisord runs here. When it starts,
+it stops what a previous supervisord of this host left running (one that was
+killed leaves its programs behind, and nobody else would stop them). Its stdin and
 stdout belong to supervisord's event listener protocol; it logs to stderr.
 Must not start or stop anything.
 """
@@ -129,6 +131,32 @@ class HostFigures:
         return seen
 
 
+def leftovers(experiment_file, supervisord_pid):
+    """Processes of this host's programs that a previous supervisord left (it was killed): started by a
+    supervisord for this experiment, but not by ours, so nobody would ever stop them."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+            if not env.get("SUPERVISOR_PROCESS_NAME") or env.get("ORBIT_EXPERIMENT") != experiment_file:
+                continue
+            if proc.pid != os.getpid() and supervisord_pid not in {p.pid for p in proc.parents()}:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def stop_leftovers(experiment_file, supervisord_pid, grace_s=5.0):
+    """Stop what `leftovers` finds (its process group, SIGKILL after `grace_s`); what was stopped, in words."""
+    found = leftovers(experiment_file, supervisord_pid)
+    for proc in found:
+        process.signal_group(proc.pid, signal.SIGTERM, wake=True)
+    _, alive = psutil.wait_procs(found, timeout=grace_s)
+    process.kill_all(alive)
+    return [f"{p.pid}" for p in found]
+
+
 class HostAgent(Client):
     def __init__(self, host, data_path, events_in, answers_out, **kwargs):
         super().__init__(protocol.HOST_AGENT + host, meta={"role": "host agent", "host": host}, **kwargs)
@@ -209,6 +237,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logsetup.configure("INFO", sys.stderr)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if args.experiment:
+        stopped = stop_leftovers(str(args.experiment), os.getppid())
+        if stopped:
+            log.warning("stopped processes a previous supervisord of this host left running: pids %s",
+                        ", ".join(stopped))
     try:
         with HostAgent(args.host, args.data, sys.stdin.fileno(), sys.stdout.fileno(),
                        experiment=args.experiment) as agent:

@@ -130,3 +130,21 @@ def test_a_lost_host_is_unknown_then_adopted_and_a_new_run_controller_adopts_wha
     finally:
         s.hosts["daq3"].resume()
     s.controller.stop = lambda: 0  # stopped already; daq3's supervisord stops board when the test ends
+
+
+def test_a_host_whose_supervisord_was_killed_and_started_again_runs_each_program_once(hosts_system):
+    """A killed supervisord leaves its programs behind; started again, its agent stops them and the run
+    controller starts them anew there: one of each, under the new supervisord."""
+    s = hosts_system
+    host = s.hosts["daq3"]
+    old = s.program("board")["pid"]
+    os.kill(host.proc.pid, signal.SIGKILL)
+    host.proc.wait(10)
+    s.wait_event("event.host_unreachable", host="daq3")
+    assert psutil.Process(old).is_running()  # left behind, still registered as board
+    host.start()
+    new = s.wait_state("board", "RUNNING", timeout_s=40, registered=True)
+    assert new["pid"] != old and host.info("board")["pid"] == new["pid"]
+    wait_until(lambda: pid_gone(old), 20, what="the agent to stop what the killed supervisord left")
+    exited = s.wait_event("event.program_exited", program="board", pid=old)
+    assert "daq3's supervisord was restarted" in exited["error"]

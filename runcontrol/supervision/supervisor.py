@@ -146,8 +146,10 @@ class Supervisor:
 
     def client_registered(self, client, pid=None):
         program = self._by_client(client, pid)
-        if program is None:
-            return
+        if program is not None:
+            self._registered(program)
+
+    def _registered(self, program):
         program.registered = True
         self.life.came_up(program)
 
@@ -173,7 +175,7 @@ class Supervisor:
                 continue
             if registered.get(client, -1) in (program.pid, None):
                 program.missing_since = None
-                self.client_registered(client, program.pid)
+                self._registered(program)
             elif program.state is S.RUNNING:
                 program.registered = False
                 program.missing_since = program.missing_since or now

@@ -122,6 +122,7 @@ class SupervisordBackend(Backend):
         self._running = {}          # name -> RemoteProcess, as the worker last saw it
         self._deferred = {}         # name -> a signal order that waits for the host to be back
         self._abandoned = set()     # programs we could not kill while the host was away: stopped when it is back
+        self._supervisord_pid = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._work, daemon=True, name=f"supervisord-{host.name}")
         self._thread.start()
@@ -287,6 +288,7 @@ class SupervisordBackend(Backend):
         if not isinstance(listed, list) or not all(isinstance(i, dict) for i in listed):
             raise Unexpected(f"getAllProcessInfo answered {type(listed).__name__}, not a list of processes")
         infos = {info.get("name"): info for info in listed}
+        self._restarted(rpc.supervisor.getPID())
         for name, handle in list(self._running.items()):
             info = infos.get(name) or {}
             if info.get("statename") not in ALIVE or info.get("pid") != handle.pid:
@@ -295,6 +297,18 @@ class SupervisordBackend(Backend):
                 if tail:
                     self._tell(Output(handle, tail))
                 self._tell(self._exited(handle, info))
+
+    def _restarted(self, pid):
+        """supervisord there was restarted (killed, then started again): the processes of ours it ran are not its
+        children any more; it will never report or stop them (its agent stops them when it starts)."""
+        before, self._supervisord_pid = self._supervisord_pid, pid
+        if before in (None, pid):
+            return
+        log.warning("host %s: supervisord was restarted (pid %s, now %s)", self.host, before, pid)
+        for name, handle in list(self._running.items()):
+            self._running.pop(name)
+            self._tell(Exited(handle, None, None, f"{self.host}'s supervisord was restarted (pid {before}, now {pid}): "
+                                                  f"it no longer runs pid {handle.pid}", lost=True))
 
     def _tail(self, rpc, name):
         """The last lines of the program's log on its host (whole lines only)."""
