@@ -174,6 +174,7 @@ def test_a_host_that_answers_nonsense_is_a_host_lost_and_its_orders_wait_for_it(
                              "supervisor.getProcessInfo")
     server.register_function(lambda: listing[0], "supervisor.getAllProcessInfo")
     server.register_function(lambda: {"statename": "RUNNING"}, "supervisor.getState")
+    server.register_function(lambda: 99, "supervisor.getPID")
     server.register_function(lambda name, sig: calls.append(("signal", name, sig)) or True,
                              "supervisor.signalProcess")
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
