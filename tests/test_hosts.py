@@ -19,12 +19,13 @@ def participant(name, folder, host, **fields):
 
 
 @pytest.fixture
-def hosts_system(tmp_path):
-    """A server and run controller here, `db` on host daq2, `board` (which needs db) on daq3, `here` locally."""
+def hosts_system(tmp_path, request):
+    """A server and run controller here, `db` on host daq2, `board` (which needs db) on daq3, `here` locally;
+    more programs as the test's parameter says."""
     path = write_experiment(tmp_path, "hosts", timeout=5.0, programs={
         "db": participant("db", tmp_path, "daq2"),
         "board": participant("board", tmp_path, "daq3", depends_on=["db"]),
-        "here": helper("crash_after.py", 600)})
+        "here": helper("crash_after.py", 600), **getattr(request, "param", {})})
     add_hosts(path, ["daq2", "daq3"])
     hosts = {}
     system = None
@@ -52,6 +53,11 @@ def pid_gone(pid):
         return True
 
 
+FLAKY = {"flaky": helper("crash_after.py", 0.1, host="daq2", max_restarts=2, restart_window=60,
+                         backoff={"initial": 0.1, "max": 0.2})}
+
+
+@pytest.mark.parametrize("hosts_system", [FLAKY], indirect=True)
 def test_programs_on_two_hosts_start_in_order_restart_and_take_part_in_runs(hosts_system, tmp_path):
     s = hosts_system
     started = [e["program"] for t, e in s.events.items if t == "event.program_started"]
@@ -62,7 +68,11 @@ def test_programs_on_two_hosts_start_in_order_restart_and_take_part_in_runs(host
     assert {"host.daq2", "host.daq3"} <= set(s.clients())  # the host agents
     wait_until(lambda: (s.program("db")["rss"] or 0) > 0, 20, 0.2, what="db's figures from its host's agent")
     figures = s.op.request("run", "status")["hosts"]["daq2"]
-    assert figures["reachable"] and figures["programs"] == ["db"] and figures["figures"]["disk_free"] > 0
+    assert figures["reachable"] and figures["programs"] == ["db", "flaky"] and figures["figures"]["disk_free"] > 0
+    fatal = s.wait_event("event.program_fatal", program="flaky")  # a remote crash loop ends FATAL, with its alarm
+    assert fatal["host"] == "daq2" and "needed 3 restarts within 60 s" in fatal["reason"]
+    tail = [line for line in fatal["tail"] if "exiting" in line]
+    assert tail[-2:] == ["up, exiting in 0.1 s", "exiting now"]  # the last lines of its log on daq2, once each
 
     first = s.program("db")["pid"]
     os.kill(first, signal.SIGKILL)
@@ -75,6 +85,10 @@ def test_programs_on_two_hosts_start_in_order_restart_and_take_part_in_runs(host
     replaced = s.wait_state("board", "RUNNING", timeout_s=40, registered=True, restarts=1)
     assert replaced["pid"] != hung and pid_gone(hung)
 
+    restarted = s.op.request("run", "restart", program="db")["db"]  # an operator's order, on another host
+    assert restarted["state"] == "RUNNING" and restarted["pid"] not in (again["pid"], None)
+    again = restarted
+
     ready = s.op.request("run", "prepare_run")
     assert ready["participants"] == ["board", "db"]
     s.op.request("run", "begin_run")
@@ -82,6 +96,9 @@ def test_programs_on_two_hosts_start_in_order_restart_and_take_part_in_runs(host
 
     s.op.close()
     assert s.controller.stop() == 0
+    stopped = [e["program"] for t, e in s.events.items if t == "event.program_exited" and e["program"] in
+               ("db", "board") and e["pid"] in (again["pid"], replaced["pid"])]
+    assert stopped == ["board", "db"]  # dependents first, across hosts
     for host, program in (("daq2", "db"), ("daq3", "board")):
         assert s.hosts[host].info(program)["statename"] == "STOPPED"
     assert pid_gone(again["pid"]) and pid_gone(replaced["pid"])

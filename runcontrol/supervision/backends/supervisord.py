@@ -123,6 +123,7 @@ class SupervisordBackend(Backend):
         self._deferred = {}         # name -> a signal order that waits for the host to be back
         self._abandoned = set()     # programs we could not kill while the host was away: stopped when it is back
         self._supervisord_pid = None
+        self._log_read = {}         # name -> how far its log there has been read
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._work, daemon=True, name=f"supervisord-{host.name}")
         self._thread.start()
@@ -311,11 +312,14 @@ class SupervisordBackend(Backend):
                                                   f"it no longer runs pid {handle.pid}", lost=True))
 
     def _tail(self, rpc, name):
-        """The last lines of the program's log on its host (whole lines only)."""
+        """What the program wrote to its log on its host since we last read it (at most TAIL_BYTES, whole lines)."""
         try:
-            text, _, overflow = rpc.supervisor.tailProcessStdoutLog(name, 0, TAIL_BYTES)
+            text, offset, overflow = rpc.supervisor.tailProcessStdoutLog(name, self._log_read.get(name, 0),
+                                                                         TAIL_BYTES)
         except (xmlrpc.client.Fault, ValueError, TypeError):
             return b""
+        if isinstance(offset, int):
+            self._log_read[name] = offset
         if overflow and "\n" in text:
             text = text.split("\n", 1)[1]
         return text.encode("utf-8", "replace")
