@@ -46,6 +46,15 @@ class CurveSpec:
 
 
 @dataclass(frozen=True)
+class LegacySpec:
+    """The gateway for libABCD 0.1 clients: where it listens, when a silent one is lost."""
+    address: str
+    port: int
+    timeout_s: float
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
 class ServerSpec:
     router: str
     events: str
@@ -59,6 +68,7 @@ class ServerSpec:
     client_rate: float = 100000.0   # messages per second one client may send
     max_clients: int = 10000
     max_pending: int = 1000
+    legacy: object = None    # LegacySpec, or None: no gateway
 
     def exposed(self):
         """The addresses that can be reached from beyond this machine."""
@@ -221,7 +231,8 @@ def validate(raw):
     problems = [f"{json_path(e.absolute_path)}: {explain(e)}" for e in errors]
     if not isinstance(raw, dict):
         return problems
-    return problems + checks.cross_check(raw) + checks.network_exposure(raw) + checks.host_credentials(raw)
+    return problems + checks.cross_check(raw) + checks.network_exposure(raw) + checks.host_credentials(raw) \
+        + checks.legacy_exposure(raw)
 
 
 def json_path(parts):
@@ -286,7 +297,7 @@ def freeze(raw, path):
             stale_after_s=float(server["stale_after"]),
             max_message_bytes=server["max_message_bytes"], insecure=server["insecure"],
             client_rate=float(server["client_rate"]), max_clients=server["max_clients"],
-            max_pending=server["max_pending"],
+            max_pending=server["max_pending"], legacy=legacy_spec(server.get("legacy")),
             curve=curve_spec(server.get("curve"), folder)),
         paths=PathsSpec(*(folder / paths[key] for key in ("logs", "data", "state"))),
         programs=programs,
@@ -294,6 +305,12 @@ def freeze(raw, path):
         logs=LogRotation(raw["logs"]["max_bytes"], raw["logs"]["keep"]),
         warnings=tuple(checks.missing_commands(programs)),
     )
+
+
+def legacy_spec(legacy):
+    if legacy is None:
+        return None
+    return LegacySpec(legacy["address"], legacy["port"], float(legacy["timeout"]), legacy["insecure"])
 
 
 def host_spec(name, host, folder):

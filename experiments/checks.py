@@ -44,6 +44,17 @@ def network_exposure(raw):
             for key in ("router", "events") if isinstance(server.get(key), str) and not is_loopback(server[key])]
 
 
+def legacy_exposure(raw):
+    """The libABCD gateway off loopback needs an explicit `legacy.insecure`: its wire has no encryption."""
+    server = raw.get("server") if isinstance(raw.get("server"), dict) else {}
+    legacy = server.get("legacy") if isinstance(server.get("legacy"), dict) else {}
+    address = legacy.get("address", "127.0.0.1")
+    if not legacy or not isinstance(address, str) or is_loopback_host(address) or legacy.get("insecure") is True:
+        return []
+    return [f"server.legacy.address: {address} can be reached from the network, and libABCD's wire has no "
+            "encryption: keep it on loopback, or set server.legacy.insecure to true on a private DAQ network"]
+
+
 def host_credentials(raw):
     """A host's supervisord off loopback needs a username and a password file: its HTTP has no encryption."""
     hosts = raw.get("hosts") if isinstance(raw.get("hosts"), dict) else {}
@@ -60,12 +71,14 @@ def host_credentials(raw):
 
 
 def is_loopback_url(url):
-    host = urllib.parse.urlsplit(url).hostname or ""
-    return host == "localhost" or host.startswith("127.") or host == "::1"
+    return is_loopback_host(urllib.parse.urlsplit(url).hostname or "")
 
 
 def is_loopback(address):
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return is_loopback_host(address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]"))
+
+
+def is_loopback_host(host):
     return host == "localhost" or host.startswith("127.") or host == "::1"
 
 

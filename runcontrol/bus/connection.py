@@ -2,8 +2,8 @@
 
 Routing, the registry and every server command deal in `Connection`s: send
 bytes, an identity to key it by, the name of the key it authenticated with, and
-the transport's name. `ZmqConnection` is one peer of the ROUTER socket; a
-second transport (libABCD's raw TCP) adds a class here and nothing else changes.
+the transport's name. `ZmqConnection` is one peer of the ROUTER socket;
+`legacy.LegacyConnection` is a libABCD client's raw TCP.
 Must not know what the bytes mean.
 """
 
@@ -23,6 +23,9 @@ class Connection:
 
     __slots__ = ()
     transport = None
+    answers_pings = True   # a server ping gets a pong (libABCD clients only ping the server themselves)
+    max_message = None     # the largest message it can be sent, when smaller than the server's limit
+    timeout_s = None       # its own liveness timeout, when not the server's
 
     def send(self, data):
         """Send one message without blocking: True when taken, False when the peer's queue is full.
@@ -34,6 +37,9 @@ class Connection:
     def describe(self):
         """A short name of the connection for logs."""
         raise NotImplementedError
+
+    def close(self):
+        """The server is done with this client (it was lost or replaced): end the connection if the transport can."""
 
 
 class ZmqConnection(Connection):

@@ -141,7 +141,8 @@ class Registry:
             elif now >= claims[0].recheck and not probe(holder, claims[0].probe_id):
                 self._settle(name, holder_alive=False, reason="its connection is closed")
             elif now >= claims[0].deadline:
-                alive = holder.last_seen_mono >= claims[0].started
+                # a libABCD client never answers a ping: its open connection and its own timeout say it lives
+                alive = holder.last_seen_mono >= claims[0].started or not holder.conn.answers_pings
                 self._settle(name, holder_alive=alive, reason="it did not answer a ping")
             else:
                 claims[0].recheck = now + CLAIM_RECHECK_S
@@ -153,6 +154,7 @@ class Registry:
             winner = claims.pop(0)
             if holder is not None:
                 self.drop(holder, "client_replaced", reason, by_pid=winner.hello.pid)
+                holder.conn.close()
             self._register(winner.conn, winner.hello)
             if winner.msg_id is not None:
                 self.server.answer(winner.conn, protocol.make_reply(winner.msg_id, self.server.welcome(name)))
@@ -174,8 +176,9 @@ class Registry:
         ping = protocol.encode({**protocol.make_ping(), "from": protocol.SERVER, "ts": time.time()})
         for peer in list(self.by_name.values()):
             silent_s = now - peer.last_seen_mono
-            if silent_s > self.timeout_s:
+            if silent_s > (peer.conn.timeout_s or self.timeout_s):
                 self.drop(peer, "client_lost", f"silent for {silent_s:.1f} s", silent=round(silent_s, 3))
+                peer.conn.close()
             else:
                 self.server.routing.deliver(peer, ping)
 

@@ -35,19 +35,21 @@ class Routing:
 
     # --- to one client ---------------------------------------------------------------------
 
-    def route(self, peer, to, msg):
+    def route(self, peer, to, msg, oneway=False):
+        """Deliver `msg` from `peer` to the client named `to`; a request (an `id`, unless `oneway`) goes on
+        the target's ledger until answered."""
         registry = self.server.registry
         target = registry.by_name.get(to)
         msg_id = msg.get("id")
         if target is None and self.settling and len(self.parked) < MAX_PARKED:
             # Just after a (re)start the clients are registering again: hold it for them.
-            self.parked.append((peer.name, to, msg))
+            self.parked.append((peer.name, to, msg, oneway))
             return
         if target is None:
             self.reject(peer.conn, protocol.NO_SUCH_CLIENT, f"no client named {to!r} is registered", msg_id)
             return
         cmd = msg["cmd"]
-        request = msg_id is not None and cmd not in ANSWERS
+        request = msg_id is not None and cmd not in ANSWERS and not oneway
         if cmd in ANSWERS:
             if not self._owed(peer, to, msg.get("re"), final=cmd != "_progress"):
                 return
@@ -57,6 +59,11 @@ class Routing:
                         "wait for some", msg_id)
             return
         data = protocol.encode(msg)
+        if not fits(target.conn, data):
+            self.reject(peer.conn, protocol.TOO_LARGE, f"{to!r} is a libABCD client: it reads messages of at most "
+                                                       f"{target.conn.max_message} bytes, and this one has {len(data)}",
+                        msg_id)
+            return
         if self.deliver(target, data):
             if request:
                 self._await_answer(target, peer, msg_id)
@@ -113,11 +120,12 @@ class Routing:
 
     # --- to every client ---------------------------------------------------------------------
 
-    def broadcast(self, peer, msg):
-        msg_id = msg.pop("id", None)
+    def broadcast(self, peer, msg, oneway=False):
+        """`msg` to every client but `peer` (those it fits); its `id` (unless `oneway`) gets the list of names."""
+        msg_id = None if oneway else msg.pop("id", None)
         data = protocol.encode(msg)
         delivered = [p.name for p in list(self.server.registry.by_name.values())
-                     if p is not peer and self.deliver(p, data)]
+                     if p is not peer and fits(p.conn, data) and self.deliver(p, data)]
         if self.server.sockets.watching_msgs:
             self.server.sockets.publish(b"msg.*", data)
         if msg_id is not None:
@@ -174,15 +182,19 @@ class Routing:
         if not self.parked:
             return
         held, self.parked = self.parked, collections.deque()
-        for sender, to, msg in held:
+        for sender, to, msg, oneway in held:
             peer = self.server.registry.by_name.get(sender)
             if not matches(to):
-                self.parked.append((sender, to, msg))
+                self.parked.append((sender, to, msg, oneway))
             elif peer is not None:
-                self.route(peer, to, msg)
+                self.route(peer, to, msg, oneway)
 
     def settled(self):
         self.settling = False
         if self.parked:
             log.info("%d held message(s) for clients that did not come back", len(self.parked))
         self.unpark(lambda to: True)
+
+
+def fits(conn, data):
+    return conn.max_message is None or len(data) <= conn.max_message

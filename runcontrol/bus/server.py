@@ -21,9 +21,11 @@ import time
 import zmq
 
 import experiments
+from experiments import checks
 from runcontrol import logsetup, pidfile, protocol
 from runcontrol.bus import commands, discovery, limits
 from runcontrol.bus.commands.base import ANSWERED
+from runcontrol.bus.legacy import LegacyGateway
 from runcontrol.bus.registry import Registry
 from runcontrol.bus.routing import Routing
 from runcontrol.bus.sockets import BusSockets
@@ -36,6 +38,8 @@ BATCH = 1000                 # messages handled before timers get a turn
 STATS_INTERVAL_S = 1.0
 TOUCH_INTERVAL_S = 0.5
 EVENT_HISTORY = 1000
+LEGACY_RECONNECT_S = 5.0     # a libABCD client back: up to 3 s of waiting, then its once-a-second reads
+LEGACY_TICK_MS = 5           # while frames wait to be written to a libABCD client
 
 
 class Server:
@@ -49,6 +53,8 @@ class Server:
         # Just after a (re)start the clients are registering again: a message for a name
         # not yet back is held for them this long instead of refused.
         self.settle_s = 2 * spec.beacon.interval_s + 1.0
+        if spec.legacy is not None:  # a libABCD client waits 0 to 3 s after hearing IamABCD, and reads once a second
+            self.settle_s = max(self.settle_s, spec.beacon.interval_s + LEGACY_RECONNECT_S)
         self.instance = secrets.token_hex(6)
         self.started = time.time()
         self.pidfile = pidfile_path or experiment.paths.state / "server.pid"
@@ -66,7 +72,9 @@ class Server:
         self.beacon = discovery.BeaconSender(spec.beacon.address, spec.beacon.port, payload)
         self.beacon_interval_s = spec.beacon.interval_s
         self.anonymous = limits.AnonymousBudget(time.monotonic())
+        self.legacy = self._open_legacy(spec)
         self._wakeup = None
+        self._poller = zmq.Poller()
 
     # --- what commands and the parts use -------------------------------------------------------
 
@@ -96,6 +104,24 @@ class Server:
     def close(self):
         self.sockets.close()
         self.beacon.close()
+        if self.legacy is not None:
+            self.legacy.close()
+
+    def _open_legacy(self, spec):
+        if spec.legacy is None:
+            return None
+        try:
+            return LegacyGateway(self, spec.legacy, spec.beacon.address)
+        except OSError as exc:
+            self.sockets.close()
+            self.beacon.close()
+            raise ConfigError(str(exc.strerror or exc)) from None
+
+    def watch_fd(self, fd):
+        self._poller.register(fd, zmq.POLLIN)
+
+    def unwatch_fd(self, fd):
+        self._poller.unregister(fd)
 
     # --- main loop -------------------------------------------------------------
 
@@ -108,10 +134,13 @@ class Server:
             raise ConfigError(f"cannot write the pid file {self.pidfile}: {exc.strerror}") from None
         self._wakeup = SignalWakeup()
         self._announce()
-        poller = zmq.Poller()
+        poller = self._poller
         for sock in self.sockets.readable():
             poller.register(sock, zmq.POLLIN)
         poller.register(self._wakeup, zmq.POLLIN)
+        legacy = self.legacy
+        if legacy is not None:
+            self.watch_fd(legacy.listener.fileno())
         now = time.monotonic()
         self._next = {"beacon": now, "heartbeat": now + self.heartbeat_s, "stats": now + STATS_INTERVAL_S,
                       "touch": now + TOUCH_INTERVAL_S, "settled": now + self.settle_s}
@@ -120,6 +149,8 @@ class Server:
             while self._wakeup.stop_signal is None:
                 self._run_timers(time.monotonic())
                 wait_ms = max(0, (self.registry.next_deadline(min(self._next.values())) - time.monotonic()) * 1000)
+                if legacy is not None and legacy.busy():
+                    wait_ms = min(wait_ms, LEGACY_TICK_MS)
                 ready = dict(poller.poll(wait_ms))
                 if sockets.router in ready:
                     self._drain()
@@ -129,6 +160,11 @@ class Server:
                     self._wakeup.drain()
                 if sockets.zap is not None and sockets.zap in ready:
                     sockets.answer_zap()
+                if legacy is not None:
+                    for fd in ready:
+                        if isinstance(fd, int):
+                            legacy.ready(fd)
+                    legacy.tick(time.monotonic())
         finally:
             self._shutdown()
 
@@ -137,6 +173,12 @@ class Server:
                  self.instance, self.experiment.name, self.router_address, self.events_address,
                  *self.beacon.target, self.beacon_interval_s, self.pidfile)
         exposed = self.experiment.server.exposed()
+        legacy = self.experiment.server.legacy
+        if self.legacy is not None:
+            log.info("libABCD gateway on %s, IamABCD to %s:%d", self.legacy.address, *self.legacy.beacon_target)
+            if legacy.insecure and not checks.is_loopback_host(legacy.address):
+                log.warning("INSECURE: the libABCD gateway on %s can be reached from the network and has no "
+                            "encryption (server.legacy.insecure is set)", self.legacy.address)
         if exposed and self.experiment.server.curve is None:
             log.warning("INSECURE: %s can be reached from the network without keys (server.insecure is set): "
                         "anybody who reaches it can register under any name and command any program",
@@ -160,6 +202,8 @@ class Server:
             nxt["touch"] = now + TOUCH_INTERVAL_S
         if now >= nxt["beacon"]:
             self.beacon.send()
+            if self.legacy is not None:
+                self.legacy.send_beacon()
             nxt["beacon"] = now + self.beacon_interval_s
         if now >= nxt["heartbeat"]:
             self.registry.heartbeat(now)
@@ -211,6 +255,18 @@ class Server:
         except ProtocolError as exc:
             self.routing.reject(conn, exc.code, str(exc))
             return
+        self.take_message(conn, peer, msg)
+
+    def admit(self, conn, peer, size):
+        """Count what came in; whether it is within the flood limits (of its client, or of the unregistered)."""
+        self._count_in(peer, size)
+        if peer is None:
+            return self._admit_anonymous(conn)
+        return self._admit(peer)
+
+    def take_message(self, conn, peer, msg, oneway=False):
+        """A decoded message of `conn`: check its envelope, then route it or serve it. `oneway`: its `id` is
+        its own payload, not a request awaiting an answer (libABCD's clients)."""
         problem = protocol.check_envelope(msg)
         if problem is not None:
             self.routing.reject(conn, *problem, protocol.request_id(msg))
@@ -225,9 +281,9 @@ class Server:
             msg["from"] = peer.name
             msg["ts"] = time.time()
             if to == protocol.BROADCAST:
-                self.routing.broadcast(peer, msg)
+                self.routing.broadcast(peer, msg, oneway)
             else:
-                self.routing.route(peer, to, msg)
+                self.routing.route(peer, to, msg, oneway)
 
     def _admit(self, peer):
         if limits.admit(peer, self.client_rate):
@@ -314,7 +370,8 @@ class Server:
                 "experiment": self.experiment.name, "router": self.router_address,
                 "events": self.events_address, "beacon": list(self.beacon.target),
                 "heartbeat": self.heartbeat_s, "timeout": self.timeout_s,
-                "max_message_bytes": self.max_bytes, "protocol": protocol.VERSION, "settling": self.settling}
+                "max_message_bytes": self.max_bytes, "protocol": protocol.VERSION, "settling": self.settling,
+                "legacy": self.legacy.address if self.legacy is not None else None}
 
 
 def rates(now, before, interval):
