@@ -343,6 +343,42 @@ def registered_names(router):
         raw.close()
 
 
+class Watchdog:
+    """`python -m watchdog` keeping `python -m runcontrol.server` for one experiment file."""
+
+    def __init__(self, server, *options, command=None):
+        self.pidfile = server.pidfile
+        self.server = server
+        self.log = server.path.parent / "watchdog.log"
+        command = command or [sys.executable, "-m", "runcontrol.server", "--experiment", str(server.path),
+                              "--pidfile", str(self.pidfile)]
+        self.argv = [sys.executable, "-m", "watchdog", "--pidfile", str(self.pidfile), *options, "--", *command]
+        self.proc = None
+
+    def start(self):
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=env_for_children(), stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def output(self):
+        return self.log.read_text()
+
+    def server_pid(self):
+        pid = pidfile.read(self.pidfile)
+        return pid if pid and psutil.pid_exists(pid) else None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
 class System:
     """A server, a run controller over `programs`, an event watcher and an operator client."""
 

@@ -2,6 +2,7 @@
 legacy gateway: one registry, routing both ways, their own liveness, what they can read, bad input."""
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 from clients.client import Client
 from runcontrol import process
 from runcontrol.errors import RunControlError
-from tests.helpers import (PROGRAMS, EventWatcher, ServerProcess, env_for_children, pump, wait_until,
+from tests.helpers import (PROGRAMS, ROOT, EventWatcher, ServerProcess, Watchdog, env_for_children, pump, wait_until,
                            write_experiment)
 from tests.hosts import free_port
 
@@ -98,3 +99,125 @@ def test_legacy_and_orbit_clients_share_one_registry_and_talk_both_ways(legacy_b
         assert alice.got("hello_all")[0]["from"] == "orb"
     finally:
         watcher.close()
+
+
+def test_a_legacy_client_lives_on_its_own_pings_reads_every_message_in_order_and_gets_too_large(legacy_bus):
+    """The server's timeout (2 s) is far shorter than a libABCD client's ping period (10 to 13 s)."""
+    orb = legacy_bus.orb
+    alice = legacy_bus("alice", "--to", "orb", "--count", 1, "--size", 5000)  # over the server's 4096 bytes
+    wait_listed(orb, "alice")
+    joined = time.monotonic()
+    refused = wait_until(lambda: alice.got("_error"), 20)[0]
+    assert refused["code"] == "too_large" and "exceeds the limit of 4096" in refused["error"]
+    for seq in range(300):  # a burst: every one arrives, in order, none split across its reads
+        orb.send("alice", "burst", seq=seq, text="é" * (seq % 200))
+    pump([orb], lambda: len(alice.got("burst")) == 300, 60)
+    assert [m["seq"] for m in alice.got("burst")] == list(range(300))
+    with pytest.raises(RunControlError) as too_big:
+        orb.request("alice", "burst", fill="x" * 2000, timeout=10)
+    assert too_big.value.code == "too_large" and "libABCD client" in str(too_big.value)
+    pump([orb], lambda: time.monotonic() - joined > 27, 40)  # two of its ping periods
+    assert "alice" in listed(orb) and alice.proc.poll() is None
+    assert [m for m in alice.got() if m.get("cmd") == "_pong"]  # its own pings were answered
+
+
+def test_legacy_clients_find_a_server_restarted_by_its_watchdog_by_iamabcd(tmp_path):
+    port = free_port()
+    path = write_experiment(tmp_path, "legacyw", heartbeat=0.5, timeout=2.0, legacy={"port": port})
+    server = ServerProcess(path)
+    dog = Watchdog(server, "--stale-after", "2", "--grace", "2").start()
+    clients = []
+    try:
+        wait_until(dog.server_pid, 20, what="the server under its watchdog")
+        clients += [Legacy(tmp_path, "alice", port), Legacy(tmp_path, "bob", port)]
+        first = dog.server_pid()
+        wait_until(lambda: b"bob" in subprocess.run(
+            [sys.executable, "send.py", "--experiment", str(path), "server", "_list"], cwd=ROOT,
+            env=env_for_children(), capture_output=True).stdout, 30)
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: dog.server_pid() not in (None, first), 30, what="the watchdog to start the server again")
+        with Client("orb", experiment=str(path)) as orb:
+            orb.connect(20)
+            wait_listed(orb, "alice", "bob")  # back by themselves: they heard IamABCD
+            orb.send("bob", "ping_me")
+            heard = []
+            orb.add_handler("pinged", lambda msg: heard.append(msg["from"]))
+            pump([orb], lambda: heard == ["bob"], 20)
+    finally:
+        for one in clients:
+            one.stop()
+        dog.stop()
+
+
+def raw(port):
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return sock
+
+
+def read_frames(sock, count, timeout_s=10):
+    """`count` frames of what the gateway writes: exactly 1024 bytes, one object each."""
+    sock.settimeout(timeout_s)
+    data = b""
+    while len(data) < 1024 * count:
+        chunk = sock.recv(1024 * count - len(data))
+        assert chunk, "the gateway closed the connection"
+        data += chunk
+    return [json.loads(data[i:i + 1024]) for i in range(0, len(data), 1024)]
+
+
+@pytest.mark.parametrize("garbage,code", [
+    (b'not json at all{"cmd":"_ping"}', "bad_json"),
+    (b'[1, 2, 3]{"cmd":"_ping"}', "not_object"),
+    (b'{"cmd": "x", "to": }{"cmd":"_ping"}', "bad_json"),
+    (b'{"to": "bob"}{"cmd":"_ping"}', "no_cmd"),
+    (b'{"cmd": 5, "to": "bob"}{"cmd":"_ping"}', "bad_field"),
+    (b'{"cmd": "x", "to": "nobody_here"}{"cmd":"_ping"}', "no_such_client"),
+    (b'{"cmd": "x", "fill": "' + b"x" * 5000 + b'"}{"cmd":"_ping"}', "too_large"),
+])
+def test_bad_input_on_a_legacy_socket_gets_the_error_a_zeromq_client_would_and_harms_nothing(legacy_bus, garbage, code):
+    orb = legacy_bus.orb
+    bob = legacy_bus("bob")
+    wait_listed(orb, "bob")
+    if code == "no_such_client":  # past the settle window, where it would be held for a client coming back
+        pump([orb], lambda: not orb.request(None, "_status")["settling"], 20)
+    sock = raw(legacy_bus.port)
+    try:
+        sock.sendall(b'  {"cmd":"_init",\n "name":"mallory"}  ')  # whitespace around it is fine
+        wait_listed(orb, "mallory")
+        for i in range(0, len(garbage), 7):  # split across reads
+            sock.sendall(garbage[i:i + 7])
+            time.sleep(0.001)
+        error, pong = read_frames(sock, 2)
+        assert (error["cmd"], error["code"], pong["cmd"]) == ("_error", code, "_pong")  # the connection lives on
+        sock.sendall(b'{"cmd":"data","to":"bob","from":"orb","id":"mine","seq":1}')
+        wait_until(lambda: bob.got("data"), 10)
+        delivered = bob.got("data")[0]
+        assert delivered["from"] == "mallory" and delivered["id"] == "mine"  # a forged from overwritten, id its own
+        orb.send("bob", "ping_me")
+        heard = []
+        orb.add_handler("pinged", lambda msg: heard.append(msg["from"]))
+        pump([orb], lambda: heard == ["bob"], 20)  # bob is served all along
+    finally:
+        sock.close()
+
+
+def test_a_legacy_client_that_does_not_read_never_stalls_the_server(legacy_bus):
+    orb = legacy_bus.orb
+    sock = raw(legacy_bus.port)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b'{"cmd":"_init","name":"sleepy"}')
+        wait_listed(orb, "sleepy")
+        failures = []
+        for seq in range(3000):
+            try:
+                orb.request("sleepy", "data", seq=seq, timeout=0.001) if seq % 500 == 0 else None
+            except RunControlError as exc:
+                failures.append(exc.code)
+            orb.send("sleepy", "data", seq=seq)
+        assert orb.request(None, "_status")["clients"] >= 2  # the server answers all along
+        events = wait_until(lambda: [e for e in orb.request(None, "_logs", n=200) if e.get("kind") == "client_slow"],
+                            20)
+        assert events[0]["name"] == "sleepy" and events[0]["dropped"] > 0
+    finally:
+        sock.close()

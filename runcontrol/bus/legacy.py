@@ -92,13 +92,21 @@ class Decoder:
         return found
 
     def _skip_to_object(self, found):
-        """Drop what stands before the next `{` (whitespace silently, anything else said); False when none."""
+        """Drop what stands before the next `{` (whitespace silently, anything else said once, when the `{`
+        comes or the junk grows past the limit); False while there is no `{`."""
         start = self.buf.find(b"{")
-        head = bytes(self.buf[:len(self.buf) if start < 0 else start])
+        if start < 0:
+            if not self.buf.strip():
+                del self.buf[:]
+            elif len(self.buf) > self.max_bytes:
+                found.append((None, junk(bytes(self.buf))))
+                del self.buf[:]
+            return False
+        head = bytes(self.buf[:start])
         if head.strip():
             found.append((None, junk(head)))
-        del self.buf[:len(head)]
-        return start >= 0
+        del self.buf[:start]
+        return True
 
     def _scan(self):
         """The end of the object the buffer starts with, or None while it is not complete."""
