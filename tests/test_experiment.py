@@ -217,3 +217,19 @@ def test_a_supervisord_off_loopback_needs_credentials(tmp_path):
         "http://10.0.0.2:9001/RPC2", "orbit", (tmp_path / "keys" / "daq2.pass").resolve())
     local = load({"supervisord": "http://127.0.0.1:9001/RPC2"}).hosts["daq2"]
     assert (local.username, local.password_file) == (None, None)
+
+
+def test_the_libabcd_gateway_is_off_by_default_and_on_loopback_unless_told_otherwise(tmp_path):
+    assert experiments.from_dict({"name": "plain"}, tmp_path / "p.json").server.legacy is None
+    on = experiments.from_dict({"name": "on", "server": {"legacy": {"port": 9818}}}, tmp_path / "on.json")
+    assert on.server.legacy == experiments.LegacySpec("127.0.0.1", 9818, 30.0, False)
+    with pytest.raises(ConfigError) as refused:
+        experiments.from_dict({"name": "open", "server": {"legacy": {"address": "0.0.0.0"}}}, tmp_path / "o.json")
+    assert "server.legacy.address: 0.0.0.0 can be reached from the network, and libABCD's wire has no " \
+           "encryption" in str(refused.value)
+    told = experiments.from_dict({"name": "open", "server": {"legacy": {"address": "0.0.0.0", "insecure": True}}},
+                                 tmp_path / "t.json")
+    assert told.server.legacy.insecure
+    with pytest.raises(ConfigError) as short:
+        experiments.from_dict({"name": "short", "server": {"legacy": {"timeout": 5}}}, tmp_path / "s.json")
+    assert "server.legacy.timeout" in str(short.value)  # never shorter than its 13 s ping period

@@ -14,7 +14,7 @@ import pytest
 from clients.client import Client
 from runcontrol import process
 from runcontrol.errors import RunControlError
-from tests.helpers import (PROGRAMS, ROOT, EventWatcher, ServerProcess, Watchdog, env_for_children, pump, wait_until,
+from tests.helpers import (PROGRAMS, ROOT, EventWatcher, ServerProcess, System, Watchdog, env_for_children, pump, wait_until,
                            write_experiment)
 from tests.hosts import free_port
 
@@ -221,3 +221,25 @@ def test_a_legacy_client_that_does_not_read_never_stalls_the_server(legacy_bus):
         assert events[0]["name"] == "sleepy" and events[0]["dropped"] > 0
     finally:
         sock.close()
+
+
+def test_a_libabcd_experiment_runs_its_unmodified_programs_under_orbits_supervision(tmp_path):
+    port = free_port()
+    path = write_experiment(tmp_path, "abcd", heartbeat=0.5, timeout=3.0, legacy={"port": port})
+    description = json.loads(path.read_text())
+    del description["programs"]
+    program = f"python {PROGRAMS / 'legacy_client.py'}"
+    description["run"] = {"c1": {"cmd": f"{program} c1 {port} {tmp_path / 'c1.jsonl'}"},
+                          "c2": {"cmd": f"{program} c2 {port} {tmp_path / 'c2.jsonl'} --to c1 --count 3"}}
+    path.write_text(json.dumps(description))
+    system = System(path)
+    try:
+        wait_until(lambda: {"c1", "c2"} <= set(system.clients()), 30, 0.2)
+        wait_until(lambda: len(records(tmp_path / "c1.jsonl", "data")) == 3, 20)  # held for c1 while it came
+        first = system.program("c1")["pid"]
+        os.kill(first, signal.SIGKILL)
+        again = system.wait_state("c1", "RUNNING", restarts=1)
+        assert again["pid"] != first
+        wait_until(lambda: "c1" in system.clients(), 30, 0.2)
+    finally:
+        system.close()
