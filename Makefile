@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_hosts.py
 	$(PY) benchmarks/bench_runs.py
 	$(PY) benchmarks/bench_flood.py
+	$(PY) benchmarks/bench_legacy.py
 
 # make chaos: 60 s of random SIGKILLs and SIGSTOPs on damicm; SEED=N replays one, RUNS=N runs N seeds in a row.
 SEED ?=

@@ -13,7 +13,7 @@ import pytest
 
 from runcontrol import process
 from tests import netns
-from tests.helpers import PROGRAMS, ROOT, env_for_children, helper, wait_until
+from tests.helpers import ROOT, env_for_children, helper, wait_until
 
 WHY_NOT = netns.unavailable()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
