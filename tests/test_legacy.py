@@ -97,6 +97,11 @@ def test_legacy_and_orbit_clients_share_one_registry_and_talk_both_ways(legacy_b
         orb.send("*", "hello_all")
         wait_until(lambda: alice.got("hello_all") and bob.got("hello_all"), 20)
         assert alice.got("hello_all")[0]["from"] == "orb"
+        from_legacy = []
+        orb.add_handler("data", lambda msg: from_legacy.append(msg["from"]))
+        legacy_bus("carol", "--to", "*", "--count", 1)  # a broadcast from a legacy client
+        pump([orb], lambda: from_legacy == ["carol"], 20)
+        wait_until(lambda: [m for m in alice.got("data") if m["from"] == "carol"], 20)
     finally:
         watcher.close()
 
@@ -243,3 +248,25 @@ def test_a_libabcd_experiment_runs_its_unmodified_programs_under_orbits_supervis
         wait_until(lambda: "c1" in system.clients(), 30, 0.2)
     finally:
         system.close()
+
+
+def test_a_silent_legacy_client_is_lost_after_its_own_timeout_and_its_connection_closed(tmp_path):
+    port = free_port()
+    path = write_experiment(tmp_path, "quiet", heartbeat=0.5, timeout=2.0, legacy={"port": port, "timeout": 13})
+    server = ServerProcess(path).start()
+    sock = raw(port)
+    try:
+        with Client("orb", server=server.router) as orb:
+            orb.connect(10)
+            sock.sendall(b'{"cmd":"_init","name":"quiet"}')  # and never a ping after it
+            wait_listed(orb, "quiet")
+            joined = time.monotonic()
+            pump([orb], lambda: "quiet" not in listed(orb), 40)
+            assert time.monotonic() - joined > 10  # its own timeout, not the server's 2 s
+            lost = [e for e in orb.request(None, "_logs", n=100) if e.get("kind") == "client_lost"]
+            assert lost[0]["name"] == "quiet" and "silent for" in lost[0]["reason"]
+        sock.settimeout(10)
+        assert sock.recv(1024) == b""  # the server closed it: libABCD then looks for IamABCD again
+    finally:
+        sock.close()
+        server.stop()
