@@ -77,6 +77,17 @@ class Client(ClientCore):
         self._watched[fd] = callback
         self._poller.register(fd, zmq.POLLIN)
 
+    def fds(self):
+        """The file descriptors that become readable when `poll()` has something to do (for an event loop that
+        drives it: a ZeroMQ socket's descriptor only says that something changed, so poll until it returns 0)."""
+        fds = []
+        for sock, _ in self._poller.sockets:
+            if isinstance(sock, zmq.Socket):
+                fds.append(sock.getsockopt(zmq.FD))
+            else:
+                fds.append(sock if isinstance(sock, int) else sock.fileno())
+        return fds
+
     def unwatch(self, fd):
         if self._watched.pop(fd, None) is not None:
             self._poller.unregister(fd)

@@ -146,11 +146,13 @@ class Transitions:
                         self.client.post({"to": name, **protocol.make_transition("end", run, abort=True)})
             reply.refuse(f"{action} of run {run} failed, the state stays {self.runs.state}: {why}", protocol.FAILED)
             return
-        self._enter(action, fields, participants, problems, why)
+        reports = {name: answer.result for name, answer in answers.items() if answer.ok and isinstance(answer.result, dict)
+                   and answer.result.keys() - {"state", "run"}}  # what participants said of the run, beyond its state
+        self._enter(action, fields, participants, problems, why, reports)
         reply.resolve({"state": self.runs.state, "run": run, "participants": participants,
                        "problems": problems, **({"comment": fields.get("comment")} if action == "begin_run" else {})})
 
-    def _enter(self, action, fields, participants, problems, why=None):
+    def _enter(self, action, fields, participants, problems, why=None, reports=None):
         now = time.time()
         target = runs.TARGET[action]
         if action == "prepare_run":
@@ -165,7 +167,8 @@ class Transitions:
             self.runs.log({"run": fields["run"], "comment": fields.get("comment"), "params": fields.get("params"),
                            "participants": participants, "start": started, "end": now,
                            "duration": round(now - started, 3) if started else None, "result": result,
-                           **({"why": why} if why else {}), **({"problems": problems} if problems else {})})
+                           **({"why": why} if why else {}), **({"problems": problems} if problems else {}),
+                           **({"reports": reports} if reports else {})})
             self.runs.enter(target)
         message = f"Ended run {fields['run']}: {why}" if why else f"{WORDS[action]} {fields['run']}"
         log.info("%s: state %s", message, target)

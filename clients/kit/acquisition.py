@@ -1,0 +1,230 @@
+"""The acquisition loop: open -> configure -> start -> receive -> parse -> save, run-aware, and what it does when
+the device misbehaves.
+
+A `Source` is the device's link (open, configure, start, wait until it is lost,
+stop, close); a `Writer` writes items to files; `parse(data)` turns a packet into
+the items it completes, or raises `BadData`. `Acquisition.run()` keeps the link
+during a run: on `ConnectionError`, `TimeoutError` (no data for `silence_s`) or
+`OSError` it reconnects with a growing delay, configures and starts again, at
+most `tries` times in a row before it gives up (`GaveUp`: its receiver exits
+non-zero and the supervisor's restart policy takes over). `feed(data)` takes
+the packets: only in RUN; invalid data is logged, kept in a side file for
+trouble shooting (`bad.bin` in the run's folder), counted, and the next frame
+taken. Files go into `<data>/<program>/run_NNNNNN/`, `per_file` items each, and
+every file is closed and complete when the run ends, on `stop`, SIGTERM or
+Ctrl-C; the run's counters (files, acquisitions, bytes, resyncs, reconnects)
+are written beside them (`run.json`) and returned by `end()`.
+"""
+
+import asyncio
+import json
+import logging
+import time
+
+from runcontrol.restarts import Backoff
+
+log = logging.getLogger("clients.kit")
+
+TRIES = 5
+BACKOFF = (0.2, 5.0, 2.0)
+BAD_KEPT_BYTES = 1 << 20   # of invalid data copied to the side file per run
+
+
+class BadData(ValueError):
+    """Not data of the device's format; the text says why."""
+
+
+class GaveUp(RuntimeError):
+    """The device could not be brought back within the tries."""
+
+
+class Source:
+    """The link to a device. Each step raises ConnectionError, TimeoutError or OSError when it fails."""
+
+    async def open(self):
+        raise NotImplementedError
+
+    async def configure(self, settings):
+        raise NotImplementedError
+
+    async def start(self):
+        raise NotImplementedError
+
+    async def lost(self):
+        """Return (or raise ConnectionError) when the link is lost; never while it holds."""
+        raise NotImplementedError
+
+    async def stop(self):
+        """End the acquisition and close the link; must not raise."""
+        raise NotImplementedError
+
+
+class Writer:
+    """Items into files: `open(path, run)`, `write(item)` -> bytes written, `close()`; every file complete after each."""
+
+    suffix = ".dat"
+
+    def open(self, path, run):
+        raise NotImplementedError
+
+    def write(self, item):
+        raise NotImplementedError
+
+    def close(self):
+        raise NotImplementedError
+
+
+class RunCounters:
+    FIELDS = ("files", "acquisitions", "bytes", "resyncs", "reconnects", "ignored")
+
+    def __init__(self, run):
+        self.run = run
+        for field in self.FIELDS:
+            setattr(self, field, 0)
+
+    def record(self):
+        return {"run": self.run, **{field: getattr(self, field) for field in self.FIELDS}}
+
+
+class Acquisition:
+    def __init__(self, source, writer, parse, data_folder, per_file=10, tries=TRIES, silence_s=2.0,
+                 backoff=BACKOFF):
+        self.source, self.writer, self.parse = source, writer, parse
+        self.data_folder = data_folder
+        self.per_file, self.tries, self.silence_s = per_file, tries, silence_s
+        self.backoff = Backoff(*backoff)
+        self.run = None            # RunCounters while in RUN
+        self.settings = {}
+        self.folder = None
+        self.in_file = 0           # items in the open file
+        self.file_open = False
+        self.last_data = 0.0
+        self.failures = 0
+        self.in_run = asyncio.Event()
+        self.changed = asyncio.Event()   # a run began or ended: the link follows
+        self.bad_kept = 0
+        self.last_error = None
+
+    # --- the run, from the receiver's run hooks (in the loop's thread) ------------------------------
+
+    def begin(self, run, settings):
+        self.run = RunCounters(run)
+        self.settings = dict(settings)
+        self.folder = self.data_folder / f"run_{run:06d}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.failures, self.bad_kept = 0, 0
+        self.last_data = time.monotonic()
+        self.in_run.set()
+        self.changed.set()
+
+    def end(self):
+        """Close what is open; the run's record (also written as run.json in its folder)."""
+        if self.run is None:
+            return None
+        self.in_run.clear()
+        self.changed.set()
+        self._close_file()
+        record = self.run.record()
+        (self.folder / "run.json").write_text(json.dumps(record), encoding="utf-8")
+        self.run = None
+        return record
+
+    # --- packets, from the receiver --------------------------------------------------------------
+
+    def feed(self, data):
+        if self.run is None:
+            return
+        self.last_data = time.monotonic()
+        try:
+            items = self.parse(data)
+        except BadData as exc:
+            self.run.resyncs += 1
+            log.warning("invalid data (%d bytes): %s; taking the next frame", len(data), exc)
+            self._keep_bad(data)
+            return
+        self.failures = 0  # data flows: the link is good again
+        for item in items:
+            self.save(item)
+
+    def save(self, item):
+        if not self.file_open:
+            self.run.files += 1
+            self.writer.open(self.folder / f"file_{self.run.files:04d}{self.writer.suffix}", self.run.run)
+            self.file_open, self.in_file = True, 0
+        self.run.bytes += self.writer.write(item)
+        self.run.acquisitions += 1
+        self.in_file += 1
+        if self.in_file >= self.per_file:
+            self._close_file()
+
+    def _close_file(self):
+        if self.file_open:
+            self.writer.close()
+            self.file_open = False
+
+    def _keep_bad(self, data):
+        if self.bad_kept + len(data) > BAD_KEPT_BYTES:
+            return
+        self.bad_kept += len(data)
+        with open(self.folder / "bad.bin", "ab") as side:
+            side.write(len(data).to_bytes(4, "little") + data)
+
+    # --- the link -----------------------------------------------------------------------------------
+
+    async def run_forever(self, stopping):
+        """Keep the link in every run until `stopping` is set; GaveUp after `tries` failures in a row."""
+        while not stopping.is_set():
+            await first(self.in_run.wait(), stopping.wait())
+            if stopping.is_set():
+                break
+            try:
+                await self._session(stopping)
+            except (ConnectionError, TimeoutError, OSError) as exc:
+                await self.source.stop()
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if self.failures > self.tries:
+                    raise GaveUp(f"the device could not be brought back in {self.tries} tries: "
+                                 f"{self.last_error}") from None
+                if self.run is not None:
+                    self.run.reconnects += 1
+                delay = self.backoff.next_delay(False, came_up=False)
+                log.warning("%s; reconnecting in %.2g s (try %d of %d)", self.last_error, delay, self.failures,
+                            self.tries)
+                await first(asyncio.sleep(delay), stopping.wait())
+            else:
+                self.backoff.reset()
+        await self.source.stop()
+
+    async def _session(self, stopping):
+        """Open, configure, start; then hold until the run ends (returns) or the link fails (raises)."""
+        self.changed.clear()
+        await self.source.open()
+        await self.source.configure(self.settings)
+        await self.source.start()
+        self.last_data = time.monotonic()
+        lost = asyncio.ensure_future(self.source.lost())
+        try:
+            while self.in_run.is_set() and not stopping.is_set():
+                await first(asyncio.shield(lost), self.changed.wait(), stopping.wait(),
+                            timeout=self.silence_s / 4)
+                self.changed.clear()
+                if lost.done():
+                    lost.result()  # raises what lost the link
+                    raise ConnectionError("the device closed the link")
+                if self.in_run.is_set() and time.monotonic() - self.last_data > self.silence_s:
+                    raise TimeoutError(f"no data for {self.silence_s:g} s")
+        finally:
+            lost.cancel()
+            await self.source.stop()
+
+
+async def first(*aws, timeout=None):
+    """Wait until the first of `aws` is done (or `timeout`); cancel the rest (not a shielded one's inside)."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()

@@ -1,0 +1,240 @@
+"""A receiver: an Orbit client that also takes in data (UDP, TCP, ZeroMQ PULL) and publishes what it made of it.
+
+Subclass `Receiver`, write `async def handle_packet(self, data, source)`, add
+listeners, and `run()`. Each packet goes into one bounded queue (a full queue
+drops and counts it: memory never grows without limit) and from there to
+`handle_packet`, one at a time. `publish_data(...)` sends what was processed on
+the receiver's ZeroMQ PUB outputs, in the three modes: `local` (bind on
+loopback), `outbound` (bind on an interface: the experiment's exposure rules and
+CURVE keys apply), `remote` (connect to a subscriber elsewhere); a subscriber
+too slow to keep up loses messages (counted), never stalls the receiver. Once a
+second the rates (packets, bytes, drops, queue depth) are published as
+`pub.<name>.rates` (retained). Commands are `cmd_*` methods and run hooks work
+as for any client; the client is served by the asyncio driver. uvloop is used
+where installed.
+"""
+
+import asyncio
+import logging
+import signal
+import time
+
+import zmq
+
+from clients.aio import serve
+from clients.client import Client
+from clients.link import apply_curve
+from experiments import checks
+from runcontrol.errors import ConfigError
+
+log = logging.getLogger("clients.kit")
+
+QUEUE_SIZE = 10000
+PUB_HWM = 1000
+RATES_EVERY_S = 1.0
+TCP_READ = 65536
+
+
+class Counters:
+    """What a receiver counts; `rates()` turns the last second's growth into rates."""
+
+    FIELDS = ("packets", "bytes", "dropped", "processed", "errors", "published", "unpublished")
+
+    def __init__(self):
+        for field in self.FIELDS:
+            setattr(self, field, 0)
+        self._last = (time.monotonic(), self.snapshot())
+
+    def snapshot(self):
+        return {field: getattr(self, field) for field in self.FIELDS}
+
+    def rates(self, depth):
+        now, current = time.monotonic(), self.snapshot()
+        then, before = self._last
+        self._last = (now, current)
+        span = max(now - then, 1e-6)
+        return {**current, "queue": depth, "packets_per_s": round((current["packets"] - before["packets"]) / span, 1),
+                "bytes_per_s": round((current["bytes"] - before["bytes"]) / span, 1),
+                "dropped_per_s": round((current["dropped"] - before["dropped"]) / span, 1)}
+
+
+class Receiver(Client):
+    """An Orbit client that takes in data; see the module's description."""
+
+    def __init__(self, name, queue_size=QUEUE_SIZE, **kwargs):
+        super().__init__(name, **kwargs)
+        self.queue_size = queue_size
+        self.counters = Counters()
+        self.stopping = None          # an asyncio.Event, made in run()
+        self._queue = None
+        self._listeners = []          # coroutine functions that open a listener in the loop
+        self._closers = []
+        self.outputs = []
+
+    # --- what a subclass writes ----------------------------------------------------------------
+
+    async def handle_packet(self, data, source):
+        """One packet (bytes) from `source` (an address, or the listener's name)."""
+        raise NotImplementedError
+
+    async def main(self):
+        """What runs beside the listeners until the receiver stops (the acquisition loop, say); by default nothing."""
+        await self.stopping.wait()
+
+    # --- listeners -------------------------------------------------------------------------------
+
+    def listen_udp(self, host, port):
+        """Take datagrams on host:port; each is a packet."""
+        async def start():
+            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: _Datagrams(self), local_addr=(host, port))
+            self._closers.append(transport.close)
+            return transport.get_extra_info("sockname")
+        self._listeners.append(start)
+
+    def listen_tcp(self, host, port):
+        """Take TCP connections on host:port; each read is a packet (a stream: the handler finds its frames)."""
+        async def start():
+            server = await asyncio.start_server(self._serve_stream, host, port)
+            self._closers.append(server.close)
+            return server.sockets[0].getsockname()
+        self._listeners.append(start)
+
+    def listen_pull(self, address):
+        """Take messages from a ZeroMQ PULL socket bound (or connected, with `>` first) to `address`."""
+        async def start():
+            import zmq.asyncio
+            ctx = zmq.asyncio.Context.instance()
+            sock = ctx.socket(zmq.PULL)
+            sock.setsockopt(zmq.RCVHWM, self.queue_size)
+            sock.setsockopt(zmq.LINGER, 0)
+            if address.startswith(">"):
+                sock.connect(address[1:])
+            else:
+                sock.bind(address)
+            task = asyncio.ensure_future(self._pull(sock))
+            self._closers.append(lambda: (task.cancel(), sock.close()))
+            return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._listeners.append(start)
+
+    def take(self, data, source):
+        """A packet arrived: queue it, or drop and count it when the queue is full."""
+        self.counters.packets += 1
+        self.counters.bytes += len(data)
+        try:
+            self._queue.put_nowait((data, source))
+        except asyncio.QueueFull:
+            self.counters.dropped += 1
+
+    async def _serve_stream(self, reader, writer):
+        source = writer.get_extra_info("peername")
+        try:
+            while data := await reader.read(TCP_READ):
+                self.take(data, source)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _pull(self, sock):
+        while True:
+            self.take(await sock.recv(), "pull")
+
+    # --- outputs ---------------------------------------------------------------------------------
+
+    def add_output(self, mode, address, curve=None):
+        """A ZeroMQ PUB output: `local` or `outbound` binds `address`, `remote` connects to it. `curve`:
+        (server public, our public, our secret) for a remote subscriber, or the server's secret for a bind."""
+        if mode not in ("local", "outbound", "remote"):
+            raise ConfigError(f"output mode {mode!r}: local, outbound or remote")
+        if mode == "local" and not checks.is_loopback(address):
+            raise ConfigError(f"a local output binds on loopback, not {address}: say outbound for an interface")
+        if mode == "outbound" and not checks.is_loopback(address) and curve is None:
+            raise ConfigError(f"output {address} can be reached from the network: give it CURVE keys")
+        sock = self._ctx.socket(zmq.PUB)
+        sock.setsockopt(zmq.SNDHWM, PUB_HWM)
+        sock.setsockopt(zmq.LINGER, 0)
+        if mode == "remote":
+            apply_curve(sock, curve)
+            sock.connect(address)
+        else:
+            if curve is not None:
+                sock.curve_server = True
+                sock.curve_secretkey = curve
+            sock.bind(address)
+        self.outputs.append(sock)
+        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def publish_data(self, *frames):
+        """Send `frames` on every output without waiting: a full subscriber loses it (counted)."""
+        for sock in self.outputs:
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK)
+                self.counters.published += 1
+            except zmq.Again:
+                self.counters.unpublished += 1
+
+    # --- running ---------------------------------------------------------------------------------
+
+    def cmd_rates(self, msg):
+        """Packets, bytes, drops and queue depth: totals and the last second's rates."""
+        return self.counters.rates(self._queue.qsize() if self._queue else 0)
+
+    def run(self):
+        """Serve until SIGTERM, SIGINT or `stop()`; returns what `main()` returned (an exit status)."""
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.run(self._run())
+        return uvloop.run(self._run())
+
+    def stop(self):
+        super().stop()
+        if self.stopping is not None:
+            self.stopping.set()
+
+    async def _run(self):
+        loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        self._queue = asyncio.Queue(self.queue_size)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+        self.addresses = [await start() for start in self._listeners]
+        tasks = [asyncio.ensure_future(serve(self, self.stopping)), asyncio.ensure_future(self._work()),
+                 asyncio.ensure_future(self._publish_rates())]
+        try:
+            return await self.main()
+        finally:
+            self.stopping.set()
+            for close in self._closers:
+                close()
+            for task in tasks[1:]:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for sock in self.outputs:
+                sock.close()
+            self.poll(0.1)  # the last messages out
+
+    async def _work(self):
+        while True:
+            data, source = await self._queue.get()
+            try:
+                await self.handle_packet(data, source)
+                self.counters.processed += 1
+            except Exception:  # one bad packet must not stop the receiver
+                self.counters.errors += 1
+                log.exception("%s: a packet from %s could not be handled", self.name, source)
+
+    async def _publish_rates(self):
+        while True:
+            await asyncio.sleep(RATES_EVERY_S)
+            if self.registered:
+                self.publish("rates", self.counters.rates(self._queue.qsize()), retain=True)
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, receiver):
+        self.receiver = receiver
+
+    def datagram_received(self, data, addr):
+        self.receiver.take(data, addr)

@@ -1,0 +1,208 @@
+"""The reader of a skipper-CCD board (an LTA): a receiver with an acquisition loop, writing FITS images.
+
+  python -m clients.sim.ccdreader --name lta1 --board 127.0.0.1:7101 [--listen 127.0.0.1:0] [--per-file 10]
+      [--tries 5] [--silence 2]
+
+During a run it holds the board's control link (`clients.sim.board`), has it
+stream to its UDP port, puts images together from the packets
+(`clients.sim.ccdpackets`: lost packets found by sequence number, garbled ones
+skipped and kept in the side file), and writes each image as an extension of a
+FITS file (`per_file` images a file) under `<paths.data>/<name>/run_NNNNNN/`,
+with header keys RUN, BOARD, IMAGE, EXPTIME, NSAMP, MISSING, DATE-OBS. The run
+parameters `rows`, `cols`, `samples` and `seconds` (the exposure) configure the
+board. A dropped link is reconnected; a board that does not come back within
+`--tries` ends the reader with exit status 3. Commands: `status`, `rates`.
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+
+from astropy.io import fits
+
+from clients.instrument import data_folder
+from clients.kit.acquisition import Acquisition, BadData, GaveUp, Source, Writer
+from clients.kit.receiver import Receiver
+from clients.sim import ccdpackets
+from clients.sim.board import PER_PACKET
+from runcontrol import logsetup
+from runcontrol.errors import ConfigError, Refused
+
+log = logging.getLogger("clients.sim.ccdreader")
+
+CONNECT_TIMEOUT_S = 2.0
+DEFAULTS = {"rows": 64, "cols": 256, "samples": 1, "seconds": 0.0}
+MAX_PIXELS = 4096 * 4096
+
+
+class BoardLink(Source):
+    """The board's control port: JSON lines, one answer each."""
+
+    def __init__(self, address, udp_address):
+        host, port = address.rsplit(":", 1)
+        self.address = (host, int(port))
+        self.udp_address = udp_address   # a callable: where our UDP listener is
+        self.reader = self.writer = None
+
+    async def open(self):
+        self.reader, self.writer = await asyncio.wait_for(asyncio.open_connection(*self.address), CONNECT_TIMEOUT_S)
+
+    async def _order(self, order):
+        self.writer.write(json.dumps(order).encode() + b"\n")
+        await self.writer.drain()
+        line = await asyncio.wait_for(self.reader.readline(), CONNECT_TIMEOUT_S)
+        if not line:
+            raise ConnectionError(f"the board at {self.address[0]}:{self.address[1]} closed the link")
+        answer = json.loads(line)
+        if not answer.get("ok"):
+            raise ConnectionError(f"the board refused {order['cmd']}: {answer.get('error')}")
+
+    async def configure(self, settings):
+        await self._order({"cmd": "configure", "rows": settings["rows"], "cols": settings["cols"],
+                           "samples": settings["samples"], "exposure": settings["seconds"],
+                           "target": list(self.udp_address())})
+
+    async def start(self):
+        await self._order({"cmd": "start"})
+
+    async def lost(self):
+        while await self.reader.read(4096):
+            pass
+        raise ConnectionError(f"the board at {self.address[0]}:{self.address[1]} closed the link")
+
+    async def stop(self):
+        writer, self.writer = self.writer, None
+        if writer is None:
+            return
+        try:
+            writer.write(b'{"cmd": "stop"}\n')
+            writer.close()
+        except (ConnectionError, RuntimeError):
+            pass
+
+
+class FitsWriter(Writer):
+    """Each image an extension of the file; the file complete after each (astropy appends and closes)."""
+
+    suffix = ".fits"
+
+    def __init__(self, exposure):
+        self.exposure = exposure   # a callable: the run's exposure, seconds
+        self.path = None
+        self.run = None
+
+    def open(self, path, run):
+        self.path, self.run = path, run
+        primary = fits.PrimaryHDU()
+        primary.header["RUN"] = (run, "run number")
+        primary.writeto(path)
+
+    def write(self, image):
+        header = fits.Header()
+        header["RUN"] = (self.run, "run number")
+        header["BOARD"] = (image.board, "readout board id")
+        header["IMAGE"] = (image.number, "image number in the board's stream")
+        header["EXPTIME"] = (self.exposure(), "exposure, seconds")
+        header["NSAMP"] = (image.samples, "skipper samples per pixel")
+        header["MISSING"] = (image.missing, "packets of this image that never came")
+        header["DATE-OBS"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(image.started))
+        fits.append(self.path, image.pixels, header)
+        return image.pixels.nbytes
+
+    def close(self):
+        self.path = None
+
+
+class CcdReader(Receiver):
+    def __init__(self, name, board, listen, folder, per_file, tries, silence_s, **kwargs):
+        super().__init__(name, meta={"run": True, "board": board}, **kwargs)
+        host, port = listen.rsplit(":", 1)
+        self.listen_udp(host, int(port))
+        self.assembler = ccdpackets.Assembler(PER_PACKET)
+        self.settings = dict(DEFAULTS)
+        link = BoardLink(board, lambda: self.addresses[0])
+        self.acquisition = Acquisition(link, FitsWriter(lambda: self.settings["seconds"]), self._parse, folder,
+                                       per_file=per_file, tries=tries, silence_s=silence_s)
+        self.last_record = None
+
+    async def handle_packet(self, data, source):
+        self.acquisition.feed(data)
+
+    def _parse(self, data):
+        try:
+            return self.assembler.add(data)
+        except ccdpackets.BadPacket as exc:
+            raise BadData(str(exc)) from None
+
+    def on_begin(self, run):
+        settings = {**DEFAULTS, **{k: v for k, v in run.params.items() if k in DEFAULTS}}
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in settings.values()) \
+                or settings["rows"] * settings["cols"] > MAX_PIXELS or min(settings["rows"], settings["cols"]) < 1:
+            raise Refused(f"rows, cols, samples, seconds must be numbers (rows x cols at most {MAX_PIXELS}): "
+                          f"{settings}", "bad_params")
+        self.settings = {k: int(v) if k != "seconds" else float(v) for k, v in settings.items()}
+        self.assembler = ccdpackets.Assembler(PER_PACKET)
+        self.acquisition.begin(run.number, self.settings)
+        return {"folder": str(self.acquisition.folder)}
+
+    def on_end(self, run):
+        return self._end()
+
+    def _end(self):
+        if self.acquisition.run is None:
+            return self.last_record
+        for image in self.assembler.flush():  # the image in progress, marked with what it misses
+            self.acquisition.save(image)
+        record = self.acquisition.end()
+        record["lost_packets"] = self.assembler.lost
+        self.last_record = record
+        log.info("run %s: %s", record["run"], json.dumps(record))
+        return record
+
+    def cmd_status(self, msg):
+        """The acquisition's counters in this run (or the last run's record) and the receiver's."""
+        acquisition = self.acquisition
+        current = acquisition.run.record() if acquisition.run else None
+        return {"run": current, "last_run": self.last_record, "lost_packets": self.assembler.lost,
+                "receiver": self.counters.snapshot(), "last_error": acquisition.last_error}
+
+    async def main(self):
+        try:
+            await self.acquisition.run_forever(self.stopping)
+            return 0
+        except GaveUp as exc:
+            log.error("%s: %s", self.name, exc)
+            return 3
+        finally:
+            self._end()  # every file closed and complete, also on SIGTERM and Ctrl-C
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m clients.sim.ccdreader", description=__doc__.split("\n")[0])
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--board", required=True, help="host:port of the board's control port")
+    parser.add_argument("--listen", default="127.0.0.1:0", help="host:port for the board's packets")
+    parser.add_argument("--experiment", default=os.environ.get("ORBIT_EXPERIMENT"))
+    parser.add_argument("--per-file", type=int, default=10, help="images per FITS file")
+    parser.add_argument("--tries", type=int, default=5, help="reconnects in a row before giving up")
+    parser.add_argument("--silence", type=float, default=2.0, help="seconds without data that count as a lost link")
+    args = parser.parse_args(argv)
+    logsetup.configure("INFO", sys.stderr)
+    try:
+        reader = CcdReader(args.name, args.board, args.listen, data_folder(args.experiment, args.name),
+                           args.per_file, args.tries, args.silence, experiment=args.experiment)
+    except ConfigError as exc:
+        print(f"{args.name}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return reader.run()
+    finally:
+        reader.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
