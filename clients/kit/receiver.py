@@ -17,6 +17,7 @@ where installed.
 import asyncio
 import logging
 import signal
+import socket
 import time
 
 import zmq
@@ -33,6 +34,8 @@ QUEUE_SIZE = 10000
 PUB_HWM = 1000
 RATES_EVERY_S = 1.0
 TCP_READ = 65536
+UDP_BUFFER = 16 << 20
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
 class Counters:
@@ -86,8 +89,11 @@ class Receiver(Client):
     def listen_udp(self, host, port):
         """Take datagrams on host:port; each is a packet."""
         async def start():
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((host, port))
+            enlarge_receive_buffer(sock)
             transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-                lambda: _Datagrams(self), local_addr=(host, port))
+                lambda: _Datagrams(self), sock=sock)
             self._closers.append(transport.close)
             return transport.get_extra_info("sockname")
         self._listeners.append(start)
@@ -151,7 +157,8 @@ class Receiver(Client):
             raise ConfigError(f"a local output binds on loopback, not {address}: say outbound for an interface")
         if mode == "outbound" and not checks.is_loopback(address) and curve is None:
             raise ConfigError(f"output {address} can be reached from the network: give it CURVE keys")
-        sock = self._ctx.socket(zmq.PUB)
+        sock = self._ctx.socket(zmq.XPUB)  # a PUB that says when a subscriber is full, rather than dropping silently
+        sock.setsockopt(zmq.XPUB_NODROP, 1)
         sock.setsockopt(zmq.SNDHWM, PUB_HWM)
         sock.setsockopt(zmq.LINGER, 0)
         if mode == "remote":
@@ -228,8 +235,19 @@ class Receiver(Client):
     async def _publish_rates(self):
         while True:
             await asyncio.sleep(RATES_EVERY_S)
+            for sock in self.outputs:  # the subscriptions the outputs were told of: read, so they never pile up
+                while sock.poll(0):
+                    sock.recv()
             if self.registered:
                 self.publish("rates", self.counters.rates(self._queue.qsize()), retain=True)
+
+
+def enlarge_receive_buffer(sock, size=UDP_BUFFER):
+    """A large kernel buffer, so a burst waits there rather than being lost; beyond net.core.rmem_max only as root."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 class _Datagrams(asyncio.DatagramProtocol):

@@ -1,0 +1,47 @@
+"""A receiver for tests: counts what comes in on UDP, TCP and PULL, publishes each packet on its PUB output.
+
+Usage: sink_receiver.py NAME --udp H:P --tcp H:P --pull ADDR --pub ADDR [--delay S] [--queue N]
+(--delay: seconds per packet, a disk slower than the packets)
+"""
+
+import argparse
+import asyncio
+import sys
+
+from clients.kit.receiver import Receiver
+
+
+class Sink(Receiver):
+    def __init__(self, name, delay, **kwargs):
+        super().__init__(name, **kwargs)
+        self.delay = delay
+
+    async def handle_packet(self, data, source):
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.publish_data(b"data", data)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("name")
+    for flag in ("--udp", "--tcp", "--pull", "--pub"):
+        parser.add_argument(flag)
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--queue", type=int, default=10000)
+    args = parser.parse_args()
+    sink = Sink(args.name, args.delay, queue_size=args.queue)
+    host, port = args.udp.rsplit(":", 1)
+    sink.listen_udp(host, int(port))
+    host, port = args.tcp.rsplit(":", 1)
+    sink.listen_tcp(host, int(port))
+    sink.listen_pull(args.pull)
+    sink.add_output("local", args.pub)
+    try:
+        return sink.run()
+    finally:
+        sink.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

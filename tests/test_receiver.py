@@ -1,0 +1,91 @@
+"""The receiver kit in a real process: UDP, TCP and PULL in, PUB out, rates published, bounded under bursts."""
+
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import zmq
+
+from clients.client import Client
+from runcontrol import process
+from tests.helpers import PROGRAMS, ROOT, env_for_children, pump, wait_until
+from tests.hosts import free_port
+
+
+@pytest.fixture
+def sink(server, tmp_path):
+    made = []
+
+    def start(*flags):
+        ports = {name: free_port() for name in ("udp", "tcp", "pull", "pub")}
+        proc = subprocess.Popen([sys.executable, str(PROGRAMS / "sink_receiver.py"), "sink",
+                                 "--udp", f"127.0.0.1:{ports['udp']}", "--tcp", f"127.0.0.1:{ports['tcp']}",
+                                 "--pull", f"tcp://127.0.0.1:{ports['pull']}", "--pub", f"tcp://127.0.0.1:{ports['pub']}",
+                                 *flags], cwd=ROOT, env={**env_for_children(), "ORBIT_SERVER": server.router},
+                                stderr=subprocess.PIPE, start_new_session=True)
+        made.append(proc)
+        op = Client("op", server=server.router)
+        op.connect(10)
+        pump([op], lambda: "sink" in {c["name"] for c in op.request(None, "_list")}, 20)
+        return proc, op, ports
+    yield start
+    for proc in made:
+        process.stop_group(proc, 10)
+        proc.stderr.close()
+
+
+def udp_burst(port, count, size=1024, pace=False):
+    """`count` datagrams as fast as they go; `pace`: a pause every 50, so the kernel's buffer never overflows."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+        for seq in range(count):
+            out.sendto(seq.to_bytes(4, "little") + b"x" * (size - 4), ("127.0.0.1", port))
+            if pace and seq % 50 == 49:
+                time.sleep(0.005)
+
+
+def test_packets_from_udp_tcp_and_pull_are_counted_and_the_rates_published(sink):
+    proc, op, ports = sink()
+    udp_burst(ports["udp"], 500, pace=True)
+    with socket.create_connection(("127.0.0.1", ports["tcp"])) as stream:
+        stream.sendall(b"y" * 10000)
+    ctx = zmq.Context.instance()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 1000)
+    push.connect(f"tcp://127.0.0.1:{ports['pull']}")
+    for _ in range(100):
+        push.send(b"z" * 100)
+    push.close()
+    rates = pump([op], lambda: (r := op.request("sink", "rates"))["bytes"] >= 500 * 1024 + 10000 + 100 * 100 and r, 20)
+    assert rates["dropped"] == 0 and rates["processed"] == rates["packets"]
+    retained = pump([op], lambda: op.request(None, "_retained").get("sink.rates"), 20)["data"]
+    assert retained["packets"] >= 601 and "packets_per_s" in retained and "queue" in retained
+
+
+def test_a_subscriber_that_does_not_read_never_stalls_the_receiver(sink):
+    proc, op, ports = sink()
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 10)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{ports['pub']}")
+    try:
+        time.sleep(0.5)  # the subscription reaches the publisher (it then holds its queue for this subscriber)
+        udp_burst(ports["udp"], 20000, 8192)
+        done = pump([op], lambda: (r := op.request("sink", "rates"))["processed"] + r["dropped"] >= r["packets"]
+                    and r["packets"] > 0 and r, 30)
+        assert done["unpublished"] > 0  # what the subscriber could not take was counted, not waited for
+        assert op.request("sink", "rates")["queue"] == 0
+    finally:
+        sub.close()
+
+
+def test_a_burst_faster_than_the_disk_is_dropped_and_counted_with_bounded_memory(sink):
+    proc, op, ports = sink("--delay", "0.005", "--queue", "200")
+    before = psutil.Process(proc.pid).memory_info().rss
+    udp_burst(ports["udp"], 20000, 8192)  # 160 MB, far faster than 200 packets a second
+    rates = pump([op], lambda: (r := op.request("sink", "rates"))["dropped"] > 0 and r, 30)
+    assert rates["queue"] <= 200
+    assert psutil.Process(proc.pid).memory_info().rss - before < 50 * 1024 * 1024  # the queue's 1.6 MB, not 160
