@@ -165,7 +165,7 @@ def whole(path):
             programs = client.request("run", "status", timeout=5)["programs"]
     except RunControlError:
         return None
-    return all(p["state"] == "RUNNING" and p["registered"] for p in programs.values()) or None
+    return all(p["state"] == "RUNNING" and p["registered"] is not False for p in programs.values()) or None
 
 
 def chaos(seed, seconds, folder, log=print):

@@ -4,6 +4,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -82,6 +83,19 @@ def free_beacon_port():
     # Below the ephemeral range: a socket the kernel gave an ephemeral port (without
     # SO_REUSEPORT) would make the port unusable for listeners.
     return random.randint(10000, ephemeral_ports()[0] - 1)
+
+
+def free_port():
+    """A loopback TCP port below the ephemeral range that nothing listens on now."""
+    for _ in range(50):
+        port = random.randint(10000, ephemeral_ports()[0] - 1)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def ephemeral_ports():
@@ -434,12 +448,15 @@ class System:
 
 
 def damicm_copy(folder):
-    """damicm.json with ephemeral ports and its files under `folder`."""
+    """damicm.json with ports of its own (the server's, the boards' control ports) and its files under `folder`."""
     description = json.loads((ROOT / "damicm.json").read_text())
     description["server"].update(router="tcp://127.0.0.1:0", events="tcp://127.0.0.1:0")
     description["server"]["beacon"]["port"] = free_beacon_port()
+    boards = {}
     for program in description["programs"].values():
         program["cwd"] = str(ROOT)
+        program["cmd"] = [boards.setdefault(arg, f"127.0.0.1:{free_port()}") if arg.startswith("127.0.0.1:71")
+                          else arg for arg in program["cmd"]]
     path = folder / "damicm.json"
     path.write_text(json.dumps(description))
     return path

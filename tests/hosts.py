@@ -2,30 +2,15 @@
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import xmlrpc.client
 
 from runcontrol import process
-from tests.helpers import ROOT, env_for_children, ephemeral_ports, wait_until
+from tests.helpers import ROOT, env_for_children, free_port, wait_until
 
 PASSWORD = "s3cret"
-
-
-def free_port():
-    """A loopback TCP port below the ephemeral range that nothing listens on now."""
-    for _ in range(50):
-        port = random.randint(10000, ephemeral_ports()[0] - 1)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise AssertionError("no free port below the ephemeral range")
 
 
 def add_hosts(path, names):

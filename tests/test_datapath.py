@@ -8,11 +8,10 @@ import signal
 import pytest
 from astropy.io import fits
 
-from tests.helpers import wait_until
-from tests.hosts import free_port
+from tests.helpers import free_port, wait_until
 
 BOARD = ["python", "-m", "clients.sim.board", "--board", "1"]
-READER = ["python", "-m", "clients.sim.ccdreader", "--name", "lta", "--silence", "1"]
+READER = ["python", "-m", "clients.sim.lta", "--name", "lta", "--silence", "1"]
 
 
 def programs(port, *board_flags, tries=5):

@@ -14,9 +14,9 @@ import pytest
 from clients.client import Client
 from runcontrol import process
 from runcontrol.errors import RunControlError
-from tests.helpers import (PROGRAMS, ROOT, EventWatcher, ServerProcess, System, Watchdog, env_for_children, pump, wait_until,
+from tests.helpers import (PROGRAMS, ROOT, EventWatcher, ServerProcess, System, Watchdog, env_for_children, free_port,
+                           pump, wait_until,
                            write_experiment)
-from tests.hosts import free_port
 
 
 def records(path, cmd=None):

@@ -11,8 +11,7 @@ import zmq
 
 from clients.client import Client
 from runcontrol import process
-from tests.helpers import PROGRAMS, ROOT, env_for_children, pump, wait_until
-from tests.hosts import free_port
+from tests.helpers import PROGRAMS, ROOT, env_for_children, free_port, pump
 
 
 @pytest.fixture

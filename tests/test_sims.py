@@ -1,10 +1,8 @@
 """The DAMIC-M programs (simulated instruments, monitor, command client) as real processes on a real server."""
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -76,29 +74,6 @@ def test_bias_interlock_refuses_warm_ccds_and_trips_on_venting(op):
 
 def transition(op, to, kind, run, **fields):
     return op.request(to, "_transition", transition=kind, run=run, **fields)
-
-
-def test_lta_exposes_only_during_a_run_into_its_folder_through_link_drops(op, server):
-    op.launch("clients.sim.lta", "lta1", "--drop-rate", 0.05, "--bad-rate", 0.1, "--seed", 7, "--period", 0.05)
-    wait_registered(op, "lta1")
-    assert op.request("lta1", "status")["exposing"] is False
-    assert refusal(op, "lta1", "_transition", transition="prepare", run=7, params={"rows": "many"}).code == "bad_field"
-    transition(op, "lta1", "prepare", 7)
-    folder = transition(op, "lta1", "begin", 7, params={"seconds": 0.05, "rows": 64, "cols": 32})["folder"]
-    assert folder == str(server.path.parent / "data" / "lta1" / "run_000007")
-    wait_until(lambda: op.request("lta1", "status")["exposures"] >= 3, 30, 0.1)
-    assert transition(op, "lta1", "end", 7)["exposures"] >= 3
-    counts = op.request("lta1", "status")
-    assert counts["exposing"] is False and counts["run"] is None
-    assert counts["resyncs"] > 0 and counts["link_drops"] > 0
-    images = sorted(p for p in os.listdir(folder) if p.endswith(".raw"))
-    assert len(images) == counts["exposures"]
-    with open(os.path.join(folder, images[0]), "rb") as image:
-        assert len(image.read()) == 64 * 32 * 2
-    meta = json.loads(Path(folder, images[0].replace(".raw", ".json")).read_text())
-    assert (meta["run"], meta["rows"], meta["dtype"]) == (7, 64, "uint16-le")
-    op.poll(0.5)
-    assert op.request("lta1", "status")["exposures"] == counts["exposures"]
 
 
 @pytest.fixture

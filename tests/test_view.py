@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import ROOT, damicm_copy, env_for_children, wait_until
 
-DAMICM_PROGRAMS = {"spy", "cryo", "vacuum", "bias", "lta1", "lta2", "monitor", "shell"}
+DAMICM_PROGRAMS = {"spy", "cryo", "vacuum", "bias", "board1", "board2", "lta1", "lta2", "monitor", "shell"}
 
 
 def tool(*args, timeout_s=60):
@@ -25,7 +25,7 @@ def all_registered(path):
     if answer.returncode != 0:
         return None
     programs = json.loads(answer.stdout)["programs"]
-    return programs if all(p["registered"] for p in programs.values()) else None
+    return programs if all(p["registered"] is not False for p in programs.values()) else None
 
 
 @pytest.fixture
@@ -48,6 +48,9 @@ def test_status_once_and_json_against_a_live_damicm(damicm):
     assert set(snap["run"]["programs"]) == DAMICM_PROGRAMS and snap["run"]["state"] == "STOP"
     assert snap["server"]["experiment"] == "damicm"
     assert {"cryo.values", "vacuum.values"} <= set(snap["retained"])
+    rates = wait_until(lambda: json.loads(tool("status.py", "--experiment", damicm, "--json").stdout)["retained"]
+                       .get("lta1.rates"), 20, 0.5, what="the reader's rates among the monitoring values")
+    assert {"packets_per_s", "bytes_per_s", "dropped", "queue"} <= set(rates["data"])
     once = subprocess.run([sys.executable, "status.py", "--experiment", str(damicm), "--once"], cwd=ROOT,
                           env={**env_for_children(), "COLUMNS": "80", "LINES": "24"}, capture_output=True,
                           text=True, timeout=60)

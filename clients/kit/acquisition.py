@@ -97,6 +97,7 @@ class Acquisition:
         self.settings = {}
         self.folder = None
         self.in_file = 0           # items in the open file
+        self.path = None
         self.file_open = False
         self.last_data = 0.0
         self.failures = 0
@@ -149,7 +150,8 @@ class Acquisition:
     def save(self, item):
         if not self.file_open:
             self.run.files += 1
-            self.writer.open(self.folder / f"file_{self.run.files:04d}{self.writer.suffix}", self.run.run)
+            self.path = self.folder / f"file_{self.run.files:04d}{self.writer.suffix}"
+            self.writer.open(self.path, self.run.run)
             self.file_open, self.in_file = True, 0
         self.run.bytes += self.writer.write(item)
         self.run.acquisitions += 1
@@ -161,6 +163,7 @@ class Acquisition:
         if self.file_open:
             self.writer.close()
             self.file_open = False
+            log.info("wrote %s: %d acquisitions", self.path, self.in_file)
 
     def _keep_bad(self, data):
         if self.bad_kept + len(data) > BAD_KEPT_BYTES:

@@ -1,182 +1,208 @@
-"""A simulated skipper-CCD readout board (an LTA) and the link to it.
+"""The reader of a skipper-CCD board (an LTA): a receiver with an acquisition loop, writing FITS images.
 
-  python -m clients.sim.lta --name lta1 [--drop-rate 0.01] [--bad-rate 0.02]
+  python -m clients.sim.lta --name lta1 --board 127.0.0.1:7101 [--listen 127.0.0.1:0] [--per-file 10]
+      [--tries 5] [--silence 2]
 
-During a run (between `begin` and `end`) the board takes exposures one after
-the other: each integrates `seconds`, then is read out row by row over the
-board's link and written (`.raw`, little-endian uint16, with its metadata in
-`.json`) under `<paths.data>/<name>/run_<NNNNNN>/`; the run parameters
-`seconds`, `rows`, `cols` set the exposures. The simulated link sometimes drops:
-the board is reconnected by a bounded retry loop and the readout goes on (after
-too many failed tries the exposure is dropped and the next one starts); a row of
-invalid data is read again (resynchronised), never fatal. Commands: `status`,
-`monitor`.
+During a run it holds the board's control link (`clients.sim.board`), has it
+stream to its UDP port, puts images together from the packets
+(`clients.sim.ccdpackets`: lost packets found by sequence number, garbled ones
+skipped and kept in the side file), and writes each image as an extension of a
+FITS file (`per_file` images a file) under `<paths.data>/<name>/run_NNNNNN/`,
+with header keys RUN, BOARD, IMAGE, EXPTIME, NSAMP, MISSING, DATE-OBS. The run
+parameters `rows`, `cols`, `samples` and `seconds` (the exposure) configure the
+board. A dropped link is reconnected; a board that does not come back within
+`--tries` ends the reader with exit status 3. Commands: `status`, `rates`.
 """
 
-import array
+import argparse
+import asyncio
 import json
-import random
+import logging
+import os
+import sys
 import time
 
-from clients.instrument import Instrument, data_folder, run
-from runcontrol.errors import Refused
+from astropy.io import fits
 
-RECONNECT_TRIES = 5
-RECONNECT_DELAY_S = 0.2
-ROWS_PER_TICK = 16
+from clients.instrument import data_folder
+from clients.kit.acquisition import Acquisition, BadData, GaveUp, Source, Writer
+from clients.kit.receiver import Receiver
+from clients.sim import ccdpackets
+from clients.sim.board import PER_PACKET
+from runcontrol import logsetup
+from runcontrol.errors import ConfigError, Refused
+
+log = logging.getLogger("clients.sim.lta")
+
+CONNECT_TIMEOUT_S = 2.0
+DEFAULTS = {"rows": 64, "cols": 256, "samples": 1, "seconds": 0.0}
 MAX_PIXELS = 4096 * 4096
 
 
-class LinkDropped(Exception):
-    pass
+class BoardLink(Source):
+    """The board's control port: JSON lines, one answer each."""
 
+    def __init__(self, address, udp_address):
+        host, port = address.rsplit(":", 1)
+        self.address = (host, int(port))
+        self.udp_address = udp_address   # a callable: where our UDP listener is
+        self.reader = self.writer = None
 
-class BadData(Exception):
-    pass
+    async def open(self):
+        self.reader, self.writer = await asyncio.wait_for(asyncio.open_connection(*self.address), CONNECT_TIMEOUT_S)
 
+    async def _order(self, order):
+        self.writer.write(json.dumps(order).encode() + b"\n")
+        await self.writer.drain()
+        line = await asyncio.wait_for(self.reader.readline(), CONNECT_TIMEOUT_S)
+        if not line:
+            raise ConnectionError(f"the board at {self.address[0]}:{self.address[1]} closed the link")
+        answer = json.loads(line)
+        if not answer.get("ok"):
+            raise ConnectionError(f"the board refused {order['cmd']}: {answer.get('error')}")
 
-class Board:
-    """The simulated hardware: a link that may drop, rows that may come back garbled."""
+    async def configure(self, settings):
+        await self._order({"cmd": "configure", "rows": settings["rows"], "cols": settings["cols"],
+                           "samples": settings["samples"], "exposure": settings["seconds"],
+                           "target": list(self.udp_address())})
 
-    def __init__(self, drop_rate, bad_rate, rng):
-        self.drop_rate, self.bad_rate, self.rng = drop_rate, bad_rate, rng
-        self.connected = True
+    async def start(self):
+        await self._order({"cmd": "start"})
 
-    def connect(self):
-        self.connected = self.rng.random() > 0.3  # a reconnect does not always succeed at once
-        return self.connected
+    async def lost(self):
+        while await self.reader.read(4096):
+            pass
+        raise ConnectionError(f"the board at {self.address[0]}:{self.address[1]} closed the link")
 
-    def read_row(self, cols, row):
-        if not self.connected:
-            raise LinkDropped("link is down")
-        if self.rng.random() < self.drop_rate:
-            self.connected = False
-            raise LinkDropped("link dropped during readout")
-        if self.rng.random() < self.bad_rate:
-            raise BadData(f"row {row}: bad frame marker")
-        return array.array("H", (1000 + int(self.rng.gauss(0, 5)) for _ in range(cols)))
-
-
-class Exposure:
-    def __init__(self, seconds, rows, cols, started):
-        self.seconds, self.rows, self.cols = seconds, rows, cols
-        self.started = started
-        self.image = array.array("H")
-        self.tries = 0
-        self.retry_at = 0.0
-
-
-class Lta(Instrument):
-    def __init__(self, name, folder, drop_rate=0.01, bad_rate=0.02, seed=None, **kwargs):
-        super().__init__(name, **kwargs)
-        self.board = Board(drop_rate, bad_rate, random.Random(seed))
-        self.folder = folder
-        self.run_folder = None
-        self.shape = (1.0, 64, 64)
-        self.in_run = 0
-        self.exposure = None
-        self.counts = {"exposures": 0, "link_drops": 0, "reconnects": 0, "resyncs": 0, "failed": 0}
-
-    def values(self):
-        return {"link": "up" if self.board.connected else "down", "exposing": self.exposure is not None,
-                "run": self.run_number if self.run_folder else None, **self.counts}
-
-    def on_prepare(self, run):
-        self.settings(run.params)  # refuse bad parameters before the run begins
-        return {"link": "up" if self.board.connected or self.board.connect() else "down"}
-
-    def on_begin(self, run):
-        self.shape = self.settings(run.params)
-        self.run_folder = self.folder / f"run_{run.number:06d}"
-        self.run_folder.mkdir(parents=True, exist_ok=True)
-        self.in_run = 0
-        self._next_exposure()
-        self.log.info("run %s: exposures of %g s, %d x %d into %s", run.number, *self.shape, self.run_folder)
-        self.publish_values()
-        return {"folder": str(self.run_folder)}
-
-    def on_end(self, run):
-        if self.exposure is not None:
-            self.log.info("run %s ends: the exposure in progress is dropped", run.number)
-        self.exposure = None
-        self.run_folder = None
-        self.publish_values()
-        return {"exposures": self.in_run}
-
-    @staticmethod
-    def settings(params):
-        seconds, rows, cols = params.get("seconds", 1.0), params.get("rows", 64), params.get("cols", 64)
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 3600:
-            raise Refused(f"'seconds' must be a number from 0 to 3600, not {seconds!r}", "bad_field")
-        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (rows, cols)) or rows * cols > MAX_PIXELS:
-            raise Refused(f"'rows' and 'cols' must be whole numbers with 1 to {MAX_PIXELS} pixels", "bad_field")
-        return float(seconds), rows, cols
-
-    def _next_exposure(self):
-        self.exposure = Exposure(*self.shape, time.monotonic())
-
-    def tick(self, dt):
-        exposure = self.exposure
-        now = time.monotonic()
-        if exposure is None or now < exposure.started + exposure.seconds or now < exposure.retry_at:
+    async def stop(self):
+        writer, self.writer = self.writer, None
+        if writer is None:
             return
         try:
-            for _ in range(ROWS_PER_TICK):
-                row = len(exposure.image) // exposure.cols
-                if row >= exposure.rows:
-                    self._finish(exposure)
-                    return
-                self._read_row(exposure, row)
-        except LinkDropped as exc:
-            self._reconnect(exposure, str(exc))
+            writer.write(b'{"cmd": "stop"}\n')
+            writer.close()
+        except (ConnectionError, RuntimeError):
+            pass
 
-    def _read_row(self, exposure, row):
+
+class FitsWriter(Writer):
+    """Each image an extension of the file; the file complete after each (astropy appends and closes)."""
+
+    suffix = ".fits"
+
+    def __init__(self, exposure):
+        self.exposure = exposure   # a callable: the run's exposure, seconds
+        self.path = None
+        self.run = None
+
+    def open(self, path, run):
+        self.path, self.run = path, run
+        primary = fits.PrimaryHDU()
+        primary.header["RUN"] = (run, "run number")
+        primary.writeto(path)
+
+    def write(self, image):
+        header = fits.Header()
+        header["RUN"] = (self.run, "run number")
+        header["BOARD"] = (image.board, "readout board id")
+        header["IMAGE"] = (image.number, "image number in the board's stream")
+        header["EXPTIME"] = (self.exposure(), "exposure, seconds")
+        header["NSAMP"] = (image.samples, "skipper samples per pixel")
+        header["MISSING"] = (image.missing, "packets of this image that never came")
+        header["DATE-OBS"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(image.started))
+        fits.append(self.path, image.pixels, header)
+        return image.pixels.nbytes
+
+    def close(self):
+        self.path = None
+
+
+class CcdReader(Receiver):
+    def __init__(self, name, board, listen, folder, per_file, tries, silence_s, **kwargs):
+        super().__init__(name, meta={"run": True, "board": board}, **kwargs)
+        host, port = listen.rsplit(":", 1)
+        self.listen_udp(host, int(port))
+        self.assembler = ccdpackets.Assembler(PER_PACKET)
+        self.settings = dict(DEFAULTS)
+        link = BoardLink(board, lambda: self.addresses[0])
+        self.acquisition = Acquisition(link, FitsWriter(lambda: self.settings["seconds"]), self._parse, folder,
+                                       per_file=per_file, tries=tries, silence_s=silence_s)
+        self.last_record = None
+
+    async def handle_packet(self, data, source):
+        self.acquisition.feed(data)
+
+    def _parse(self, data):
         try:
-            exposure.image.extend(self.board.read_row(exposure.cols, row))
-        except BadData as exc:
-            self.counts["resyncs"] += 1
-            self.log.warning("invalid data (%s): resynchronising, reading the row again", exc)
+            return self.assembler.add(data)
+        except ccdpackets.BadPacket as exc:
+            raise BadData(str(exc)) from None
 
-    def _reconnect(self, exposure, why):
-        if exposure.tries == 0:
-            self.counts["link_drops"] += 1
-            self.log.warning("%s: reconnecting (at most %d tries)", why, RECONNECT_TRIES)
-        exposure.tries += 1
-        if self.board.connect():
-            self.counts["reconnects"] += 1
-            self.log.info("link back after %d tries: readout goes on", exposure.tries)
-            exposure.tries = 0
-        elif exposure.tries >= RECONNECT_TRIES:
-            self.counts["failed"] += 1
-            self.log.error("link down after %d tries: exposure dropped, starting the next one", exposure.tries)
-            self._next_exposure()
-        else:
-            exposure.retry_at = time.monotonic() + RECONNECT_DELAY_S * exposure.tries
-        self.publish_values()
+    def on_begin(self, run):
+        settings = {**DEFAULTS, **{k: v for k, v in run.params.items() if k in DEFAULTS}}
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in settings.values()) \
+                or settings["rows"] * settings["cols"] > MAX_PIXELS or min(settings["rows"], settings["cols"]) < 1:
+            raise Refused(f"rows, cols, samples, seconds must be numbers (rows x cols at most {MAX_PIXELS}): "
+                          f"{settings}", "bad_params")
+        self.settings = {k: int(v) if k != "seconds" else float(v) for k, v in settings.items()}
+        self.assembler = ccdpackets.Assembler(PER_PACKET)
+        self.acquisition.begin(run.number, self.settings)
+        return {"folder": str(self.acquisition.folder)}
 
-    def _finish(self, exposure):
-        self.counts["exposures"] += 1
-        self.in_run += 1
-        stem = self.run_folder / f"{self.name}_{self.in_run:06d}"
-        raw, meta = stem.with_suffix(".raw"), stem.with_suffix(".json")
-        raw.write_bytes(exposure.image.tobytes())
-        metadata = {"board": self.name, "run": self.run_number, "exposure": self.in_run, "rows": exposure.rows,
-                    "cols": exposure.cols, "seconds": exposure.seconds, "dtype": "uint16-le",
-                    "written": time.time(), "resyncs": self.counts["resyncs"]}
-        meta.write_text(json.dumps(metadata, indent=1), encoding="utf-8")
-        self.log.info("wrote %s", raw)
-        self._next_exposure()
-        self.publish_values()
+    def on_end(self, run):
+        return self._end()
+
+    def _end(self):
+        if self.acquisition.run is None:
+            return self.last_record
+        for image in self.assembler.flush():  # the image in progress, marked with what it misses
+            self.acquisition.save(image)
+        record = self.acquisition.end()
+        record["lost_packets"] = self.assembler.lost
+        self.last_record = record
+        log.info("run %s: %s", record["run"], json.dumps(record))
+        return record
+
+    def cmd_status(self, msg):
+        """The acquisition's counters in this run (or the last run's record) and the receiver's."""
+        acquisition = self.acquisition
+        current = acquisition.run.record() if acquisition.run else None
+        return {"run": current, "last_run": self.last_record, "lost_packets": self.assembler.lost,
+                "receiver": self.counters.snapshot(), "last_error": acquisition.last_error}
+
+    async def main(self):
+        try:
+            await self.acquisition.run_forever(self.stopping)
+            return 0
+        except GaveUp as exc:
+            log.error("%s: %s", self.name, exc)
+            return 3
+        finally:
+            self._end()  # every file closed and complete, also on SIGTERM and Ctrl-C
 
 
 def main(argv=None):
-    def options(parser):
-        parser.add_argument("--drop-rate", type=float, default=0.01, help="chance per row that the link drops")
-        parser.add_argument("--bad-rate", type=float, default=0.02, help="chance per row of invalid data")
-        parser.add_argument("--seed", type=int, help="random seed, for a repeatable simulation")
-    return run(lambda a: Lta(a.name, data_folder(a.experiment, a.name), a.drop_rate, a.bad_rate, a.seed, period_s=a.period, experiment=a.experiment,
-                             server=a.server), __doc__.split("\n")[0], options, argv)
+    parser = argparse.ArgumentParser(prog="python -m clients.sim.lta", description=__doc__.split("\n")[0])
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--board", required=True, help="host:port of the board's control port")
+    parser.add_argument("--listen", default="127.0.0.1:0", help="host:port for the board's packets")
+    parser.add_argument("--experiment", default=os.environ.get("ORBIT_EXPERIMENT"))
+    parser.add_argument("--per-file", type=int, default=10, help="images per FITS file")
+    parser.add_argument("--tries", type=int, default=5, help="reconnects in a row before giving up")
+    parser.add_argument("--silence", type=float, default=2.0, help="seconds without data that count as a lost link")
+    args = parser.parse_args(argv)
+    logsetup.configure("INFO", sys.stderr)
+    try:
+        reader = CcdReader(args.name, args.board, args.listen, data_folder(args.experiment, args.name),
+                           args.per_file, args.tries, args.silence, experiment=args.experiment)
+    except ConfigError as exc:
+        print(f"{args.name}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return reader.run()
+    finally:
+        reader.close()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())
