@@ -16,24 +16,27 @@ from tests.helpers import PROGRAMS, ROOT, env_for_children, free_port, pump
 
 @pytest.fixture
 def sink(server, tmp_path):
-    made = []
+    made, ops = [], []
 
     def start(*flags):
         ports = {name: free_port() for name in ("udp", "tcp", "pull", "pub")}
-        proc = subprocess.Popen([sys.executable, str(PROGRAMS / "sink_receiver.py"), "sink",
-                                 "--udp", f"127.0.0.1:{ports['udp']}", "--tcp", f"127.0.0.1:{ports['tcp']}",
-                                 "--pull", f"tcp://127.0.0.1:{ports['pull']}", "--pub", f"tcp://127.0.0.1:{ports['pub']}",
-                                 *flags], cwd=ROOT, env={**env_for_children(), "ORBIT_SERVER": server.router},
-                                stderr=subprocess.PIPE, start_new_session=True)
+        with open(tmp_path / "sink.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, str(PROGRAMS / "sink_receiver.py"), "sink", "--udp", f"127.0.0.1:{ports['udp']}",
+                 "--tcp", f"127.0.0.1:{ports['tcp']}", "--pull", f"tcp://127.0.0.1:{ports['pull']}",
+                 "--pub", f"tcp://127.0.0.1:{ports['pub']}", *flags], cwd=ROOT,
+                env={**env_for_children(), "ORBIT_SERVER": server.router}, stderr=log, start_new_session=True)
         made.append(proc)
         op = Client("op", server=server.router)
+        ops.append(op)
         op.connect(10)
         pump([op], lambda: "sink" in {c["name"] for c in op.request(None, "_list")}, 20)
         return proc, op, ports
     yield start
+    for op in ops:
+        op.close()
     for proc in made:
         process.stop_group(proc, 10)
-        proc.stderr.close()
 
 
 def udp_burst(port, count, size=1024, pace=False):

@@ -15,6 +15,7 @@ where installed.
 """
 
 import asyncio
+import collections
 import logging
 import signal
 import socket
@@ -69,7 +70,8 @@ class Receiver(Client):
         self.queue_size = queue_size
         self.counters = Counters()
         self.stopping = None          # an asyncio.Event, made in run()
-        self._queue = None
+        self._queue = collections.deque()   # (data, source), at most queue_size
+        self._arrived = None                 # an asyncio.Event: the worker waits on it when the queue is empty
         self._listeners = []          # coroutine functions that open a listener in the loop
         self._closers = []
         self.outputs = []
@@ -125,12 +127,15 @@ class Receiver(Client):
 
     def take(self, data, source):
         """A packet arrived: queue it, or drop and count it when the queue is full."""
-        self.counters.packets += 1
-        self.counters.bytes += len(data)
-        try:
-            self._queue.put_nowait((data, source))
-        except asyncio.QueueFull:
-            self.counters.dropped += 1
+        counters = self.counters
+        counters.packets += 1
+        counters.bytes += len(data)
+        if len(self._queue) >= self.queue_size:
+            counters.dropped += 1
+            return
+        self._queue.append((data, source))
+        if len(self._queue) == 1:
+            self._arrived.set()
 
     async def _serve_stream(self, reader, writer):
         source = writer.get_extra_info("peername")
@@ -185,15 +190,19 @@ class Receiver(Client):
 
     def cmd_rates(self, msg):
         """Packets, bytes, drops and queue depth: totals and the last second's rates."""
-        return self.counters.rates(self._queue.qsize() if self._queue else 0)
+        return self.counters.rates(len(self._queue))
 
-    def run(self):
-        """Serve until SIGTERM, SIGINT or `stop()`; returns what `main()` returned (an exit status)."""
-        try:
-            import uvloop
-        except ImportError:
-            return asyncio.run(self._run())
-        return uvloop.run(self._run())
+    def run(self, use_uvloop=None):
+        """Serve until SIGTERM, SIGINT or `stop()`; returns what `main()` returned (an exit status).
+        `use_uvloop`: None for uvloop where installed, False for asyncio's own loop, True to insist."""
+        if use_uvloop is not False:
+            try:
+                import uvloop
+                return uvloop.run(self._run())
+            except ImportError:
+                if use_uvloop:
+                    raise ConfigError("uvloop is not installed (pip install uvloop)") from None
+        return asyncio.run(self._run())
 
     def stop(self):
         super().stop()
@@ -203,7 +212,7 @@ class Receiver(Client):
     async def _run(self):
         loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
-        self._queue = asyncio.Queue(self.queue_size)
+        self._arrived = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
         self.addresses = [await start() for start in self._listeners]
@@ -223,14 +232,21 @@ class Receiver(Client):
             self.poll(0.1)  # the last messages out
 
     async def _work(self):
+        queue, arrived, handle, counters = self._queue, self._arrived, self.handle_packet, self.counters
         while True:
-            data, source = await self._queue.get()
+            if not queue:
+                arrived.clear()
+                await arrived.wait()
+                continue
+            data, source = queue.popleft()
             try:
-                await self.handle_packet(data, source)
-                self.counters.processed += 1
+                await handle(data, source)
+                counters.processed += 1
             except Exception:  # one bad packet must not stop the receiver
-                self.counters.errors += 1
+                counters.errors += 1
                 log.exception("%s: a packet from %s could not be handled", self.name, source)
+            if counters.processed % 256 == 0:
+                await asyncio.sleep(0)  # a long burst still lets the listeners and the client have their turn
 
     async def _publish_rates(self):
         while True:
@@ -239,7 +255,7 @@ class Receiver(Client):
                 while sock.poll(0):
                     sock.recv()
             if self.registered:
-                self.publish("rates", self.counters.rates(self._queue.qsize()), retain=True)
+                self.publish("rates", self.counters.rates(len(self._queue)), retain=True)
 
 
 def enlarge_receive_buffer(sock, size=UDP_BUFFER):

@@ -1,0 +1,171 @@
+"""The data path: UDP packets into files, through a bare asyncio loop and through our receiver and acquisition loop.
+
+For packets of 1 KiB and 8 KiB, a sender process sends 2 s worth at each of a
+ladder of rates; the receiver appends every packet to a file. (a) bare: an
+asyncio datagram protocol that writes each packet; (b) orbit: a `Receiver`
+feeding an `Acquisition` whose writer appends the same bytes (the queue, the
+counters, the run folder and file rotation on the way), on asyncio's own loop;
+(c) the same on uvloop (when installed). Both get the same 16 MB kernel buffer.
+Reported: the highest rate with no loss (packets/s, MB/s), and the loss at the
+next step up.
+
+Run: python benchmarks/bench_datapath.py [--seconds 2]
+"""
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+
+RATES = {1024: [10000, 15000, 20000, 25000, 30000, 35000, 40000, 50000, 60000, 80000, 100000, 120000],
+         8192: [5000, 7500, 10000, 12500, 15000, 17500, 20000, 25000, 30000]}
+SETTLE_S = 1.0
+
+
+def serve_bare(port, path):
+    from clients.kit.receiver import enlarge_receive_buffer
+
+    class Append(asyncio.DatagramProtocol):
+        def __init__(self, out):
+            self.out = out
+
+        def datagram_received(self, data, addr):
+            self.out.write(data)
+
+    async def run():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", port))
+        enlarge_receive_buffer(sock)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        with open(path, "ab") as out:
+            await asyncio.get_running_loop().create_datagram_endpoint(lambda: Append(out), sock=sock)
+            await stop.wait()
+    asyncio.run(run())
+
+
+def serve_kit(port, folder, use_uvloop):
+    from clients.kit.acquisition import Acquisition, Source, Writer
+    from clients.kit.receiver import Receiver
+
+    class Append(Writer):
+        suffix = ".bin"
+
+        def open(self, path, run):
+            self.out = open(path, "ab")
+
+        def write(self, item):
+            self.out.write(item)
+            return len(item)
+
+        def close(self):
+            self.out.close()
+
+    class Bench(Receiver):
+        async def handle_packet(self, data, source):
+            self.acquisition.feed(data)
+
+        async def main(self):
+            self.acquisition.begin(1, {})
+            await self.stopping.wait()
+            self.acquisition.end()
+
+    bench = Bench(f"bench-kit-{os.getpid()}", server="tcp://127.0.0.1:1")  # no server: the data path alone
+    bench.acquisition = Acquisition(Source(), Append(), lambda data: [data], Path(folder), per_file=10 ** 9)
+    bench.listen_udp("127.0.0.1", port)
+    try:
+        bench.run(use_uvloop=use_uvloop)
+    finally:
+        bench.close()
+
+
+def send(port, size, rate, seconds):
+    """Send `rate` packets a second for `seconds`, in bursts of 100; the count sent."""
+    payload = b"x" * size
+    target = ("127.0.0.1", port)
+    count = int(rate * seconds)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+        start = time.perf_counter()
+        for n in range(0, count, 100):
+            for _ in range(min(100, count - n)):
+                out.sendto(payload, target)
+            ahead = start + (n + 100) / rate - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
+    return count
+
+
+def received(path, size):
+    files = [path] if path.is_file() else list(path.rglob("*.bin"))
+    return sum(f.stat().st_size for f in files) // size
+
+
+def measure(kind, size, seconds):
+    folder = Path(tempfile.mkdtemp(prefix=f"orbit-bench-data-{kind}-"))
+    results = []
+    for rate in RATES[size]:
+        port = 20000 + (os.getpid() + rate + size) % 10000
+        target = folder / f"{rate}" if kind != "bare" else folder / f"{rate}.bin"
+        argv = {"bare": ["--serve-bare", str(port), str(target)],
+                "orbit": ["--serve-kit", str(port), str(target)],
+                "orbit+uvloop": ["--serve-kit", str(port), str(target), "--uvloop"]}[kind]
+        proc = subprocess.Popen([sys.executable, __file__, *argv], cwd=common.ROOT, start_new_session=True,
+                                env={**os.environ, "PYTHONPATH": str(common.ROOT)}, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(1.0)  # listening
+            sent = send(port, size, rate, seconds)
+            time.sleep(SETTLE_S)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
+        got = received(target, size)
+        results.append((rate, sent, got))
+        if got < sent * 0.999:
+            break  # lost above this: the next steps only lose more
+    return results
+
+
+def report(kind, size, results):
+    clean = [r for r in results if r[2] >= r[1] * 0.999]
+    best = clean[-1][0] if clean else 0
+    lossy = next((r for r in results if r[2] < r[1] * 0.999), None)
+    above = f"; at {lossy[0]} packets/s {100 * (1 - lossy[2] / lossy[1]):.1f} % lost" if lossy else ""
+    print(f"{size // 1024} KiB {kind:13s}: no loss up to {best} packets/s ({best * size / 1e6:.0f} MB/s){above}",
+          flush=True)
+    return best
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--serve-bare", nargs=2)
+    parser.add_argument("--serve-kit", nargs=2)
+    parser.add_argument("--uvloop", action="store_true")
+    args = parser.parse_args()
+    if args.serve_bare:
+        return serve_bare(int(args.serve_bare[0]), args.serve_bare[1])
+    if args.serve_kit:
+        return serve_kit(int(args.serve_kit[0]), args.serve_kit[1], True if args.uvloop else False)
+    common.exit_on_sigterm()
+    try:
+        import uvloop  # noqa: F401
+        kinds = ("bare", "orbit", "orbit+uvloop")
+    except ImportError:
+        kinds = ("bare", "orbit")
+    for size in (1024, 8192):
+        best = {kind: report(kind, size, measure(kind, size, args.seconds)) for kind in kinds}
+        ratio = best["orbit"] / best["bare"] if best["bare"] else 0
+        print(f"{size // 1024} KiB: orbit / bare = {ratio:.2f} (target >= 0.70: {'met' if ratio >= 0.7 else 'NOT met'})",
+              flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
