@@ -19,6 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 3
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[fast]'
 	$(PY) benchmarks/bench_routing.py
 	$(PY) benchmarks/bench_scale.py
 	$(PY) benchmarks/bench_failover.py
@@ -27,6 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_runs.py
 	$(PY) benchmarks/bench_flood.py
 	$(PY) benchmarks/bench_legacy.py
+	$(PY) benchmarks/bench_datapath.py
 
 # make chaos: 60 s of random SIGKILLs and SIGSTOPs on damicm; SEED=N replays one, RUNS=N runs N seeds in a row.
 SEED ?=

@@ -14,6 +14,7 @@ Run: python benchmarks/bench_datapath.py [--seconds 2]
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import signal
 import socket
@@ -155,11 +156,7 @@ def main():
     if args.serve_kit:
         return serve_kit(int(args.serve_kit[0]), args.serve_kit[1], True if args.uvloop else False)
     common.exit_on_sigterm()
-    try:
-        import uvloop  # noqa: F401
-        kinds = ("bare", "orbit", "orbit+uvloop")
-    except ImportError:
-        kinds = ("bare", "orbit")
+    kinds = ("bare", "orbit", "orbit+uvloop") if importlib.util.find_spec("uvloop") else ("bare", "orbit")
     for size in (1024, 8192):
         best = {kind: report(kind, size, measure(kind, size, args.seconds)) for kind in kinds}
         ratio = best["orbit"] / best["bare"] if best["bare"] else 0

@@ -11,7 +11,7 @@ import zmq
 
 from clients.client import Client
 from runcontrol import process
-from tests.helpers import PROGRAMS, ROOT, env_for_children, free_port, pump
+from tests.helpers import PROGRAMS, ROOT, env_for_children, free_port, pump, wait_until
 
 
 @pytest.fixture
@@ -91,3 +91,28 @@ def test_a_burst_faster_than_the_disk_is_dropped_and_counted_with_bounded_memory
     rates = pump([op], lambda: (r := op.request("sink", "rates"))["dropped"] > 0 and r, 30)
     assert rates["queue"] <= 200
     assert psutil.Process(proc.pid).memory_info().rss - before < 50 * 1024 * 1024  # the queue's 1.6 MB, not 160
+
+
+def test_outputs_bind_on_loopback_connect_to_a_remote_subscriber_and_refuse_an_open_bind(server):
+    from clients.kit.receiver import Receiver
+    from runcontrol.errors import ConfigError
+    receiver = Receiver("outputs", server=server.router)
+    ctx = zmq.Context.instance()
+    far = ctx.socket(zmq.SUB)  # a subscriber elsewhere that binds; the receiver connects to it
+    try:
+        far.setsockopt(zmq.SUBSCRIBE, b"")
+        port = far.bind_to_random_port("tcp://127.0.0.1")
+        receiver.add_output("remote", f"tcp://127.0.0.1:{port}")
+        local = receiver.add_output("local", "tcp://127.0.0.1:0")
+        assert local.startswith("tcp://127.0.0.1:")
+        with pytest.raises(ConfigError, match="a local output binds on loopback"):
+            receiver.add_output("local", "tcp://0.0.0.0:0")
+        with pytest.raises(ConfigError, match="can be reached from the network: give it CURVE keys"):
+            receiver.add_output("outbound", "tcp://0.0.0.0:0")
+        wait_until(lambda: receiver.publish_data(b"data", b"hello") or far.poll(100), 10)
+        assert far.recv_multipart() == [b"data", b"hello"]
+    finally:
+        far.close()
+        for sock in receiver.outputs:
+            sock.close()
+        receiver.close()
