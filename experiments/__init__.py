@@ -126,6 +126,11 @@ class LogRotation:
 
 
 @dataclass(frozen=True)
+class HistorySpec:
+    retention_days: float = 30.0
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     path: Path
@@ -135,6 +140,7 @@ class Experiment:
     hosts: MappingProxyType
     logs: LogRotation
     warnings: tuple = ()
+    history: HistorySpec = HistorySpec()
 
     def program(self, name):
         return next((p for p in self.programs if p.name == name), None)
@@ -303,6 +309,7 @@ def freeze(raw, path):
         programs=programs,
         hosts=MappingProxyType({name: host_spec(name, host, folder) for name, host in raw["hosts"].items()}),
         logs=LogRotation(raw["logs"]["max_bytes"], raw["logs"]["keep"]),
+        history=HistorySpec(float(raw["history"]["retention_days"])),
         warnings=tuple(checks.missing_commands(programs)),
     )
 

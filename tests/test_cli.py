@@ -193,7 +193,7 @@ def test_run_py_damicm_headless_brings_every_program_up_and_down(tmp_path):
                                    for p in programs.values()) else None
         programs = wait_until(everything_up, 60, interval_s=0.5, what="every damicm program registered")
         assert set(programs) == {"spy", "cryo", "vacuum", "bias", "board1", "board2", "lta1", "lta2", "monitor",
-                                 "shell"}
+                                 "historian", "shell"}
         names = {c["name"] for c in json.loads(run_tool("send.py", "--experiment", path, "server", "_list").stdout)}
         assert set(programs) - {"board1", "board2"} | {"run"} <= names  # the boards are hardware, not clients
         prepared = run_tool("send.py", "--experiment", path, "run", "prepare_run")

@@ -86,8 +86,27 @@ def test_every_file_is_complete_however_the_reader_is_stopped_mid_run(system, tm
     if how == "stop":
         s.op.request("run", "stop", program="lta", timeout=20)
     else:
-        os.kill(s.program("lta")["pid"], getattr(signal, how))
-        s.wait_event("event.program_exited", program="lta")
+        pid = s.program("lta")["pid"]
+        os.kill(pid, getattr(signal, how))
+        s.wait_event("event.program_exited", program="lta", pid=pid)
     folder = tmp_path / "data" / "lta" / f"run_{run:06d}"
     record = json.loads((folder / "run.json").read_text())
     assert len(images_of(folder)) == record["acquisitions"] >= 4  # astropy reads every file, every image
+
+
+def test_a_reader_killed_mid_run_comes_back_into_the_run_and_adds_files_after_its_own(system, tmp_path):
+    s = system(programs(free_port()))
+    s.wait_state("lta", "RUNNING", registered=True)
+    s.op.request("run", "prepare_run")
+    run = s.op.request("run", "begin_run", params={"rows": 16, "cols": 512})["run"]
+    wait_until(lambda: s.op.request("lta", "status")["run"]["acquisitions"] >= 4, 30, 0.2)
+    first = s.program("lta")["pid"]
+    os.kill(first, signal.SIGKILL)
+    s.wait_state("lta", "RUNNING", registered=True, restarts=1)
+    wait_until(lambda: (s.op.request("lta", "status")["run"] or {}).get("acquisitions", 0) >= 10, 30, 0.2)
+    s.op.request("run", "end_run")
+    folder = tmp_path / "data" / "lta" / f"run_{run:06d}"
+    record = json.loads((folder / "run.json").read_text())
+    images = images_of(folder)
+    assert record["acquisitions"] <= len(images)  # the killed one's last images were on disk, not yet counted
+    assert record["files"] == len(list(folder.glob("file_*.fits")))

@@ -12,7 +12,8 @@ import pytest
 
 from tests.helpers import ROOT, damicm_copy, env_for_children, wait_until
 
-DAMICM_PROGRAMS = {"spy", "cryo", "vacuum", "bias", "board1", "board2", "lta1", "lta2", "monitor", "shell"}
+DAMICM_PROGRAMS = {"spy", "cryo", "vacuum", "bias", "board1", "board2", "lta1", "lta2", "monitor", "historian",
+                   "shell"}
 
 
 def tool(*args, timeout_s=60):

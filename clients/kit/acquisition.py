@@ -109,14 +109,28 @@ class Acquisition:
     # --- the run, from the receiver's run hooks (in the loop's thread) ------------------------------
 
     def begin(self, run, settings):
+        """Take data for `run`; a reader that joins a run it took part in before (it was restarted) goes on
+        counting from that run's record and after its files."""
         self.run = RunCounters(run)
         self.settings = dict(settings)
         self.folder = self.data_folder / f"run_{run:06d}"
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._resume()
         self.failures, self.bad_kept = 0, 0
         self.last_data = time.monotonic()
         self.in_run.set()
         self.changed.set()
+
+    def _resume(self):
+        try:
+            before = json.loads((self.folder / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            before = {}
+        for field in RunCounters.FIELDS:
+            if isinstance(before.get(field), int):
+                setattr(self.run, field, before[field])
+        files = list(self.folder.glob(f"file_*{self.writer.suffix}"))
+        self.run.files = max(self.run.files, len(files))
 
     def end(self):
         """Close what is open; the run's record (also written as run.json in its folder)."""
@@ -125,8 +139,7 @@ class Acquisition:
         self.in_run.clear()
         self.changed.set()
         self._close_file()
-        record = self.run.record()
-        (self.folder / "run.json").write_text(json.dumps(record), encoding="utf-8")
+        record = self._write_record()
         self.run = None
         return record
 
@@ -164,6 +177,15 @@ class Acquisition:
             self.writer.close()
             self.file_open = False
             log.info("wrote %s: %d acquisitions", self.path, self.in_file)
+            self._write_record()
+
+    def _write_record(self):
+        """The run's counters beside its files (after each file, so a crash loses at most the open file's)."""
+        record = self.run.record()
+        tmp = self.folder / "run.json.tmp"
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        tmp.replace(self.folder / "run.json")
+        return record
 
     def _keep_bad(self, data):
         if self.bad_kept + len(data) > BAD_KEPT_BYTES:
