@@ -118,7 +118,7 @@ def test_orphans_of_a_program_are_killed_when_it_dies(system, tmp_path):
     child, daemon = (int(p) for p in pids.read_text().split())
     s.wait_event("event.program_exited", program="family")
     for pid in (child, daemon):
-        wait_until(lambda: not psutil.pid_exists(pid), 10, what=f"orphan {pid} to be gone")
+        wait_until(lambda: not psutil.pid_exists(pid), 30, what=f"orphan {pid} to be gone")
 
 
 def test_a_new_controller_stops_what_a_killed_one_left(system):
