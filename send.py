@@ -11,6 +11,7 @@ bad JSON, 3 no answer (no server found, or no reply within --wait).
 """
 
 import argparse
+import csv
 import json
 import logging
 import os
@@ -41,6 +42,9 @@ def parse_args(argv):
     parser.add_argument("--server", help="router address of the server (default: $ORBIT_SERVER, else the beacon)")
     parser.add_argument("--experiment", help="experiment name or file whose server to use")
     parser.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S, metavar="SECONDS")
+    parser.add_argument("--csv", action="store_true",
+                        help="print a table answer (history's {name: [[ts, min, max, mean], ...]}, or a list of "
+                             "objects) as CSV, for spreadsheets")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -92,8 +96,33 @@ def send(args, msg):
             op.send(msg.pop("to", None), msg.pop("cmd"), **msg)
             return EXIT_OK
         result = op.call(msg, wait_s, show_progress)
-    print(json.dumps(result, indent=2, sort_keys=True))
+    if args.csv:
+        write_csv(result, sys.stdout)
+    else:
+        print(json.dumps(result, indent=2, sort_keys=True))
     return EXIT_OK
+
+
+HISTORY_COLUMNS = ["name", "ts", "min", "max", "mean"]
+
+
+def write_csv(result, out):
+    """A table answer as CSV: {name: [[...], ...]} (a row per inner list, the name first), or [{...}, ...]."""
+    writer = csv.writer(out)
+    if isinstance(result, dict) and all(isinstance(rows, list) and all(isinstance(r, list) for r in rows)
+                                        for rows in result.values()):
+        widths = {len(r) for rows in result.values() for r in rows}
+        writer.writerow(HISTORY_COLUMNS if widths <= {4} else ["name", *(f"c{i}" for i in range(max(widths)))])
+        for name, rows in result.items():
+            writer.writerows([name, *row] for row in rows)
+    elif isinstance(result, list) and all(isinstance(r, dict) for r in result):
+        columns = list(dict.fromkeys(key for row in result for key in row))
+        writer.writerow(columns)
+        writer.writerows([json.dumps(v) if isinstance(v, (dict, list)) else v for v in (row.get(c) for c in columns)]
+                         for row in result)
+    else:
+        raise UsageError("the answer is not a table (an object of lists of rows, or a list of objects): "
+                         "ask without --csv")
 
 
 def main(argv=None):

@@ -68,5 +68,16 @@ def test_published_numbers_are_recorded_answered_and_survive_a_killed_historian(
             expected = {140.0 + i for i in (*range(20), 29, *range(30, 35))}  # 20 to 28 never seen: a gap
             pump([op, cryo], lambda: recorded(op) >= expected, 20)
             assert recorded(op) == expected
+            table = subprocess.run([sys.executable, "send.py", "--experiment", str(experiment_path), "--csv",
+                                    "historian", "history", "name=cryo.values.temperature", "since=-120",
+                                    "points=10000"], cwd=ROOT, env=env_for_children(), capture_output=True, text=True,
+                                   timeout=60)
+            lines = table.stdout.splitlines()
+            assert table.returncode == 0 and lines[0] == "name,ts,min,max,mean", table.stderr
+            assert {float(line.split(",")[2]) for line in lines[1:]} <= expected and len(lines) > 20
+            status = subprocess.run([sys.executable, "send.py", "--experiment", str(experiment_path), "--csv",
+                                     "historian", "status"], cwd=ROOT, env=env_for_children(), capture_output=True,
+                                    text=True, timeout=60)
+            assert status.returncode == 2 and "the answer is not a table" in status.stderr
     finally:
         process.stop_group(historian, 10)
