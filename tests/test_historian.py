@@ -79,5 +79,16 @@ def test_published_numbers_are_recorded_answered_and_survive_a_killed_historian(
                                      "historian", "status"], cwd=ROOT, env=env_for_children(), capture_output=True,
                                     text=True, timeout=60)
             assert status.returncode == 2 and "the answer is not a table" in status.stderr
+            terminal = {**env_for_children(), "COLUMNS": "100", "LINES": "30"}
+            drawn = subprocess.run([sys.executable, "status.py", "--experiment", str(experiment_path), "--plot",
+                                    "cryo.values.temperature", "--since", "120"], cwd=ROOT, env=terminal,
+                                   capture_output=True, text=True, timeout=60)
+            assert drawn.returncode == 0, drawn.stderr
+            assert "cryo.values.temperature" in drawn.stdout and len(drawn.stdout.splitlines()) >= 20
+            nothing = subprocess.run([sys.executable, "status.py", "--experiment", str(experiment_path), "--plot",
+                                      "cryo.values.pressure"], cwd=ROOT, env=terminal, capture_output=True,
+                                     text=True, timeout=60)
+            assert nothing.returncode == 1
+            assert "no values of cryo.values.pressure in the last 3600 s" in nothing.stderr
     finally:
         process.stop_group(historian, 10)

@@ -246,3 +246,27 @@ def live(op, console):
                         f"showing the last snapshot; reconnecting ({type(exc).__name__})")
                 view.update(render_safely(last, console, note) if last else Text(note, style="bold yellow"))
             op.client.poll(REFRESH_S)
+
+
+def plot(name, buckets, width=80, height=20):
+    """A terminal plot of one value's history (`history` buckets [ts, min, max, mean]): the mean as a line, the
+    min and max as points; a time with no value stays a gap (each run of buckets is drawn on its own)."""
+    import plotext
+    plotext.clear_figure()
+    plotext.plotsize(width, height)
+    plotext.title(name)
+    plotext.date_form("H:M:S")
+    times = [b[0] for b in buckets]
+    step = min((b - a for a, b in zip(times, times[1:])), default=0)
+    start = 0
+    for i in range(1, len(buckets) + 1):
+        if i == len(buckets) or buckets[i][0] - buckets[i - 1][0] > 1.5 * step:
+            part = buckets[start:i]
+            stamps = [time.strftime("%H:%M:%S", time.localtime(b[0])) for b in part]
+            plotext.plot(stamps, [b[3] for b in part], color="green", marker="braille")
+            start = i
+    plotext.scatter([time.strftime("%H:%M:%S", time.localtime(b[0])) for b in buckets], [b[2] for b in buckets],
+                    color="red", marker="dot")
+    plotext.scatter([time.strftime("%H:%M:%S", time.localtime(b[0])) for b in buckets], [b[1] for b in buckets],
+                    color="blue", marker="dot")
+    return plotext.build()
