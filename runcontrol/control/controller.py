@@ -37,6 +37,8 @@ CONNECT_WAIT_S = 30.0
 TOUCH_EVERY_S = 1.0
 LOOP_MAX_S = 1.0
 RECONCILE_EVERY_S = 1.0   # how often the programs are held against the server's registry
+SWEEP_EVERY_S = 0.5       # how often, after a program exited, what it left is looked for
+SWEEP_FOR_S = 5.0
 LIST_WAIT_S = 5.0
 
 
@@ -64,6 +66,8 @@ class Controller:
         self._seen_instance = None
         self._touched = 0.0
         self._reconciled = 0.0
+        self._swept = 0.0
+        self._sweep_until = 0.0   # a program exited: look for what it left, beside SIGCHLD, until then
         self._listing = None
         # A program that did not come back to a restarted server within this is hung.
         self.missing_grace_s = experiment.server.timeout_s + 2 * experiment.server.beacon.interval_s
@@ -74,6 +78,8 @@ class Controller:
         self.client.send(None, "_event", kind=kind, **fields)
         if kind in ("program_started", "program_exited"):
             self._save_records()
+        if kind == "program_exited":
+            self._sweep_until = time.monotonic() + SWEEP_FOR_S
 
     def _on_server_event(self, topic, event):
         kind, name, pid = event.get("kind"), event.get("name"), event.get("pid")
@@ -133,6 +139,8 @@ class Controller:
                *self.waiters.deadlines()]
         if self.pidfile_path:
             due.append(self._touched + TOUCH_EVERY_S)
+        if now < self._sweep_until:
+            due.append(self._swept + SWEEP_EVERY_S)
         next_due = self.supervisor.next_due()
         if next_due is not None:
             due.append(next_due)
@@ -146,6 +154,10 @@ class Controller:
         if self.client.registered and time.monotonic() - self._reconciled >= RECONCILE_EVERY_S:
             self._refresh_registrations()
         self.waiters.check()
+        now = time.monotonic()
+        if now < self._sweep_until and now - self._swept >= SWEEP_EVERY_S:
+            self._swept = now  # what an exited program left, also when its SIGCHLD came before they were ours
+            self.supervisor.reap_orphans()
         if self.pidfile_path and time.monotonic() - self._touched >= TOUCH_EVERY_S:
             pidfile.touch(self.pidfile_path)
             self._touched = time.monotonic()
