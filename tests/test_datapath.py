@@ -14,11 +14,11 @@ BOARD = ["python", "-m", "clients.sim.board", "--board", "1"]
 READER = ["python", "-m", "clients.sim.lta", "--name", "lta", "--silence", "1"]
 
 
-def programs(port, *board_flags, tries=5):
+def programs(port, *board_flags, tries=5, restart="always"):
     return {"board": {"cmd": [*BOARD, "--control", f"127.0.0.1:{port}", "--rate", "4000", "--seed", "7",
                               *map(str, board_flags)], "restart": "never"},
             "lta": {"cmd": [*READER, "--board", f"127.0.0.1:{port}", "--per-file", "3", "--tries", str(tries)],
-                    "client": "lta", "run": True, "depends_on": ["board"], "max_restarts": 50,
+                    "client": "lta", "run": True, "depends_on": ["board"], "max_restarts": 50, "restart": restart,
                     "backoff": {"initial": 0.1, "max": 0.5}}}
 
 
@@ -78,7 +78,8 @@ def test_a_board_that_never_comes_back_ends_the_reader_and_the_supervisor_restar
 
 @pytest.mark.parametrize("how", ["stop", "SIGTERM", "SIGINT"])
 def test_every_file_is_complete_however_the_reader_is_stopped_mid_run(system, tmp_path, how):
-    s = system(programs(free_port()))
+    # on-failure: a reader that ended cleanly on its signal is not started again (it would rejoin the run and write on)
+    s = system(programs(free_port(), restart="on-failure"))
     s.wait_state("lta", "RUNNING", registered=True)
     s.op.request("run", "prepare_run")
     run = s.op.request("run", "begin_run", params={"rows": 16, "cols": 512})["run"]
