@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -110,7 +111,12 @@ class FitsWriter(Writer):
         header["NSAMP"] = (image.samples, "skipper samples per pixel")
         header["MISSING"] = (image.missing, "packets of this image that never came")
         header["DATE-OBS"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(image.started))
-        fits.append(self.path, image.pixels, header)
+        try:
+            fits.append(self.path, image.pixels, header)
+        except KeyboardInterrupt:
+            # astropy holds Ctrl-C until the image is whole, then raises it: the image is written; the signal goes
+            # on to the event loop, which stops the reader in order
+            os.kill(os.getpid(), signal.SIGINT)
         return image.pixels.nbytes
 
     def close(self):
