@@ -5,8 +5,28 @@ import psutil
 import pytest
 
 from clients.client import Client
-from tests.helpers import (ServerProcess, System, registered_names, start_program, stop_process, tagged_processes,
-                           wait_until, write_experiment)
+from tests.helpers import (RUN_TAG, ServerProcess, System, registered_names, start_program, stop_process,
+                           tagged_processes, wait_until, write_experiment)
+
+
+def interrupted(*_):
+    """SIGTERM (a `timeout`, a CI stop) ends the run like Ctrl-C: fixtures tear down and stop their processes."""
+    raise KeyboardInterrupt("SIGTERM")
+
+
+signal.signal(signal.SIGTERM, interrupted)
+
+
+def pytest_unconfigure(config):
+    """In the run's first process: whatever the run started and an interruption left (workers killed before their
+    fixtures ran) is stopped here, found by the run's tag."""
+    if hasattr(config, "workerinput"):
+        return
+    for proc in tagged_processes(RUN_TAG):
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
 
 
 def reap_or_fail(procs, what):

@@ -48,11 +48,14 @@ def pump(clients, predicate, timeout_s=10.0):
 # so the orphan check finds them even when they were handed to init.
 TEST_TAG = "ORBIT_TEST_TAG"
 os.environ[TEST_TAG] = f"{os.getpid()}-{random.randrange(1 << 30)}"  # one per pytest process (xdist worker)
+# One for the whole run, workers included (they inherit it): what an interrupted run left is found by it.
+RUN_TAG = "ORBIT_TEST_RUN"
+os.environ.setdefault(RUN_TAG, f"{os.getpid()}-{random.randrange(1 << 30)}")
 
 
-def tagged_processes():
-    """Live processes (not zombies) whose environment carries this test session's tag, except this one."""
-    mark = f"{TEST_TAG}={os.environ[TEST_TAG]}".encode()
+def tagged_processes(tag=TEST_TAG):
+    """Live processes (not zombies) whose environment carries this test session's tag (or `tag`), except this one."""
+    mark = f"{tag}={os.environ[tag]}".encode()
     found = []
     for pid in psutil.pids():
         if pid == os.getpid():
