@@ -113,7 +113,7 @@ def measure(kind, size, seconds):
     folder = Path(tempfile.mkdtemp(prefix=f"orbit-bench-data-{kind}-"))
     results = []
     for rate in RATES[size]:
-        port = 20000 + (os.getpid() + rate + size) % 10000
+        port = common.free_port()
         target = folder / f"{rate}" if kind != "bare" else folder / f"{rate}.bin"
         argv = {"bare": ["--serve-bare", str(port), str(target)],
                 "orbit": ["--serve-kit", str(port), str(target)],

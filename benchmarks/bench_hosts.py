@@ -38,18 +38,6 @@ PROGRAMS = common.ROOT / "tests" / "programs"
 PASSWORD = "bench"
 
 
-def free_port():
-    import random
-    import socket
-    for _ in range(100):
-        port = random.randint(20000, 30000)  # below the ephemeral range
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port")
 
 
 class Experiment:
@@ -62,8 +50,8 @@ class Experiment:
         description = json.loads(self.path.read_text())
         (self.path.parent / "keys").mkdir(exist_ok=True)
         (self.path.parent / "keys" / "host.pass").write_text(PASSWORD)
-        description["hosts"] = {h: {"supervisord": f"http://127.0.0.1:{free_port()}/RPC2", "username": "orbit",
-                                    "password_file": "keys/host.pass"} for h in ("daq2", "daq3")}
+        description["hosts"] = {h: {"supervisord": f"http://127.0.0.1:{common.free_port()}/RPC2",
+                                    "username": "orbit", "password_file": "keys/host.pass"} for h in ("daq2", "daq3")}
         description["programs"] = programs
         self.path.write_text(json.dumps(description))
         self.hosts = {}
@@ -89,9 +77,9 @@ class Experiment:
 
     def stop(self):
         if self.controller is not None:
-            bench_supervision.stop_group(self.controller)
+            common.stop_group(self.controller)
         for proc in self.hosts.values():
-            bench_supervision.stop_group(proc)
+            common.stop_group(proc)
         self.server.stop()
 
 
@@ -154,7 +142,7 @@ def bring_up(folder, count, seconds):
             wait_polling(op, lambda: registered(op, set(names)), 120)
             reference = time.monotonic() - began
             for proc in direct:
-                bench_supervision.stop_group(proc)
+                common.stop_group(proc)
             wait_polling(op, lambda: not set(names) & {c["name"] for c in op.request(None, "_list")}, 60)
             experiment.start_hosts()
             began = time.monotonic()

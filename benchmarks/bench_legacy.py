@@ -15,8 +15,6 @@ Run: python benchmarks/bench_legacy.py [--messages N] [--round-trips N]
 
 import argparse
 import os
-import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,16 +43,6 @@ with Client(name, server=router) as me:
 """
 
 
-def free_port():
-    for _ in range(100):
-        port = random.randint(20000, 30000)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port")
 
 
 def peer(kind, name, server, folder, count):
@@ -77,7 +65,7 @@ def one_way(kind, orb, server, folder, count):
         while len(seen) < count and time.monotonic() < deadline:
             orb.poll(0.1)
     finally:
-        stop(sender)
+        common.stop_group(sender)
     if len(seen) < count:
         raise RuntimeError(f"{kind}: {len(seen)} of {count} messages arrived")
     return (count - 1) / (seen[-1] - seen[0])
@@ -104,17 +92,9 @@ def round_trips(kind, orb, server, folder, count):
             times.append(1000 * (answers[-1] - sent))
         return times[50:]  # after a warm-up
     finally:
-        stop(responder)
+        common.stop_group(responder)
 
 
-def stop(proc):
-    if proc.poll() is None:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
 
 
 def main():
@@ -124,7 +104,7 @@ def main():
     args = parser.parse_args()
     common.exit_on_sigterm()
     folder = Path(tempfile.mkdtemp(prefix="orbit-bench-legacy-"))
-    port = free_port()
+    port = common.free_port()
     server = common.BenchServer(legacy={"port": port}).start()
     server.legacy_port = port
     try:

@@ -81,7 +81,7 @@ class Ours:
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(path)], start_new_session=True)
 
     def stop(self):
-        stop_group(self.proc)
+        common.stop_group(self.proc)
 
 
 class Supervisord:
@@ -102,21 +102,13 @@ class Supervisord:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self):
-        stop_group(self.proc)
+        common.stop_group(self.proc)
 
 
 def quote(arg):
     return '"' + arg.replace('"', '\\"') + '"' if " " in arg or "$" in arg else arg
 
 
-def stop_group(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def stamps(path):

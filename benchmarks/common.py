@@ -95,6 +95,32 @@ def stop_all(processes):
             proc.join()
 
 
+def free_port():
+    """A loopback TCP port below the ephemeral range that nothing listens on now."""
+    import random
+    import socket
+    for _ in range(100):
+        port = random.randint(20000, 30000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free loopback port between 20000 and 30000")
+
+
+def stop_group(proc, grace_s=20):
+    """SIGTERM to a Popen started in its own session, SIGKILL to its group after `grace_s`; reaped."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def wait_for(predicate, timeout_s, interval_s=0.05):
     deadline = time.monotonic() + timeout_s
     while not predicate():

@@ -20,6 +20,7 @@ import argparse
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 
@@ -111,8 +112,8 @@ def main(argv=None):
         spec = experiments.load(args.experiment) if args.experiment else None
         path = args.db or (spec.paths.state / "history.sqlite" if spec else "history.sqlite")
         store = Store(path, spec.history.retention_days if spec else 30.0)
-    except (ConfigError, OSError) as exc:
-        print(f"historian: {exc}", file=sys.stderr)
+    except (ConfigError, OSError, sqlite3.Error) as exc:
+        print(f"historian: cannot open the history {path if 'path' in locals() else ''}: {exc}", file=sys.stderr)
         return 2
     try:
         with Historian(args.name, store, experiment=args.experiment) as historian:

@@ -4,6 +4,8 @@ Reads only the bus settings of an experiment (`experiments.bus_settings`),
 never the whole description. Must not open sockets.
 """
 
+import argparse
+
 import zmq.auth
 
 import experiments
@@ -46,3 +48,11 @@ def curve_keys(curve, name, key_file=None, server_key_file=None):
     if secret is None:
         raise ConfigError(f"{key_file} holds no secret key")
     return server_public, public, secret
+
+
+def host_port(text):
+    """`host:port` from a command line (an argparse type) as (host, port)."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not host:port (e.g. 127.0.0.1:7101)")
+    return host, int(port)

@@ -28,6 +28,7 @@ import time
 
 import numpy
 
+from clients.settings import host_port
 from clients.sim import ccdpackets
 from runcontrol import logsetup
 
@@ -53,9 +54,8 @@ class Board:
         self.ended = asyncio.Event()
 
     async def serve(self):
-        host, port = self.args.control.rsplit(":", 1)
-        server = await asyncio.start_server(self._control, host, int(port))
-        log.info("board %d: control on %s", self.id, self.args.control)
+        server = await asyncio.start_server(self._control, *self.args.control)
+        log.info("board %d: control on %s:%d", self.id, *self.args.control)
         async with server:
             await self.ended.wait()
 
@@ -154,7 +154,7 @@ class Board:
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m clients.sim.board", description=__doc__.split("\n")[0])
     parser.add_argument("--board", type=int, required=True, help="board id")
-    parser.add_argument("--control", required=True, help="host:port of the control port")
+    parser.add_argument("--control", required=True, type=host_port, help="host:port of the control port")
     parser.add_argument("--rate", type=float, default=2000.0, help="packets a second")
     parser.add_argument("--loss", type=float, default=0.0)
     parser.add_argument("--corrupt", type=float, default=0.0)

@@ -28,6 +28,7 @@ from astropy.io import fits
 from clients.instrument import data_folder
 from clients.kit.acquisition import Acquisition, BadData, GaveUp, Source, Writer
 from clients.kit.receiver import Receiver
+from clients.settings import host_port
 from clients.sim import ccdpackets
 from clients.sim.board import PER_PACKET
 from runcontrol import logsetup
@@ -44,8 +45,7 @@ class BoardLink(Source):
     """The board's control port: JSON lines, one answer each."""
 
     def __init__(self, address, udp_address):
-        host, port = address.rsplit(":", 1)
-        self.address = (host, int(port))
+        self.address = address
         self.udp_address = udp_address   # a callable: where our UDP listener is
         self.reader = self.writer = None
 
@@ -125,9 +125,8 @@ class FitsWriter(Writer):
 
 class CcdReader(Receiver):
     def __init__(self, name, board, listen, folder, per_file, tries, silence_s, **kwargs):
-        super().__init__(name, meta={"run": True, "board": board}, **kwargs)
-        host, port = listen.rsplit(":", 1)
-        self.listen_udp(host, int(port))
+        super().__init__(name, meta={"run": True, "board": "%s:%d" % board}, **kwargs)
+        self.listen_udp(*listen)
         self.assembler = ccdpackets.Assembler(PER_PACKET)
         self.settings = dict(DEFAULTS)
         link = BoardLink(board, lambda: self.addresses[0])
@@ -190,8 +189,8 @@ class CcdReader(Receiver):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m clients.sim.lta", description=__doc__.split("\n")[0])
     parser.add_argument("--name", required=True)
-    parser.add_argument("--board", required=True, help="host:port of the board's control port")
-    parser.add_argument("--listen", default="127.0.0.1:0", help="host:port for the board's packets")
+    parser.add_argument("--board", required=True, type=host_port, help="host:port of the board's control port")
+    parser.add_argument("--listen", default="127.0.0.1:0", type=host_port, help="host:port for the board's packets")
     parser.add_argument("--experiment", default=os.environ.get("ORBIT_EXPERIMENT"))
     parser.add_argument("--per-file", type=int, default=10, help="images per FITS file")
     parser.add_argument("--tries", type=int, default=5, help="reconnects in a row before giving up")

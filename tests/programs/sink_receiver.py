@@ -9,6 +9,7 @@ import asyncio
 import sys
 
 from clients.kit.receiver import Receiver
+from clients.settings import host_port
 
 
 class Sink(Receiver):
@@ -31,10 +32,8 @@ def main():
     parser.add_argument("--queue", type=int, default=10000)
     args = parser.parse_args()
     sink = Sink(args.name, args.delay, queue_size=args.queue)
-    host, port = args.udp.rsplit(":", 1)
-    sink.listen_udp(host, int(port))
-    host, port = args.tcp.rsplit(":", 1)
-    sink.listen_tcp(host, int(port))
+    sink.listen_udp(*host_port(args.udp))
+    sink.listen_tcp(*host_port(args.tcp))
     sink.listen_pull(args.pull)
     sink.add_output("local", args.pub)
     try:
