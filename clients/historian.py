@@ -26,7 +26,7 @@ import time
 
 import experiments
 from clients.client import Client
-from clients.historystore import Store, numbers
+from clients.historystore import Store
 from runcontrol import logsetup, protocol
 from runcontrol.errors import ConfigError, Refused, ServerUnavailable
 
@@ -49,7 +49,7 @@ class Historian(Client):
             return
         ts = event.get("ts")
         ts = ts if isinstance(ts, (int, float)) else time.time()
-        for name, value in numbers(topic[len("pub."):], event.get("data"), []):
+        for name, value in protocol.published_numbers(topic[len("pub."):], event.get("data"), []):
             self.store.add(name, ts, value)
 
     def catch_up(self):
@@ -62,7 +62,7 @@ class Historian(Client):
         for key, held in answer.result.items():
             if not isinstance(held, dict) or not isinstance(held.get("ts"), (int, float)):
                 continue
-            for name, value in numbers(key, held.get("data"), []):
+            for name, value in protocol.published_numbers(key, held.get("data"), []):
                 last = self.store.last(name)
                 if last is None or held["ts"] > last:
                     self.store.add(name, held["ts"], value)

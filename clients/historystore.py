@@ -22,22 +22,6 @@ CREATE TABLE IF NOT EXISTS minutes (id INTEGER NOT NULL, minute INTEGER NOT NULL
 """
 
 
-def numbers(prefix, value, out):
-    """Every number inside `value` as (name, float): nested objects and lists joined by dots; bools are not numbers."""
-    if isinstance(value, bool):
-        return out
-    if isinstance(value, (int, float)):
-        if value == value and abs(value) != float("inf"):
-            out.append((prefix, float(value)))
-    elif isinstance(value, dict):
-        for key, inner in value.items():
-            numbers(f"{prefix}.{key}", inner, out)
-    elif isinstance(value, list):
-        for index, inner in enumerate(value[:64]):
-            numbers(f"{prefix}.{index}", inner, out)
-    return out
-
-
 class Store:
     def __init__(self, path, retention_days=30.0):
         self.db = sqlite3.connect(path, isolation_level=None)

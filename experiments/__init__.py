@@ -131,6 +131,20 @@ class HistorySpec:
 
 
 @dataclass(frozen=True)
+class AlarmSpec:
+    """A condition on a published number that raises an alarm when it holds `hold_s` seconds."""
+    name: str
+    value: str
+    kind: str             # above, below, band, unchanged, missing
+    limit: object         # a number (seconds for unchanged and missing), or (low, high) for band
+    relative_to: object   # another number's name the limits count from, or None
+    hold_s: float
+    severity: str
+    message: str
+    actions: tuple        # "log", "publish", "end_run", or {"send": {...}}
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     path: Path
@@ -141,6 +155,7 @@ class Experiment:
     logs: LogRotation
     warnings: tuple = ()
     history: HistorySpec = HistorySpec()
+    alarms: tuple = ()       # AlarmSpecs
 
     def program(self, name):
         return next((p for p in self.programs if p.name == name), None)
@@ -238,7 +253,7 @@ def validate(raw):
     if not isinstance(raw, dict):
         return problems
     return problems + checks.cross_check(raw) + checks.network_exposure(raw) + checks.host_credentials(raw) \
-        + checks.legacy_exposure(raw)
+        + checks.legacy_exposure(raw) + checks.alarm_definitions(raw)
 
 
 def json_path(parts):
@@ -265,6 +280,8 @@ def explain(error):
         return f"{value} must be {words[kind]} {error.validator_value}"
     if kind == "oneOf" and list(error.path)[-1:] == ["cmd"]:
         return "must be a list of strings or a command string"
+    if kind == "oneOf" and "actions" in list(error.path):
+        return f"{value or 'this'} is not an action: log, publish, end_run or {{\"send\": {{\"to\": CLIENT, \"cmd\": COMMAND}}}}"
     if kind == "propertyNames":
         return f"{value} is not a valid name"
     return error.message
@@ -310,8 +327,28 @@ def freeze(raw, path):
         hosts=MappingProxyType({name: host_spec(name, host, folder) for name, host in raw["hosts"].items()}),
         logs=LogRotation(raw["logs"]["max_bytes"], raw["logs"]["keep"]),
         history=HistorySpec(float(raw["history"]["retention_days"])),
+        alarms=tuple(alarm_spec(name, alarm) for name, alarm in raw["alarms"].items()),
         warnings=tuple(checks.missing_commands(programs)),
     )
+
+
+def alarm_spec(name, alarm):
+    kind = next(c for c in checks.CONDITIONS if c in alarm)
+    limit = tuple(alarm[kind]) if kind == "band" else float(alarm[kind])
+    return AlarmSpec(name, alarm["value"], kind, limit, alarm.get("relative_to"), float(alarm["for"]),
+                     alarm["severity"], alarm.get("message") or describe_condition(alarm["value"], kind, limit,
+                                                                                     alarm.get("relative_to")),
+                     tuple(MappingProxyType(a) if isinstance(a, dict) else a for a in alarm["actions"]))
+
+
+def describe_condition(value, kind, limit, relative_to=None):
+    """The words an operator reads for a condition without a message of its own."""
+    plus = f" {relative_to} +" if relative_to else ""
+    if kind == "band":
+        return f"{value} outside{plus} [{limit[0]:g}, {limit[1]:g}]"
+    if kind in ("above", "below"):
+        return f"{value} {kind}{plus} {limit:g}"
+    return f"{value} {'has not changed' if kind == 'unchanged' else 'not published'} for {limit:g} s"
 
 
 def legacy_spec(legacy):

@@ -1,4 +1,4 @@
-"""Checks a schema cannot express: dependencies, cycles, shared client names, hosts; start order."""
+"""Checks a schema cannot express: dependencies, cycles, shared client names, hosts, alarms; start order."""
 
 import shutil
 import urllib.parse
@@ -67,6 +67,38 @@ def host_credentials(raw):
             problems.append(f"hosts.{name}.supervisord: {url} is off loopback: give hosts.{name}.username and "
                             f"hosts.{name}.password_file (supervisord's HTTP interface has no encryption: keep it "
                             "on a private DAQ network, with a password)")
+    return problems
+
+
+CONDITIONS = ("above", "below", "band", "unchanged", "missing")
+
+
+def alarm_definitions(raw):
+    """Each alarm has one condition; limits that make sense; commands only to the experiment's clients."""
+    alarms = raw.get("alarms") if isinstance(raw.get("alarms"), dict) else {}
+    programs = raw.get("programs") if isinstance(raw.get("programs"), dict) else {}
+    clients = {p.get("client") for p in programs.values() if isinstance(p, dict)} | {"run"}
+    problems = []
+    for name, alarm in alarms.items():
+        if not isinstance(alarm, dict):
+            continue
+        where = f"alarms.{name}"
+        given = [c for c in CONDITIONS if c in alarm]
+        if len(given) != 1:
+            problems.append(f"{where}: give exactly one condition of {', '.join(CONDITIONS)}"
+                            + (f" (it has {', '.join(given)})" if given else ""))
+        if "relative_to" in alarm and not {"above", "below", "band"} & set(given):
+            problems.append(f"{where}.relative_to: only with above, below or band")
+        band = alarm.get("band")
+        if isinstance(band, list) and len(band) == 2 and all(isinstance(b, (int, float)) for b in band) \
+                and not band[0] < band[1]:
+            problems.append(f"{where}.band: the low limit {band[0]} must be below the high one {band[1]}")
+        actions = alarm.get("actions") if isinstance(alarm.get("actions"), list) else []
+        for i, action in enumerate(actions):
+            send = action.get("send") if isinstance(action, dict) else None
+            if isinstance(send, dict) and isinstance(send.get("to"), str) and send["to"] not in clients:
+                problems.append(f"{where}.actions.{i}.send.to: {send['to']!r} is the client of no program "
+                                f"(known: {', '.join(sorted(c for c in clients if isinstance(c, str)))})")
     return problems
 
 

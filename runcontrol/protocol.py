@@ -382,6 +382,24 @@ def event_topic(kind):
     return f"event.{kind}"
 
 
+def published_numbers(prefix, value, out):
+    """Every number inside published `value` as (name, float), named `<from>.<topic>.<key>...` (`prefix` is
+    `<from>.<topic>`): nested objects and lists joined by dots; bools are not numbers. The names of history and
+    alarms."""
+    if isinstance(value, bool):
+        return out
+    if isinstance(value, (int, float)):
+        if value == value and abs(value) != float("inf"):
+            out.append((prefix, float(value)))
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            published_numbers(f"{prefix}.{key}", inner, out)
+    elif isinstance(value, list):
+        for index, inner in enumerate(value[:64]):
+            published_numbers(f"{prefix}.{index}", inner, out)
+    return out
+
+
 def make_event(kind, ts, **payload):
     return {**payload, "kind": kind, "ts": ts}
 

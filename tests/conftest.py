@@ -128,9 +128,9 @@ def echo(echo_program):
 def system(tmp_path):
     made = []
 
-    def make(programs, **server):
+    def make(programs, alarms=None, **server):
         server.setdefault("timeout", 5.0)
-        path = write_experiment(tmp_path, "ctl", programs=programs, **server)
+        path = write_experiment(tmp_path, "ctl", programs=programs, alarms=alarms, **server)
         made.append(System(path))
         return made[-1]
     yield make

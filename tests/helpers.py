@@ -110,7 +110,7 @@ def ephemeral_ports():
 
 
 def write_experiment(folder, name, router="tcp://127.0.0.1:0", events="tcp://127.0.0.1:0",
-                     beacon_port=None, heartbeat=0.5, timeout=3.0, programs=None, **server):
+                     beacon_port=None, heartbeat=0.5, timeout=3.0, programs=None, alarms=None, **server):
     path = Path(folder) / f"{name}.json"
     description = {
         "name": name,
@@ -119,6 +119,7 @@ def write_experiment(folder, name, router="tcp://127.0.0.1:0", events="tcp://127
                    "heartbeat": heartbeat, "timeout": timeout, **server},
         "paths": {"logs": "log", "data": "data", "state": "state"},
         "programs": programs or {},
+        **({"alarms": alarms} if alarms else {}),
     }
     path.write_text(json.dumps(description), encoding="utf-8")
     return path

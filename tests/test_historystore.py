@@ -1,6 +1,7 @@
 """The history store alone: numbers found inside published objects, downsampling, tiers, retention, gaps."""
 
-from clients.historystore import Store, numbers
+from clients.historystore import Store
+from runcontrol.protocol import published_numbers as numbers
 
 
 def test_every_number_inside_a_published_object_has_a_name():

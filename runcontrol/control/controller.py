@@ -21,6 +21,7 @@ import experiments
 from clients.client import Client
 from runcontrol import logsetup, pidfile, protocol
 from runcontrol.control import runbook
+from runcontrol.control.alarms import AlarmWatch
 from runcontrol.control.programs import ProgramCommands
 from runcontrol.control.transitions import Transitions
 from runcontrol.control.waiters import Waiters
@@ -56,7 +57,11 @@ class Controller:
         self.runs = runbook.RunBook(experiment.paths.state)
         self.transitions = Transitions(self.client, self.supervisor, self.runs, self.waiters)
         self.programs = ProgramCommands(self)
-        for part in (self.programs, self.transitions):
+        self.registered = set()   # the clients registered on the server, as last listed
+        # A program that did not come back to a restarted server within this is hung.
+        self.missing_grace_s = experiment.server.timeout_s + 2 * experiment.server.beacon.interval_s
+        self.alarms = AlarmWatch(self, self.missing_grace_s)
+        for part in (self.programs, self.transitions, self.alarms):
             for attr in dir(part):
                 if attr.startswith("cmd_"):
                     self.client.add_handler(attr[4:], getattr(part, attr))
@@ -69,8 +74,6 @@ class Controller:
         self._swept = 0.0
         self._sweep_until = 0.0   # a program exited: look for what it left, beside SIGCHLD, until then
         self._listing = None
-        # A program that did not come back to a restarted server within this is hung.
-        self.missing_grace_s = experiment.server.timeout_s + 2 * experiment.server.beacon.interval_s
 
     # --- events in and out --------------------------------------------------------------------
 
@@ -84,13 +87,16 @@ class Controller:
     def _on_server_event(self, topic, event):
         kind, name, pid = event.get("kind"), event.get("name"), event.get("pid")
         if kind == "client_joined":
+            self.registered.add(name)
             self.supervisor.client_registered(name, pid)
             self.transitions.client_joined(name, event.get("meta"))
             self.transitions.rejoin(name)
         elif kind == "client_left":
+            self.registered.discard(name)
             self.supervisor.client_gone(name, pid)
             self.transitions.client_left(name)
         elif kind == "client_lost":
+            self.registered.discard(name)
             self.supervisor.client_gone(name, pid, hung=True)
         elif kind == "server_started":
             self._refresh_registrations()
@@ -118,6 +124,8 @@ class Controller:
             if not answer.ok or not isinstance(answer.result, list):
                 return
             clients = [c for c in answer.result if isinstance(c, dict) and isinstance(c.get("name"), str)]
+            self.registered.clear()
+            self.registered.update(c["name"] for c in clients)
             self.supervisor.reconcile({c["name"]: c.get("pid") for c in clients}, self.missing_grace_s)
             for client in clients:
                 self.transitions.client_joined(client["name"], client.get("meta"))
@@ -136,7 +144,7 @@ class Controller:
         now = time.monotonic()
         waiting = self._listing is not None and self._listing.answer is None  # asked: wait for it, not spin
         due = [now + LOOP_MAX_S, self._reconciled + (LIST_WAIT_S if waiting else RECONCILE_EVERY_S),
-               *self.waiters.deadlines()]
+               self.alarms.due(), *self.waiters.deadlines()]
         if self.pidfile_path:
             due.append(self._touched + TOUCH_EVERY_S)
         if now < self._sweep_until:
@@ -150,10 +158,13 @@ class Controller:
             self._seen_instance = self.client.instance
             self.supervisor.env["ORBIT_SERVER"] = self.client.router
             self._refresh_registrations()
+            self.alarms.seed()
         self.supervisor.server_up = self.client.registered
         if self.client.registered and time.monotonic() - self._reconciled >= RECONCILE_EVERY_S:
             self._refresh_registrations()
         self.waiters.check()
+        if time.monotonic() >= self.alarms.due():
+            self.alarms.evaluate()
         now = time.monotonic()
         if now < self._sweep_until and now - self._swept >= SWEEP_EVERY_S:
             self._swept = now  # what an exited program left, also when its SIGCHLD came before they were ours

@@ -126,6 +126,19 @@ class Operator:
         wait = (timeout or self.timeout) + TRANSITION_MARGIN_S
         return self.call(msg, wait)
 
+    # --- alarms ----------------------------------------------------------------------------
+
+    def alarms(self, log=0):
+        """The standing alarms, unacknowledged first; with `log`, the answer also has that many lines of the
+        alarm log (newest last)."""
+        answer = self.request(RUN, "alarms", log=log)
+        return answer if log else answer["alarms"]
+
+    def ack(self, alarm=None, by=None):
+        """Acknowledge `alarm` (None: every standing alarm) as `by` (default: this connection's name)."""
+        fields = {"alarm": alarm} if alarm else {"all": True}
+        return self.request(RUN, "ack", **fields, **({"by": by} if by else {}))["acked"]
+
     # --- any client ------------------------------------------------------------------------
 
     def send(self, to, cmd, **payload):

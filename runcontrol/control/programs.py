@@ -33,7 +33,8 @@ class ProgramCommands:
         self.waiters = controller.waiters
 
     def cmd_status(self, msg):
-        """Every program: state, pid, host, uptime, restarts, last exit, CPU %, RSS, registration, heartbeat age."""
+        """Every program: state, pid, host, uptime, restarts, last exit, CPU %, RSS, registration, heartbeat age;
+        the run, the hosts and the standing alarms."""
         reply = self.client.defer(msg)
         listing = self.client.start({"cmd": "_list"})
         self.waiters.add(lambda: listing.answer is not None,
@@ -54,6 +55,7 @@ class ProgramCommands:
         return {"experiment": self.controller.spec.name, "state": runs.state, "run": runs.run,
                 "current_run": runs.current, "participants": self.controller.transitions.participants(),
                 "programs": programs, "hosts": self.supervisor.hosts(), "clients": sorted(clients),
+                "alarms": self.controller.alarms.book.listing(),
                 "controller": {"pid": os.getpid(), "host": socket.gethostname()}}
 
     def cmd_start(self, msg):

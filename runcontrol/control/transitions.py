@@ -74,13 +74,18 @@ class Transitions:
     def end_for_shutdown(self, why):
         """The experiment is being stopped: an open run ends first (participants told `end` with `why`,
         the record saying so). Returns an Outcome to wait on, or None when no run is open."""
-        if self.runs.state == runs.STOP or self.busy:
+        return self.end_because(why, "ended by shutdown", (runs.READY, runs.RUN), SHUTDOWN_TIMEOUT_S)
+
+    def end_because(self, why, result, states=(runs.RUN,), timeout=TRANSITION_TIMEOUT_S):
+        """End the run in one of `states` whatever the participants answer, `why` told to them and logged in
+        the record with `result`. An Outcome to wait on, or None when there is no such run or one is changing."""
+        if self.runs.state not in states or self.busy:
             return None
         outcome = Outcome()
-        self._begin_transition({"timeout": SHUTDOWN_TIMEOUT_S}, "abort_run", outcome, why)
+        self._begin_transition({"timeout": timeout}, "abort_run", outcome, why, result)
         return outcome
 
-    def _begin_transition(self, msg, action, reply=None, why=None):
+    def _begin_transition(self, msg, action, reply=None, why=None, result=None):
         self._check(msg, action)
         timeout = msg.get("timeout", TRANSITION_TIMEOUT_S)
         fields = self._run_fields(msg, action)
@@ -103,7 +108,7 @@ class Transitions:
             for name, pending in pendings.items():
                 if name not in answers:
                     self.client.abandon(pending)
-            self._conclude(reply, action, fields, participants, answers, why)
+            self._conclude(reply, action, fields, participants, answers, why, result)
         self.waiters.add(lambda: len(answers) == len(participants), finish, timeout, finish)
         return reply
 
@@ -131,7 +136,7 @@ class Transitions:
             fields.update(comment=comment, params=params)
         return fields
 
-    def _conclude(self, reply, action, fields, participants, answers, why=None):
+    def _conclude(self, reply, action, fields, participants, answers, why=None, result=None):
         problems = {name: describe_problem(answers.get(name)) for name in participants
                     if name not in answers or not answers[name].ok}
         run = fields["run"]
@@ -148,11 +153,11 @@ class Transitions:
             return
         reports = {name: answer.result for name, answer in answers.items() if answer.ok and isinstance(answer.result, dict)
                    and answer.result.keys() - {"state", "run"}}  # what participants said of the run, beyond its state
-        self._enter(action, fields, participants, problems, why, reports)
+        self._enter(action, fields, participants, problems, why, reports, result)
         reply.resolve({"state": self.runs.state, "run": run, "participants": participants,
                        "problems": problems, **({"comment": fields.get("comment")} if action == "begin_run" else {})})
 
-    def _enter(self, action, fields, participants, problems, why=None, reports=None):
+    def _enter(self, action, fields, participants, problems, why=None, reports=None, result=None):
         now = time.time()
         target = runs.TARGET[action]
         if action == "prepare_run":
@@ -163,7 +168,7 @@ class Transitions:
                                                                   "start")} | {"result": "running"})
         else:
             started = fields.get("start")
-            result = "ended by shutdown" if why else "aborted" if action == "abort_run" else "ended"
+            result = result or ("aborted" if action == "abort_run" else "ended")
             self.runs.log({"run": fields["run"], "comment": fields.get("comment"), "params": fields.get("params"),
                            "participants": participants, "start": started, "end": now,
                            "duration": round(now - started, 3) if started else None, "result": result,

@@ -22,9 +22,10 @@ LIVE_TIMEOUT_S = 2.0  # past this the view says the server is unreachable, and k
 STATE_STYLES = {"RUNNING": "green", "REGISTERED": "green", "STARTING": "yellow", "BACKOFF": "yellow", "STOPPING": "yellow",
                 "STOPPED": "dim", "EXITED": "dim", "FATAL": "bold red", "UNKNOWN": "bold magenta"}
 RUN_STYLES = {"RUN": "bold green", "READY": "bold yellow", "STOP": "bold"}
-ALARMS = {"program_fatal", "client_lost", "host_unreachable"}
+ALARMS = {"program_fatal", "client_lost", "host_unreachable", "alarm_raised"}
 NOTABLE = {"program_restarting", "program_fatal", "program_exited", "client_lost", "run_state",
-           "server_started", "client_replaced", "host_unreachable", "host_reachable"}
+           "server_started", "client_replaced", "host_unreachable", "host_reachable", "alarm_raised",
+           "alarm_cleared", "alarm_acked"}
 # Program columns, most important first; the narrowest terminals keep only the first ones.
 COLUMNS = [("program", 12), ("state", 8), ("pid", 7), ("up", 5), ("rst", 3), ("reg", 3), ("hb", 4),
            ("cpu%", 5), ("rss", 5), ("host", 8)]
@@ -61,6 +62,29 @@ def as_list(value):
 def short(value, width):
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def standing_alarms(snap):
+    return [a for a in as_list(as_dict(snap.get("run")).get("alarms")) if isinstance(a, dict)]
+
+
+def alarm_line(alarm, now, width):
+    """One standing alarm: red until acknowledged, then yellow; a cleared one says so."""
+    acked, cleared = as_dict(alarm.get("acked")), alarm.get("state") == "cleared"
+    raised = alarm.get("raised")
+    when = f"  {age(now - raised)} ago" if isinstance(raised, (int, float)) else ""
+    tail = (" (cleared)" if cleared else "") + (f" acked by {acked.get('by')}" if acked else "")
+    style = "yellow" if acked else "red" if cleared else "bold white on red"
+    text = f"{str(alarm.get('severity', 'alarm')).upper():7} {alarm.get('message')}  [{alarm.get('alarm')}]{when}{tail}"
+    return Text(short(text, width), style=style)
+
+
+def alarms_block(snap, width, rows):
+    alarms = standing_alarms(snap)
+    lines = [alarm_line(a, snap["taken"], width) for a in alarms[:rows]]
+    if len(alarms) > rows:
+        lines[-1] = Text(f"... and {len(alarms) - rows + 1} more alarms (send.py run alarms)", style="red")
+    return Group(*lines)
 
 
 def header(snap):
@@ -195,6 +219,10 @@ def event_text(event):
         return f"host {e.get('host')} is back"
     if kind == "server_started":
         return f"instance {e.get('instance')} pid {e.get('pid')}"
+    if kind in ("alarm_raised", "alarm_cleared"):
+        return f"{e.get('alarm')}: {e.get('message')}"
+    if kind == "alarm_acked":
+        return f"{e.get('alarm')} by {as_dict(e.get('acked')).get('by')}"
     detail = {k: v for k, v in e.items() if k not in ("kind", "ts", "actions", "meta", "tail", "from")}
     return " ".join(f"{k}={short(v, 24)}" for k, v in detail.items() if v is not None)
 
@@ -216,10 +244,12 @@ def events_table(snap, width, rows):
 def render(snap, width=80, height=24, note=None):
     """The whole view for a terminal of `width` x `height`: nothing wraps, lower parts shrink first."""
     programs, hosts = len(rows_of(snap)), len(hosts_of(snap))
-    spare = max(0, height - 2 - (programs + 2) - (hosts + 2 if hosts else 0) - (1 if note else 0))
+    alarm_rows = min(len(standing_alarms(snap)), max(1, height // 4))
+    spare = max(0, height - 2 - (programs + 2) - (hosts + 2 if hosts else 0) - (1 if note else 0) - alarm_rows)
     retained_rows = min(len(as_dict(snap.get("retained"))), max(0, (spare - 4) // 2))
     event_rows = max(0, spare - 4 - retained_rows)
     parts = [Text(note, style="bold yellow")] if note else []
+    parts += [alarms_block(snap, width, alarm_rows)] if alarm_rows else []
     parts += [header(snap), programs_table(snap, width)]
     parts += [hosts_table(snap, width)] if hosts else []
     parts += [retained_table(snap, width, retained_rows), events_table(snap, width, event_rows)]

@@ -16,7 +16,7 @@ from runcontrol.states import ChildState as S
 from runcontrol.supervision.backends.base import HostChanged
 from runcontrol.supervision.backends.local import LocalBackend
 from runcontrol.supervision.lifecycle import Lifecycle
-from runcontrol.supervision.program import Program
+from runcontrol.supervision.program import Program, describe_exit
 from runcontrol.supervision.programlog import ProgramLog
 
 log = logging.getLogger(__name__)
@@ -356,15 +356,25 @@ class Supervisor:
 
     # --- figures --------------------------------------------------------------------------------
 
+    def shown_state(self, program):
+        """The state said of a program: UNKNOWN while its host cannot be reached (unless it is stopped)."""
+        backend = self.backends.get(program.spec.host)
+        unknown = backend is not None and not backend.reachable and program.state is not S.STOPPED
+        return S.UNKNOWN.value if unknown else program.state.value
+
+    def brief(self):
+        """Each program's state and last exit, without asking anything of its process."""
+        return {name: {"state": self.shown_state(p), "last_exit": describe_exit(p.last_exit) if p.last_exit else None,
+                       "host": p.spec.host}
+                for name, p in self.programs.items() if not p.retired}
+
     def describe(self, name):
         """One program's status, with CPU % (since the last ask) and RSS gathered now."""
         program = self.programs[name]
         spec = program.spec
         cpu, rss = self.backends[spec.host].figures(program.proc) if program.proc else (None, None)
-        backend = self.backends.get(spec.host)
-        unknown = backend is not None and not backend.reachable and program.state is not S.STOPPED
         return {
-            "state": S.UNKNOWN.value if unknown else program.state.value, "pid": program.pid, "host": spec.host,
+            "state": self.shown_state(program), "pid": program.pid, "host": spec.host,
             "uptime": round(self.clock() - program.started_at, 3) if program.proc else None,
             "restarts": program.restarts, "last_exit": program.last_exit,
             "client": spec.client, "registered": program.registered if spec.client else None,

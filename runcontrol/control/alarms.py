@@ -1,0 +1,181 @@
+"""Alarms, answered by the run controller: watching, raising, clearing, acknowledging, acting.
+
+Owns following the published numbers the experiment's alarms watch (and the
+retained ones after a start), evaluating the declared and the built-in
+conditions twice a second, turning what `conditions.Holds` decides into changes
+of the `AlarmBook` with an event each (`alarm_raised`, `alarm_cleared`,
+`alarm_acked`), the actions of a raised alarm (log, publish, end the run, send
+a command), and the commands `alarms` and `ack`. Must not spawn processes.
+"""
+
+import logging
+import time
+
+from runcontrol import protocol
+from runcontrol.control import runbook
+from runcontrol.control.alarmbook import AlarmBook
+from runcontrol.control.conditions import Holds, Values, program_checks, value_check
+from runcontrol.errors import Refused
+
+log = logging.getLogger("runcontrol.controller")
+
+EVERY_S = 0.5
+LOG_LINES_MAX = 1000
+SEND_TIMEOUT_S = 10.0
+
+
+class AlarmWatch:
+    def __init__(self, controller, grace_s):
+        spec = controller.spec
+        self.client = controller.client
+        self.supervisor = controller.supervisor
+        self.transitions = controller.transitions
+        self.registered = controller.registered
+        self.waiters = controller.waiters
+        self.specs = {alarm.name: alarm for alarm in spec.alarms}
+        self.book = AlarmBook(spec.paths.state)
+        self.holds = Holds()
+        self.started = time.time()
+        self.values = Values(self.started)
+        self.grace_s = grace_s   # after a start nothing clears this long: states and values are not known yet
+        self.evaluated = 0.0
+        for source in sorted(watched_sources(spec.alarms)):
+            self.client.subscribe(f"pub.{source}.", self._on_published)
+
+    # --- what comes in -------------------------------------------------------------------------
+
+    def _on_published(self, topic, event):
+        if isinstance(event, dict):
+            ts = event.get("ts")
+            self.values.take(topic[len("pub."):], event.get("data"), ts if isinstance(ts, (int, float)) else time.time())
+
+    def seed(self):
+        """Take the retained values of the watched numbers: after a start, and after the server restarted."""
+        if not self.specs:
+            return
+
+        def take(answer):
+            if answer.ok and isinstance(answer.result, dict):
+                for key, held in answer.result.items():
+                    if isinstance(held, dict) and isinstance(held.get("ts"), (int, float)):
+                        self.values.take(key, held.get("data"), held["ts"])
+        self.client.start({"cmd": "_retained"}, on_answer=take)
+
+    # --- evaluating ----------------------------------------------------------------------------
+
+    def due(self):
+        return self.evaluated + EVERY_S
+
+    def evaluate(self, now=None):
+        now = time.time() if now is None else now
+        self.evaluated = time.monotonic()
+        runs = self.transitions.runs
+        checks = [value_check(alarm, self.values, now) for alarm in self.specs.values()]
+        checks += program_checks(self.supervisor.brief(), self.supervisor.hosts(), runs.state, runs.run,
+                                 runs.current.get("participants", ()) if runs.state == runbook.RUN else (),
+                                 self.registered)
+        raised, cleared = self.holds.update(checks, self.book.active(), now)
+        for check in raised:
+            record = self.book.raise_(check, now)
+            self._emit("alarm_raised", record)
+            self._act(self.specs.get(check.alarm), record, now)
+        if now - self.started < self.grace_s:
+            return
+        for name in cleared:
+            record = self.book.clear(name, now)
+            self._emit("alarm_cleared", record)
+            log.info("alarm %s cleared: %s", name, record["message"])
+            self._publish(name, record)
+
+    def _emit(self, kind, record):
+        self.client.send(None, "_event", kind=kind, **record)
+
+    # --- actions -------------------------------------------------------------------------------
+
+    def _act(self, spec, record, now):
+        """What a raised alarm does: a built-in one is logged; a declared one does its `actions`."""
+        name = record["alarm"]
+        actions = spec.actions if spec else ("log",)
+        say = log.error if record["severity"] == "alarm" else log.warning
+        if "log" in actions:
+            say("%s %s: %s (value %s)", record["severity"].upper(), name, record["message"], record["value"])
+        if "publish" in actions:
+            self._publish(name, record)
+        if "end_run" in actions:
+            self._end_run(name, record, now)
+        for action in actions:
+            if not isinstance(action, str):
+                self._send(name, dict(action["send"]), now)
+
+    def _publish(self, name, record):
+        spec = self.specs.get(name)
+        if spec and "publish" in spec.actions:
+            self.client.publish(f"alarm.{name}", {"active": int(record["state"] == "active"),
+                                                  "severity": record["severity"], "message": record["message"],
+                                                  "value": record["value"], "acked": record["acked"]}, retain=True)
+
+    def _end_run(self, name, record, now):
+        why = f"alarm {name}: {record['message']}"
+        ending = self.transitions.end_because(why, "ended by alarm")
+        if ending is None:
+            busy = self.transitions.busy
+            self.book.note(name, "end_run", now, done=False,
+                           why=f"{busy} in progress" if busy else f"no run to end (state {self.transitions.runs.state})")
+        else:
+            log.error("ending run %s: %s", self.transitions.runs.run, why)
+            self.book.note(name, "end_run", now, done=True, run=self.transitions.runs.run)
+
+    def _send(self, name, send, now):
+        msg = {k: v for k, v in send.items() if k not in ("id", "re", "from")}
+
+        def answered(answer):
+            outcome = {"result": answer.result} if answer.ok else {"error": answer.error, "code": answer.code}
+            self.book.note(name, "send", time.time(), to=msg["to"], cmd=msg["cmd"], ok=answer.ok, **outcome)
+            if not answer.ok:
+                log.warning("alarm %s: %s %s failed: %s", name, msg["to"], msg["cmd"], answer.error)
+
+        def silent():
+            self.client.abandon(pending)
+            self.book.note(name, "send", time.time(), to=msg["to"], cmd=msg["cmd"], ok=False,
+                           error=f"no answer within {SEND_TIMEOUT_S:g} s")
+        pending = self.client.start(msg, on_answer=answered)
+        self.waiters.add(lambda: pending.answer is not None, lambda: None, SEND_TIMEOUT_S, silent)
+
+    # --- commands ------------------------------------------------------------------------------
+
+    def cmd_alarms(self, msg):
+        """The standing alarms (unacknowledged first); with `log`: also that many lines of the alarm log."""
+        lines = msg.get("log", 0)
+        if isinstance(lines, bool) or not isinstance(lines, int) or not 0 <= lines <= LOG_LINES_MAX:
+            raise Refused(f"'log' must be a whole number from 0 to {LOG_LINES_MAX}", protocol.BAD_FIELD)
+        answer = {"alarms": self.book.listing()}
+        if lines:
+            answer["log"] = self.book.tail(lines)
+        return answer
+
+    def cmd_ack(self, msg):
+        """Acknowledge the alarm `alarm` (or every standing one: `all`), as `by` (default: the sender)."""
+        by = msg.get("by", msg.get("from"))
+        if not isinstance(by, str) or not by or len(by) > 64:
+            raise Refused("'by' must be a name of 1 to 64 characters: who acknowledges", protocol.BAD_FIELD)
+        name, everything = msg.get("alarm"), msg.get("all") is True
+        if not everything and (not isinstance(name, str) or not name):
+            raise Refused("ack needs 'alarm': the name of a standing alarm (or all: true)", protocol.BAD_FIELD)
+        now = time.time()
+        names = [r["alarm"] for r in self.book.listing() if not r["acked"]] if everything else [name]
+        acked = []
+        for one in names:
+            before = self.book.alarms.get(one, {}).get("acked")
+            record = self.book.ack(one, by, now)
+            if before is None:
+                self._emit("alarm_acked", record)
+                self._publish(one, record)
+                log.info("alarm %s acknowledged by %s", one, by)
+            acked.append(record)
+        return {"acked": acked}
+
+
+def watched_sources(alarms):
+    """The publishers whose numbers the alarms watch: the first part of each name."""
+    names = [a.value for a in alarms] + [a.relative_to for a in alarms if a.relative_to]
+    return {name.split(".", 1)[0] for name in names}

@@ -1,0 +1,124 @@
+"""Alarms in a real system: declared conditions raised after their hold, their actions (a run ended, a command
+sent, a value published), cleared, acknowledged, kept through a SIGKILLed run controller; built-in program alarms;
+what `send.py` and `status.py` show."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from clients.client import Client
+from runcontrol.errors import Refused
+from tests.helpers import ROOT, env_for_children, helper, pump, wait_until
+
+HOT_HOLD_S = 1.5
+
+
+def participant(name, record):
+    return helper("participant.py", name, record, client=name, run=True)
+
+
+def standing(s):
+    return {a["alarm"]: a for a in s.op.request("run", "alarms")["alarms"]}
+
+
+def raised_count(s, alarm):
+    return sum(1 for topic, e in list(s.events.items) if topic == "event.alarm_raised" and e.get("alarm") == alarm)
+
+
+def publish_until(s, feed, t, condition, timeout_s=30):
+    """Publish feed.values.t every 0.2 s until `condition()` holds; the time of the first publication."""
+    first = time.time()
+    last = 0.0
+
+    def step():
+        nonlocal last
+        if time.monotonic() - last >= 0.2:
+            feed.publish("values", {"t": t}, retain=True)
+            last = time.monotonic()
+        s.op.poll(0)
+        return condition()
+    pump([feed], step, timeout_s)
+    return first
+
+
+def test_declared_alarms_raise_act_clear_and_are_acknowledged_through_a_controller_restart(system, tmp_path):
+    record = tmp_path / "pa.jsonl"
+    s = system({"pa": participant("pa", record), "echo": helper("echo_client.py", "echo", client="echo")}, alarms={
+        "hot": {"value": "feed.values.t", "above": 10, "for": HOT_HOLD_S, "message": "feed too hot",
+                "actions": ["log", "publish", "end_run", {"send": {"to": "echo", "cmd": "echo", "why": "hot"}}]},
+        "quiet": {"value": "feed.values.t", "missing": 3, "severity": "warning"}})
+    quiet = s.wait_event("event.alarm_raised", alarm="quiet")   # nothing published since the start
+    assert quiet["severity"] == "warning" and "feed.values.t not published for 3 s" in quiet["message"]
+    for name in ("pa", "echo"):
+        s.wait_state(name, "RUNNING", registered=True)
+    with Client("feed", experiment=str(s.path)) as feed:
+        feed.connect(10)
+        publish_until(s, feed, 5, lambda: s.events.find("event.alarm_cleared", alarm="quiet"))
+        assert standing(s)["quiet"]["state"] == "cleared" and standing(s)["quiet"]["acked"] is None  # until acked
+        s.op.request("run", "prepare_run")
+        run = s.op.request("run", "begin_run", comment="alarm test")["run"]
+
+        first = publish_until(s, feed, 12, lambda: s.events.find("event.alarm_raised", alarm="hot"))
+        hot = s.events.find("event.alarm_raised", alarm="hot")
+        assert hot["raised"] - first >= HOT_HOLD_S and hot["value"] == 12.0 and hot["severity"] == "alarm"
+        # its actions: the run ended with the alarm as reason, a command sent, the alarm published
+        ended = s.wait_event("event.run_state", state="STOP", run=run)
+        assert "alarm hot: feed too hot" in ended["message"]
+        outcome = s.op.request("run", "runs", n=1)[-1]
+        assert outcome["result"] == "ended by alarm" and outcome["why"] == "alarm hot: feed too hot"
+        assert [t["reason"] for t in map(json.loads, record.read_text().splitlines()) if t["transition"] == "end"] \
+            == ["alarm hot: feed too hot"]
+        sent = wait_until(lambda: [e for e in s.op.request("run", "alarms", log=50)["log"] if e["change"] == "send"])
+        assert sent[0]["ok"] and sent[0]["result"] == {"why": "hot"}
+        assert s.op.request(None, "_retained", prefix="run.alarm.hot")["run.alarm.hot"]["data"]["active"] == 1
+
+        publish_until(s, feed, 5, lambda: s.events.find("event.alarm_cleared", alarm="hot"))
+        assert standing(s)["hot"]["state"] == "cleared"
+        acked = s.op.request("run", "ack", alarm="hot", by="alice")["acked"][0]
+        assert acked["acked"]["by"] == "alice"
+        assert s.wait_event("event.alarm_acked", alarm="hot")["acked"]["by"] == "alice"
+        assert "hot" not in standing(s)   # cleared and acknowledged: gone
+
+        publish_until(s, feed, 13, lambda: raised_count(s, "hot") == 2)
+        before = standing(s)["hot"]
+        s.replace_controller()
+        after = standing(s)["hot"]
+        assert (after["raised"], after["state"], after["acked"]) == (before["raised"], "active", None)
+        publish_until(s, feed, 5, lambda: len([e for t, e in list(s.events.items) if t == "event.alarm_cleared"
+                                               and e.get("alarm") == "hot"]) == 2, 60)
+        assert raised_count(s, "hot") == 2   # the new controller did not raise it again
+        with pytest.raises(Refused) as refused:
+            s.op.request("run", "ack", alarm="nothing")
+        assert refused.value.code == "no_such_alarm" and "standing: hot, quiet" in str(refused.value)
+
+        listed = subprocess.run([sys.executable, "send.py", "--experiment", str(s.path), "run", "alarms"], cwd=ROOT,
+                                env=env_for_children(), capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0 and "feed too hot" in listed.stdout, listed.stderr
+        acked = subprocess.run([sys.executable, "send.py", "--experiment", str(s.path), "run", "ack", "all=true",
+                                "by=bob"], cwd=ROOT, env=env_for_children(), capture_output=True, text=True, timeout=60)
+        assert acked.returncode == 0, acked.stderr
+        assert standing(s) == {}
+    changes = [(e["change"], e["alarm"]) for e in s.op.request("run", "alarms", log=100)["log"] if e["change"] != "send"
+               and e["change"] != "end_run"]
+    assert changes == [("raised", "quiet"), ("cleared", "quiet"), ("raised", "hot"), ("cleared", "hot"),
+                       ("acked", "hot"), ("raised", "hot"), ("cleared", "hot"), ("acked", "hot"), ("acked", "quiet")]
+
+
+def test_a_fatal_program_raises_a_built_in_alarm_shown_on_top_of_the_view(system):
+    s = system({"flaky": helper("crash_after.py", 0.1, 3, max_restarts=1, restart_window=60,
+                                backoff={"initial": 0.1, "max": 0.2, "factor": 2}),
+                "steady": helper("crash_after.py", 600)})
+    alarm = s.wait_event("event.alarm_raised", alarm="program.flaky.fatal")
+    assert alarm["severity"] == "alarm" and "flaky is FATAL" in alarm["message"]
+    once = subprocess.run([sys.executable, "status.py", "--experiment", str(s.path), "--once"], cwd=ROOT,
+                          env=env_for_children(), capture_output=True, text=True, timeout=60)
+    assert once.returncode == 0, once.stderr
+    lines = once.stdout.splitlines()
+    assert lines[0].startswith("ALARM") and "flaky is FATAL" in lines[0], once.stdout
+    s.op.request("run", "ack", alarm="program.flaky.fatal", by="carol")
+    s.op.request("run", "stop", program="flaky")   # FATAL -> STOPPED: the condition clears; acknowledged: gone
+    s.wait_event("event.alarm_cleared", alarm="program.flaky.fatal")
+    assert "program.flaky.fatal" not in standing(s)
