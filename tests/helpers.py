@@ -451,9 +451,12 @@ class System:
             self.server.stop()
 
 
-def damicm_copy(folder):
-    """damicm.json with ports of its own (the server's, the boards' control ports) and its files under `folder`."""
+def damicm_copy(folder, holds=None):
+    """damicm.json with ports of its own (the server's, the boards' control ports) and its files under `folder`;
+    `holds`: alarm name -> a shorter hold time."""
     description = json.loads((ROOT / "damicm.json").read_text())
+    for name, hold in (holds or {}).items():
+        description["alarms"][name]["for"] = hold
     description["server"].update(router="tcp://127.0.0.1:0", events="tcp://127.0.0.1:0")
     description["server"]["beacon"]["port"] = free_beacon_port()
     boards = {}

@@ -31,7 +31,7 @@ def all_registered(path):
 
 @pytest.fixture
 def damicm(tmp_path):
-    path = damicm_copy(tmp_path)
+    path = damicm_copy(tmp_path, holds={"vacuum_high": 1})   # raised while the cryostat pumps down at the start
     proc = subprocess.Popen([sys.executable, "run.py", str(path), "--headless"], cwd=ROOT, env=env_for_children(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -52,15 +52,28 @@ def test_status_once_and_json_against_a_live_damicm(damicm):
     rates = wait_until(lambda: json.loads(tool("status.py", "--experiment", damicm, "--json").stdout)["retained"]
                        .get("lta1.rates"), 20, 0.5, what="the reader's rates among the monitoring values")
     assert {"packets_per_s", "bytes_per_s", "dropped", "queue"} <= set(rates["data"])
-    once = subprocess.run([sys.executable, "status.py", "--experiment", str(damicm), "--once"], cwd=ROOT,
-                          env={**env_for_children(), "COLUMNS": "80", "LINES": "24"}, capture_output=True,
-                          text=True, timeout=60)
-    assert once.returncode == 0, once.stderr
-    lines = once.stdout.splitlines()
+    def alarms():
+        return {a["alarm"]: a for a in json.loads(tool("send.py", "--experiment", damicm, "run", "alarms").stdout)
+                ["alarms"]}
+    wait_until(lambda: alarms().get("vacuum_high", {}).get("state") == "cleared", 30, 0.5, what="the pump-down alarm")
+    lines = view_once(damicm)
+    assert lines[0].startswith("ALARM   cryostat pressure above 1e-4 mbar  [vacuum_high]") \
+        and lines[0].endswith("(cleared)"), lines[0]
+    assert tool("send.py", "--experiment", damicm, "run", "ack", "alarm=vacuum_high", "by=shifter").returncode == 0
+    assert "vacuum_high" not in alarms()
+    lines = view_once(damicm)
     assert lines[0].startswith("damicm  server") and lines[1].startswith("run STOP")
     assert all(len(line) <= 80 for line in lines) and len(lines) <= 24
     for name in DAMICM_PROGRAMS:
         assert any(line.split()[:2] == [name, "RUNNING"] for line in lines), name
+
+
+def view_once(path):
+    once = subprocess.run([sys.executable, "status.py", "--experiment", str(path), "--once"], cwd=ROOT,
+                          env={**env_for_children(), "COLUMNS": "80", "LINES": "24"}, capture_output=True,
+                          text=True, timeout=60)
+    assert once.returncode == 0, once.stderr
+    return once.stdout.splitlines()
 
 
 def install_tmux():

@@ -78,6 +78,10 @@ class Receiver(Client):
 
     # --- what a subclass writes ----------------------------------------------------------------
 
+    def more_rates(self):
+        """Figures of the subclass's own published beside the receiver's rates every second."""
+        return {}
+
     async def handle_packet(self, data, source):
         """One packet (bytes) from `source` (an address, or the listener's name)."""
         raise NotImplementedError
@@ -255,7 +259,7 @@ class Receiver(Client):
                 while sock.poll(0):
                     sock.recv()
             if self.registered:
-                self.publish("rates", self.counters.rates(len(self._queue)), retain=True)
+                self.publish("rates", {**self.counters.rates(len(self._queue)), **self.more_rates()}, retain=True)
 
 
 def enlarge_receive_buffer(sock, size=UDP_BUFFER):

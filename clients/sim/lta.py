@@ -133,6 +133,16 @@ class CcdReader(Receiver):
         self.acquisition = Acquisition(link, FitsWriter(lambda: self.settings["seconds"]), self._parse, folder,
                                        per_file=per_file, tries=tries, silence_s=silence_s)
         self.last_record = None
+        self._loss_seen = (0, 0)
+
+    def more_rates(self):
+        """Packets lost (gaps in the boards' sequence numbers): in all, and the fraction lost in the last second."""
+        lost, packets = self.assembler.lost, self.counters.packets
+        lost_then, packets_then = self._loss_seen
+        self._loss_seen = (lost, packets)
+        new_lost = max(0, lost - lost_then)
+        arrived = max(0, packets - packets_then)
+        return {"lost_packets": lost, "loss": round(new_lost / (new_lost + arrived), 6) if new_lost + arrived else 0.0}
 
     async def handle_packet(self, data, source):
         self.acquisition.feed(data)
