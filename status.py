@@ -21,14 +21,18 @@ from rich.console import Console
 
 from runcontrol import logsetup
 from runcontrol.control.operator import Operator
-from runcontrol.control.view import LIVE_TIMEOUT_S, live, plot, render_safely
+from runcontrol.control.view import LIVE_TIMEOUT_S, live, plot, render_safely, snapshot
 from runcontrol.errors import ConfigError, Refused, RequestFailed, ServerUnavailable
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_SERVER = 0, 1, 2, 3
 
 
 def show_plot(op, name, since, console):
-    answer = op.request("historian", "history", name=name, since=-abs(since), points=max(20, console.width - 10))
+    historian = op.historian()
+    if historian is None:
+        print("status.py: no historian is registered: no history to plot", file=sys.stderr)
+        return EXIT_ERROR
+    answer = op.request(historian, "history", name=name, since=-abs(since), points=max(20, console.width - 10))
     buckets = answer.get(name) if isinstance(answer, dict) else None
     if not buckets:
         known = ", ".join(sorted(answer)[:10]) if isinstance(answer, dict) and answer else "none"
@@ -61,7 +65,7 @@ def main(argv=None):
             if args.json:
                 print(json.dumps(op.snapshot(), indent=2, sort_keys=True))
             elif args.once:
-                console.print(render_safely(op.snapshot(), console))
+                console.print(render_safely(snapshot(op), console))
             else:
                 live(op, console)
     except ConfigError as exc:

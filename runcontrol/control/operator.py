@@ -20,6 +20,7 @@ from clients.client import Client
 from runcontrol.errors import NoSuchClient, RequestTimeout, RunControlError
 
 DEFAULT_TIMEOUT_S = 10.0
+HISTORIAN_ROLE = "historian"
 TRANSITION_MARGIN_S = 5.0
 RUN = "run"
 
@@ -58,30 +59,37 @@ class Operator:
     def stats(self):
         return self.request(None, "_stats")
 
-    def snapshot(self, events=40, run_timeout=3.0):
+    def snapshot(self, events=40, run_timeout=3.0, optional=None):
         """Everything the live view shows, asked of the server and the run controller at once.
 
         The requests go out together and are awaited together; `run` is None without
-        a run controller (`run_error` says why when it did not answer).
+        a run controller (`run_error` says why when it did not answer). `optional`: more
+        requests by key (e.g. `history` of the historian), left out of the answer (with
+        `<key>_error`) when they fail, as `run` is.
         """
         asks = {"server": {"cmd": "_status"}, "stats": {"cmd": "_stats"}, "clients": {"cmd": "_list"},
                 "retained": {"cmd": "_retained"}, "events": {"cmd": "_logs", "n": events},
-                "run": {"to": RUN, "cmd": "status"}}
+                "run": {"to": RUN, "cmd": "status"}, **(optional or {})}
+        tolerated = {"run", *(optional or {})}
         pending = {key: self.client.start(msg) for key, msg in asks.items()}
         deadline = time.monotonic() + self.timeout
         snap = {"taken": time.time(), "run": None}
         for key, ask in pending.items():
-            wait_s = min(run_timeout, self.timeout) if key == "run" else self.timeout
+            wait_s = min(run_timeout, self.timeout) if key in tolerated else self.timeout
             try:
                 snap[key] = self.client.wait(ask, max(0.0, min(wait_s, deadline - time.monotonic()))).value()
             except RunControlError as exc:
-                if key != "run":
+                if key not in tolerated:
                     for rest in pending.values():
                         self.client.abandon(rest)
                     raise
-                if not isinstance(exc, NoSuchClient):
-                    snap["run_error"] = str(exc)
+                if not isinstance(exc, NoSuchClient) or key != "run":
+                    snap[f"{key}_error"] = str(exc)
         return snap
+
+    def historian(self):
+        """The name of the registered client that keeps the history (meta role `historian`), or None."""
+        return historian_in(self.clients())
 
     # --- programs ------------------------------------------------------------------------
 
@@ -191,3 +199,11 @@ class Operator:
     def __exit__(self, *exc):
         self.close()
 
+
+def historian_in(clients):
+    """The historian's name among the server's list of clients (`_list`), or None."""
+    for client in clients if isinstance(clients, list) else []:
+        meta = client.get("meta") if isinstance(client, dict) else None
+        if isinstance(meta, dict) and meta.get("role") == HISTORIAN_ROLE:
+            return client.get("name")
+    return None

@@ -14,10 +14,16 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from runcontrol import logsetup
+from runcontrol import logsetup, protocol
+from runcontrol.control.operator import historian_in
 from runcontrol.errors import RequestFailed
 
 REFRESH_S = 0.5
+SPARK_SPAN_S = 3600.0
+SPARK_POINTS = 20
+SPARK_EVERY_S = 10.0   # how often the live view asks the historian again
+HISTORY_NAMES_MAX = 60
+SPARKS = "▁▂▃▄▅▆▇█"
 LIVE_TIMEOUT_S = 2.0  # past this the view says the server is unreachable, and keeps trying
 STATE_STYLES = {"RUNNING": "green", "REGISTERED": "green", "STARTING": "yellow", "BACKOFF": "yellow", "STOPPING": "yellow",
                 "STOPPED": "dim", "EXITED": "dim", "FATAL": "bold red", "UNKNOWN": "bold magenta"}
@@ -186,15 +192,56 @@ def hosts_table(snap, width):
     return table
 
 
+def monitored(snap):
+    """Each published number the server retains, as (name, value, ts); hosts and alarms have places of their own."""
+    found = []
+    for key, held in sorted(as_dict(snap.get("retained")).items()):
+        held = as_dict(held)
+        if str(key).startswith(("host.", "run.alarm.")):
+            continue
+        found += [(name, value, held.get("ts")) for name, value in protocol.published_numbers(str(key), held.get("data"),
+                                                                                              [])]
+    return found
+
+
+def history_request(snap, historian, names_max=HISTORY_NAMES_MAX):
+    """The `history` request for the sparklines of the numbers `snap` shows, or None without a historian."""
+    names = [name for name, _, _ in monitored(snap)][:names_max]
+    if not historian or not names:
+        return None
+    return {"to": historian, "cmd": "history", "names": names, "since": -SPARK_SPAN_S, "points": SPARK_POINTS}
+
+
+def sparkline(buckets, now, width=SPARK_POINTS):
+    """The last hour of a value in `width` block characters (a time without values stays blank)."""
+    slot_s = SPARK_SPAN_S / width
+    means = {}
+    for bucket in as_list(buckets):
+        if isinstance(bucket, list) and len(bucket) == 4 and all(isinstance(v, (int, float)) for v in bucket):
+            slot = int((bucket[0] - (now - SPARK_SPAN_S)) // slot_s)
+            if 0 <= slot < width:
+                means[slot] = bucket[3]
+    if not means:
+        return ""
+    low, high = min(means.values()), max(means.values())
+    span = (high - low) or 1.0
+    return "".join(SPARKS[round((means[i] - low) / span * (len(SPARKS) - 1))] if i in means else " "
+                   for i in range(width))
+
+
+def number(value):
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def retained_table(snap, width, rows):
-    table = Table("value", "data", "age", title="monitoring", title_justify="left", box=None, padding=(0, 1))
+    table = Table("value", "now", "last hour", "age", title="monitoring", title_justify="left", box=None,
+                  padding=(0, 1))
     for column in table.columns:
         column.no_wrap, column.overflow = True, "ellipsis"
-    items = sorted(as_dict(snap.get("retained")).items())[:rows]
-    for key, value in items:
-        value = as_dict(value)
-        ts = value.get("ts")
-        table.add_row(short(str(key), 22), short(value.get("data"), max(10, width - 36)),
+    history = as_dict(snap.get("history"))
+    for name, value, ts in monitored(snap)[:rows]:
+        table.add_row(short(name, max(12, width - SPARK_POINTS - 28)), number(value),
+                      Text(sparkline(history.get(name), snap["taken"]), style="cyan"),
                       age(snap["taken"] - ts) if isinstance(ts, (int, float)) else "")
     return table
 
@@ -246,7 +293,7 @@ def render(snap, width=80, height=24, note=None):
     programs, hosts = len(rows_of(snap)), len(hosts_of(snap))
     alarm_rows = min(len(standing_alarms(snap)), max(1, height // 4))
     spare = max(0, height - 2 - (programs + 2) - (hosts + 2 if hosts else 0) - (1 if note else 0) - alarm_rows)
-    retained_rows = min(len(as_dict(snap.get("retained"))), max(0, (spare - 4) // 2))
+    retained_rows = min(len(monitored(snap)), max(0, (spare - 4) // 2))
     event_rows = max(0, spare - 4 - retained_rows)
     parts = [Text(note, style="bold yellow")] if note else []
     parts += [alarms_block(snap, width, alarm_rows)] if alarm_rows else []
@@ -263,12 +310,25 @@ def render_safely(snap, console, note=None):
         return Text(f"cannot show this snapshot: {type(exc).__name__}: {exc}", style="red")
 
 
+def snapshot(op, last=None):
+    """A snapshot with the sparklines' history: asked with it when `last` (or a first snapshot) says what to ask."""
+    base = last or op.snapshot()
+    ask = history_request(base, historian_in(base.get("clients")))
+    if ask:
+        return op.snapshot(optional={"history": ask})
+    return op.snapshot() if last else base
+
+
 def live(op, console):
-    last, lost_since = None, None
+    last, lost_since, history, asked = None, None, {}, 0.0
     with Live(console=console, refresh_per_second=4, screen=True, vertical_overflow="crop") as view:
         while True:
             try:
-                last, lost_since = op.snapshot(), None
+                due = last is not None and time.monotonic() - asked >= SPARK_EVERY_S
+                last, lost_since = snapshot(op, last) if due else op.snapshot(), None
+                if due:
+                    history, asked = as_dict(last.get("history")), time.monotonic()
+                last["history"] = history
                 view.update(render_safely(last, console))
             except RequestFailed as exc:
                 lost_since = lost_since or time.time()
