@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_flood.py
 	$(PY) benchmarks/bench_legacy.py
 	$(PY) benchmarks/bench_datapath.py
+	$(PY) benchmarks/bench_history.py
 
 # make chaos: 60 s of random SIGKILLs and SIGSTOPs on damicm; SEED=N replays one, RUNS=N runs N seeds in a row.
 SEED ?=
