@@ -10,6 +10,7 @@ import time
 import pytest
 
 from clients.client import Client
+from runcontrol.control.operator import Operator
 from runcontrol.errors import Refused
 from tests.helpers import ROOT, env_for_children, helper, pump, wait_until
 
@@ -118,7 +119,10 @@ def test_a_fatal_program_raises_a_built_in_alarm_shown_on_top_of_the_view(system
     assert once.returncode == 0, once.stderr
     lines = once.stdout.splitlines()
     assert lines[0].startswith("ALARM") and "flaky is FATAL" in lines[0], once.stdout
-    s.op.request("run", "ack", alarm="program.flaky.fatal", by="carol")
+    with Operator(experiment=str(s.path)) as op:
+        assert op.alarms()[0]["alarm"] == "program.flaky.fatal"
+        assert op.ack("program.flaky.fatal", by="carol")[0]["acked"]["by"] == "carol"
+        assert op.alarms(log=5)["log"][-1]["change"] == "acked"
     s.op.request("run", "stop", program="flaky")   # FATAL -> STOPPED: the condition clears; acknowledged: gone
     s.wait_event("event.alarm_cleared", alarm="program.flaky.fatal")
     assert "program.flaky.fatal" not in standing(s)

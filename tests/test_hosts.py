@@ -115,6 +115,8 @@ def test_a_lost_host_is_unknown_then_adopted_and_a_new_run_controller_adopts_wha
         status = s.op.request("run", "status")
         assert status["programs"]["board"]["state"] == "UNKNOWN" and status["programs"]["db"]["state"] == "RUNNING"
         assert not status["hosts"]["daq3"]["reachable"] and status["hosts"]["daq2"]["reachable"]
+        alarm = s.wait_event("event.alarm_raised", alarm="host.daq3.unreachable")   # built in
+        assert alarm["severity"] == "alarm" and "host daq3 cannot be reached" in alarm["message"]
         shown = subprocess.run([sys.executable, "status.py", "--once", "--experiment", str(s.path)], cwd=ROOT,
                                env={**env_for_children(), "COLUMNS": "150", "LINES": "40"}, capture_output=True,
                                text=True, timeout=60)
@@ -126,6 +128,7 @@ def test_a_lost_host_is_unknown_then_adopted_and_a_new_run_controller_adopts_wha
     finally:
         s.hosts["daq3"].resume()
     s.wait_event("event.host_reachable", host="daq3")
+    s.wait_event("event.alarm_cleared", alarm="host.daq3.unreachable")
     back = s.wait_state("board", "RUNNING", registered=True)
     assert (back["pid"], back["restarts"]) == (before["board"]["pid"], 0)  # adopted, not restarted
 
