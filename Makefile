@@ -16,7 +16,7 @@ run: $(STAMP)
 	$(PY) run.py $(EXPERIMENT)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 4
+	$(PY) -m pytest -q -n 4 --dist loadgroup
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[fast]'

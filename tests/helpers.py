@@ -451,8 +451,13 @@ class System:
             self.server.stop()
 
 
+DAMICM_PROGRAMS = {"spy", "cryo", "vacuum", "bias", "board1", "board2", "lta1", "lta2", "monitor", "historian",
+                   "shell", "web"}
+
+
 def damicm_copy(folder, holds=None):
-    """damicm.json with ports of its own (the server's, the boards' control ports) and its files under `folder`;
+    """damicm.json with ports of its own (the server's, the boards' control ports, the web page's) and its files
+    under `folder`;
     `holds`: alarm name -> a shorter hold time."""
     description = json.loads((ROOT / "damicm.json").read_text())
     for name, hold in (holds or {}).items():
@@ -462,8 +467,8 @@ def damicm_copy(folder, holds=None):
     boards = {}
     for program in description["programs"].values():
         program["cwd"] = str(ROOT)
-        program["cmd"] = [boards.setdefault(arg, f"127.0.0.1:{free_port()}") if arg.startswith("127.0.0.1:71")
-                          else arg for arg in program["cmd"]]
+        program["cmd"] = [boards.setdefault(arg, f"127.0.0.1:{free_port()}")
+                          if arg.startswith(("127.0.0.1:71", "127.0.0.1:80")) else arg for arg in program["cmd"]]
     path = folder / "damicm.json"
     path.write_text(json.dumps(description))
     return path

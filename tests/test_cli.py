@@ -9,7 +9,7 @@ import sys
 import psutil
 import pytest
 
-from tests.helpers import (ROOT, damicm_copy, env_for_children, helper, registered_names, wait_until,
+from tests.helpers import (DAMICM_PROGRAMS, ROOT, damicm_copy, env_for_children, helper, registered_names, wait_until,
                            write_experiment)
 
 
@@ -192,8 +192,7 @@ def test_run_py_damicm_headless_brings_every_program_up_and_down(tmp_path):
             return programs if all(p["state"] == "RUNNING" and p["registered"] is not False
                                    for p in programs.values()) else None
         programs = wait_until(everything_up, 60, interval_s=0.5, what="every damicm program registered")
-        assert set(programs) == {"spy", "cryo", "vacuum", "bias", "board1", "board2", "lta1", "lta2", "monitor",
-                                 "historian", "shell"}
+        assert set(programs) == DAMICM_PROGRAMS
         names = {c["name"] for c in json.loads(run_tool("send.py", "--experiment", path, "server", "_list").stdout)}
         assert set(programs) - {"board1", "board2"} | {"run"} <= names  # the boards are hardware, not clients
         prepared = run_tool("send.py", "--experiment", path, "run", "prepare_run")

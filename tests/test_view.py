@@ -11,10 +11,7 @@ import psutil
 import pytest
 
 from runcontrol.control.view import SPARKS
-from tests.helpers import ROOT, damicm_copy, env_for_children, wait_until
-
-DAMICM_PROGRAMS = {"spy", "cryo", "vacuum", "bias", "board1", "board2", "lta1", "lta2", "monitor", "historian",
-                   "shell"}
+from tests.helpers import DAMICM_PROGRAMS, ROOT, damicm_copy, env_for_children, wait_until
 
 
 def tool(*args, timeout_s=60):

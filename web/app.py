@@ -1,0 +1,291 @@
+"""The web page's HTTP side: the page, the JSON API behind it, its live stream, operators' actions, `/metrics`.
+
+  GET  /                      the page (static files; nothing fetched from elsewhere)
+  GET  /api/status            the last snapshot (server, rates, clients, retained values, the run controller's status)
+  GET  /api/runs?n=50         the run log, newest first
+  GET  /api/alarms?log=100    standing alarms, and the alarm log
+  GET  /api/events?n=100      the server's last events, newest first
+  GET  /api/history?name=N&since=-3600&until=&points=500    a value's history (the historian's buckets)
+  GET  /api/stream            server-sent events: `status` each second, `event` for each event
+  GET  /api/whoami            {"user", "can_act"}
+  POST /api/login {"name", "password"}, POST /api/logout
+  POST /api/run/prepare_run | begin_run {"comment"} | end_run | abort_run
+  POST /api/programs/NAME/restart
+  POST /api/alarms/NAME/ack
+  GET  /metrics               OpenMetrics (or Prometheus text, as the scraper asks)
+
+Errors are JSON `{"error", "code"}` with a 4xx status (a 5xx only when the bus
+does not answer). Actions need a logged-in operator and a JSON body; each is
+logged, and announced as an `operator_action` event, with who did it. Must not
+block the event loop.
+"""
+
+import asyncio
+import ipaddress
+import json
+import logging
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from web import auth
+from web.feed import BusError
+from web.metrics import registry_for
+
+log = logging.getLogger("web")
+
+STATIC = Path(__file__).with_name("static")
+BODY_MAX = 64 * 1024
+TRANSITIONS = ("prepare_run", "begin_run", "end_run", "abort_run")
+TRANSITION_WAIT_S = 20.0
+PROGRAM_WAIT_S = 70.0
+COMMENT_MAX = 500
+LIMITS = {"n": (1, 1000, 50), "log": (0, 1000, 100), "points": (1, 10000, 500)}
+KEEPALIVE_S = 15.0
+
+
+class Problem(Exception):
+    """Bad input or a refused action: answered with `status` and the message."""
+
+    def __init__(self, message, status=400, code="bad_request"):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def make_app(feed, client, users, secure_cookies):
+    app = web.Application(client_max_size=BODY_MAX, middlewares=[errors_as_json])
+    app["feed"], app["client"], app["users"] = feed, client, users
+    app["sessions"], app["secure_cookies"] = auth.Sessions(), secure_cookies
+    app["metrics"] = registry_for(feed)
+    app.add_routes([
+        web.get("/", index), web.get("/favicon.ico", no_icon), web.get("/api/status", status), web.get("/api/runs", runs),
+        web.get("/api/alarms", alarms), web.get("/api/events", events), web.get("/api/history", history),
+        web.get("/api/stream", stream), web.get("/api/whoami", whoami), web.post("/api/login", login),
+        web.post("/api/logout", logout), web.post("/api/run/{action}", run_action),
+        web.post("/api/programs/{name}/restart", restart), web.post("/api/alarms/{name}/ack", ack),
+        web.get("/metrics", metrics), web.static("/static", STATIC)])
+    return app
+
+
+@web.middleware
+async def errors_as_json(request, handler):
+    try:
+        return await handler(request)
+    except Problem as exc:
+        return error(exc.status, str(exc), exc.code)
+    except BusError as exc:
+        return error(exc.status, str(exc), exc.code or "bus")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.status, exc.reason if exc.status != 413 else
+                     f"the body is larger than {BODY_MAX} bytes", exc.reason.lower().replace(" ", "_"))
+
+
+def error(status, message, code):
+    return web.json_response({"error": message, "code": code}, status=status)
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+async def index(request):
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+
+async def no_icon(request):
+    return web.Response(status=204)
+
+
+async def status(request):
+    snap = request.app["feed"].snapshot
+    if snap is None:
+        raise Problem("no snapshot yet: the web program has not reached the server", 503, "not_ready")
+    return web.json_response(snap)
+
+
+async def runs(request):
+    records = await request.app["feed"].request({"to": "run", "cmd": "runs", "n": whole(request, "n")})
+    return web.json_response(list(reversed(records)))
+
+
+async def alarms(request):
+    return web.json_response(await request.app["feed"].request({"to": "run", "cmd": "alarms",
+                                                                "log": whole(request, "log")}))
+
+
+async def events(request):
+    return web.json_response(await request.app["feed"].request({"cmd": "_logs", "n": whole(request, "n")}))
+
+
+async def history(request):
+    name = request.query.get("name", "")
+    if not name or len(name) > 256:
+        raise Problem("history needs 'name': a published number, e.g. cryo.values.temperature")
+    feed = request.app["feed"]
+    historian = feed.historian()
+    if historian is None:
+        raise Problem("no historian is registered: there is no history to show", 503, "no_historian")
+    ask = {"to": historian, "cmd": "history", "name": name, "points": whole(request, "points"),
+           "since": seconds(request, "since", -3600.0)}
+    if "until" in request.query:
+        ask["until"] = seconds(request, "until", None)
+    return web.json_response(await feed.request(ask, 10.0))
+
+
+def whole(request, key):
+    low, high, default = LIMITS[key]
+    text = request.query.get(key)
+    if text is None:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise Problem(f"'{key}' must be a whole number from {low} to {high}, not {text[:20]!r}")
+    return int(text)
+
+
+def seconds(request, key, default):
+    text = request.query.get(key)
+    try:
+        value = float(text) if text is not None else default
+    except ValueError:
+        value = None
+    if value is None or value != value or abs(value) == float("inf"):
+        raise Problem(f"'{key}' must be seconds since the epoch, or negative: seconds ago")
+    return value
+
+
+async def stream(request):
+    """Server-sent events: the page's live feed."""
+    feed = request.app["feed"]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+    await response.prepare(request)
+    queue = feed.open_page()
+    try:
+        while True:
+            try:
+                kind, data = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+            except asyncio.TimeoutError:
+                await response.write(b": keepalive\n\n")
+                continue
+            if kind == "dropped":
+                break
+            await response.write(f"event: {kind}\ndata: {json.dumps(data, default=str)}\n\n".encode())
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        feed.close_page(queue)
+    return response
+
+
+async def metrics(request):
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return web.Response(body=encoder(request.app["metrics"]), headers={"Content-Type": content_type})
+
+
+# --- operators -------------------------------------------------------------------------------------
+
+
+def user_of(request):
+    return request.app["sessions"].who(request.cookies.get(auth.COOKIE))
+
+
+async def whoami(request):
+    return web.json_response({"user": user_of(request), "can_act": request.app["users"].exists()})
+
+
+async def login(request):
+    body = await json_body(request)
+    sessions, address = request.app["sessions"], request.remote or "?"
+    if not request.app["users"].exists():
+        raise Problem("this page is read-only: no operator file (python -m web.users add NAME)", 403, "read_only")
+    if not sessions.may_try(address):
+        raise Problem("too many failed logins from here; wait a minute", 429, "throttled")
+    name = body.get("name")
+    if not request.app["users"].check(name, body.get("password")):
+        sessions.failed(address)
+        log.warning("failed login as %r from %s", str(name)[:64], address)
+        raise Problem("wrong name or password", 401, "bad_login")
+    response = web.json_response({"user": name})
+    response.set_cookie(auth.COOKIE, sessions.open(name), max_age=int(auth.SESSION_S), httponly=True,
+                        samesite="Strict", secure=request.app["secure_cookies"], path="/")
+    log.info("%s logged in from %s", name, address)
+    return response
+
+
+async def logout(request):
+    request.app["sessions"].close(request.cookies.get(auth.COOKIE))
+    response = web.json_response({"user": None})
+    response.del_cookie(auth.COOKIE, path="/")
+    return response
+
+
+async def json_body(request):
+    if request.content_type != "application/json":
+        raise Problem("send a JSON body (Content-Type: application/json)", 415, "not_json")
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Problem(f"the body is not valid JSON: {exc}", 400, "bad_json") from None
+    if not isinstance(body, dict):
+        raise Problem("the body must be a JSON object", 400, "bad_json")
+    return body
+
+
+async def operator(request):
+    """The logged-in operator for an action, and its JSON body; 401 (or 403 read-only) otherwise."""
+    if not request.app["users"].exists():
+        raise Problem("this page is read-only: no operator file (python -m web.users add NAME)", 403, "read_only")
+    body = await json_body(request)
+    who = user_of(request)
+    if who is None:
+        raise Problem("log in first: actions need an operator", 401, "not_logged_in")
+    return who, body
+
+
+async def act(request, who, action, target, msg, wait_s):
+    """Send an operator's order, log it and announce it with who asked, whatever the answer."""
+    client = request.app["client"]
+    try:
+        result = await request.app["feed"].request(msg, wait_s)
+    except BusError as exc:
+        log.warning("%s: %s %s refused: %s", who, action, target, exc)
+        client.send(None, "_event", kind="operator_action", by=who, action=action, target=target, ok=False,
+                    error=str(exc), via="web")
+        raise
+    log.info("%s: %s %s", who, action, target)
+    client.send(None, "_event", kind="operator_action", by=who, action=action, target=target, ok=True, via="web")
+    return web.json_response(result)
+
+
+async def run_action(request):
+    who, body = await operator(request)
+    action = request.match_info["action"]
+    if action not in TRANSITIONS:
+        raise Problem(f"no run action {action[:40]!r}: one of {', '.join(TRANSITIONS)}", 404, "unknown_action")
+    msg = {"to": "run", "cmd": action}
+    if action == "begin_run":
+        comment = body.get("comment", "")
+        if not isinstance(comment, str) or len(comment) > COMMENT_MAX:
+            raise Problem(f"'comment' must be text of at most {COMMENT_MAX} characters")
+        msg["comment"] = comment
+    return await act(request, who, action, "run", msg, TRANSITION_WAIT_S)
+
+
+async def restart(request):
+    who, _ = await operator(request)
+    name = request.match_info["name"]
+    return await act(request, who, "restart", name, {"to": "run", "cmd": "restart", "program": name}, PROGRAM_WAIT_S)
+
+
+async def ack(request):
+    who, _ = await operator(request)
+    name = request.match_info["name"]
+    return await act(request, who, "ack", name, {"to": "run", "cmd": "ack", "alarm": name, "by": who}, 10.0)
+
+
+def is_loopback(host):
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

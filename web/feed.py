@@ -1,0 +1,125 @@
+"""The web program's side of the bus: a snapshot of the system refreshed every second, events handed to the pages.
+
+One snapshot serves every page, `/api/status` and `/metrics`, however many ask:
+the server's status, rates, clients and retained values and the run
+controller's status, asked together each second. Each open page has a queue;
+the event stream and each new snapshot go into every queue, and a page too slow
+to take them is dropped (it reconnects). Must not block the event loop.
+"""
+
+import asyncio
+import logging
+import time
+
+from clients.aio import ask
+from runcontrol import protocol
+from runcontrol.control.operator import historian_in
+
+log = logging.getLogger("web")
+
+REFRESH_S = 1.0
+ASK_TIMEOUT_S = 5.0
+QUEUE_MAX = 200
+ASKS = {"server": {"cmd": "_status"}, "stats": {"cmd": "_stats"}, "clients": {"cmd": "_list"},
+        "retained": {"cmd": "_retained"}, "run": {"to": "run", "cmd": "status"}}
+
+
+class BusError(Exception):
+    """A request through the bus got no usable answer: `status` is the HTTP status to answer with."""
+
+    def __init__(self, message, status, code=None):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+# What a refusal's code means for an HTTP answer.
+REFUSAL_STATUS = {protocol.UNKNOWN_PROGRAM: 404, protocol.NO_SUCH_CLIENT: 404, "no_such_alarm": 404,
+                  protocol.BAD_FIELD: 400, protocol.UNKNOWN_COMMAND: 400, "bad_state": 409, "busy": 409,
+                  protocol.FAILED: 409, protocol.THROTTLED: 429}
+
+
+class Feed:
+    def __init__(self, client):
+        self.client = client
+        self.snapshot = None
+        self.pages = set()   # an asyncio.Queue per open page
+        client.subscribe("event.", self._on_event)
+
+    # --- asking ------------------------------------------------------------------------------
+
+    async def request(self, msg, timeout=ASK_TIMEOUT_S):
+        """The result of a request; BusError with the HTTP status that says why there is none."""
+        if not self.client.registered:
+            raise BusError("not connected to the server yet; try again in a moment", 503)
+        try:
+            answer = await ask(self.client, msg, timeout)
+        except asyncio.TimeoutError:
+            raise BusError(f"{msg.get('to') or 'the server'} did not answer {msg['cmd']!r} within {timeout:g} s",
+                           504) from None
+        if not answer.ok:
+            raise BusError(answer.error, REFUSAL_STATUS.get(answer.code, 409), answer.code)
+        return answer.result
+
+    def historian(self):
+        return historian_in((self.snapshot or {}).get("clients"))
+
+    # --- the snapshot ------------------------------------------------------------------------
+
+    async def refresh(self):
+        keys = list(ASKS)
+        results = await asyncio.gather(*(self.request(ASKS[k], ASK_TIMEOUT_S) for k in keys), return_exceptions=True)
+        snap = {"taken": time.time()}
+        for key, result in zip(keys, results):
+            if isinstance(result, BusError):
+                snap[key], snap[f"{key}_error"] = None, str(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                snap[key] = result
+        self.snapshot = snap
+        self._hand_out("status", page_status(snap))
+
+    async def refresh_forever(self, stop):
+        while not stop.is_set():
+            if self.client.registered:
+                try:
+                    await self.refresh()
+                except BusError as exc:
+                    log.warning("cannot refresh the snapshot: %s", exc)
+            try:
+                await asyncio.wait_for(stop.wait(), REFRESH_S)
+            except asyncio.TimeoutError:
+                pass
+
+    # --- pages -------------------------------------------------------------------------------
+
+    def open_page(self):
+        queue = asyncio.Queue(QUEUE_MAX)
+        self.pages.add(queue)
+        if self.snapshot:
+            queue.put_nowait(("status", page_status(self.snapshot)))
+        return queue
+
+    def close_page(self, queue):
+        self.pages.discard(queue)
+
+    def _on_event(self, topic, event):
+        if isinstance(event, dict):
+            self._hand_out("event", event)
+
+    def _hand_out(self, kind, data):
+        for queue in list(self.pages):
+            try:
+                queue.put_nowait((kind, data))
+            except asyncio.QueueFull:   # a page that does not read: it is dropped (its stream ends), and reconnects
+                self.pages.discard(queue)
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(("dropped", None))
+
+
+def page_status(snap):
+    """What the status page shows, from a snapshot: the server, the run, programs, hosts, alarms, rates."""
+    stats = snap.get("stats") or {}
+    return {"taken": snap["taken"], "server": snap.get("server"), "run": snap.get("run"),
+            "run_error": snap.get("run_error"), "rates": stats.get("total"), "dropped": stats.get("dropped")}

@@ -1,0 +1,320 @@
+// The status page: renders what /api/stream sends, asks the JSON API for the rest; actions for a logged-in operator.
+"use strict";
+
+const state = { user: null, canAct: false, status: null, events: [], page: "status", plot: null };
+
+// --- small helpers -------------------------------------------------------------------------------
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key === "on") for (const [kind, fn] of Object.entries(value)) node.addEventListener(kind, fn);
+    else if (value !== undefined && value !== null) node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child === undefined || child === null ? "" : child);
+  return node;
+}
+
+function age(seconds) {
+  if (typeof seconds !== "number") return "";
+  seconds = Math.max(0, seconds);
+  if (seconds < 120) return `${seconds.toFixed(0)}s`;
+  if (seconds < 7200) return `${(seconds / 60).toFixed(0)}m`;
+  return `${(seconds / 3600).toFixed(1)}h`;
+}
+
+function size(bytes) {
+  if (typeof bytes !== "number") return "";
+  for (const unit of ["B", "K", "M", "G"]) {
+    if (bytes < 1024 || unit === "G") return `${bytes.toFixed(0)}${unit}`;
+    bytes /= 1024;
+  }
+}
+
+function clock(ts) {
+  return typeof ts === "number" ? new Date(ts * 1000).toLocaleString() : "";
+}
+
+function say(text, bad) {
+  const node = document.getElementById("message");
+  node.textContent = text;
+  node.className = bad ? "bad" : "";
+}
+
+async function api(path, body) {
+  const options = body === undefined ? {} :
+    { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+  const response = await fetch(path, options);
+  const answer = await response.json().catch(() => ({ error: response.statusText }));
+  if (!response.ok) throw new Error(answer.error || response.statusText);
+  return answer;
+}
+
+async function action(label, path, body) {
+  say(`${label}…`);
+  try {
+    await api(path, body || {});
+    say(`${label}: done`);
+  } catch (exc) {
+    say(`${label}: ${exc.message}`, true);
+  }
+}
+
+function fill(tbody, rows) {
+  tbody.replaceChildren(...rows);
+}
+
+// --- the operator ----------------------------------------------------------------------------------
+
+async function whoami() {
+  const me = await api("/api/whoami");
+  state.user = me.user;
+  state.canAct = me.can_act;
+  document.getElementById("login").hidden = !me.can_act || !!me.user;
+  document.getElementById("user").hidden = !me.user;
+  document.getElementById("user").textContent = me.user ? `operator ${me.user}` : "";
+  document.getElementById("logout").hidden = !me.user;
+  if (state.status) renderStatus(state.status);
+}
+
+document.getElementById("login").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  try {
+    await api("/api/login", { name: document.getElementById("login-name").value,
+                              password: document.getElementById("login-password").value });
+    document.getElementById("login-password").value = "";
+    say("");
+  } catch (exc) {
+    say(exc.message, true);
+  }
+  await whoami();
+});
+
+document.getElementById("logout").addEventListener("click", async () => {
+  await api("/api/logout", {});
+  await whoami();
+});
+
+// --- the status page -------------------------------------------------------------------------------
+
+function renderHeader(status) {
+  const server = status.server || {};
+  const run = status.run || {};
+  const current = run.current_run || {};
+  document.getElementById("experiment").textContent = server.experiment || run.experiment || "?";
+  document.title = `Orbit ${server.experiment || ""}`;
+  document.getElementById("server").textContent =
+    `server ${server.instance || "?"} up ${age(server.uptime)} · ${server.clients ?? "?"} clients`;
+  const runNode = document.getElementById("run");
+  if (!status.run) {
+    runNode.replaceChildren(el("span", { class: "lost" }, `run: unknown (${status.run_error || "no run controller"})`));
+    return;
+  }
+  const running = run.state === "RUN" && current.start ? ` for ${age(status.taken - current.start)}` : "";
+  runNode.replaceChildren("run ", el("span", { class: run.state, id: "run-state" }, run.state),
+    ` number ${run.run ?? "-"}${running}`, current.comment ? ` “${current.comment}”` : "");
+}
+
+function renderBanner(status) {
+  const alarms = (status.run && status.run.alarms) || [];
+  fill(document.getElementById("alarms-banner"), alarms.map((alarm) => {
+    const kind = alarm.acked ? "alarm-acked" : alarm.state === "cleared" ? "alarm-cleared" : "alarm-new";
+    const tail = (alarm.state === "cleared" ? " (cleared)" : "") + (alarm.acked ? ` acked by ${alarm.acked.by}` : "");
+    return el("div", { class: kind, "data-alarm": alarm.alarm },
+      `${alarm.severity.toUpperCase()} ${alarm.message} [${alarm.alarm}] ${age(status.taken - alarm.raised)} ago${tail} `,
+      state.user && !alarm.acked ? el("button", { class: "action", on: { click: () =>
+        action(`ack ${alarm.alarm}`, `/api/alarms/${encodeURIComponent(alarm.alarm)}/ack`) } }, "acknowledge") : "");
+  }));
+}
+
+function renderControls(status) {
+  const node = document.getElementById("run-controls");
+  if (!state.user || !status.run) {
+    node.replaceChildren();
+    return;
+  }
+  if (node.dataset.state === status.run.state && node.childElementCount) return; // keep what is being typed
+  node.dataset.state = status.run.state;
+  const comment = el("input", { id: "run-comment", placeholder: "comment", size: 40 });
+  const button = (label, name, body) => el("button", { class: "action", id: `do-${name}`,
+    on: { click: () => action(label, `/api/run/${name}`, body ? body() : {}) } }, label);
+  const byState = {
+    STOP: [button("prepare run", "prepare_run")],
+    READY: [comment, button("begin run", "begin_run", () => ({ comment: comment.value })), button("abort", "abort_run")],
+    RUN: [button("end run", "end_run"), button("abort", "abort_run")],
+  };
+  node.replaceChildren(...(byState[status.run.state] || []));
+}
+
+function programRow(name, info, taken) {
+  const cell = (cls, text) => el("td", { class: cls }, text);
+  return el("tr", { "data-program": name },
+    cell("name", name), cell(`state ${info.state}`, info.state), cell("host", info.host), cell("pid", info.pid ?? ""),
+    cell("uptime", age(info.uptime)), cell("restarts", String(info.restarts ?? "")),
+    cell("heartbeat", age(info.heartbeat_age)),
+    cell("cpu", typeof info.cpu_percent === "number" ? info.cpu_percent.toFixed(0) : ""), cell("rss", size(info.rss)),
+    el("td", {}, state.user ? el("button", { class: "action", on: { click: () =>
+      action(`restart ${name}`, `/api/programs/${encodeURIComponent(name)}/restart`) } }, "restart") : ""));
+}
+
+function hostRow(name, info) {
+  const figures = info.figures || {};
+  const load = (figures.load || [])[0];
+  return el("tr", { "data-host": name }, el("td", {}, name),
+    el("td", { class: info.reachable ? "up" : "LOST" }, info.reachable ? "up" : "LOST"),
+    el("td", {}, typeof load === "number" ? load.toFixed(2) : ""),
+    el("td", {}, typeof figures.cpu_percent === "number" ? figures.cpu_percent.toFixed(0) : ""),
+    el("td", {}, typeof figures.memory_percent === "number" ? figures.memory_percent.toFixed(0) : ""),
+    el("td", {}, size(figures.disk_free)), el("td", {}, info.reachable ? "" : info.problem || ""));
+}
+
+function renderStatus(status) {
+  state.status = status;
+  renderHeader(status);
+  renderBanner(status);
+  renderControls(status);
+  const run = status.run || {};
+  fill(document.querySelector("#programs tbody"),
+       Object.entries(run.programs || {}).map(([name, info]) => programRow(name, info, status.taken)));
+  const hosts = Object.entries(run.hosts || {});
+  document.getElementById("hosts").hidden = hosts.length === 0;
+  fill(document.querySelector("#hosts tbody"), hosts.map(([name, info]) => hostRow(name, info)));
+  const rates = status.rates || {};
+  document.getElementById("rates").textContent = typeof rates.msgs_in_per_s === "number"
+    ? `server: ${rates.msgs_in_per_s.toFixed(0)} msg/s in, ${rates.msgs_out_per_s.toFixed(0)} out; ${status.dropped ?? 0} dropped`
+    : "";
+}
+
+// --- runs, alarms, events --------------------------------------------------------------------------
+
+async function showRuns() {
+  const records = await api("/api/runs?n=200");
+  fill(document.querySelector("#runs tbody"), records.map((r) => el("tr", { "data-run": r.run },
+    el("td", {}, String(r.run)), el("td", { class: "result" }, r.result), el("td", {}, clock(r.start)),
+    el("td", {}, age(r.duration ?? (r.start ? Date.now() / 1000 - r.start : null))),
+    el("td", { class: "comment" }, r.comment || ""), el("td", {}, (r.participants || []).join(", ")),
+    el("td", { class: "detail" }, r.why || ""))));
+}
+
+async function showAlarms() {
+  const answer = await api("/api/alarms?log=200");
+  fill(document.querySelector("#alarms tbody"), answer.alarms.map((a) => el("tr", { "data-alarm": a.alarm },
+    el("td", {}, a.alarm), el("td", {}, a.severity), el("td", { class: "message" }, a.message),
+    el("td", {}, a.value ?? ""), el("td", {}, clock(a.raised)), el("td", {}, a.state),
+    el("td", {}, a.acked ? `${a.acked.by}, ${clock(a.acked.at)}` : ""),
+    el("td", {}, state.user && !a.acked ? el("button", { class: "action", on: { click: () =>
+      action(`ack ${a.alarm}`, `/api/alarms/${encodeURIComponent(a.alarm)}/ack`).then(showAlarms) } },
+      "acknowledge") : ""))));
+  fill(document.querySelector("#alarm-log tbody"), (answer.log || []).slice().reverse().map((e) => el("tr", {},
+    el("td", {}, clock(e.ts)), el("td", {}, e.change), el("td", {}, e.alarm),
+    el("td", { class: "detail" }, e.message || (e.acked ? `by ${e.acked.by}` : JSON.stringify(e.result ?? e.why ?? ""))))));
+}
+
+function eventText(e) {
+  const skip = new Set(["kind", "ts", "from", "tail", "actions", "meta"]);
+  if (e.message) return e.message;
+  return Object.entries(e).filter(([k, v]) => !skip.has(k) && v !== null && v !== undefined)
+    .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
+}
+
+function renderEvents() {
+  fill(document.querySelector("#events tbody"), state.events.slice(0, 300).map((e) => el("tr", {},
+    el("td", {}, clock(e.ts)), el("td", { class: /fatal|lost|unreachable|alarm_raised/.test(e.kind) ? "bad" : "" },
+      e.kind), el("td", { class: "detail" }, eventText(e)))));
+}
+
+async function loadEvents() {
+  state.events = await api("/api/events?n=200");
+  renderEvents();
+}
+
+// --- history -----------------------------------------------------------------------------------------
+
+function numbers(prefix, value, out) {
+  if (typeof value === "boolean") return out;
+  if (typeof value === "number") out.push(prefix);
+  else if (Array.isArray(value)) value.slice(0, 64).forEach((v, i) => numbers(`${prefix}.${i}`, v, out));
+  else if (value && typeof value === "object") for (const [k, v] of Object.entries(value)) numbers(`${prefix}.${k}`, v, out);
+  return out;
+}
+
+async function showHistoryNames() {
+  const snap = await api("/api/status");
+  const names = [];
+  for (const [key, held] of Object.entries(snap.retained || {}).sort()) {
+    if (!key.startsWith("host.")) numbers(key, held.data, names);
+  }
+  const select = document.getElementById("history-name");
+  const chosen = select.value;
+  select.replaceChildren(...names.map((n) => el("option", { value: n }, n)));
+  if (names.includes(chosen)) select.value = chosen;
+}
+
+async function plot(since, until) {
+  const name = document.getElementById("history-name").value;
+  if (!name) return;
+  const query = new URLSearchParams({ name, since: String(since), points: "500" });
+  if (until !== undefined) query.set("until", String(until));
+  let buckets;
+  try {
+    buckets = (await api(`/api/history?${query}`))[name] || [];
+    say(buckets.length ? "" : `no values of ${name} in that time`);
+  } catch (exc) {
+    say(exc.message, true);
+    return;
+  }
+  const data = [buckets.map((b) => b[0]), buckets.map((b) => b[3]), buckets.map((b) => b[1]), buckets.map((b) => b[2])];
+  const node = document.getElementById("plot");
+  if (state.plot) state.plot.destroy();
+  state.plot = new uPlot({
+    title: name, width: Math.max(400, node.clientWidth || window.innerWidth - 40), height: 360,
+    series: [{}, { label: "mean", stroke: "#4c4", spanGaps: false }, { label: "min", stroke: "#48f" },
+             { label: "max", stroke: "#f44" }],
+    axes: [{ stroke: "#aaa" }, { stroke: "#aaa" }],
+    hooks: { setSelect: [(u) => {
+      if (u.select.width < 5) return;
+      const from = u.posToVal(u.select.left, "x");
+      const to = u.posToVal(u.select.left + u.select.width, "x");
+      plot(from, to);   // zoomed in: asked again, in finer buckets
+    }] },
+    cursor: { drag: { x: true, y: false, setScale: false } },
+  }, data, node);
+  node.ondblclick = () => plot(-Number(document.getElementById("history-since").value));
+}
+
+document.getElementById("history-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  plot(-Number(document.getElementById("history-since").value));
+});
+
+// --- pages and the live stream ---------------------------------------------------------------------
+
+function showPage() {
+  state.page = (location.hash || "#status").slice(1);
+  for (const section of document.querySelectorAll("main > section")) section.hidden = section.id !== `page-${state.page}`;
+  for (const link of document.querySelectorAll("nav a")) link.classList.toggle("current", link.hash === `#${state.page}`);
+  const loaders = { runs: showRuns, alarms: showAlarms, events: loadEvents, history: showHistoryNames };
+  if (loaders[state.page]) loaders[state.page]().catch((exc) => say(exc.message, true));
+}
+
+function connect() {
+  const source = new EventSource("/api/stream");
+  const link = document.getElementById("link");
+  source.onopen = () => { link.textContent = "live"; link.className = "live"; };
+  source.onerror = () => { link.textContent = "reconnecting"; link.className = "lost"; };
+  source.addEventListener("status", (message) => renderStatus(JSON.parse(message.data)));
+  source.addEventListener("event", (message) => {
+    const event = JSON.parse(message.data);
+    state.events.unshift(event);
+    state.events.length = Math.min(state.events.length, 500);
+    if (state.page === "events") renderEvents();
+    if (state.page === "runs" && event.kind === "run_state") showRuns().catch(() => {});
+    if (state.page === "alarms" && String(event.kind).startsWith("alarm_")) showAlarms().catch(() => {});
+  });
+}
+
+window.addEventListener("hashchange", showPage);
+whoami().catch((exc) => say(exc.message, true));
+loadEvents().catch(() => {});
+showPage();
+connect();
