@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_legacy.py
 	$(PY) benchmarks/bench_datapath.py
 	$(PY) benchmarks/bench_history.py
+	$(PY) benchmarks/bench_web.py
 
 # make chaos: 60 s of random SIGKILLs and SIGSTOPs on damicm; SEED=N replays one, RUNS=N runs N seeds in a row.
 SEED ?=

@@ -57,7 +57,7 @@ def make_app(feed, client, users, secure_cookies):
     app = web.Application(client_max_size=BODY_MAX, middlewares=[errors_as_json])
     app["feed"], app["client"], app["users"] = feed, client, users
     app["sessions"], app["secure_cookies"] = auth.Sessions(), secure_cookies
-    app["metrics"] = registry_for(feed)
+    app["metrics"], app["metrics_made"] = registry_for(feed), {}
     app.add_routes([
         web.get("/", index), web.get("/favicon.ico", no_icon), web.get("/api/status", status), web.get("/api/runs", runs),
         web.get("/api/alarms", alarms), web.get("/api/events", events), web.get("/api/history", history),
@@ -99,10 +99,10 @@ async def no_icon(request):
 
 
 async def status(request):
-    snap = request.app["feed"].snapshot
-    if snap is None:
+    feed = request.app["feed"]
+    if feed.snapshot is None:
         raise Problem("no snapshot yet: the web program has not reached the server", 503, "not_ready")
-    return web.json_response(snap)
+    return web.Response(body=feed.encoded, content_type="application/json")
 
 
 async def runs(request):
@@ -179,8 +179,15 @@ async def stream(request):
 
 
 async def metrics(request):
+    """Made once per snapshot and format, however many scrape it."""
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return web.Response(body=encoder(request.app["metrics"]), headers={"Content-Type": content_type})
+    made = request.app["metrics_made"]
+    key = ((request.app["feed"].snapshot or {}).get("taken"), content_type)
+    if key not in made:
+        if len(made) >= 4:
+            made.clear()
+        made[key] = encoder(request.app["metrics"])
+    return web.Response(body=made[key], headers={"Content-Type": content_type})
 
 
 # --- operators -------------------------------------------------------------------------------------

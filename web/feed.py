@@ -11,6 +11,8 @@ import asyncio
 import logging
 import time
 
+import orjson
+
 from clients.aio import ask
 from runcontrol import protocol
 from runcontrol.control.operator import historian_in
@@ -42,6 +44,7 @@ class Feed:
     def __init__(self, client):
         self.client = client
         self.snapshot = None
+        self.encoded = None   # the snapshot as JSON bytes, made once for every request that asks
         self.pages = set()   # an asyncio.Queue per open page
         client.subscribe("event.", self._on_event)
 
@@ -76,7 +79,7 @@ class Feed:
                 raise result
             else:
                 snap[key] = result
-        self.snapshot = snap
+        self.snapshot, self.encoded = snap, orjson.dumps(snap, option=orjson.OPT_NON_STR_KEYS)
         self._hand_out("status", page_status(snap))
 
     async def refresh_forever(self, stop):
