@@ -5,6 +5,7 @@ what `send.py` and `status.py` show."""
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from clients.client import Client
 from runcontrol.control.operator import Operator
 from runcontrol.errors import Refused
-from tests.helpers import ROOT, env_for_children, helper, pump, wait_until
+from tests.helpers import ROOT, env_for_children, helper, wait_until
 
 HOT_HOLD_S = 1.5
 
@@ -29,19 +30,39 @@ def raised_count(s, alarm):
     return sum(1 for topic, e in list(s.events.items) if topic == "event.alarm_raised" and e.get("alarm") == alarm)
 
 
-def publish_until(s, feed, t, condition, timeout_s=30):
-    """Publish feed.values.t every 0.2 s until `condition()` holds; the time of the first publication."""
-    first = time.time()
-    last = 0.0
+class Feed(threading.Thread):
+    """A client `feed` in a thread of its own that publishes feed.values.t every 0.2 s once `t` is set, whatever
+    the test waits for meanwhile (a restart, a subprocess)."""
 
-    def step():
-        nonlocal last
-        if time.monotonic() - last >= 0.2:
-            feed.publish("values", {"t": t}, retain=True)
-            last = time.monotonic()
-        s.op.poll(0)
-        return condition()
-    pump([feed], step, timeout_s)
+    def __init__(self, path):
+        super().__init__(daemon=True)
+        self.path, self.t = path, None
+        self.stopping, self.ready = threading.Event(), threading.Event()
+
+    def run(self):
+        with Client("feed", experiment=str(self.path)) as client:
+            client.connect(20)
+            self.ready.set()
+            while not self.stopping.is_set():
+                if self.t is not None:
+                    client.publish("values", {"t": self.t}, retain=True)
+                client.poll(0.2)
+
+    def __enter__(self):
+        self.start()
+        assert self.ready.wait(30), "the feed did not connect"
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        self.join(10)
+
+
+def publish_until(s, feed, t, condition, timeout_s=30):
+    """Publish `t` until `condition()` holds; the time the first publication went out at the latest."""
+    first = time.time()
+    feed.t = t
+    wait_until(lambda: s.op.poll(0.05) * 0 or condition(), timeout_s, 0, what=f"after publishing {t}")
     return first
 
 
@@ -55,8 +76,7 @@ def test_declared_alarms_raise_act_clear_and_are_acknowledged_through_a_controll
     assert quiet["severity"] == "warning" and "feed.values.t not published for 3 s" in quiet["message"]
     for name in ("pa", "echo"):
         s.wait_state(name, "RUNNING", registered=True)
-    with Client("feed", experiment=str(s.path)) as feed:
-        feed.connect(10)
+    with Feed(s.path) as feed:
         publish_until(s, feed, 5, lambda: s.events.find("event.alarm_cleared", alarm="quiet"))
         assert standing(s)["quiet"]["state"] == "cleared" and standing(s)["quiet"]["acked"] is None  # until acked
         s.op.request("run", "prepare_run")
