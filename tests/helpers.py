@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -472,3 +474,47 @@ def damicm_copy(folder, holds=None):
     path = folder / "damicm.json"
     path.write_text(json.dumps(description))
     return path
+
+
+class WebSite:
+    """Plain HTTP to the web program at `url`."""
+
+    def __init__(self, url):
+        self.url = url
+
+    def call(self, method, path, body=None, cookie=None, headers=None, raw=None):
+        """(status, decoded JSON or text, headers) of one request; a 4xx or 5xx is an answer, not an exception."""
+        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers={
+            **({"Content-Type": "application/json"} if data is not None else {}),
+            **({"Cookie": f"orbit_session={cookie}"} if cookie else {}), **(headers or {})})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, decode_http(response), response.headers
+        except urllib.error.HTTPError as exc:
+            return exc.code, decode_http(exc), exc.headers
+        except urllib.error.URLError as exc:   # not listening (yet)
+            return 0, {"error": str(exc)}, {}
+
+    def get(self, path, **kw):
+        return self.call("GET", path, **kw)
+
+    def post(self, path, body=None, **kw):
+        return self.call("POST", path, {} if body is None and "raw" not in kw else body, **kw)
+
+    def login(self, name, password):
+        status, answer, headers = self.post("/api/login", {"name": name, "password": password})
+        assert status == 200, answer
+        return headers["Set-Cookie"].split("orbit_session=")[1].split(";")[0]
+
+    def programs(self):
+        status, snap, _ = self.get("/api/status")
+        return snap["run"]["programs"] if status == 200 and snap.get("run") else {}
+
+
+def decode_http(response):
+    text = response.read().decode()
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -7,60 +7,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ROOT, damicm_copy, env_for_children, wait_until
+from tests.helpers import ROOT, WebSite, damicm_copy, env_for_children, wait_until
 
 pytestmark = pytest.mark.xdist_group("web")   # one damicm for the whole module, on one worker
 
 PASSWORD = "correct horse battery"
 ARTIFACTS = ROOT / "test-artifacts"
-
-
-class Site:
-    def __init__(self, path, url):
-        self.path, self.url = path, url
-
-    def call(self, method, path, body=None, cookie=None, headers=None, raw=None):
-        """(status, decoded JSON or text, headers) of one request; a 4xx or 5xx is an answer, not an exception."""
-        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers={
-            **({"Content-Type": "application/json"} if data is not None else {}),
-            **({"Cookie": f"orbit_session={cookie}"} if cookie else {}), **(headers or {})})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, decode(response), response.headers
-        except urllib.error.HTTPError as exc:
-            return exc.code, decode(exc), exc.headers
-        except urllib.error.URLError as exc:   # not listening (yet)
-            return 0, {"error": str(exc)}, {}
-
-    def get(self, path, **kw):
-        return self.call("GET", path, **kw)
-
-    def post(self, path, body=None, **kw):
-        return self.call("POST", path, {} if body is None and "raw" not in kw else body, **kw)
-
-    def login(self):
-        status, answer, headers = self.post("/api/login", {"name": "anna", "password": PASSWORD})
-        assert status == 200, answer
-        return headers["Set-Cookie"].split("orbit_session=")[1].split(";")[0]
-
-    def programs(self):
-        status, snap, _ = self.get("/api/status")
-        return snap["run"]["programs"] if status == 200 and snap.get("run") else {}
-
-
-def decode(response):
-    text = response.read().decode()
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +31,7 @@ def site(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "run.py", str(path), "--headless"], cwd=ROOT, env=env_for_children(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        s = Site(path, f"http://{listen}")
+        s = WebSite(f"http://{listen}")
         wait_until(lambda: (p := s.programs()) and all(i["state"] == "RUNNING" and i["registered"] is not False
                                                        for i in p.values()), 90, 0.5, what="damicm up, seen by web")
         yield s
@@ -133,7 +89,7 @@ def test_bad_input_gets_a_4xx_with_a_message(site, method, path, raw, extra, sta
 
 
 def test_actions_need_an_operator_and_are_logged_with_who(site):
-    cookie = site.login()
+    cookie = site.login("anna", PASSWORD)
     assert site.get("/api/whoami", cookie=cookie)[1] == {"user": "anna", "can_act": True}
     status, answer, _ = site.post("/api/programs/nosuch/restart", cookie=cookie)
     assert status == 404 and "nosuch" in answer["error"]
