@@ -20,6 +20,7 @@ from pathlib import Path
 
 import experiments
 from runcontrol import logsetup
+from runcontrol.control.configs import initial_problems
 from runcontrol.control.launch import launch, plan
 from runcontrol.errors import ConfigError
 from runcontrol.supervision.backends import supervisord
@@ -54,7 +55,10 @@ def main(argv=None):
         return 2
     if args.check:
         print(plan(experiment, supervisord.check))
-        return 0
+        problems = initial_problems(experiment)
+        for problem in problems:
+            print(f"run.py: {problem}", file=sys.stderr)
+        return 2 if problems else 0
     if args.export:
         try:
             written = export(experiment, *args.export)

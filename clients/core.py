@@ -16,7 +16,7 @@ import os
 import secrets
 import socket
 
-from runcontrol import protocol
+from runcontrol import configschema, protocol
 from runcontrol.errors import ConfigError, ProtocolError, Refused, RequestFailed
 from clients.requests import RUN_STATE_AFTER, AnswerMemory, Deferred, NameTaken, Pending, Run
 
@@ -26,7 +26,14 @@ DEFAULT_QUEUE_SIZE = 1000
 
 
 class ClientCore:
-    """A named participant on the bus, without its I/O. Handlers come from `cmd_<name>` methods and `add_handler`."""
+    """A named participant on the bus, without its I/O. Handlers come from `cmd_<name>` methods and `add_handler`.
+
+    A program with settings names them in `config_schema` (a JSON Schema of an object, see
+    runcontrol.configschema): announced when it registers; `self.config` holds the current ones (the
+    schema's defaults until the run controller delivers them), and `on_config(new, old)` may refuse a change.
+    """
+
+    config_schema = None
 
     def __init__(self, name, *, actions=None, meta=None, host=None, queue_size=DEFAULT_QUEUE_SIZE):
         if not protocol.valid_name(name):
@@ -34,6 +41,9 @@ class ClientCore:
         self.name = name
         self.host = host or socket.gethostname()
         self.meta = dict(meta or {})
+        self.config = configschema.defaults(self.config_schema) if self.config_schema is not None else {}
+        if self.config_schema is not None:
+            self.meta[configschema.META_KEY] = self.config_schema
         self._actions = dict(actions or {})
         self._handlers = {}
         self._queue_size = queue_size
@@ -286,6 +296,17 @@ class ClientCore:
         self.run_number = run.number
         return result if result is not None else {"state": self.run_state, "run": run.number}
 
+    def on_config(self, new, old):
+        """Override to apply settings (`new`, all of them; `old`: those before); raise Refused to keep `old`."""
+
+    def _on_config(self, msg):
+        new = msg.get("config")
+        if not isinstance(new, dict):
+            raise Refused("'_config' needs 'config': an object of settings", protocol.BAD_FIELD)
+        self.on_config(new, dict(self.config))
+        self.config = dict(new)
+        return {"applied": True}
+
     # --- serving ------------------------------------------------------------------------------------
 
     def _serve(self, msg):
@@ -295,7 +316,7 @@ class ClientCore:
             if earlier is not None:  # a repeat of a request answered already: the same answer, not a second run
                 self._emit(earlier)
             return
-        handler = self._on_transition if cmd == "_transition" else self._handlers.get(cmd)
+        handler = {"_transition": self._on_transition, "_config": self._on_config}.get(cmd) or self._handlers.get(cmd)
         if handler is None:
             if msg_id is not None:
                 offered = ", ".join(sorted(self._handlers)) or "none"

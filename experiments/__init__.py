@@ -11,7 +11,7 @@ import os
 import shlex
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
@@ -108,6 +108,8 @@ class ChildSpec:
     env: MappingProxyType
     cwd: Path
     host: str
+    # first settings: a change is no reason to restart the program (the run controller keeps the current ones)
+    config: MappingProxyType = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
 
 @dataclass(frozen=True)
@@ -383,4 +385,5 @@ def child_spec(name, program, folder, start_timeout_s):
         restart_dependents=program["restart_dependents"], start_timeout_s=float(program.get("start_timeout", start_timeout_s)),
         stop_signal=signal.Signals[f"SIG{program['stop_signal']}"],
         stop_timeout_s=float(program["stop_timeout"]), env=MappingProxyType(dict(program["env"])),
-        cwd=(folder / program["cwd"]).resolve(), host=program["host"])
+        cwd=(folder / program["cwd"]).resolve(), host=program["host"],
+        config=MappingProxyType(copy.deepcopy(program["config"])))

@@ -22,6 +22,7 @@ from clients.client import Client
 from runcontrol import logsetup, pidfile, protocol
 from runcontrol.control import runbook
 from runcontrol.control.alarms import AlarmWatch
+from runcontrol.control.configs import ConfigDesk
 from runcontrol.control.programs import ProgramCommands
 from runcontrol.control.transitions import Transitions
 from runcontrol.control.waiters import Waiters
@@ -61,7 +62,9 @@ class Controller:
         # A program that did not come back to a restarted server within this is hung.
         self.missing_grace_s = experiment.server.timeout_s + 2 * experiment.server.beacon.interval_s
         self.alarms = AlarmWatch(self, self.missing_grace_s)
-        for part in (self.programs, self.transitions, self.alarms):
+        self.configs = ConfigDesk(self)
+        self.transitions.begin_hooks.append(self.configs.run_begins)
+        for part in (self.programs, self.transitions, self.alarms, self.configs):
             for attr in dir(part):
                 if attr.startswith("cmd_"):
                     self.client.add_handler(attr[4:], getattr(part, attr))
@@ -89,6 +92,7 @@ class Controller:
         if kind == "client_joined":
             self.registered.add(name)
             self.supervisor.client_registered(name, pid)
+            self.configs.client_joined(name, event.get("meta"), pid)   # its settings first, then the run
             self.transitions.client_joined(name, event.get("meta"))
             self.transitions.rejoin(name)
         elif kind == "client_left":
@@ -128,6 +132,7 @@ class Controller:
             self.registered.update(c["name"] for c in clients)
             self.supervisor.reconcile({c["name"]: c.get("pid") for c in clients}, self.missing_grace_s)
             for client in clients:
+                self.configs.client_joined(client["name"], client.get("meta"), client.get("pid"), again=True)
                 self.transitions.client_joined(client["name"], client.get("meta"))
         self._listing = self.client.start({"cmd": "_list"}, on_answer=apply)
 

@@ -147,6 +147,29 @@ class Operator:
         fields = {"alarm": alarm} if alarm else {"all": True}
         return self.request(RUN, "ack", **fields, **({"by": by} if by else {}))["acked"]
 
+    # --- settings ----------------------------------------------------------------------------
+
+    def config(self, program=None):
+        """The settings of `program` (values, schema, live settings, problems), or of every program."""
+        return self.request(RUN, "config", **({"program": program} if program else {}))
+
+    def set_config(self, program, values=None, by=None, **settings):
+        """Change settings of `program` (`values`, a dict, and/or keyword arguments); answers once it took them."""
+        fields = {"by": by} if by else {}
+        return self.request(RUN, "set_config", program=program, values={**(values or {}), **settings},
+                            timeout=max(self.timeout, 20.0), **fields)
+
+    def config_log(self, n=50, program=None):
+        return self.request(RUN, "config_log", n=n, **({"program": program} if program else {}))
+
+    def run_config(self, run):
+        """Every program's settings as run `run` began."""
+        return self.request(RUN, "run_config", run=run)
+
+    def config_diff(self, a, b=None):
+        """{program: {setting: [in run a, in run b (or now)]}}."""
+        return self.request(RUN, "config_diff", a=a, **({"b": b} if b is not None else {}))
+
     # --- any client ------------------------------------------------------------------------
 
     def send(self, to, cmd, **payload):

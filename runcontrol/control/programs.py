@@ -48,9 +48,10 @@ class ProgramCommands:
             clients = {c["name"]: c for c in listing.result}
         programs = self.supervisor.status()
         now = time.time()
-        for figures in programs.values():
+        for name, figures in programs.items():
             seen = clients.get(figures["client"], {}).get("last_seen")
             figures["heartbeat_age"] = round(now - seen, 3) if seen else None
+            figures["config_changed"] = self.controller.configs.changed_in_run(name)
         runs = self.controller.runs
         return {"experiment": self.controller.spec.name, "state": runs.state, "run": runs.run,
                 "current_run": runs.current, "participants": self.controller.transitions.participants(),

@@ -33,6 +33,7 @@ class Transitions:
         self.waiters = waiters
         self.run_clients = set()   # clients that said meta.run in their _hello
         self.busy = None
+        self.begin_hooks = []      # each called with the run number as it begins: fields for its record
 
     def cmd_prepare_run(self, msg):
         """STOP -> READY: hand out the next run number; every participant prepares."""
@@ -163,9 +164,12 @@ class Transitions:
         if action == "prepare_run":
             self.runs.enter(target, run=fields["run"], prepared=now, participants=participants)
         elif action == "begin_run":
-            self.runs.enter(target, **{**fields, "start": now, "participants": participants})
+            extra = {}
+            for hook in self.begin_hooks:
+                extra.update(hook(fields["run"]))
+            self.runs.enter(target, **{**fields, "start": now, "participants": participants, **extra})
             self.runs.log({k: self.runs.current.get(k) for k in ("run", "comment", "params", "participants",
-                                                                  "start")} | {"result": "running"})
+                                                                  "start", *extra)} | {"result": "running"})
         else:
             started = fields.get("start")
             result = result or ("aborted" if action == "abort_run" else "ended")
@@ -173,6 +177,7 @@ class Transitions:
                            "participants": participants, "start": started, "end": now,
                            "duration": round(now - started, 3) if started else None, "result": result,
                            **({"why": why} if why else {}), **({"problems": problems} if problems else {}),
+                           **({"config": fields["config"]} if fields.get("config") else {}),
                            **({"reports": reports} if reports else {})})
             self.runs.enter(target)
         message = f"Ended run {fields['run']}: {why}" if why else f"{WORDS[action]} {fields['run']}"
