@@ -4,7 +4,8 @@
 
 Each round asks `_list` for the registered clients, sends `monitor` to each that
 offers it, and appends one line per answer,
-`{"ts", "client", "values"}` (or `"error"`), to `<paths.data>/monitor.jsonl`.
+`{"ts", "client", "values"}` (or `"error"`), to `<paths.data>/monitor.jsonl`; and a line
+`{"ts", "client", "config_changed": {"by", "changes", "run"}}` for each change of a program's settings.
 Publishes `pub.<name>.values` {"rounds", "answers", "failures"} with retain.
 """
 
@@ -25,6 +26,7 @@ class Monitor(Instrument):
         self.counts = {"rounds": 0, "answers": 0, "failures": 0}
         self.next_round = time.monotonic() + min(interval_s, 2.0)
         self.waiting = {}
+        self.subscribe("event.config_changed", self._on_config_changed)
 
     def values(self):
         return dict(self.counts)
@@ -68,10 +70,19 @@ class Monitor(Instrument):
         else:
             self._write(name, error=answer.error)
 
+    def _on_config_changed(self, topic, event):
+        """A program's settings changed: a line of its own, with who changed what."""
+        if isinstance(event, dict):
+            self._append({"ts": round(time.time(), 3), "client": event.get("program"), "config_changed": {
+                k: event.get(k) for k in ("by", "changes", "run")}})
+
     def _write(self, name, **entry):
         self.counts["answers" if "values" in entry else "failures"] += 1
+        self._append({"ts": round(time.time(), 3), "client": name, **entry})
+
+    def _append(self, line):
         with open(self.out, "a", encoding="utf-8") as out:
-            out.write(json.dumps({"ts": round(time.time(), 3), "client": name, **entry}) + "\n")
+            out.write(json.dumps(line) + "\n")
 
 
 def main(argv=None):

@@ -8,6 +8,7 @@ import signal
 import pytest
 from astropy.io import fits
 
+from runcontrol.errors import Refused
 from tests.helpers import free_port, wait_until
 
 BOARD = ["python", "-m", "clients.sim.board", "--board", "1"]
@@ -55,6 +56,28 @@ def test_images_from_a_lossy_garbling_board_are_written_as_fits_per_run(system, 
     assert 900 < pixels[pixels > 0].mean() < 1100
     runs = s.op.request("run", "runs")
     assert runs[-1]["reports"]["lta"]["acquisitions"] == record["acquisitions"]  # the run's record says it
+
+
+def test_the_readers_settings_configure_the_board_and_are_frozen_during_a_run(system, tmp_path):
+    s = system(programs(free_port()))
+    s.wait_state("lta", "RUNNING", registered=True)
+    wait_until(lambda: s.op.request("run", "config", program="lta")["values"], 20, 0.1, what="the reader's settings")
+    changed = s.op.request("run", "set_config", program="lta", values={"rows": 8, "cols": 128, "samples": 2})
+    assert changed["changes"]["samples"] == [1, 2]
+    s.op.request("run", "prepare_run")
+    run = s.op.request("run", "begin_run")["run"]   # no parameters: the settings decide
+    with pytest.raises(Refused) as refused:
+        s.op.request("run", "set_config", program="lta", values={"samples": 4})
+    assert refused.value.code == "bad_state"
+    wait_until(lambda: s.op.request("lta", "status")["run"]["acquisitions"] >= 2, 30, 0.2)
+    s.op.request("run", "end_run")
+    header, pixels = images_of(tmp_path / "data" / "lta" / f"run_{run:06d}")[0]
+    assert (header["NSAMP"], pixels.shape) == (2, (8, 128))
+    assert s.op.request("run", "run_config", run=run)["lta"] == {"rows": 8, "cols": 128, "samples": 2, "seconds": 0}
+    with pytest.raises(Refused, match="more than the board reads"):
+        s.op.request("run", "set_config", program="lta", values={"rows": 8192, "cols": 4096, "samples": 1})
+    with pytest.raises(Refused, match="is greater than the maximum"):
+        s.op.request("run", "set_config", program="lta", values={"rows": 9000})
 
 
 def test_a_dropped_link_is_reconnected_and_the_run_goes_on(system, tmp_path):

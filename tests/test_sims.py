@@ -132,3 +132,8 @@ def test_monitor_appends_every_clients_values(op, tmp_path):
     wait_until(lambda: {"vacuum", "cryo"} <= {entry["client"] for entry in lines()}, 10)
     vacuum = next(entry for entry in lines() if entry["client"] == "vacuum")
     assert vacuum["values"]["unit"] == "mbar" and vacuum["ts"] > 0
+    change = {"by": "anna", "changes": {"set_point": [140, 130]}, "run": None}
+    wait_until(lambda: op.send(None, "_event", kind="config_changed", program="cryo", **change) or [
+        e for e in lines() if e.get("config_changed")], 10, 0.2, what="the settings change in the monitor's file")
+    assert next(e for e in lines() if e.get("config_changed")) | {"ts": 0} == {"ts": 0, "client": "cryo",
+                                                                              "config_changed": change}

@@ -6,7 +6,9 @@
 pressure is above `--max-pressure` (mbar), or while either is unknown; if either
 goes bad while on, the supply switches itself off. It follows the retained
 values the cryo controller and the vacuum gauge publish. Commands: `on`, `off`,
-`status`, `monitor`.
+`status`, `monitor`. Settings: `volts` (the voltage it ramps to when on; frozen
+during a run) and `ramp_rate` (V/s, live); it ramps down at the same rate when
+switched off, and drops at once when the interlock trips.
 """
 
 from clients.instrument import Instrument, run
@@ -14,13 +16,23 @@ from runcontrol.errors import Refused
 
 
 class Bias(Instrument):
+    config_schema = {
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "volts": {"type": "number", "minimum": 0, "maximum": 70, "default": 70.0,
+                      "description": "bias voltage when on, V"},
+            "ramp_rate": {"type": "number", "exclusiveMinimum": 0, "maximum": 100, "default": 10.0, "live": True,
+                          "description": "how fast the voltage changes, V/s"},
+        },
+    }
+
     def __init__(self, name, cryo="cryo", vacuum="vacuum", max_temperature_k=180.0, max_pressure_mbar=1e-4,
-                 volts=70.0, **kwargs):
+                 **kwargs):
         super().__init__(name, **kwargs)
         self.sources = {cryo: "temperature", vacuum: "pressure"}
         self.limits = {"temperature": max_temperature_k, "pressure": max_pressure_mbar}
         self.readings = {"temperature": None, "pressure": None}
-        self.volts = volts
+        self.output = 0.0
         self.on = False
         self.tripped = None
         for source in self.sources:
@@ -47,7 +59,7 @@ class Bias(Instrument):
             self.readings[quantity] = float(data[quantity])
             problem = self.interlock()
             if self.on and problem:
-                self.on = False
+                self.on, self.output = False, 0.0
                 self.tripped = problem
                 self.log.warning("interlock: bias switched off: %s", problem)
                 self.publish_values()
@@ -66,8 +78,13 @@ class Bias(Instrument):
         return next(s for s, q in self.sources.items() if q == quantity)
 
     def values(self):
-        return {"on": self.on, "volts": self.volts if self.on else 0.0, "interlock": self.interlock(),
-                "tripped": self.tripped, **self.readings}
+        return {"on": self.on, "volts": round(self.output, 3), "set_volts": self.config["volts"],
+                "interlock": self.interlock(), "tripped": self.tripped, **self.readings}
+
+    def tick(self, dt):
+        target = self.config["volts"] if self.on else 0.0
+        step = self.config["ramp_rate"] * dt
+        self.output = min(target, self.output + step) if target >= self.output else max(target, self.output - step)
 
     def cmd_on(self, msg):
         """Switch the bias on (refused while the CCDs are warm or the vacuum is poor)."""
@@ -75,7 +92,7 @@ class Bias(Instrument):
         if problem:
             raise Refused(f"bias stays off: {problem}", "interlock")
         self.on, self.tripped = True, None
-        self.log.info("bias on at %g V", self.volts)
+        self.log.info("bias on, ramping to %g V at %g V/s", self.config["volts"], self.config["ramp_rate"])
         self.publish_values()
         return self.values()
 

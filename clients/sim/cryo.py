@@ -3,6 +3,8 @@
   python -m clients.sim.cryo --name cryo [--start 295] [--rate 5]
 
 Commands: `set_point` (`kelvin`, between 100 and 300 K), `status`, `monitor`.
+Settings (`set_config`, both live): `set_point` (K) and `rate` (K/s); the command's
+set point lasts until the next settings arrive (a restart brings the setting back).
 Publishes `pub.<name>.values` {"temperature", "set_point", "unit"} with retain.
 """
 
@@ -17,6 +19,16 @@ MAX_SET_POINT_K = 300.0
 
 
 class Cryo(Instrument):
+    config_schema = {
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "set_point": {"type": "number", "minimum": MIN_SET_POINT_K, "maximum": MAX_SET_POINT_K, "default": 140.0,
+                          "live": True, "description": "temperature the CCDs are brought to, K"},
+            "rate": {"type": "number", "exclusiveMinimum": 0, "maximum": 100, "default": 5.0, "live": True,
+                     "description": "how fast the temperature follows the set point, K/s"},
+        },
+    }
+
     def __init__(self, name, start_k=295.0, set_point_k=140.0, rate_k_per_s=5.0, **kwargs):
         super().__init__(name, **kwargs)
         self.temperature = start_k
@@ -29,6 +41,11 @@ class Cryo(Instrument):
     def tick(self, dt):
         step = max(-self.rate * dt, min(self.rate * dt, self.set_point - self.temperature))
         self.temperature += step + random.gauss(0.0, 0.02)
+
+    def on_config(self, new, old):
+        self.set_point, self.rate = float(new["set_point"]), float(new["rate"])
+        self.log.info("settings: set point %.1f K, rate %g K/s", self.set_point, self.rate)
+        self.publish_values()
 
     def cmd_set_point(self, msg):
         """Set the temperature to reach (`kelvin`, 100 to 300)."""

@@ -8,9 +8,10 @@ stream to its UDP port, puts images together from the packets
 (`clients.sim.ccdpackets`: lost packets found by sequence number, garbled ones
 skipped and kept in the side file), and writes each image as an extension of a
 FITS file (`per_file` images a file) under `<paths.data>/<name>/run_NNNNNN/`,
-with header keys RUN, BOARD, IMAGE, EXPTIME, NSAMP, MISSING, DATE-OBS. The run
-parameters `rows`, `cols`, `samples` and `seconds` (the exposure) configure the
-board. A dropped link is reconnected; a board that does not come back within
+with header keys RUN, BOARD, IMAGE, EXPTIME, NSAMP, MISSING, DATE-OBS. Its
+settings `rows`, `cols`, `samples` and `seconds` (the exposure) configure the
+board (frozen during a run); a run's parameters of the same names override them
+for that run. A dropped link is reconnected; a board that does not come back within
 `--tries` ends the reader with exit status 3. Commands: `status`, `rates`.
 """
 
@@ -124,6 +125,20 @@ class FitsWriter(Writer):
 
 
 class CcdReader(Receiver):
+    config_schema = {
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "rows": {"type": "integer", "minimum": 1, "maximum": 8192, "default": DEFAULTS["rows"],
+                     "description": "rows read per image"},
+            "cols": {"type": "integer", "minimum": 1, "maximum": 8192, "default": DEFAULTS["cols"],
+                     "description": "columns read per image"},
+            "samples": {"type": "integer", "minimum": 1, "maximum": 10000, "default": DEFAULTS["samples"],
+                        "description": "skipper samples per pixel"},
+            "seconds": {"type": "number", "minimum": 0, "maximum": 86400, "default": DEFAULTS["seconds"],
+                        "description": "exposure before each readout, s"},
+        },
+    }
+
     def __init__(self, name, board, listen, folder, per_file, tries, silence_s, **kwargs):
         super().__init__(name, meta={"run": True, "board": "%s:%d" % board}, **kwargs)
         self.listen_udp(*listen)
@@ -154,7 +169,7 @@ class CcdReader(Receiver):
             raise BadData(str(exc)) from None
 
     def on_begin(self, run):
-        settings = {**DEFAULTS, **{k: v for k, v in run.params.items() if k in DEFAULTS}}
+        settings = {**self.config, **{k: v for k, v in run.params.items() if k in DEFAULTS}}
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in settings.values()) \
                 or settings["rows"] * settings["cols"] > MAX_PIXELS or min(settings["rows"], settings["cols"]) < 1:
             raise Refused(f"rows, cols, samples, seconds must be numbers (rows x cols at most {MAX_PIXELS}): "
@@ -163,6 +178,11 @@ class CcdReader(Receiver):
         self.assembler = ccdpackets.Assembler(PER_PACKET)
         self.acquisition.begin(run.number, self.settings)
         return {"folder": str(self.acquisition.folder)}
+
+    def on_config(self, new, old):
+        if new["rows"] * new["cols"] > MAX_PIXELS:
+            raise Refused(f"{new['rows']} x {new['cols']} pixels is more than the board reads "
+                          f"({MAX_PIXELS})", "out_of_range")
 
     def on_end(self, run):
         return self._end()

@@ -115,7 +115,9 @@ def program_cells(name, info):
     state = str(info.get("state", "?"))
     registered = info.get("registered")
     cpu = info.get("cpu_percent")
-    return {"program": Text(short(name, 12)), "state": Text(state, style=STATE_STYLES.get(state)),
+    marked = f"{short(name, 11)}*" if info.get("config_changed") else short(name, 12)   # settings changed in the run
+    return {"program": Text(marked, style="yellow" if info.get("config_changed") else None),
+            "state": Text(state, style=STATE_STYLES.get(state)),
             "pid": Text(str(info.get("pid") or "")), "up": Text(age(info.get("uptime"))),
             "rst": Text(str(info.get("restarts", ""))),
             "reg": Text("" if registered is None else "yes" if registered else "no",
