@@ -5,7 +5,9 @@
   python send.py lta1 set_point value=140 unit=K
   python send.py server _status
 
-Values of key=value are JSON when they parse as JSON (40, true, [1,2]), else strings.
+Values of key=value are JSON when they parse as JSON (40, true, [1,2]), else strings;
+key=@FILE takes the value from a JSON file:
+  python send.py run set_config program=bias values=@bias-settings.json
 Exit status: 0 ok answer (or sent, with --no-wait), 1 error answer, 2 bad usage or
 bad JSON, 3 no answer (no server found, or no reply within --wait).
 """
@@ -72,8 +74,18 @@ def build_message(words):
             raise UsageError(f"argument {pair!r} is not KEY=VALUE")
         if key in ("to", "cmd", "from", "ts", "re"):
             raise UsageError(f"{key!r} is reserved and cannot be given as KEY=VALUE")
-        msg[key] = parse_value(value)
+        msg[key] = read_json_file(value[1:]) if value.startswith("@") else parse_value(value)
     return msg
+
+
+def read_json_file(path):
+    try:
+        with open(path, encoding="utf-8") as source:
+            return json.load(source)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
 
 
 def parse_value(text):

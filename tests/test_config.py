@@ -107,6 +107,16 @@ def test_settings_are_delivered_validated_refused_frozen_kept_and_snapshotted(sy
                               "program=amp", "mode=fast"], cwd=ROOT, env=env_for_children(), capture_output=True,
                              text=True, timeout=60)
     assert changed.returncode == 0 and json.loads(changed.stdout)["changes"] == {"mode": ["slow", "fast"]}
+    (tmp_path / "amp.json").write_text(json.dumps({"gain": 4, "threshold": 0.6}))
+    from_file = subprocess.run([sys.executable, "send.py", "--experiment", str(s.path), "run", "set_config",
+                                "program=amp", f"values=@{tmp_path / 'amp.json'}"], cwd=ROOT, env=env_for_children(),
+                               capture_output=True, text=True, timeout=60)
+    assert from_file.returncode == 0 and json.loads(from_file.stdout)["changes"] == {"gain": [2, 4],
+                                                                                    "threshold": [0.8, 0.6]}
+    missing = subprocess.run([sys.executable, "send.py", "--experiment", str(s.path), "run", "set_config",
+                              "program=amp", "values=@/nonexistent.json"], cwd=ROOT, env=env_for_children(),
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "cannot read /nonexistent.json" in missing.stderr
 
 
 def test_bad_input_and_a_schema_that_is_not_a_schema(system, tmp_path):
