@@ -138,6 +138,8 @@ def test_bad_input_and_a_schema_that_is_not_a_schema(system, tmp_path):
     refused(s, "bad_field", cmd="run_config", run="one")
     refused(s, "no_such_run", cmd="run_config", run=99)
     assert deliveries(record) == [{"gain": 1, "threshold": 0.5, "mode": "fast"}]   # nothing else reached it
+    s.op.request("run", "stop", program="amp", timeout=30)
+    assert "amp is not registered now" in refused(s, "not_registered", program="amp", values={"gain": 2})
 
 
 def test_initial_settings_that_break_a_known_schema_are_reported_at_registration_and_by_check(system, tmp_path):

@@ -6,11 +6,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
+from rich.console import Console
 
-from runcontrol.control.view import SPARKS
+from runcontrol.control.view import SPARKS, render
 from tests.helpers import DAMICM_PROGRAMS, ROOT, damicm_copy, env_for_children, wait_until
 
 
@@ -66,6 +68,23 @@ def test_status_once_and_json_against_a_live_damicm(damicm):
     assert all(len(line) <= 80 for line in lines) and len(lines) <= 24
     for name in DAMICM_PROGRAMS:
         assert any(line.split()[:2] == [name, "RUNNING"] for line in lines), name
+
+
+def test_the_view_puts_alarms_on_top_and_marks_a_program_whose_settings_changed_in_the_run():
+    now = time.time()
+    snap = {"taken": now, "server": {"experiment": "demo", "instance": "abc", "uptime": 60, "clients": 2},
+            "stats": {}, "clients": [], "retained": {}, "events": [],
+            "run": {"state": "RUN", "run": 7, "current_run": {"start": now - 30},
+                    "programs": {"amp": {"state": "RUNNING", "config_changed": True},
+                                 "cryo": {"state": "RUNNING", "config_changed": False}},
+                    "alarms": [{"alarm": "hot", "severity": "alarm", "message": "too hot", "state": "active",
+                                "raised": now - 5, "acked": None}]}}
+    console = Console(record=True, width=80, height=24)
+    console.print(render(snap, 80, 24))
+    lines = console.export_text().splitlines()
+    assert lines[0].startswith("ALARM   too hot  [hot]  5s ago")
+    assert any(line.split()[:2] == ["amp*", "RUNNING"] for line in lines)
+    assert any(line.split()[:2] == ["cryo", "RUNNING"] for line in lines)
 
 
 def view_once(path):

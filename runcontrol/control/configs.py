@@ -152,6 +152,9 @@ class ConfigDesk:
                 self.book.note(self._entry(program, by, changes, accepted=False, why="no answer"))
                 reply.refuse(f"{program} did not answer within {DELIVER_WAIT_S:g} s: its settings stay",
                              protocol.FAILED)
+            elif answer.code in (protocol.NO_SUCH_CLIENT, protocol.CLIENT_LOST):
+                reply.refuse(f"{program} is not registered now ({answer.error}): its settings stay; try again when "
+                             "it is up", protocol.NOT_REGISTERED)
             elif not answer.ok:
                 self.book.note(self._entry(program, by, changes, accepted=False, why=answer.error))
                 reply.refuse(f"{program} refused: {answer.error}; its settings stay", "refused")
