@@ -149,7 +149,7 @@ function renderControls(status) {
 function programRow(name, info, taken) {
   const cell = (cls, text) => el("td", { class: cls }, text);
   return el("tr", { "data-program": name },
-    cell("name", name), cell(`state ${info.state}`, info.state), cell("host", info.host), cell("pid", info.pid ?? ""),
+    cell("name", info.config_changed ? `${name}*` : name), cell(`state ${info.state}`, info.state), cell("host", info.host), cell("pid", info.pid ?? ""),
     cell("uptime", age(info.uptime)), cell("restarts", String(info.restarts ?? "")),
     cell("heartbeat", age(info.heartbeat_age)),
     cell("cpu", typeof info.cpu_percent === "number" ? info.cpu_percent.toFixed(0) : ""), cell("rss", size(info.rss)),
