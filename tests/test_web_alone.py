@@ -5,7 +5,9 @@ import os
 import stat
 import subprocess
 import sys
+import urllib.request
 
+from runcontrol import process
 from tests.helpers import ROOT, WebSite, env_for_children, free_port, stop_process, wait_until
 
 
@@ -31,6 +33,11 @@ def test_without_operators_the_page_is_read_only(server, experiment_path):
         assert status == 200 and "<title>Orbit</title>" in page and "uPlot.iife.min.js" in page
         assert site.get("/static/vendor/uplot/uPlot.iife.min.js")[0] == 200   # served here, fetched from nowhere
         assert site.get("/metrics")[0] == 200
+        stream = urllib.request.urlopen(site.url + "/api/stream", timeout=30)
+        assert stream.readline().startswith(b"event: status")   # the page's live feed
+        code, killed = process.stop_group(proc, 30)
+        assert (code, killed) == (0, False)   # open pages do not hold the program up when it is stopped
+        stream.close()
     finally:
         stop_process(proc)
 

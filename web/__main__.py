@@ -77,6 +77,7 @@ async def run(args, host, port, users):
                 log.warning("listening off loopback without operators (--insecure): anyone there can read the page")
             await asyncio.gather(serve(client, stop), feed.refresh_forever(stop))
         finally:
+            feed.close_pages()
             await runner.cleanup()
 
 

@@ -106,6 +106,11 @@ class Feed:
     def close_page(self, queue):
         self.pages.discard(queue)
 
+    def close_pages(self):
+        """End every page's stream (the program stops): the pages reconnect to whoever serves next."""
+        for queue in list(self.pages):
+            self._drop(queue)
+
     def _on_event(self, topic, event):
         if isinstance(event, dict):
             self._hand_out("event", event)
@@ -115,10 +120,13 @@ class Feed:
             try:
                 queue.put_nowait((kind, data))
             except asyncio.QueueFull:   # a page that does not read: it is dropped (its stream ends), and reconnects
-                self.pages.discard(queue)
-                while not queue.empty():
-                    queue.get_nowait()
-                queue.put_nowait(("dropped", None))
+                self._drop(queue)
+
+    def _drop(self, queue):
+        self.pages.discard(queue)
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(("dropped", None))
 
 
 def page_status(snap):
