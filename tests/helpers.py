@@ -1,7 +1,9 @@
 """What tests share: waiting on conditions, a real server process, raw sockets, helper programs."""
 
+import fcntl
 import json
 import os
+import shutil
 import random
 import signal
 import socket
@@ -109,6 +111,17 @@ def ephemeral_ports():
     except (OSError, ValueError):
         low, high = 32768, 60999
     return max(low, 10001), high
+
+
+def apt_install(packages, commands):
+    """Install Debian `packages` unless every one of `commands` is found; one apt-get at a time across the test
+    workers (they share dpkg's lock). None when nothing had to be installed, else apt-get's CompletedProcess."""
+    with open("/tmp/orbit-tests-apt.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if all(shutil.which(c) for c in commands):
+            return None
+        return subprocess.run(["apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", *packages],
+                              capture_output=True, timeout=600, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
 def write_experiment(folder, name, router="tcp://127.0.0.1:0", events="tcp://127.0.0.1:0",

@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from runcontrol.control.view import SPARKS, render
-from tests.helpers import DAMICM_PROGRAMS, ROOT, damicm_copy, env_for_children, wait_until
+from tests.helpers import DAMICM_PROGRAMS, ROOT, apt_install, damicm_copy, env_for_children, wait_until
 
 
 def tool(*args, timeout_s=60):
@@ -97,10 +97,8 @@ def view_once(path):
 
 def install_tmux():
     """tmux from Debian's packages; CI fails where it cannot be had, a desk run skips (and says why)."""
+    installed = apt_install(["tmux"], ["tmux"])
     if shutil.which("tmux") is not None:
-        return
-    installed = subprocess.run(["apt-get", "install", "-y", "-q", "tmux"], capture_output=True, timeout=300)
-    if installed.returncode == 0 and shutil.which("tmux") is not None:
         return
     reason = f"the live view's terminal tests need tmux, which could not be installed: {installed.stderr[-200:]!r}"
     if os.environ.get("CI"):
@@ -132,6 +130,7 @@ def tmux(tmp_path):
     assert not alive, f"left running after the terminal closed: {[p.pid for p in alive]}"
 
 
+@pytest.mark.timeout(900)   # tmux may wait for apt-get, one installation at a time
 def test_live_view_in_a_terminal_shows_a_restart_and_ctrl_c_stops_everything(tmux, tmp_path):
     path = damicm_copy(tmp_path)
     env = " ".join(f"{k}={v}" for k, v in (("PYTHONPATH", ROOT),))
@@ -163,6 +162,7 @@ def test_live_view_in_a_terminal_shows_a_restart_and_ctrl_c_stops_everything(tmu
     assert not any(psutil.pid_exists(pid) for pid in pids)
 
 
+@pytest.mark.timeout(900)   # tmux may wait for apt-get, one installation at a time
 def test_closing_the_terminal_stops_everything(tmux, tmp_path):
     path = damicm_copy(tmp_path)
     assert tmux("new-session", "-d", "-s", "gone", "-x", "80", "-y", "24",
@@ -177,6 +177,7 @@ def test_closing_the_terminal_stops_everything(tmux, tmp_path):
     assert "everything stopped" in (tmp_path / "var" / "log" / "orbit.log").read_text()
 
 
+@pytest.mark.timeout(900)   # tmux may wait for apt-get, one installation at a time
 def test_status_py_live_view_follows_a_running_system_and_leaves_on_ctrl_c(tmux, server, echo_program):
     echo_program("echo")
     command = f"cd {ROOT} && PYTHONPATH={ROOT} {sys.executable} status.py --experiment {server.path}; echo EXIT=$?; sleep 30"

@@ -11,9 +11,9 @@ import sys
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ROOT, WebSite, damicm_copy, env_for_children, wait_until
+from tests.helpers import ROOT, WebSite, apt_install, damicm_copy, env_for_children, wait_until
 
-pytestmark = pytest.mark.xdist_group("web")   # one damicm for the whole module, on one worker
+pytestmark = pytest.mark.xdist_group(name="web")   # one damicm for the whole module, on one worker
 
 PASSWORD = "correct horse battery"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -117,11 +117,8 @@ def test_actions_need_an_operator_and_are_logged_with_who(site):
 
 def install_chromium():
     """Debian's Chromium and its driver; skipped with the reason where they cannot be had."""
-    if shutil.which("chromium") and shutil.which("chromedriver"):
-        return
-    installed = subprocess.run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"],
-                               capture_output=True, timeout=600)
-    if installed.returncode != 0 or not shutil.which("chromedriver"):
+    installed = apt_install(["chromium", "chromium-driver"], ["chromium", "chromedriver"])
+    if installed is not None and (installed.returncode != 0 or not shutil.which("chromedriver")):
         pytest.skip(f"the browser tests need Debian's chromium and chromium-driver, which could not be installed: "
                     f"{installed.stderr[-300:]!r}")
 
@@ -156,6 +153,7 @@ def running_rows(driver):
                                      ".map(r => r.dataset.program)"))
 
 
+@pytest.mark.timeout(900)   # the first to need the browser may wait for its installation
 def test_the_page_follows_a_restart_live_and_offers_no_action_read_only(site, browser):
     browser.get(site.url + "/")
     names = set(site.programs())
@@ -171,6 +169,7 @@ def test_the_page_follows_a_restart_live_and_offers_no_action_read_only(site, br
     assert browser.execute_script("return window.notReloaded") is True
 
 
+@pytest.mark.timeout(900)
 def test_a_run_begun_from_the_page_by_a_logged_in_operator_is_in_the_run_log(site, browser):
     def click(selector, what):
         wait_until(lambda: browser.execute_script(
