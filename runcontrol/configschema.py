@@ -40,6 +40,12 @@ def defaults(schema):
     return {name: prop["default"] for name, prop in properties.items() if isinstance(prop, dict) and "default" in prop}
 
 
+def known(values, schema):
+    """`values` without the settings `schema` no longer has (kept ones from before a program's new version)."""
+    properties = schema.get("properties", {}) if isinstance(schema, dict) else {}
+    return {name: value for name, value in values.items() if name in properties}
+
+
 def problems(values, schema, prefix=""):
     """Every way `values` breaks `schema`, as 'path: sentence', sorted by path."""
     if len(json.dumps(values, default=str)) > MAX_BYTES:

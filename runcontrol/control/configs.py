@@ -69,7 +69,7 @@ class ConfigDesk:
         """(the settings `program` has, or is to get first, and where they came from)."""
         stored = self.book.values(program)
         if stored is not None:
-            return {**configschema.defaults(schema), **stored}, "run"
+            return {**configschema.defaults(schema), **configschema.known(stored, schema)}, "run"
         initial = dict(self.spec.program(program).config) if self.spec.program(program) else {}
         return {**configschema.defaults(schema), **initial}, "experiment"
 
@@ -103,6 +103,8 @@ class ConfigDesk:
             raise Refused("set_config needs 'values': an object of settings (or the settings as fields)",
                           protocol.BAD_FIELD)
         by = msg.get("by", msg.get("from"))
+        if not isinstance(by, str) or not 0 < len(by) <= 64:
+            raise Refused("'by' must be a name of 1 to 64 characters: who asks", protocol.BAD_FIELD)
         schema, current = self._deliverable(program)
         new = {**current, **values}
         wrong = configschema.problems(new, schema)
@@ -128,7 +130,7 @@ class ConfigDesk:
             raise Refused(f"{program} takes no settings now: {why}", "no_settings")
         if program in self.changing:
             raise Refused(f"a change of {program}'s settings is on its way; try again when it has answered", "busy")
-        return schema, {**configschema.defaults(schema), **self.book.values(program)}
+        return schema, {**configschema.defaults(schema), **configschema.known(self.book.values(program), schema)}
 
     def _check_frozen(self, program, schema, changes):
         frozen = sorted(set(changes) - configschema.live(schema))
