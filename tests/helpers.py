@@ -492,8 +492,8 @@ def damicm_copy(folder, holds=None):
 class WebSite:
     """Plain HTTP to the web program at `url`."""
 
-    def __init__(self, url):
-        self.url = url
+    def __init__(self, url, tls=None):
+        self.url, self.tls = url, tls   # tls: an ssl.SSLContext for https
 
     def call(self, method, path, body=None, cookie=None, headers=None, raw=None):
         """(status, decoded JSON or text, headers) of one request; a 4xx or 5xx is an answer, not an exception."""
@@ -502,7 +502,7 @@ class WebSite:
             **({"Content-Type": "application/json"} if data is not None else {}),
             **({"Cookie": f"orbit_session={cookie}"} if cookie else {}), **(headers or {})})
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:
+            with urllib.request.urlopen(request, timeout=60, context=self.tls) as response:
                 return response.status, decode_http(response), response.headers
         except urllib.error.HTTPError as exc:
             return exc.code, decode_http(exc), exc.headers

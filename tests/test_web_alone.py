@@ -3,9 +3,13 @@
 import json
 import os
 import stat
+import shutil
+import ssl
 import subprocess
 import sys
 import urllib.request
+
+import pytest
 
 from runcontrol import process
 from tests.helpers import ROOT, WebSite, env_for_children, free_port, stop_process, wait_until
@@ -75,3 +79,31 @@ def test_the_operators_file_is_made_by_a_command_and_holds_no_password(experimen
     assert users(experiment_path, "remove", "bob").returncode == 0
     gone = users(experiment_path, "remove", "bob")
     assert gone.returncode == 2 and "no operator 'bob'" in gone.stderr
+
+
+def test_https_with_a_certificate_and_a_secure_session_cookie(server, experiment_path, tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("making a test certificate needs the openssl command, which is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                           "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)], capture_output=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert users(experiment_path, "add", "anna", password="long enough").returncode == 0
+    half = subprocess.run(web_command(experiment_path, "127.0.0.1:18081", "--cert", str(cert)), cwd=ROOT,
+                          env=env_for_children(), capture_output=True, text=True, timeout=60)
+    assert half.returncode == 2 and "--cert and --key go together" in half.stderr
+    listen = f"127.0.0.1:{free_port()}"
+    with open(tmp_path / "web.log", "ab") as log:
+        proc = subprocess.Popen(web_command(experiment_path, listen, "--cert", str(cert), "--key", str(key)), cwd=ROOT,
+                                env=env_for_children(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        site = WebSite(f"https://{listen}", context)
+        wait_until(lambda: site.get("/api/whoami")[0] == 200, 30, 0.2, what="the page over HTTPS")
+        status, answer, headers = site.post("/api/login", {"name": "anna", "password": "long enough"})
+        assert status == 200 and "Secure" in headers["Set-Cookie"] and "HttpOnly" in headers["Set-Cookie"]
+        assert "SameSite=Strict" in headers["Set-Cookie"]
+    finally:
+        stop_process(proc)
+

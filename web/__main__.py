@@ -1,11 +1,13 @@
 """The web program: a status page, its JSON API and `/metrics`, as a client of the bus.
 
   python -m web --name web --listen 127.0.0.1:8080 [--experiment FILE] [--users FILE] [--insecure]
+      [--cert FILE --key FILE]
 
 Listens on loopback by default. Off loopback it needs the operators' password
 file (`python -m web.users add NAME`), or `--insecure` for a read-only page on a
-private network. Without the password file the page is read-only. Stops on
-SIGTERM or SIGINT.
+private network; there the session cookie is Secure, so operators log in through
+HTTPS: `--cert`/`--key` (PEM) serve it, or a TLS proxy in front. Without the
+password file the page is read-only. Stops on SIGTERM or SIGINT.
 """
 
 import argparse
@@ -13,6 +15,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 
 from aiohttp import web
@@ -38,6 +41,8 @@ def arguments(argv):
     parser.add_argument("--experiment", default=os.environ.get("ORBIT_EXPERIMENT"))
     parser.add_argument("--users", help="the operators' password file (default: <paths.state>/web-users.json)")
     parser.add_argument("--insecure", action="store_true", help="allow a bind off loopback without a password file")
+    parser.add_argument("--cert", help="serve HTTPS with this certificate (PEM; with --key)")
+    parser.add_argument("--key", help="the certificate's private key (PEM)")
     return parser.parse_args(argv)
 
 
@@ -57,22 +62,39 @@ def settings(args):
         raise ConfigError(f"--listen {args.listen}: off loopback the page needs the operators' password file "
                           f"({users.path}: python -m web.users add NAME), or --insecure")
     users.read()   # a damaged file is said now, not at the first login
+    if bool(args.cert) != bool(args.key):
+        raise ConfigError("--cert and --key go together")
     return host, int(port), users
 
 
-async def run(args, host, port, users):
+def tls_context(args):
+    """An SSL context from --cert and --key, or None for plain HTTP."""
+    if not args.cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(args.cert, args.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--cert {args.cert} --key {args.key}: {exc}") from None
+    return context
+
+
+async def run(args, host, port, users, tls):
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     with Client(args.name, experiment=args.experiment, meta={"role": "web", "listen": f"{host}:{port}"}) as client:
         feed = Feed(client)
-        runner = web_runner(feed, client, users, not is_loopback(host))
+        runner = web_runner(feed, client, users, tls is not None or not is_loopback(host))
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
-            log.info("serving http://%s:%d/ (%s)", host, port,
+            await web.TCPSite(runner, host, port, ssl_context=tls).start()
+            log.info("serving %s://%s:%d/ (%s)", "https" if tls else "http", host, port,
                      "operators may act" if users.exists() else "read-only: no operator file")
+            if not is_loopback(host) and users.exists() and tls is None:
+                log.warning("off loopback the session cookie is Secure: operators log in only through HTTPS "
+                            "(a TLS proxy in front, or --cert and --key)")
             if not is_loopback(host) and not users.exists():
                 log.warning("listening off loopback without operators (--insecure): anyone there can read the page")
             await asyncio.gather(serve(client, stop), feed.refresh_forever(stop))
@@ -90,11 +112,12 @@ def main(argv=None):
     logsetup.configure("INFO", sys.stderr)
     try:
         host, port, users = settings(args)
+        tls = tls_context(args)
     except ConfigError as exc:
         print(f"web: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(run(args, host, port, users))
+        asyncio.run(run(args, host, port, users, tls))
     except OSError as exc:
         print(f"web: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1
