@@ -1,10 +1,11 @@
-"""The web program without damicm: read-only without operators, refused off loopback, the operators' file."""
+"""The web program without damicm: read-only without operators, refused off loopback, the operators' file,
+HTTPS with a Secure session cookie."""
 
 import json
 import os
-import stat
 import shutil
 import ssl
+import stat
 import subprocess
 import sys
 import urllib.request
