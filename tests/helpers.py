@@ -120,8 +120,9 @@ def apt_install(packages, commands):
         fcntl.flock(lock, fcntl.LOCK_EX)
         if all(shutil.which(c) for c in commands):
             return None
-        return subprocess.run(["apt-get", "install", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", *packages],
-                              capture_output=True, timeout=600, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=300"]
+        return subprocess.run([*command, *packages], capture_output=True, timeout=600,
+                              env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
 def write_experiment(folder, name, router="tcp://127.0.0.1:0", events="tcp://127.0.0.1:0",
