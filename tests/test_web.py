@@ -108,6 +108,15 @@ def test_actions_need_an_operator_and_are_logged_with_who(site):
     actions = [e for e in site.get("/api/events?n=200")[1] if e.get("kind") == "operator_action"]
     assert {(e["by"], e["action"], e["ok"]) for e in actions} >= {("anna", "begin_run", True),
                                                                   ("anna", "restart", False)}
+    assert site.get("/api/config")[1]["lta1"]["values"]["samples"] == 1
+    status, answer, _ = site.post("/api/programs/bias/config", {"values": {"ramp_rate": 5}}, cookie=cookie)
+    assert status == 200 and answer["changes"] == {"ramp_rate": [10, 5]}
+    status, answer, _ = site.post("/api/programs/bias/config", {"values": {"volts": 500}}, cookie=cookie)
+    assert status == 400 and answer["code"] == "bad_config" and "volts: 500 is greater than the maximum" in \
+        answer["error"]
+    assert site.post("/api/programs/bias/config", {"values": {"volts": 60}})[0] == 401   # not logged in
+    assert site.post("/api/programs/bias/config", {"values": []}, cookie=cookie)[0] == 400
+    assert any(e.get("kind") == "config_changed" and e.get("by") == "anna" for e in site.get("/api/events?n=200")[1])
     site.post("/api/logout", cookie=cookie)
     assert site.post("/api/run/prepare_run", cookie=cookie)[0] == 401   # the session is gone
 
@@ -193,3 +202,12 @@ def test_a_run_begun_from_the_page_by_a_logged_in_operator_is_in_the_run_log(sit
     wait_until(lambda: text_of(browser, "#run-state") == "STOP", 30, 0.2, what="STOP on the page")
     assert any(e.get("kind") == "operator_action" and e["by"] == "anna" and e["action"] == "end_run"
                for e in site.get("/api/events?n=100")[1])
+
+    browser.get(site.url + "/#settings")   # a setting changed from the page
+    field = 'input[data-setting="cryo.set_point"]'
+    wait_until(lambda: browser.execute_script("return !!document.querySelector(arguments[0])", field), 20, 0.2,
+               what="the settings page")
+    browser.execute_script("const input = document.querySelector(arguments[0]); input.value = '138';"
+                           "input.closest('tr').querySelector('button').click()", field)
+    wait_until(lambda: site.get("/api/config")[1]["cryo"]["values"]["set_point"] == 138, 20, 0.2,
+               what="the new set point")

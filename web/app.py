@@ -12,6 +12,8 @@
   POST /api/run/prepare_run | begin_run {"comment"} | end_run | abort_run
   POST /api/programs/NAME/restart
   POST /api/alarms/NAME/ack
+  GET  /api/config            every program's settings (values, schema, live ones)
+  POST /api/programs/NAME/config {"values": {...}}    change settings (validated, delivered, logged with who)
   GET  /metrics               OpenMetrics (or Prometheus text, as the scraper asks)
 
 Errors are JSON `{"error", "code"}` with a 4xx status (a 5xx only when the bus
@@ -64,6 +66,7 @@ def make_app(feed, client, users, secure_cookies):
         web.get("/api/stream", stream), web.get("/api/whoami", whoami), web.post("/api/login", login),
         web.post("/api/logout", logout), web.post("/api/run/{action}", run_action),
         web.post("/api/programs/{name}/restart", restart), web.post("/api/alarms/{name}/ack", ack),
+        web.get("/api/config", config), web.post("/api/programs/{name}/config", set_config),
         web.get("/metrics", metrics), web.static("/static", STATIC)])
     return app
 
@@ -113,6 +116,10 @@ async def runs(request):
 async def alarms(request):
     return web.json_response(await request.app["feed"].request({"to": "run", "cmd": "alarms",
                                                                 "log": whole(request, "log")}))
+
+
+async def config(request):
+    return web.json_response(await request.app["feed"].request({"to": "run", "cmd": "config"}))
 
 
 async def events(request):
@@ -289,6 +296,15 @@ async def ack(request):
     who, _ = await operator(request)
     name = request.match_info["name"]
     return await act(request, who, "ack", name, {"to": "run", "cmd": "ack", "alarm": name, "by": who}, 10.0)
+
+
+async def set_config(request):
+    who, body = await operator(request)
+    name, values = request.match_info["name"], body.get("values")
+    if not isinstance(values, dict) or not values:
+        raise Problem("give 'values': an object of the settings to change")
+    return await act(request, who, "set_config", name, {"to": "run", "cmd": "set_config", "program": name,
+                                                        "values": values, "by": who}, TRANSITION_WAIT_S)
 
 
 def is_loopback(host):

@@ -75,6 +75,7 @@ async function whoami() {
   document.getElementById("user").textContent = me.user ? `operator ${me.user}` : "";
   document.getElementById("logout").hidden = !me.user;
   if (state.status) renderStatus(state.status);
+  if (state.page === "settings") showSettings().catch(() => {});
 }
 
 document.getElementById("login").addEventListener("submit", async (event) => {
@@ -228,6 +229,36 @@ async function loadEvents() {
   renderEvents();
 }
 
+// --- settings ----------------------------------------------------------------------------------------
+
+function settingRow(program, name, value, spec, live) {
+  const input = el("input", { value: JSON.stringify(value ?? null), size: 14, "data-setting": `${program}.${name}` });
+  const apply = () => {
+    let parsed;
+    try { parsed = JSON.parse(input.value); } catch (exc) { say(`${program}.${name}: not JSON: ${exc.message}`, true); return; }
+    action(`set ${program}.${name}`, `/api/programs/${encodeURIComponent(program)}/config`,
+           { values: { [name]: parsed } }).then(showSettings);
+  };
+  return el("tr", { "data-program": program },
+    el("td", {}, program), el("td", {}, name),
+    el("td", { class: "value" }, state.user ? input : JSON.stringify(value ?? null)),
+    el("td", {}, live ? "may change" : "frozen"), el("td", { class: "detail" }, spec.description || ""),
+    el("td", {}, state.user ? el("button", { class: "action", on: { click: apply } }, "apply") : ""));
+}
+
+async function showSettings() {
+  const all = await api("/api/config");
+  const rows = [];
+  for (const [program, entry] of Object.entries(all)) {
+    const properties = (entry.schema && entry.schema.properties) || {};
+    if (entry.problem) rows.push(el("tr", {}, el("td", {}, program), el("td", { class: "bad", colspan: 5 }, entry.problem.error)));
+    for (const [name, spec] of Object.entries(properties)) {
+      rows.push(settingRow(program, name, (entry.values || {})[name], spec, (entry.live || []).includes(name)));
+    }
+  }
+  fill(document.querySelector("#settings tbody"), rows);
+}
+
 // --- history -----------------------------------------------------------------------------------------
 
 function numbers(prefix, value, out) {
@@ -293,7 +324,8 @@ function showPage() {
   state.page = (location.hash || "#status").slice(1);
   for (const section of document.querySelectorAll("main > section")) section.hidden = section.id !== `page-${state.page}`;
   for (const link of document.querySelectorAll("nav a")) link.classList.toggle("current", link.hash === `#${state.page}`);
-  const loaders = { runs: showRuns, alarms: showAlarms, events: loadEvents, history: showHistoryNames };
+  const loaders = { runs: showRuns, alarms: showAlarms, events: loadEvents, history: showHistoryNames,
+                    settings: showSettings };
   if (loaders[state.page]) loaders[state.page]().catch((exc) => say(exc.message, true));
 }
 
@@ -310,6 +342,7 @@ function connect() {
     if (state.page === "events") renderEvents();
     if (state.page === "runs" && event.kind === "run_state") showRuns().catch(() => {});
     if (state.page === "alarms" && String(event.kind).startsWith("alarm_")) showAlarms().catch(() => {});
+    if (state.page === "settings" && String(event.kind).startsWith("config_")) showSettings().catch(() => {});
   });
 }
 
