@@ -3,6 +3,8 @@ sent, a value published), cleared, acknowledged, kept through a SIGKILLed run co
 what `send.py` and `status.py` show."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -146,3 +148,15 @@ def test_a_fatal_program_raises_a_built_in_alarm_shown_on_top_of_the_view(system
     s.op.request("run", "stop", program="flaky")   # FATAL -> STOPPED: the condition clears; acknowledged: gone
     s.wait_event("event.alarm_cleared", alarm="program.flaky.fatal")
     assert "program.flaky.fatal" not in standing(s)
+
+
+def test_a_participant_gone_during_a_run_raises_a_built_in_alarm(system, tmp_path):
+    s = system({"px": helper("participant.py", "px", tmp_path / "px.jsonl", client="px", run=True, restart="never")})
+    s.wait_state("px", "RUNNING", registered=True)
+    s.op.request("run", "prepare_run")
+    run = s.op.request("run", "begin_run")["run"]
+    os.kill(s.program("px")["pid"], signal.SIGKILL)   # not restarted: it stays away from the run
+    alarm = s.wait_event("event.alarm_raised", alarm="run.px.absent", timeout_s=40)
+    assert alarm["message"] == f"px takes part in run {run} but is not registered"
+    s.op.request("run", "abort_run")   # no run: the condition clears
+    s.wait_event("event.alarm_cleared", alarm="run.px.absent")
