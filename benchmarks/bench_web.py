@@ -25,7 +25,7 @@ import psutil
 
 import common
 
-from tests.helpers import damicm_copy, free_port
+from tests.helpers import damicm_copy
 
 REQUESTS = 2000
 CONCURRENCY = 8
@@ -122,7 +122,7 @@ def main():
         snap = wait_web(url)
         web_pid = snap["run"]["programs"]["web"]["pid"]
         body = json.dumps(snap).encode()
-        port = free_port()
+        port = common.free_port()
         bare = multiprocessing.Process(target=serve_bare, args=(port, body), daemon=True)
         bare.start()
         time.sleep(1.5)

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from runcontrol.bus import discovery  # noqa: E402
+from tests.helpers import free_port  # noqa: E402,F401  (the tests' own: one finder of free ports)
 
 
 def exit_on_sigterm():
@@ -93,21 +94,6 @@ def stop_all(processes):
         if proc.is_alive():
             proc.kill()
             proc.join()
-
-
-def free_port():
-    """A loopback TCP port below the ephemeral range that nothing listens on now."""
-    import random
-    import socket
-    for _ in range(100):
-        port = random.randint(20000, 30000)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free loopback port between 20000 and 30000")
 
 
 def stop_group(proc, grace_s=20):

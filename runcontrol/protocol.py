@@ -382,6 +382,17 @@ def event_topic(kind):
     return f"event.{kind}"
 
 
+BY_MAX = 64
+
+
+def parse_by(msg):
+    """Who a request acts for: its `by` (an operator's name, for the logs), else its sender."""
+    by = msg.get("by", msg.get("from"))
+    if not isinstance(by, str) or not 0 < len(by) <= BY_MAX:
+        raise Refused(f"'by' must be a name of 1 to {BY_MAX} characters: who asks", BAD_FIELD)
+    return by
+
+
 def published_numbers(prefix, value, out):
     """Every number inside published `value` as (name, float), named `<from>.<topic>.<key>...` (`prefix` is
     `<from>.<topic>`): nested objects and lists joined by dots; bools are not numbers. The names of history and

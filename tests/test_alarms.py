@@ -160,3 +160,16 @@ def test_a_participant_gone_during_a_run_raises_a_built_in_alarm(system, tmp_pat
     assert alarm["message"] == f"px takes part in run {run} but is not registered"
     s.op.request("run", "abort_run")   # no run: the condition clears
     s.wait_event("event.alarm_cleared", alarm="run.px.absent")
+
+
+def test_a_reload_brings_new_alarms_and_drops_removed_ones(system):
+    s = system({"steady": helper("crash_after.py", 600)})
+    description = json.loads(s.path.read_text())
+    description["alarms"] = {"silent": {"value": "feed.values.t", "missing": 1, "severity": "warning"}}
+    s.path.write_text(json.dumps(description))
+    s.op.request("run", "reload")
+    assert s.wait_event("event.alarm_raised", alarm="silent")["severity"] == "warning"
+    description["alarms"] = {}
+    s.path.write_text(json.dumps(description))
+    s.op.request("run", "reload")
+    s.wait_event("event.alarm_cleared", alarm="silent")   # no longer declared: its condition is gone

@@ -152,3 +152,15 @@ def test_initial_settings_that_break_a_known_schema_are_reported_at_registration
                              capture_output=True, text=True, timeout=60)
     assert checked.returncode == 2 and "programs.amp.config.gain: 50 is greater than the maximum of 10" in \
         checked.stderr, checked.stdout + checked.stderr
+
+
+def test_a_program_added_by_a_reload_gets_its_first_settings(system, tmp_path):
+    s = system({"steady": helper("crash_after.py", 600)})
+    record = tmp_path / "amp2.jsonl"
+    description = json.loads(s.path.read_text())
+    description["programs"]["amp2"] = configurable("amp2", record, config={"gain": 4})
+    s.path.write_text(json.dumps(description))
+    assert s.op.request("run", "reload", timeout=30)["added"] == ["amp2"]
+    assert wait_until(lambda: deliveries(record), 30, 0.1)[0]["gain"] == 4
+    wait_until(lambda: (settings(s, "amp2")["values"] or {}).get("gain") == 4, 20, 0.1)
+

@@ -77,6 +77,7 @@ LOGIN = {"name": "anna", "password": "wrong"}
     ("POST", "/api/login", b"x" * 100_000, {}, 413, "request_entity_too_large"),
     ("POST", "/api/login", b"name=anna", {"headers": {"Content-Type": "text/plain"}}, 415, "not_json"),
     ("GET", "/api/runs?n=abc", None, {}, 400, "bad_request"),
+    ("GET", "/api/runs?n=%C2%B2", None, {}, 400, "bad_request"),   # a digit to str.isdigit, not to int()
     ("GET", "/api/events?n=100000", None, {}, 400, "bad_request"),
     ("GET", "/api/history", None, {}, 400, "bad_request"),
     ("GET", "/api/history?name=cryo.values.temperature&since=nan", None, {}, 400, "bad_request"),

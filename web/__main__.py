@@ -23,9 +23,10 @@ from aiohttp import web
 import experiments
 from clients.aio import serve
 from clients.client import Client
+from experiments.checks import is_loopback_host
 from runcontrol import logsetup
 from runcontrol.errors import ConfigError
-from web.app import is_loopback, make_app
+from web.app import make_app
 from web.auth import Users
 from web.feed import Feed
 from web.users import users_file
@@ -58,7 +59,7 @@ def settings(args):
         users = Users(users_file(experiments.load(args.experiment)))
     else:
         users = Users("web-users.json")
-    if not is_loopback(host) and not users.exists() and not args.insecure:
+    if not is_loopback_host(host) and not users.exists() and not args.insecure:
         raise ConfigError(f"--listen {args.listen}: off loopback the page needs the operators' password file "
                           f"({users.path}: python -m web.users add NAME), or --insecure")
     users.read()   # a damaged file is said now, not at the first login
@@ -86,16 +87,16 @@ async def run(args, host, port, users, tls):
         loop.add_signal_handler(signum, stop.set)
     with Client(args.name, experiment=args.experiment, meta={"role": "web", "listen": f"{host}:{port}"}) as client:
         feed = Feed(client)
-        runner = web_runner(feed, client, users, tls is not None or not is_loopback(host))
+        runner = web_runner(feed, client, users, tls is not None or not is_loopback_host(host))
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port, ssl_context=tls).start()
             log.info("serving %s://%s:%d/ (%s)", "https" if tls else "http", host, port,
                      "operators may act" if users.exists() else "read-only: no operator file")
-            if not is_loopback(host) and users.exists() and tls is None:
+            if not is_loopback_host(host) and users.exists() and tls is None:
                 log.warning("off loopback the session cookie is Secure: operators log in only through HTTPS "
                             "(a TLS proxy in front, or --cert and --key)")
-            if not is_loopback(host) and not users.exists():
+            if not is_loopback_host(host) and not users.exists():
                 log.warning("listening off loopback without operators (--insecure): anyone there can read the page")
             await asyncio.gather(serve(client, stop), feed.refresh_forever(stop))
         finally:

@@ -23,7 +23,6 @@ block the event loop.
 """
 
 import asyncio
-import ipaddress
 import json
 import logging
 from pathlib import Path
@@ -146,7 +145,7 @@ def whole(request, key):
     text = request.query.get(key)
     if text is None:
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not (text.isdecimal() and len(text) <= 6) or not low <= int(text) <= high:
         raise Problem(f"'{key}' must be a whole number from {low} to {high}, not {text[:20]!r}")
     return int(text)
 
@@ -171,13 +170,13 @@ async def stream(request):
     try:
         while True:
             try:
-                kind, data = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                frame = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
             except asyncio.TimeoutError:
                 await response.write(b": keepalive\n\n")
                 continue
-            if kind == "dropped":
+            if frame is None:
                 break
-            await response.write(f"event: {kind}\ndata: {json.dumps(data, default=str)}\n\n".encode())
+            await response.write(frame)
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
@@ -305,10 +304,3 @@ async def set_config(request):
         raise Problem("give 'values': an object of the settings to change")
     return await act(request, who, "set_config", name, {"to": "run", "cmd": "set_config", "program": name,
                                                         "values": values, "by": who}, TRANSITION_WAIT_S)
-
-
-def is_loopback(host):
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"

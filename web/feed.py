@@ -3,8 +3,8 @@
 One snapshot serves every page, `/api/status` and `/metrics`, however many ask:
 the server's status, rates, clients and retained values and the run
 controller's status, asked together each second. Each open page has a queue;
-the event stream and each new snapshot go into every queue, and a page too slow
-to take them is dropped (it reconnects). Must not block the event loop.
+the event stream and each new snapshot go into every queue as server-sent event
+frames, and a page too slow to take them is dropped (it reconnects). Must not block the event loop.
 """
 
 import asyncio
@@ -101,7 +101,7 @@ class Feed:
         queue = asyncio.Queue(QUEUE_MAX)
         self.pages.add(queue)
         if self.snapshot:
-            queue.put_nowait(("status", page_status(self.snapshot)))
+            queue.put_nowait(sse_frame("status", page_status(self.snapshot)))
         return queue
 
     def close_page(self, queue):
@@ -117,9 +117,10 @@ class Feed:
             self._hand_out("event", event)
 
     def _hand_out(self, kind, data):
+        frame = sse_frame(kind, data)   # made once, whoever watches
         for queue in list(self.pages):
             try:
-                queue.put_nowait((kind, data))
+                queue.put_nowait(frame)
             except asyncio.QueueFull:   # a page that does not read: it is dropped (its stream ends), and reconnects
                 self._drop(queue)
 
@@ -127,7 +128,13 @@ class Feed:
         self.pages.discard(queue)
         while not queue.empty():
             queue.get_nowait()
-        queue.put_nowait(("dropped", None))
+        queue.put_nowait(None)   # the end of its stream
+
+
+def sse_frame(kind, data):
+    """One server-sent event, as the bytes a page reads."""
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS) \
+        + b"\n\n"
 
 
 def page_status(snap):

@@ -9,15 +9,13 @@ goes on. Must not send messages: the run controller does.
 """
 
 import json
-import os
 from pathlib import Path
 
-from runcontrol.control.runbook import write_durably
+from runcontrol.control.durable import append_line, read_lines, write_durably
 from runcontrol.errors import Refused
 
 ACTIVE, CLEARED = "active", "cleared"
 SEVERITY_ORDER = {"alarm": 0, "warning": 1}
-LOG_TAIL_MAX = 10000
 
 
 class AlarmBook:
@@ -84,27 +82,11 @@ class AlarmBook:
 
     def tail(self, n):
         """The last `n` lines of the alarm log, newest last."""
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(0, os.SEEK_END)
-                log.seek(max(0, log.tell() - 512 * (n + 1)))
-                lines = log.read().splitlines()[-n:] if n else []
-        except FileNotFoundError:
-            return []
-        entries = []
-        for line in lines:
-            try:
-                entries.append(json.loads(line))
-            except ValueError:
-                continue   # cut by the seek, or by a crash mid-write
-        return entries
+        return read_lines(self.log_path)[-n:] if n else []
 
     def _change(self, what, record, now):
         self._append({"ts": round(now, 3), "change": what, **record})
         write_durably(self.state_path, json.dumps(self.alarms))
 
     def _append(self, entry):
-        with open(self.log_path, "a", encoding="utf-8") as out:
-            out.write(json.dumps(entry, default=str) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+        append_line(self.log_path, entry)

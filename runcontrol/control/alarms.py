@@ -32,15 +32,23 @@ class AlarmWatch:
         self.transitions = controller.transitions
         self.registered = controller.registered
         self.waiters = controller.waiters
-        self.specs = {alarm.name: alarm for alarm in spec.alarms}
+        self.specs = {}
+        self.sources = set()   # the publishers subscribed to
         self.book = AlarmBook(spec.paths.state)
         self.holds = Holds()
         self.started = time.time()
         self.values = Values(self.started)
         self.grace_s = grace_s   # after a start nothing clears this long: states and values are not known yet
         self.evaluated = 0.0
-        for source in sorted(watched_sources(spec.alarms)):
+        self.use(spec.alarms)
+
+    def use(self, alarms):
+        """Watch these declared alarms (at the start, and after the experiment is reloaded); one that is gone
+        clears at the next evaluation."""
+        self.specs = {alarm.name: alarm for alarm in alarms}
+        for source in sorted(watched_sources(alarms) - self.sources):
             self.client.subscribe(f"pub.{source}.", self._on_published)
+            self.sources.add(source)
 
     # --- what comes in -------------------------------------------------------------------------
 
@@ -155,9 +163,7 @@ class AlarmWatch:
 
     def cmd_ack(self, msg):
         """Acknowledge the alarm `alarm` (or every standing one: `all`), as `by` (default: the sender)."""
-        by = msg.get("by", msg.get("from"))
-        if not isinstance(by, str) or not by or len(by) > 64:
-            raise Refused("'by' must be a name of 1 to 64 characters: who acknowledges", protocol.BAD_FIELD)
+        by = protocol.parse_by(msg)
         name, everything = msg.get("alarm"), msg.get("all") is True
         if not everything and (not isinstance(name, str) or not name):
             raise Refused("ack needs 'alarm': the name of a standing alarm (or all: true)", protocol.BAD_FIELD)

@@ -8,10 +8,9 @@ write is fsynced before the caller goes on. Must not send messages.
 """
 
 import json
-import os
 from pathlib import Path
 
-from runcontrol.control.runbook import sync_folder, write_durably
+from runcontrol.control.durable import append_line, read_lines, sync_folder, write_durably
 from runcontrol.errors import Refused
 
 
@@ -60,28 +59,12 @@ class ConfigBook:
         self.note(entry)
 
     def note(self, entry):
-        with open(self.log_path, "a", encoding="utf-8") as out:
-            out.write(json.dumps(entry, default=str) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+        append_line(self.log_path, entry)
 
     def log(self, n, program=None):
         """The last `n` lines of the change log (of one program), newest last."""
-        try:
-            lines = self.log_path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        entries = []
-        for line in reversed(lines):
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue   # a line cut by a crash mid-write
-            if program is None or entry.get("program") == program:
-                entries.append(entry)
-            if len(entries) >= n:
-                break
-        return entries[::-1]
+        entries = [e for e in read_lines(self.log_path) if isinstance(e, dict) and program in (None, e.get("program"))]
+        return entries[-n:]
 
     def snapshot(self, run):
         """Write every program's settings as run `run` begins; the file's name, relative to the state folder."""

@@ -25,7 +25,7 @@ ENVELOPE = {"cmd", "to", "id", "from", "ts", "program", "by", "values"}
 
 class ConfigDesk:
     def __init__(self, controller):
-        self.spec = controller.spec
+        self.controller = controller
         self.client = controller.client
         self.transitions = controller.transitions
         self.waiters = controller.waiters
@@ -33,6 +33,10 @@ class ConfigDesk:
         self.problems = {}      # program -> what is wrong with its schema or settings
         self.delivered = {}     # client -> the pid its settings went to
         self.changing = set()   # programs with a change on its way
+
+    @property
+    def spec(self):
+        return self.controller.spec   # the experiment as last (re)loaded
 
     # --- registration --------------------------------------------------------------------------
 
@@ -102,9 +106,7 @@ class ConfigDesk:
         if not isinstance(values, dict) or not values:
             raise Refused("set_config needs 'values': an object of settings (or the settings as fields)",
                           protocol.BAD_FIELD)
-        by = msg.get("by", msg.get("from"))
-        if not isinstance(by, str) or not 0 < len(by) <= 64:
-            raise Refused("'by' must be a name of 1 to 64 characters: who asks", protocol.BAD_FIELD)
+        by = protocol.parse_by(msg)
         schema, current = self._deliverable(program)
         new = {**current, **values}
         wrong = configschema.problems(new, schema)

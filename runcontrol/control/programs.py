@@ -74,7 +74,8 @@ class ProgramCommands:
         return self._act(msg, self.supervisor.restart, until_up=True)
 
     def cmd_reload(self, msg):
-        """Re-read the experiment file and apply the difference; an invalid file changes nothing."""
+        """Re-read the experiment file and apply the difference (programs, alarms, first settings of programs new
+        to it); an invalid file changes nothing."""
         spec = self.controller.spec
         try:
             new = experiments.load(spec.path)
@@ -88,6 +89,8 @@ class ProgramCommands:
         if new.server != spec.server or new.paths != spec.paths:
             warnings.append("server or paths settings changed: they apply when run.py is restarted")
         self.controller.spec = new
+        self.controller.alarms.use(new.alarms)
+        self.controller.alarms.seed()
         log.info("reloaded %s: %s", new.path, json.dumps(diff))
         return {**diff, "warnings": warnings}
 

@@ -8,10 +8,10 @@ messages: the run controller does.
 """
 
 import json
-import os
 import time
 from pathlib import Path
 
+from runcontrol.control.durable import append_line, read_lines, write_durably
 from runcontrol.errors import RunControlError
 
 STOP, READY, RUN = "STOP", "READY", "RUN"
@@ -23,25 +23,6 @@ HINTS = {STOP: "prepare_run first", READY: "begin_run or abort_run", RUN: "end_r
 
 class RunBookError(RunControlError):
     """The run files cannot be read or written: no number is handed out."""
-
-
-def write_durably(path, text):
-    """Replace `path` with `text`: temporary file, fsync, rename, fsync of the folder."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    sync_folder(path.parent)
-
-
-def sync_folder(folder):
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class RunBook:
@@ -95,24 +76,12 @@ class RunBook:
 
     def log(self, record):
         """Append one record to the run log, durably."""
-        line = json.dumps({**record, "logged": round(time.time(), 3)}) + "\n"
-        with open(self.log_path, "a", encoding="utf-8") as out:
-            out.write(line)
-            out.flush()
-            os.fsync(out.fileno())
+        append_line(self.log_path, {**record, "logged": round(time.time(), 3)})
 
     def records(self):
         """The latest record of each run, in run order."""
         latest = {}
-        try:
-            lines = self.log_path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a line cut by a crash mid-write
+        for record in read_lines(self.log_path):
             if isinstance(record, dict) and isinstance(record.get("run"), int):
                 latest[record["run"]] = record
         return [latest[n] for n in sorted(latest)]
