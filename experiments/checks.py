@@ -77,7 +77,8 @@ def alarm_definitions(raw):
     """Each alarm has one condition; limits that make sense; commands only to the experiment's clients."""
     alarms = raw.get("alarms") if isinstance(raw.get("alarms"), dict) else {}
     programs = raw.get("programs") if isinstance(raw.get("programs"), dict) else {}
-    clients = {p.get("client") for p in programs.values() if isinstance(p, dict)} | {"run"}
+    clients = {p["client"] for p in programs.values() if isinstance(p, dict) and isinstance(p.get("client"), str)}
+    clients.add("run")
     problems = []
     for name, alarm in alarms.items():
         if not isinstance(alarm, dict):
@@ -98,7 +99,7 @@ def alarm_definitions(raw):
             send = action.get("send") if isinstance(action, dict) else None
             if isinstance(send, dict) and isinstance(send.get("to"), str) and send["to"] not in clients:
                 problems.append(f"{where}.actions.{i}.send.to: {send['to']!r} is the client of no program "
-                                f"(known: {', '.join(sorted(c for c in clients if isinstance(c, str)))})")
+                                f"(known: {', '.join(sorted(clients))})")
     return problems
 
 
