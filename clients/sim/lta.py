@@ -101,7 +101,9 @@ class FitsWriter(Writer):
         self.path, self.run = path, run
         primary = fits.PrimaryHDU()
         primary.header["RUN"] = (run, "run number")
-        primary.writeto(path)
+        partial = path.with_name(path.name + ".partial")
+        primary.writeto(partial, overwrite=True)
+        os.replace(partial, path)   # a reader killed meanwhile leaves no file, rather than an empty one
 
     def write(self, image):
         header = fits.Header()
