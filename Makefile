@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_scale.py
 	$(PY) benchmarks/bench_failover.py
 	$(PY) benchmarks/bench_supervision.py
+	$(PY) benchmarks/bench_probes.py
 	$(PY) benchmarks/bench_hosts.py
 	$(PY) benchmarks/bench_runs.py
 	$(PY) benchmarks/bench_flood.py

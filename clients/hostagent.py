@@ -6,7 +6,10 @@ Turns supervisord's PROCESS_STATE events into `_publish` of `process` at once
 (the run controller looks at the host's supervisord when it hears one, so an
 exit there is noticed without polling). supervisord itself learns of an exit
 only at its next tick (up to a second), so the agent also holds a pidfd of
-each program and says `EXITED` the moment one ends. It publishes `figures` (retained)
+each program and says `EXITED` the moment one ends. It runs the liveness probes
+the experiment gives this host's programs (`runcontrol.supervision.probes`) and
+publishes `probe` ({program, pid, reason}) when one fails as many times in a row
+as its spec allows: the run controller then replaces that program as hung. It publishes `figures` (retained)
 every second: the load, CPU and memory of the host, the free space of the data
 path, and the CPU and RSS of each program supervisord runs here. When it starts,
 it stops what a previous supervisord of this host left running (one that was
@@ -26,9 +29,11 @@ from pathlib import Path
 
 import psutil
 
+import experiments
 from clients.client import Client
 from runcontrol import logsetup, process, protocol
 from runcontrol.errors import ConfigError, ServerUnavailable
+from runcontrol.supervision.probes import Prober
 
 log = logging.getLogger("clients.hostagent")
 
@@ -158,7 +163,7 @@ def stop_leftovers(experiment_file, supervisord_pid, grace_s=5.0):
 
 
 class HostAgent(Client):
-    def __init__(self, host, data_path, events_in, answers_out, **kwargs):
+    def __init__(self, host, data_path, events_in, answers_out, probed=None, **kwargs):
         super().__init__(protocol.HOST_AGENT + host, meta={"role": "host agent", "host": host}, **kwargs)
         self.host = host
         self.figures = HostFigures(data_path, os.getppid())
@@ -166,8 +171,15 @@ class HostAgent(Client):
         self._in, self._out = events_in, answers_out
         self.ended = False
         self._exits = {}  # pid -> pidfd of a program of this host, readable when it ends
+        self.probed = probed or {}   # program name -> its ChildSpec, for those with a liveness probe
+        self.prober = Prober()
         os.set_blocking(self._in, False)
         self.watch(self._in, self._read_events)
+        self.watch(self.prober.fileno(), self._probes_failed)
+
+    def close(self):
+        self.prober.close()
+        super().close()
 
     def cmd_status(self, msg):
         """The host's figures now."""
@@ -219,13 +231,31 @@ class HostAgent(Client):
             return  # gone already: supervisord tells
         self._exits[pid] = fd
         self.watch(fd, lambda: self._ended(name, pid))
+        spec = self.probed.get(name)
+        if spec is not None:
+            env = {**os.environ, **spec.env}
+            self.prober.watch((name, pid), spec.liveness, env, spec.cwd)
 
     def _ended(self, name, pid):
         fd = self._exits.pop(pid)
         self.unwatch(fd)
         os.close(fd)
+        self.prober.unwatch((name, pid))
         self.publish("process", {"host": self.host, "program": name, "state": "EXITED", "from_state": None,
                                  "pid": pid, "seen": "pidfd"})
+
+
+    def _probes_failed(self):
+        for failing in self.prober.events():
+            name, pid = failing.key
+            if pid in self._exits:
+                log.warning("%s (pid %s): %s", name, pid, failing.reason)
+                self.publish("probe", {"host": self.host, "program": name, "pid": pid, "reason": failing.reason})
+
+
+def probed_programs(spec, host):
+    """{name: ChildSpec} of `host`'s programs that have a liveness probe."""
+    return {p.name: p for p in spec.programs if p.host == host and p.liveness is not None}
 
 
 def main(argv=None):
@@ -233,7 +263,8 @@ def main(argv=None):
     parser.add_argument("--host", required=True, help="this host's name in the experiment")
     parser.add_argument("--experiment", default=os.environ.get("ORBIT_EXPERIMENT"),
                         help="experiment name or file (default: $ORBIT_EXPERIMENT)")
-    parser.add_argument("--data", default=".", help="the data path, whose free space is published")
+    parser.add_argument("--data", help="the folder whose free space is published (default: the experiment's "
+                                       "data path, where this host's programs write)")
     args = parser.parse_args(argv)
     logsetup.configure("INFO", sys.stderr)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -243,7 +274,10 @@ def main(argv=None):
             log.warning("stopped processes a previous supervisord of this host left running: pids %s",
                         ", ".join(stopped))
     try:
-        with HostAgent(args.host, args.data, sys.stdin.fileno(), sys.stdout.fileno(),
+        spec = experiments.load(args.experiment) if args.experiment else None
+        data = args.data or (spec.paths.data if spec else ".")
+        probed = probed_programs(spec, args.host) if spec else {}
+        with HostAgent(args.host, data, sys.stdin.fileno(), sys.stdout.fileno(), probed,
                        experiment=args.experiment) as agent:
             agent.serve()
     except ConfigError as exc:

@@ -55,6 +55,14 @@ class LegacySpec:
 
 
 @dataclass(frozen=True)
+class ReplaySpec:
+    """What the server keeps of recent publications for `_replay`: a window, a budget per topic and in all."""
+    window_s: float = 120.0
+    topic_bytes: int = 4 << 20
+    max_bytes: int = 16 << 20
+
+
+@dataclass(frozen=True)
 class ServerSpec:
     router: str
     events: str
@@ -69,6 +77,7 @@ class ServerSpec:
     max_clients: int = 10000
     max_pending: int = 1000
     legacy: object = None    # LegacySpec, or None: no gateway
+    replay: ReplaySpec = ReplaySpec()
 
     def exposed(self):
         """The addresses that can be reached from beyond this machine."""
@@ -87,6 +96,24 @@ class BackoffSpec:
     initial_s: float
     max_s: float
     factor: float
+
+
+@dataclass(frozen=True)
+class LivenessSpec:
+    """A probe of a program, run on its host: `kind` exec (target: argv), tcp ("host:port") or http (a URL);
+    failing `failures` times in a row, `period_s` apart, counts as a hang."""
+    kind: str
+    target: object
+    period_s: float = 10.0
+    timeout_s: float = 1.0
+    failures: int = 3
+    initial_delay_s: float = 0.0
+    send: object = None      # tcp: bytes written after connecting; alive when an answer comes
+    expect: object = None    # tcp with send: bytes the answer must hold
+
+    def describe(self):
+        target = " ".join(self.target) if self.kind == "exec" else self.target
+        return f"{self.kind} {target}"
 
 
 @dataclass(frozen=True)
@@ -110,6 +137,7 @@ class ChildSpec:
     host: str
     # first settings: a change is no reason to restart the program (the run controller keeps the current ones)
     config: MappingProxyType = field(default_factory=lambda: MappingProxyType({}), compare=False)
+    liveness: object = None   # LivenessSpec, or None
 
 
 @dataclass(frozen=True)
@@ -255,7 +283,7 @@ def validate(raw):
     if not isinstance(raw, dict):
         return problems
     return problems + checks.cross_check(raw) + checks.network_exposure(raw) + checks.host_credentials(raw) \
-        + checks.legacy_exposure(raw) + checks.alarm_definitions(raw)
+        + checks.legacy_exposure(raw) + checks.alarm_definitions(raw) + checks.liveness_probes(raw)
 
 
 def json_path(parts):
@@ -323,7 +351,7 @@ def freeze(raw, path):
             max_message_bytes=server["max_message_bytes"], insecure=server["insecure"],
             client_rate=float(server["client_rate"]), max_clients=server["max_clients"],
             max_pending=server["max_pending"], legacy=legacy_spec(server.get("legacy")),
-            curve=curve_spec(server.get("curve"), folder)),
+            curve=curve_spec(server.get("curve"), folder), replay=replay_spec(server["replay"])),
         paths=PathsSpec(*(folder / paths[key] for key in ("logs", "data", "state"))),
         programs=programs,
         hosts=MappingProxyType({name: host_spec(name, host, folder) for name, host in raw["hosts"].items()}),
@@ -359,6 +387,10 @@ def legacy_spec(legacy):
     return LegacySpec(legacy["address"], legacy["port"], float(legacy["timeout"]), legacy["insecure"])
 
 
+def replay_spec(replay):
+    return ReplaySpec(float(replay["seconds"]), replay["topic_bytes"], replay["max_bytes"])
+
+
 def host_spec(name, host, folder):
     password_file = host.get("password_file")
     return HostSpec(name, host["supervisord"], host.get("username"),
@@ -373,9 +405,7 @@ def curve_spec(curve, folder):
 
 
 def child_spec(name, program, folder, start_timeout_s):
-    argv = program["cmd"] if isinstance(program["cmd"], list) else shlex.split(program["cmd"])
-    if argv[0] == "python":  # the interpreter that runs Orbit, so programs get its environment
-        argv = [sys.executable, *argv[1:]]
+    argv = our_python(program["cmd"] if isinstance(program["cmd"], list) else shlex.split(program["cmd"]))
     backoff = program["backoff"]
     return ChildSpec(
         name=name, argv=tuple(argv), restart=program["restart"], depends_on=tuple(program["depends_on"]),
@@ -386,4 +416,19 @@ def child_spec(name, program, folder, start_timeout_s):
         stop_signal=signal.Signals[f"SIG{program['stop_signal']}"],
         stop_timeout_s=float(program["stop_timeout"]), env=MappingProxyType(dict(program["env"])),
         cwd=(folder / program["cwd"]).resolve(), host=program["host"],
-        config=MappingProxyType(copy.deepcopy(program["config"])))
+        config=MappingProxyType(copy.deepcopy(program["config"])), liveness=liveness_spec(program.get("liveness")))
+
+
+def our_python(argv):
+    """`python` as a command means the interpreter that runs Orbit, so programs get its environment."""
+    return [sys.executable, *argv[1:]] if argv[0] == "python" else list(argv)
+
+
+def liveness_spec(probe):
+    if probe is None:
+        return None
+    kind = next(k for k in checks.PROBES if k in probe)
+    target = tuple(our_python(probe[kind])) if kind == "exec" else probe[kind]
+    encoded = {key: probe[key].encode() for key in ("send", "expect") if key in probe}
+    return LivenessSpec(kind, target, float(probe["period"]), float(probe["timeout"]), probe["failures"],
+                        float(probe["initial_delay"]), **encoded)

@@ -103,6 +103,32 @@ def alarm_definitions(raw):
     return problems
 
 
+PROBES = ("exec", "tcp", "http")
+
+
+def liveness_probes(raw):
+    """Each liveness probe has one kind; `send` and `expect` only where they mean something; a usable port."""
+    programs = raw.get("programs") if isinstance(raw.get("programs"), dict) else {}
+    problems = []
+    for name, program in programs.items():
+        probe = program.get("liveness") if isinstance(program, dict) else None
+        if not isinstance(probe, dict):
+            continue
+        where = f"programs.{name}.liveness"
+        given = [kind for kind in PROBES if kind in probe]
+        if len(given) != 1:
+            problems.append(f"{where}: give exactly one probe of {', '.join(PROBES)}"
+                            + (f" (it has {', '.join(given)})" if given else ""))
+        if "send" in probe and given != ["tcp"]:
+            problems.append(f"{where}.send: only with a tcp probe")
+        if "expect" in probe and "send" not in probe:
+            problems.append(f"{where}.expect: only with send (the answer to what was sent)")
+        port = probe["tcp"].rsplit(":", 1)[-1] if isinstance(probe.get("tcp"), str) else ""
+        if port.isdigit() and not 0 < int(port) < 65536:
+            problems.append(f"{where}.tcp: port {port} is not from 1 to 65535")
+    return problems
+
+
 def is_loopback_url(url):
     return is_loopback_host(urllib.parse.urlsplit(url).hostname or "")
 

@@ -420,3 +420,63 @@ def split_stream_frames(frames):
     if len(frames) != 2:
         raise ProtocolError(BAD_FRAMES, f"event stream messages have 2 frames, not {len(frames)}")
     return frames[0].decode("ascii", "replace"), decode(frames[1])
+
+
+# --- replay of publications --------------------------------------------------------
+
+REPLAY_LIMIT = 1000          # publications in one page of `_replay`, unless the request says
+MAX_REPLAY_LIMIT = 10000
+
+
+@dataclass(frozen=True)
+class ReplayRequest:
+    """A `_replay`: the publications after `since` (seconds since the epoch) whose `<from>.<topic>` starts
+    with `prefix`, at most `limit` to a page."""
+    since: float
+    prefix: str = ""
+    limit: int = REPLAY_LIMIT
+
+
+def make_replay(since, prefix="", limit=REPLAY_LIMIT):
+    return {"cmd": "_replay", "since": since, "prefix": prefix, "limit": limit}
+
+
+def parse_replay(msg, now):
+    """Read a `_replay` (a negative `since` is that long before `now`); ProtocolError (bad_field) when a field
+    has the wrong type or range."""
+    since, prefix, limit = msg.get("since"), msg.get("prefix", ""), msg.get("limit", REPLAY_LIMIT)
+    if type(since) not in (int, float):
+        raise ProtocolError(BAD_FIELD, f"'since' must be seconds since the epoch, or negative: seconds ago, "
+                                       f"not {type_name(since)}")
+    if type(prefix) is not str:
+        raise ProtocolError(BAD_FIELD, f"'prefix' must be a string, not {type_name(prefix)}")
+    if type(limit) is not int or not 1 <= limit <= MAX_REPLAY_LIMIT:
+        raise ProtocolError(BAD_FIELD, f"'limit' must be an integer from 1 to {MAX_REPLAY_LIMIT}, not {limit!r}")
+    return ReplayRequest(now + since if since < 0 else float(since), prefix, limit)
+
+
+@dataclass(frozen=True)
+class ReplayPage:
+    """The answer to a `_replay`: `items` (publications as the stream carried them, oldest first); `more` when
+    a next page waits, asked for with `since=next`; `kept_from`: every publication since then is held."""
+    items: list
+    more: bool
+    next: float
+    kept_from: float
+
+
+def make_replay_page(items, more, next_since, kept_from):
+    return {"items": items, "more": more, "next": next_since, "kept_from": kept_from}
+
+
+def parse_replay_page(result):
+    """Read the result of a `_replay`; ProtocolError (bad_field) when it is not a page of publications."""
+    if type(result) is not dict or type(result.get("items")) is not list or type(result.get("more")) is not bool:
+        raise ProtocolError(BAD_FIELD, "the answer to _replay is not a page: it lacks 'items' or 'more'")
+    if type(result.get("next")) not in (int, float) or type(result.get("kept_from")) not in (int, float):
+        raise ProtocolError(BAD_FIELD, "the answer to _replay lacks the times 'next' and 'kept_from'")
+    for item in result["items"]:
+        if type(item) is not dict or type(item.get("ts")) not in (int, float) \
+                or type(item.get("from")) is not str or type(item.get("topic")) is not str:
+            raise ProtocolError(BAD_FIELD, "a publication in a _replay page lacks 'from', 'topic' or 'ts'")
+    return ReplayPage(result["items"], result["more"], float(result["next"]), float(result["kept_from"]))

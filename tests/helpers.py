@@ -485,6 +485,8 @@ def damicm_copy(folder, holds=None):
         program["cwd"] = str(ROOT)
         program["cmd"] = [boards.setdefault(arg, f"127.0.0.1:{free_port()}")
                           if arg.startswith(("127.0.0.1:71", "127.0.0.1:80")) else arg for arg in program["cmd"]]
+        if "tcp" in program.get("liveness", {}):
+            program["liveness"]["tcp"] = boards[program["liveness"]["tcp"]]
     path = folder / "damicm.json"
     path.write_text(json.dumps(description))
     return path

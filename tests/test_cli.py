@@ -9,6 +9,7 @@ import sys
 import psutil
 import pytest
 
+from runcontrol import process
 from tests.helpers import (DAMICM_PROGRAMS, ROOT, damicm_copy, env_for_children, helper, registered_names, wait_until,
                            write_experiment)
 
@@ -149,6 +150,33 @@ def test_run_py_starts_server_controller_and_programs_and_stops_on_sigterm(tmp_p
     assert "server stopped (exit status 0)" in out and "everything stopped" in out
     assert not any(p.exists() for p in pid_files)
     assert not any(psutil.pid_exists(pid) for pid in pids)
+
+
+@pytest.mark.parametrize("signum, cause", [(signal.SIGINT, "SIGINT, Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_run_py_stopped_during_a_run_names_the_signal_that_came_in_the_run_log(tmp_path, signum, cause):
+    path = write_experiment(tmp_path, "stopcause", programs={
+        "p": helper("participant.py", "p", tmp_path / "p.jsonl", client="p", run=True)})
+    proc = subprocess.Popen([sys.executable, "run.py", str(path), "--headless"], cwd=ROOT,
+                            env=env_for_children(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        def participant_up():
+            answer = run_tool("send.py", "--experiment", path, "run", "status")
+            return answer.returncode == 0 and json.loads(answer.stdout)["programs"]["p"]["registered"]
+        wait_until(participant_up, 30, 0.3, what="the participant registered")
+        prepared = run_tool("send.py", "--experiment", path, "run", "prepare_run")
+        assert prepared.returncode == 0, prepared.stderr
+        run = json.loads(prepared.stdout)["run"]
+        began = run_tool("send.py", "--experiment", path, "run", "begin_run")
+        assert json.loads(began.stdout)["state"] == "RUN", began.stderr
+    finally:
+        process.signal_group(proc.pid, signum)   # Ctrl-C: SIGINT to the terminal's foreground group, run.py's
+        out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out[-3000:]
+    record = json.loads((tmp_path / "state" / "runs.jsonl").read_text().splitlines()[-1])
+    assert (record["run"], record["result"], record["why"]) == (run, "ended by shutdown",
+                                                               f"the experiment was stopped ({cause})")
+    assert not (tmp_path / "state" / "stop_cause").exists()   # taken: no later stop can read it
 
 
 def test_run_py_refuses_invalid_experiment(tmp_path):

@@ -233,3 +233,38 @@ def test_the_libabcd_gateway_is_off_by_default_and_on_loopback_unless_told_other
     with pytest.raises(ConfigError) as short:
         experiments.from_dict({"name": "short", "server": {"legacy": {"timeout": 5}}}, tmp_path / "s.json")
     assert "server.legacy.timeout" in str(short.value)  # never shorter than its 13 s ping period
+
+
+def test_liveness_probes_load_with_their_defaults(tmp_path):
+    exp = experiments.load(write(tmp_path, {"programs": {
+        "a": program(liveness={"exec": ["python", "-c", "pass"]}),
+        "b": program(liveness={"tcp": "127.0.0.1:7101", "send": "status\n", "expect": "ok", "period": 2}),
+        "c": program(liveness={"http": "http://127.0.0.1:8080/health", "failures": 1, "initial_delay": 5})}}))
+    a, b, c = (exp.program(n).liveness for n in "abc")
+    assert (a.kind, a.target[0], a.period_s, a.timeout_s, a.failures, a.initial_delay_s) == \
+        ("exec", sys.executable, 10.0, 1.0, 3, 0.0)   # Kubernetes' defaults; python is our interpreter
+    assert (b.kind, b.target, b.send, b.expect, b.period_s) == ("tcp", "127.0.0.1:7101", b"status\n", b"ok", 2.0)
+    assert (c.kind, c.target, c.failures, c.initial_delay_s) == ("http", "http://127.0.0.1:8080/health", 1, 5.0)
+    assert exp.program("damicm") is None and experiments.load("damicm").program("board1").liveness.kind == "tcp"
+
+
+def test_a_malformed_liveness_probe_is_refused_with_its_path(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        experiments.load(write(tmp_path, {"programs": {
+            "a": program(liveness={"period": 5}),
+            "b": program(liveness={"tcp": "127.0.0.1:7101", "http": "http://127.0.0.1/"}),
+            "c": program(liveness={"http": "http://127.0.0.1/", "send": "x"}),
+            "d": program(liveness={"tcp": "127.0.0.1:99999", "expect": "ok"}),
+            "e": program(liveness={"tcp": "no port", "timeout": 0, "failures": 0}),
+            "f": program(liveness={"exec": [], "grpc": 1})}}))
+    assert sorted(info.value.problems) == sorted([
+        "programs.a.liveness: give exactly one probe of exec, tcp, http",
+        "programs.b.liveness: give exactly one probe of exec, tcp, http (it has tcp, http)",
+        "programs.c.liveness.send: only with a tcp probe",
+        "programs.d.liveness.expect: only with send (the answer to what was sent)",
+        "programs.d.liveness.tcp: port 99999 is not from 1 to 65535",
+        'programs.e.liveness.tcp: "no port" does not match ^.+:[0-9]{1,5}$',
+        "programs.e.liveness.timeout: 0 must be more than 0",
+        "programs.e.liveness.failures: 0 must be at least 1",
+        "programs.f.liveness.exec: [] should be non-empty",
+        "programs.f.liveness: unknown key(s) ('grpc' was unexpected)"])

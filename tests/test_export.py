@@ -200,3 +200,37 @@ def test_a_host_that_answers_nonsense_is_a_host_lost_and_its_orders_wait_for_it(
         backend.close()
         server.shutdown()
         server.server_close()
+
+
+def export(path, host, folder):
+    return subprocess.run([sys.executable, "run.py", str(path), "--export", host, str(folder)], cwd=ROOT,
+                          env=env_for_children(), capture_output=True, text=True, timeout=60)
+
+
+def test_a_host_with_curve_needs_keys_only_for_its_clients_and_a_failed_export_leaves_nothing(tmp_path):
+    path = experiment_with_a_host(tmp_path, 9001)
+    description = json.loads(path.read_text())
+    description["server"] = {"curve": {"server_key": "keys/server.key", "clients": "keys/clients"}}
+    description["programs"]["ccd"] = {"cmd": ["python", str(PROGRAMS / "crash_after.py"), "600"], "host": "daq2",
+                                      "cwd": "."}   # readout hardware: no client name, no key
+    path.write_text(json.dumps(description))
+    made = subprocess.run([sys.executable, "-m", "runcontrol.keys", str(path)], cwd=ROOT, env=env_for_children(),
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    made = export(path, "daq2", tmp_path / "daq2")
+    assert made.returncode == 0, made.stderr
+    keys = sorted(p.name for p in (tmp_path / "daq2" / "keys").iterdir())
+    assert keys == ["board.key", "board.key_secret", "host.daq2.key", "host.daq2.key_secret", "server.key"]
+    copy = json.loads((tmp_path / "daq2" / "experiment.json").read_text())
+    assert copy["programs"]["ccd"]["cwd"] == str(tmp_path)  # as supervisord runs it
+    conf = (tmp_path / "daq2" / "supervisord.conf").read_text()
+
+    (tmp_path / "keys" / "clients" / "board.key_secret").unlink()  # the client "board" of program "there"
+    failed = export(path, "daq2", tmp_path / "again")
+    assert failed.returncode == 2 and "board.key" in failed.stderr and "runcontrol.keys" in failed.stderr
+    assert not (tmp_path / "again").exists()
+    failed = export(path, "daq2", tmp_path / "daq2")   # over the first: it stays as it was
+    assert failed.returncode == 2
+    assert (tmp_path / "daq2" / "supervisord.conf").read_text() == conf
+    assert sorted(p.name for p in (tmp_path / "daq2" / "keys").iterdir()) == keys
+    assert sorted(p.name for p in tmp_path.iterdir() if ".export-" in p.name) == []

@@ -9,7 +9,7 @@ import sys
 import psutil
 import pytest
 
-from tests.helpers import ROOT, System, env_for_children, helper, wait_until, write_experiment
+from tests.helpers import ROOT, System, env_for_children, free_port, helper, wait_until, write_experiment
 from tests.hosts import Host, add_hosts
 
 
@@ -69,6 +69,7 @@ def test_programs_on_two_hosts_start_in_order_restart_and_take_part_in_runs(host
     wait_until(lambda: (s.program("db")["rss"] or 0) > 0, 20, 0.2, what="db's figures from its host's agent")
     figures = s.op.request("run", "status")["hosts"]["daq2"]
     assert figures["reachable"] and figures["programs"] == ["db", "flaky"] and figures["figures"]["disk_free"] > 0
+    assert figures["figures"]["data_path"] == str(s.hosts["daq2"].folder / "data")  # where its programs write
     fatal = s.wait_event("event.program_fatal", program="flaky")  # a remote crash loop ends FATAL, with its alarm
     assert fatal["host"] == "daq2" and "needed 3 restarts within 60 s" in fatal["reason"]
     tail = [line for line in fatal["tail"] if "exiting" in line]
@@ -168,3 +169,24 @@ def test_a_host_whose_supervisord_was_killed_and_started_again_runs_each_program
     wait_until(lambda: pid_gone(old), 20, what="the agent to stop what the killed supervisord left")
     exited = s.wait_event("event.program_exited", program="board", pid=old)
     assert "daq3's supervisord was restarted" in exited["error"]
+
+
+PROBED_PORT = free_port()
+PROBED = {"probed": helper("probed.py", PROBED_PORT, host="daq2",
+                           liveness={"tcp": f"127.0.0.1:{PROBED_PORT}", "send": "status\n", "expect": "ok",
+                                     "period": 0.3, "failures": 2, "initial_delay": 1})}
+
+
+@pytest.mark.parametrize("hosts_system", [PROBED], indirect=True)
+def test_a_program_of_another_host_is_probed_there_and_replaced_when_it_hangs(hosts_system):
+    """No client name: only its probe, run by the host's agent, can tell that it hangs."""
+    s = hosts_system
+    first = s.wait_state("probed", "RUNNING", timeout_s=30)["pid"]
+    log = s.hosts["daq2"].folder / "log" / "probed.log"
+    wait_until(lambda: log.exists() and log.read_text().count("asked") >= 3, 30, what="the agent's probes")
+    os.kill(first, signal.SIGSTOP)
+    exited = s.wait_event("event.program_exited", program="probed", pid=first, timeout_s=40)
+    assert "liveness probe tcp" in exited["reason"] and "(on daq2)" in exited["reason"], exited
+    again = s.wait_state("probed", "RUNNING", timeout_s=40, restarts=1)
+    assert again["pid"] != first and s.hosts["daq2"].info("probed")["pid"] == again["pid"]
+    wait_until(lambda: pid_gone(first), 30, what="the stopped process to be gone")

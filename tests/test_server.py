@@ -1,5 +1,6 @@
 """The central server, spoken to over raw sockets as a foreign client would."""
 
+import json
 import os
 import signal
 import subprocess
@@ -401,3 +402,116 @@ def test_bye_frees_the_name_at_once_with_client_left(raw, watcher):
     welcome = second.hello("leaver")  # no claim to settle: the name is free
     assert welcome["ok"] is True and welcome["result"]["name"] == "leaver"
     assert not [t for t, m in watcher.items if t == "event.client_replaced"]
+
+
+# --- _replay: what was published after a time ---------------------------------------------------
+
+def replay(client, **ask):
+    answer = client.request({"cmd": "_replay", **ask})
+    assert answer["ok"] is True, answer
+    return answer["result"]
+
+
+def replay_all(client, since=0, **ask):
+    """Every publication after `since`, page by page; and the pages."""
+    items, pages = [], []
+    while True:
+        page = replay(client, since=since, **ask)
+        items += page["items"]
+        pages.append(page)
+        if not page["more"]:
+            return items, pages
+        since = page["next"]
+
+
+def received_bytes(client, re_id, timeout_s=5.0):
+    """The answer to `re_id` as it came over the wire (heartbeat pings answered meanwhile)."""
+    deadline = time.monotonic() + timeout_s
+    while client.sock.poll(max(0.0, deadline - time.monotonic()) * 1000):
+        data = client.sock.recv()
+        msg = json.loads(data)
+        if msg.get("re") == re_id:
+            return data
+        if msg.get("cmd") == "_ping":
+            client.send({"cmd": "_pong"})
+    raise AssertionError(f"no answer to {re_id!r} within {timeout_s} s")
+
+
+def test_replay_answers_the_publications_after_a_time_in_order_under_a_prefix(raw, server):
+    cryo, gauge = raw("cryo"), raw("gauge")
+    for i in range(4):
+        cryo.request({"cmd": "_publish", "topic": "values", "data": {"t": i}, "retain": i == 3})
+        gauge.request({"cmd": "_publish", "topic": "pressure", "data": i * 1e-6})
+    items, _ = replay_all(cryo)
+    assert [(m["from"], m["topic"], m["data"]) for m in items] == [
+        pair for i in range(4) for pair in (("cryo", "values", {"t": i}), ("gauge", "pressure", i * 1e-6))]
+    assert [m["ts"] for m in items] == sorted(m["ts"] for m in items) and items[-2]["retain"] is True
+    later = replay(gauge, since=items[3]["ts"], prefix="cryo.")
+    assert [m["data"] for m in later["items"]] == [{"t": 2}, {"t": 3}] and later["more"] is False
+    assert later["next"] >= items[-1]["ts"] and later["kept_from"] <= items[0]["ts"]
+    assert len(replay(gauge, since=-60)["items"]) == 8   # negative: that long ago
+    assert replay(gauge, since=later["next"])["items"] == []
+
+
+@pytest.mark.parametrize("ask, field", [({"since": "yesterday"}, "since"), ({"since": 0, "prefix": 3}, "prefix"),
+                                        ({"since": 0, "limit": 0}, "limit"), ({}, "since")])
+def test_replay_with_a_field_of_the_wrong_kind_is_refused_bad_field(raw, ask, field):
+    refused = raw("asker").request({"cmd": "_replay", **ask})
+    assert refused["cmd"] == "_error" and refused["code"] == "bad_field" and f"'{field}'" in refused["error"]
+
+
+def test_replay_pages_a_backlog_larger_than_a_message_each_page_within_the_limit(tmp_path):
+    server = ServerProcess(write_experiment(tmp_path, "pages", max_message_bytes=4096)).start()
+    client = RawClient(server.router)
+    try:
+        assert client.hello("cryo")["ok"]
+        for i in range(60):
+            client.send({"cmd": "_publish", "topic": "image", "data": {"n": i, "pixels": "x" * 400}})
+        wait_until(lambda: len(replay_all(client)[0]) == 60, 10)
+        items, pages = replay_all(client)
+        assert [m["data"]["n"] for m in items] == list(range(60)) and len(pages) > 6
+        client.send({"cmd": "_replay", "id": "big", "since": 0, "limit": 10000})
+        raw_answer = received_bytes(client, "big")
+        assert len(raw_answer) <= 4096 and json.loads(raw_answer)["result"]["more"] is True
+        few, pages = replay_all(client, limit=7)
+        assert few == items and [len(p["items"]) for p in pages] == [7] * 8 + [4]
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_replay_keeps_a_window_and_budgets_per_topic_and_in_all(tmp_path):
+    limits = {"seconds": 1.5, "topic_bytes": 2048, "max_bytes": 65536}
+    server = ServerProcess(write_experiment(tmp_path, "budget", replay=limits)).start()
+    client = RawClient(server.router)
+    try:
+        assert client.hello("cryo")["ok"]
+        for i in range(40):
+            client.request({"cmd": "_publish", "topic": "noisy", "data": "x" * 100 + str(i)})
+        items, _ = replay_all(client)
+        assert 0 < len(items) < 40 and items[-1]["data"].endswith("39")   # the newest, within 2048 bytes
+        assert server.beacon.started < replay(client, since=0)["kept_from"] <= items[0]["ts"]   # some dropped
+        for i in range(300):   # many topics: the total budget holds
+            client.send({"cmd": "_publish", "topic": f"t{i}", "data": "y" * 200})
+        status = client.request({"cmd": "_status"})["result"]["replay"]   # answered after the publications
+        assert status["bytes"] <= 65536 and status["seconds"] == 1.5
+        wait_until(lambda: replay(client, since=0)["items"] == [], 10)   # all older than the window now
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_a_restarted_server_replays_only_what_was_published_to_it(server):
+    client = RawClient(server.router)
+    try:
+        assert client.hello("cryo")["ok"]
+        client.request({"cmd": "_publish", "topic": "values", "data": 1})
+        assert len(replay(client, since=0)["items"]) == 1
+        server.pin_ports()
+        server.kill()
+        server.start()
+        assert client.hello("cryo")["ok"]
+        page = replay(client, since=0)
+        assert page["items"] == [] and page["kept_from"] >= server.beacon.started
+    finally:
+        client.close()

@@ -3,11 +3,13 @@ answered with a 4xx, actions only for a logged-in operator; and the page itself 
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -17,13 +19,19 @@ pytestmark = pytest.mark.xdist_group(name="web")   # one damicm for the whole mo
 
 PASSWORD = "correct horse battery"
 ARTIFACTS = ROOT / "test-artifacts"
+STANDING = {name: {"value": "cryo.values.temperature", "above": -1000, "severity": severity,
+                   "actions": ["log", "publish"], "message": f"a standing {severity}, as the page shows it"}
+            for name, severity in (("standing_warning", "warning"), ("standing_alarm", "alarm"))}   # always hold
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     folder = tmp_path_factory.mktemp("web")
     path = damicm_copy(folder)
-    listen = json.loads(path.read_text())["programs"]["web"]["cmd"][-1]
+    description = json.loads(path.read_text())
+    description["alarms"].update(STANDING)
+    path.write_text(json.dumps(description))
+    listen = description["programs"]["web"]["cmd"][-1]
     made = subprocess.run([sys.executable, "-m", "web.users", "--experiment", str(path), "add", "anna"],
                           input=PASSWORD + "\n", cwd=ROOT, env=env_for_children(), capture_output=True, text=True,
                           timeout=60)
@@ -81,12 +89,28 @@ LOGIN = {"name": "anna", "password": "wrong"}
     ("GET", "/api/events?n=100000", None, {}, 400, "bad_request"),
     ("GET", "/api/history", None, {}, 400, "bad_request"),
     ("GET", "/api/history?name=cryo.values.temperature&since=nan", None, {}, 400, "bad_request"),
+    ("GET", "/api/history?name=cryo.values.temperature&until=soon", None, {}, 400, "bad_request"),
     ("GET", "/api/nothing", None, {}, 404, "not_found"),
+    ("GET", "/static/nothing.js", None, {}, 404, "not_found"),
 ])
 def test_bad_input_gets_a_4xx_with_a_message(site, method, path, raw, extra, status, code):
-    got, answer, _ = site.call(method, path, raw=raw, **extra)
+    got, answer, headers = site.call(method, path, raw=raw, **extra)
+    assert headers["Content-Type"].startswith("application/json"), answer
     assert (got, answer["code"]) == (status, code), answer
     assert answer["error"]
+
+
+@pytest.mark.parametrize("path", [
+    "/api/history?name=cryo.values.temperature&since=-3600&until=&points=500",   # the README's own example
+    "/api/history?name=cryo.values.temperature&since=&until=&points=",
+    "/api/runs?n=", "/api/events?n=", "/api/alarms?log=",
+])
+def test_an_empty_query_parameter_means_its_default(site, path):
+    status, answer, _ = wait_until(lambda: (got := site.get(path))[0] != 503 and got, 30, 0.5,
+                                   what="the web program sees the historian")
+    assert status == 200, answer
+    if "history" in path:
+        assert list(answer) == ["cryo.values.temperature"]
 
 
 def test_actions_need_an_operator_and_are_logged_with_who(site):
@@ -122,6 +146,34 @@ def test_actions_need_an_operator_and_are_logged_with_who(site):
     assert site.post("/api/run/prepare_run", cookie=cookie)[0] == 401   # the session is gone
 
 
+def metric_samples(site):
+    status, text, _ = site.get("/metrics")
+    assert status == 200, text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_the_run_number_stays_after_the_run_and_through_a_restart_of_the_web_program(site):
+    cookie = site.login("anna", PASSWORD)
+    assert site.post("/api/run/prepare_run", cookie=cookie)[0] == 200
+    run = site.post("/api/run/begin_run", {"comment": "numbered"}, cookie=cookie)[1]["run"]
+    assert site.post("/api/run/end_run", cookie=cookie)[0] == 200
+
+    def stopped_with_the_number():   # one scrape: the snapshot before the run was in STOP too
+        samples = metric_samples(site)
+        return samples.get(("orbit_run_state", (("state", "STOP"),))) == 1 and \
+            samples.get(("orbit_run_number", ())) == run
+    wait_until(stopped_with_the_number, 20, 0.2, what=f"STOP and run number {run} in /metrics")
+    assert site.get("/api/status")[1]["last_run"] == run
+    before = site.programs()["web"]["pid"]
+    os.kill(before, signal.SIGKILL)   # its successor has seen no run: it reads the run log
+    # Reaped, not only a zombie: its other threads hold the listening socket a little longer, and reset a request.
+    wait_until(lambda: not psutil.pid_exists(before), 30, 0.1, what="the killed web program reaped")
+    wait_until(lambda: (p := site.programs()) and p["web"]["pid"] != before, 60, 0.5, what="a new web program")
+    assert metric_samples(site).get(("orbit_run_number", ())) == run
+    assert site.get("/api/status")[1]["last_run"] == run
+
+
 # --- the page in a real browser -------------------------------------------------------------------
 
 
@@ -155,6 +207,15 @@ def text_of(driver, selector):
     """The text of the first element `selector` finds, read in one go (the page redraws its tables every second)."""
     return driver.execute_script("const e = document.querySelector(arguments[0]); return e ? e.textContent : null",
                                  selector)
+
+
+def setting_row(driver, program, name):
+    """What the settings page offers for one setting: an input, a button, and the text of its last cell."""
+    return driver.execute_script(
+        "const row = [...document.querySelectorAll('#settings tr[data-program]')]"
+        ".find(r => r.cells[0].textContent === arguments[0] && r.cells[1].textContent === arguments[1]);"
+        "return row ? {input: !!row.querySelector('input'), button: !!row.querySelector('button'),"
+        " last: row.cells[row.cells.length - 1].textContent} : null", program, name)
 
 
 def running_rows(driver):
@@ -195,12 +256,19 @@ def test_a_run_begun_from_the_page_by_a_logged_in_operator_is_in_the_run_log(sit
     comment.send_keys("begun from the page")
     click("#do-begin_run", "the begin button")
     wait_until(lambda: text_of(browser, "#run-state") == "RUN", 30, 0.2, what="RUN on the page")
+    run = site.get("/api/status")[1]["run"]["run"]
+    browser.get(site.url + "/#settings")   # during the run a frozen setting is read-only, and says why
+    wait_until(lambda: setting_row(browser, "bias", "volts") == {"input": False, "button": False,
+                                                                 "last": f"read-only: run {run} is on"}
+               and setting_row(browser, "bias", "ramp_rate") == {"input": True, "button": True, "last": "apply"},
+               20, 0.2, what="bias.volts read-only during the run, bias.ramp_rate (live) still offered")
     browser.get(site.url + "/#runs")
     wait_until(lambda: "begun from the page" in (text_of(browser, "#runs tbody") or ""), 20, 0.2,
                what="the run in the page's run log")
     browser.get(site.url + "/#status")
     click("#do-end_run", "the end button")
     wait_until(lambda: text_of(browser, "#run-state") == "STOP", 30, 0.2, what="STOP on the page")
+    assert f"STOP number {run}" in text_of(browser, "#run")   # the last run's number, kept
     assert any(e.get("kind") == "operator_action" and e["by"] == "anna" and e["action"] == "end_run"
                for e in site.get("/api/events?n=100")[1])
 
@@ -208,7 +276,29 @@ def test_a_run_begun_from_the_page_by_a_logged_in_operator_is_in_the_run_log(sit
     field = 'input[data-setting="cryo.set_point"]'
     wait_until(lambda: browser.execute_script("return !!document.querySelector(arguments[0])", field), 20, 0.2,
                what="the settings page")
+    assert setting_row(browser, "bias", "volts") == {"input": True, "button": True, "last": "apply"}   # no run
     browser.execute_script("const input = document.querySelector(arguments[0]); input.value = '138';"
                            "input.closest('tr').querySelector('button').click()", field)
     wait_until(lambda: site.get("/api/config")[1]["cryo"]["values"]["set_point"] == 138, 20, 0.2,
                what="the new set point")
+
+
+def rgb(css):
+    return tuple(int(part) for part in re.findall(r"\d+", css)[:3])
+
+
+@pytest.mark.timeout(900)
+def test_a_warning_on_the_banner_looks_unlike_an_alarm(site, browser):
+    browser.get(site.url + "/#status")
+
+    def backgrounds():
+        return browser.execute_script(
+            "return [...arguments].map(name => {"
+            " const e = document.querySelector(`#alarms-banner [data-alarm='${name}']`);"
+            " return e ? getComputedStyle(e).backgroundColor : null; })", *STANDING)
+    warning, alarm = map(rgb, wait_until(lambda: all(b := backgrounds()) and b, 30, 0.2,
+                                         what="both standing alarms on the banner"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "web-alarms.png"))
+    assert alarm[0] > 2 * max(alarm[1:]), alarm   # red
+    assert warning[1] > 2 * warning[2] and warning[1] > 0.4 * warning[0], warning   # amber: red and green, no blue

@@ -47,6 +47,26 @@ def test_without_operators_the_page_is_read_only(server, experiment_path):
         stop_process(proc)
 
 
+def test_an_unknown_path_answers_the_json_404_static_files_too(server, experiment_path):
+    listen = f"127.0.0.1:{free_port()}"
+    with open(experiment_path.parent / "web.log", "ab") as log:
+        proc = subprocess.Popen(web_command(experiment_path, listen), cwd=ROOT, env=env_for_children(), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        site = WebSite(f"http://{listen}")
+        wait_until(lambda: site.get("/api/whoami")[0] == 200, 30, 0.2, what="the web program")
+        # %2E%2E/app.py: web/app.py, a file, but not one of the page's
+        for path in ("/static/nothing.js", "/static/vendor/", "/static/vendor/uplot/nothing.css",
+                     "/static/%2E%2E/app.py", "/nothing"):
+            status, answer, headers = site.get(path)
+            assert (status, headers["Content-Type"]) == (404, "application/json; charset=utf-8"), (path, answer)
+            assert answer["code"] == "not_found" and answer["error"], path
+        status, _, headers = site.get("/static/app.js")
+        assert status == 200 and "javascript" in headers["Content-Type"]
+    finally:
+        stop_process(proc)
+
+
 def test_a_bind_off_loopback_is_refused_without_operators(experiment_path):
     refused = subprocess.run(web_command(experiment_path, "0.0.0.0:18080"), cwd=ROOT, env=env_for_children(),
                              capture_output=True, text=True, timeout=60)

@@ -1,7 +1,8 @@
 """The web page's HTTP side: the page, the JSON API behind it, its live stream, operators' actions, `/metrics`.
 
   GET  /                      the page (static files; nothing fetched from elsewhere)
-  GET  /api/status            the last snapshot (server, rates, clients, retained values, the run controller's status)
+  GET  /api/status            the last snapshot (server, rates, clients, retained values, the run controller's status,
+                              the current or last run number)
   GET  /api/runs?n=50         the run log, newest first
   GET  /api/alarms?log=100    standing alarms, and the alarm log
   GET  /api/events?n=100      the server's last events, newest first
@@ -25,6 +26,7 @@ block the event loop.
 import asyncio
 import json
 import logging
+import math
 from pathlib import Path
 
 from aiohttp import web
@@ -36,7 +38,7 @@ from web.metrics import registry_for
 
 log = logging.getLogger("web")
 
-STATIC = Path(__file__).with_name("static")
+STATIC = Path(__file__).with_name("static").resolve()
 BODY_MAX = 64 * 1024
 TRANSITIONS = ("prepare_run", "begin_run", "end_run", "abort_run")
 TRANSITION_WAIT_S = 20.0
@@ -66,7 +68,7 @@ def make_app(feed, client, users, secure_cookies):
         web.post("/api/logout", logout), web.post("/api/run/{action}", run_action),
         web.post("/api/programs/{name}/restart", restart), web.post("/api/alarms/{name}/ack", ack),
         web.get("/api/config", config), web.post("/api/programs/{name}/config", set_config),
-        web.get("/metrics", metrics), web.static("/static", STATIC)])
+        web.get("/metrics", metrics), web.get("/static/{path:.+}", static_file)])
     return app
 
 
@@ -98,6 +100,15 @@ async def index(request):
 
 async def no_icon(request):
     return web.Response(status=204)
+
+
+async def static_file(request):
+    """A file of the page. Anything else is the JSON 404 here: a FileResponse finds a file missing only as it
+    answers, past the middleware, and would answer an empty 404."""
+    path = (STATIC / request.match_info["path"]).resolve()
+    if not path.is_relative_to(STATIC) or not path.is_file():
+        raise Problem(f"no such file: {request.path[:200]}", 404, "not_found")
+    return web.FileResponse(path)
 
 
 async def status(request):
@@ -135,14 +146,20 @@ async def history(request):
         raise Problem("no historian is registered: there is no history to show", 503, "no_historian")
     ask = {"to": historian, "cmd": "history", "name": name, "points": whole(request, "points"),
            "since": seconds(request, "since", -3600.0)}
-    if "until" in request.query:
-        ask["until"] = seconds(request, "until", None)
+    until = seconds(request, "until", None)
+    if until is not None:   # none: until now, as the historian takes it
+        ask["until"] = until
     return web.json_response(await feed.request(ask, 10.0))
+
+
+def given(request, key):
+    """The text of query parameter `key`; None when it is missing or empty (`until=`): its default then."""
+    return request.query.get(key) or None
 
 
 def whole(request, key):
     low, high, default = LIMITS[key]
-    text = request.query.get(key)
+    text = given(request, key)
     if text is None:
         return default
     if not (text.isdecimal() and len(text) <= 6) or not low <= int(text) <= high:
@@ -151,13 +168,15 @@ def whole(request, key):
 
 
 def seconds(request, key, default):
-    text = request.query.get(key)
+    text = given(request, key)
+    if text is None:
+        return default
     try:
-        value = float(text) if text is not None else default
+        value = float(text)
     except ValueError:
-        value = None
-    if value is None or value != value or abs(value) == float("inf"):
-        raise Problem(f"'{key}' must be seconds since the epoch, or negative: seconds ago")
+        value = math.nan
+    if not math.isfinite(value):
+        raise Problem(f"'{key}' must be seconds since the epoch, or negative: seconds ago, not {text[:20]!r}")
     return value
 
 

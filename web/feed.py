@@ -2,7 +2,8 @@
 
 One snapshot serves every page, `/api/status` and `/metrics`, however many ask:
 the server's status, rates, clients and retained values and the run
-controller's status, asked together each second. Each open page has a queue;
+controller's status, asked together each second, and the current or last run
+number (`last_run`: the status has none in STOP). Each open page has a queue;
 the event stream and each new snapshot go into every queue as server-sent event
 frames, and a page too slow to take them is dropped (it reconnects). Must not block the event loop.
 """
@@ -24,6 +25,7 @@ ASK_TIMEOUT_S = 5.0
 QUEUE_MAX = 200
 ASKS = {"server": {"cmd": "_status"}, "stats": {"cmd": "_stats"}, "clients": {"cmd": "_list"},
         "retained": {"cmd": "_retained"}, "run": {"to": "run", "cmd": "status"}}
+LAST_LOGGED = {"to": "run", "cmd": "runs", "n": 1}   # the run log's newest record
 
 
 class BusError(Exception):
@@ -47,6 +49,7 @@ class Feed:
         self.snapshot = None
         self.encoded = None   # the snapshot as JSON bytes, made once for every request that asks
         self.pages = set()   # an asyncio.Queue per open page
+        self.last_run = None   # the current or last run number, kept through STOP
         client.subscribe("event.", self._on_event)
 
     # --- asking ------------------------------------------------------------------------------
@@ -80,8 +83,22 @@ class Feed:
                 raise result
             else:
                 snap[key] = result
+        await self._keep_run_number(snap["run"])
+        snap["last_run"] = self.last_run
         self.snapshot, self.encoded = snap, orjson.dumps(snap, option=orjson.OPT_NON_STR_KEYS)
         self._hand_out("status", page_status(snap))
+
+    async def _keep_run_number(self, status):
+        """The run number of the run controller's status, kept when it has none (STOP); before any was seen, the
+        run log's newest."""
+        if status is None:
+            return
+        if status.get("run") is not None:
+            self.last_run = status["run"]
+        elif self.last_run is None:
+            records = await self.request(LAST_LOGGED)
+            if records and self.last_run is None:   # a run_state event may have told a newer one meanwhile
+                self.last_run = records[-1]["run"]
 
     async def refresh_forever(self, stop):
         while not stop.is_set():
@@ -114,6 +131,8 @@ class Feed:
 
     def _on_event(self, topic, event):
         if isinstance(event, dict):
+            if event.get("kind") == "run_state" and isinstance(event.get("run"), int):
+                self.last_run = event["run"]   # a run prepared and ended between two snapshots too
             self._hand_out("event", event)
 
     def _hand_out(self, kind, data):
@@ -141,4 +160,5 @@ def page_status(snap):
     """What the status page shows, from a snapshot: the server, the run, programs, hosts, alarms, rates."""
     stats = snap.get("stats") or {}
     return {"taken": snap["taken"], "server": snap.get("server"), "run": snap.get("run"),
-            "run_error": snap.get("run_error"), "rates": stats.get("total"), "dropped": stats.get("dropped")}
+            "run_error": snap.get("run_error"), "last_run": snap.get("last_run"), "rates": stats.get("total"),
+            "dropped": stats.get("dropped")}

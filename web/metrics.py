@@ -25,7 +25,7 @@ class SnapshotCollector:
         run = snap.get("run") or {}
         yield from program_families(run.get("programs") or {})
         yield from server_families(snap.get("server") or {}, snap.get("stats") or {})
-        yield from run_families(run)
+        yield from run_families(run, snap.get("last_run"))
         yield value_family(snap.get("retained") or {})
         yield from alarm_families(run.get("alarms") or [])
 
@@ -85,14 +85,14 @@ def server_families(server, stats):
     return families
 
 
-def run_families(run):
+def run_families(run, last_run):
     state = GaugeMetricFamily("orbit_run_state", "1 for the run state", labels=["state"])
     for one in RUN_STATES:
         state.add_metric([one], 1.0 if run.get("state") == one else 0.0)
     families = [state]
-    if number(run.get("run")):
+    if number(last_run):
         families.append(GaugeMetricFamily("orbit_run_number", "the current (or last prepared) run number",
-                                          value=run["run"]))
+                                          value=last_run))
     return families
 
 

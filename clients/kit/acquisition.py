@@ -12,8 +12,12 @@ the packets: only in RUN; invalid data is logged, kept in a side file for
 trouble shooting (`bad.bin` in the run's folder), counted, and the next frame
 taken. Files go into `<data>/<program>/run_NNNNNN/`, `per_file` items each, and
 every file is closed and complete when the run ends, on `stop`, SIGTERM or
-Ctrl-C; the run's counters (files, acquisitions, bytes, resyncs, reconnects)
-are written beside them (`run.json`) and returned by `end()`.
+Ctrl-C; the run's counters (files, acquisitions, bytes, resyncs, reconnects,
+and the reader's own from `more_counters`) are written beside them (`run.json`)
+and returned by `end()`. A reader restarted into a run it took part in goes on
+from that record, and counts the items of the files the record does not cover
+(open at a crash) from the files themselves (`Writer.count`). Knows nothing of
+any device's or file's format.
 """
 
 import asyncio
@@ -60,7 +64,8 @@ class Source:
 
 
 class Writer:
-    """Items into files: `open(path, run)`, `write(item)` -> bytes written, `close()`; every file complete after each."""
+    """Items into files: `open(path, run)`, `write(item)` -> bytes written, `close()`; every file complete after each.
+    `count(path)`: what an existing file holds."""
 
     suffix = ".dat"
 
@@ -72,6 +77,11 @@ class Writer:
 
     def close(self):
         raise NotImplementedError
+
+    def count(self, path):
+        """(items, bytes) in the file at `path`, as `write` counted them; None when this writer cannot tell (the
+        run's record is trusted then)."""
+        return None
 
 
 class RunCounters:
@@ -88,8 +98,9 @@ class RunCounters:
 
 class Acquisition:
     def __init__(self, source, writer, parse, data_folder, per_file=10, tries=TRIES, silence_s=2.0,
-                 backoff=BACKOFF):
+                 backoff=BACKOFF, more_counters=dict):
         self.source, self.writer, self.parse = source, writer, parse
+        self.more_counters = more_counters   # the reader's own counters of the run, for its record
         self.data_folder = data_folder
         self.per_file, self.tries, self.silence_s = per_file, tries, silence_s
         self.backoff = Backoff(*backoff)
@@ -110,16 +121,18 @@ class Acquisition:
 
     def begin(self, run, settings):
         """Take data for `run`; a reader that joins a run it took part in before (it was restarted) goes on
-        counting from that run's record and after its files."""
+        counting from that run's record and after its files. Returns that record ({} for a new run): the reader's
+        own counters go on from it."""
         self.run = RunCounters(run)
         self.settings = dict(settings)
         self.folder = self.data_folder / f"run_{run:06d}"
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._resume()
+        before = self._resume()
         self.failures, self.bad_kept = 0, 0
         self.last_data = time.monotonic()
         self.in_run.set()
         self.changed.set()
+        return before
 
     def _resume(self):
         try:
@@ -129,8 +142,29 @@ class Acquisition:
         for field in RunCounters.FIELDS:
             if isinstance(before.get(field), int):
                 setattr(self.run, field, before[field])
-        files = list(self.folder.glob(f"file_*{self.writer.suffix}"))
-        self.run.files = max(self.run.files, len(files))
+        self._count_unrecorded()
+        return before
+
+    def _count_unrecorded(self):
+        """Add the items of the files the record does not cover: it was written as its last file closed, so it
+        counts files 1..`files`; one opened after it was written (open at a crash) holds items it never counted."""
+        numbered = {}
+        for path in self.folder.glob(f"file_*{self.writer.suffix}"):
+            digits = path.name[len("file_"):-len(self.writer.suffix)]
+            if digits.isascii() and digits.isdigit():
+                numbered[int(digits)] = path
+        unrecorded = [numbered[number] for number in sorted(numbered) if number > self.run.files]
+        held = [self.writer.count(path) for path in unrecorded]
+        if unrecorded and None not in held:
+            items = sum(items for items, _ in held)
+            self.run.acquisitions += items
+            self.run.bytes += sum(size for _, size in held)
+            log.info("run %d: %d acquisitions in %d files after its record", self.run.run, items, len(unrecorded))
+        self.run.files = max([self.run.files, *numbered])
+
+    def record(self):
+        """The run's counters so far: the kit's and the reader's own."""
+        return {**self.run.record(), **self.more_counters()}
 
     def end(self):
         """Close what is open; the run's record (also written as run.json in its folder)."""
@@ -180,8 +214,8 @@ class Acquisition:
             self._write_record()
 
     def _write_record(self):
-        """The run's counters beside its files (after each file, so a crash loses at most the open file's)."""
-        record = self.run.record()
+        """The run's counters beside its files (after each file; a restart counts the open file's items from it)."""
+        record = self.record()
         tmp = self.folder / "run.json.tmp"
         tmp.write_text(json.dumps(record), encoding="utf-8")
         tmp.replace(self.folder / "run.json")

@@ -6,7 +6,9 @@
 The reader connects to the control port and sends JSON lines: `{"cmd":
 "configure", "rows": R, "cols": C, "samples": S, "exposure": E, "target": [host,
 port]}` then `{"cmd": "start"}` (each answered `{"ok": true}` or `{"ok": false,
-"error": ...}`); `{"cmd": "stop"}` ends the stream. While started, the board reads
+"error": ...}`); `{"cmd": "stop"}` ends the stream; `{"cmd": "status"}` answers `{"ok": true,
+"board", "streaming", "sent"}`, also on a second connection (a liveness probe)
+while the reader holds the link. While started, the board reads
 out one image after another (`exposure` seconds apart), each as packets of
 `clients.sim.ccdpackets` sent to `target` at `rate` packets a second. For tests
 (seeded): `--loss` packets not sent (their sequence numbers skipped), `--corrupt`
@@ -60,13 +62,17 @@ class Board:
             await self.ended.wait()
 
     async def _control(self, reader, writer):
-        if time.monotonic() < self.down_until or self.control is not None:
+        """The reader's control link; a second connection (a liveness probe, a look by hand) may ask `status` only."""
+        if time.monotonic() < self.down_until:
             writer.close()
             return
-        self.control = writer
+        owner = self.control is None
+        if owner:
+            self.control = writer
         try:
             while line := await reader.readline():
-                writer.write(json.dumps(self._order(line)).encode() + b"\n")
+                answer = self._order(line) if owner else self._look(line)
+                writer.write(json.dumps(answer).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -75,6 +81,15 @@ class Board:
             if self.control is writer:
                 self.control = None
             writer.close()
+
+    def _look(self, line):
+        try:
+            cmd = json.loads(line).get("cmd")
+        except (ValueError, AttributeError):
+            cmd = None
+        if cmd == "status":
+            return self._order(line)
+        return {"ok": False, "error": "another connection holds the control link: only status here"}
 
     def _order(self, line):
         try:
@@ -99,6 +114,8 @@ class Board:
         if cmd == "stop":
             self._stop_stream()
             return {"ok": True}
+        if cmd == "status":
+            return {"ok": True, "board": self.id, "streaming": self.streaming is not None, "sent": self.sent}
         return {"ok": False, "error": f"no order {cmd!r}"}
 
     def _stop_stream(self):

@@ -1,18 +1,22 @@
 """The reader of a skipper-CCD board (an LTA): a receiver with an acquisition loop, writing FITS images.
 
   python -m clients.sim.lta --name lta1 --board 127.0.0.1:7101 [--listen 127.0.0.1:0] [--per-file 10]
-      [--tries 5] [--silence 2]
+      [--tries 5] [--silence 2] [--window 1024]
 
 During a run it holds the board's control link (`clients.sim.board`), has it
 stream to its UDP port, puts images together from the packets
-(`clients.sim.ccdpackets`: lost packets found by sequence number, garbled ones
+(`clients.sim.ccdpackets`: each packet in its place whatever order it comes in,
+an incomplete image kept open for late packets until the stream is `--window`
+sequence numbers past it; duplicates, lost and late packets counted; garbled ones
 skipped and kept in the side file), and writes each image as an extension of a
 FITS file (`per_file` images a file) under `<paths.data>/<name>/run_NNNNNN/`,
 with header keys RUN, BOARD, IMAGE, EXPTIME, NSAMP, MISSING, DATE-OBS. Its
 settings `rows`, `cols`, `samples` and `seconds` (the exposure) configure the
 board (frozen during a run); a run's parameters of the same names override them
 for that run. A dropped link is reconnected; a board that does not come back within
-`--tries` ends the reader with exit status 3. Commands: `status`, `rates`.
+`--tries` ends the reader with exit status 3; a stream started again in a run
+(the board begins its images anew) first writes what was open. Commands: `status` (with the UDP address packets go to),
+`rates`.
 """
 
 import argparse
@@ -23,15 +27,16 @@ import os
 import signal
 import sys
 import time
+import warnings
 
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyWarning
 
 from clients.instrument import data_folder
 from clients.kit.acquisition import Acquisition, BadData, GaveUp, Source, Writer
 from clients.kit.receiver import Receiver
 from clients.settings import host_port
 from clients.sim import ccdpackets
-from clients.sim.board import PER_PACKET
 from runcontrol import logsetup
 from runcontrol.errors import ConfigError, Refused
 
@@ -45,9 +50,10 @@ MAX_PIXELS = 4096 * 4096
 class BoardLink(Source):
     """The board's control port: JSON lines, one answer each."""
 
-    def __init__(self, address, udp_address):
+    def __init__(self, address, udp_address, starting):
         self.address = address
         self.udp_address = udp_address   # a callable: where our UDP listener is
+        self.starting = starting         # a callable: the stream begins anew
         self.reader = self.writer = None
 
     async def open(self):
@@ -69,6 +75,7 @@ class BoardLink(Source):
                            "target": list(self.udp_address())})
 
     async def start(self):
+        self.starting()
         await self._order({"cmd": "start"})
 
     async def lost(self):
@@ -125,6 +132,23 @@ class FitsWriter(Writer):
     def close(self):
         self.path = None
 
+    def count(self, path):
+        """Images whose data is all in the file (a reader killed while appending may have torn the last one)."""
+        size, images, data = path.stat().st_size, 0, 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyWarning)   # "may have been truncated": what this looks for
+            try:
+                with fits.open(path) as hdus:
+                    for index in range(1, len(hdus)):
+                        info, header = hdus.fileinfo(index), hdus[index].header
+                        if info["datLoc"] + info["datSpan"] > size:
+                            break
+                        images += 1
+                        data += header["NAXIS1"] * header["NAXIS2"] * abs(header["BITPIX"]) // 8
+            except OSError as exc:
+                log.warning("%s: %s; counted %d images in it", path, exc, images)
+        return images, data
+
 
 class CcdReader(Receiver):
     config_schema = {
@@ -141,25 +165,29 @@ class CcdReader(Receiver):
         },
     }
 
-    def __init__(self, name, board, listen, folder, per_file, tries, silence_s, **kwargs):
+    def __init__(self, name, board, listen, folder, per_file, tries, silence_s, window, **kwargs):
         super().__init__(name, meta={"run": True, "board": "%s:%d" % board}, **kwargs)
         self.listen_udp(*listen)
-        self.assembler = ccdpackets.Assembler(PER_PACKET)
+        self.window = window
+        self.assembler = ccdpackets.Assembler(window)
         self.settings = dict(DEFAULTS)
-        link = BoardLink(board, lambda: self.addresses[0])
+        link = BoardLink(board, lambda: self.addresses[0], self._stream_starts)
         self.acquisition = Acquisition(link, FitsWriter(lambda: self.settings["seconds"]), self._parse, folder,
-                                       per_file=per_file, tries=tries, silence_s=silence_s)
+                                       per_file=per_file, tries=tries, silence_s=silence_s,
+                                       more_counters=lambda: self.assembler.counts())
         self.last_record = None
         self._loss_seen = (0, 0)
+        self._streamed = False   # the board streamed in this run already
 
     def more_rates(self):
-        """Packets lost (gaps in the boards' sequence numbers): in all, and the fraction lost in the last second."""
+        """Packets lost, duplicated and late (in this run), and the fraction lost in the last second."""
         lost, packets = self.assembler.lost, self.counters.packets
         lost_then, packets_then = self._loss_seen
         self._loss_seen = (lost, packets)
         new_lost = max(0, lost - lost_then)
         arrived = max(0, packets - packets_then)
-        return {"lost_packets": lost, "loss": round(new_lost / (new_lost + arrived), 6) if new_lost + arrived else 0.0}
+        return {**self.assembler.counts(),
+                "loss": round(new_lost / (new_lost + arrived), 6) if new_lost + arrived else 0.0}
 
     async def handle_packet(self, data, source):
         self.acquisition.feed(data)
@@ -177,8 +205,10 @@ class CcdReader(Receiver):
             raise Refused(f"rows, cols, samples, seconds must be numbers (rows x cols at most {MAX_PIXELS}): "
                           f"{settings}", "bad_params")
         self.settings = {k: int(v) if k != "seconds" else float(v) for k, v in settings.items()}
-        self.assembler = ccdpackets.Assembler(PER_PACKET)
-        self.acquisition.begin(run.number, self.settings)
+        before = self.acquisition.begin(run.number, self.settings)
+        self.assembler = ccdpackets.Assembler(self.window, counts=before)   # a restarted reader goes on counting
+        self._loss_seen = (self.assembler.lost, self.counters.packets)
+        self._streamed = False
         return {"folder": str(self.acquisition.folder)}
 
     def on_config(self, new, old):
@@ -189,13 +219,24 @@ class CcdReader(Receiver):
     def on_end(self, run):
         return self._end()
 
+    def _stream_starts(self):
+        """Started again after a lost link, the board numbers its images from 0 (and a board that was restarted its
+        packets too): what was open is written first, so no packet of the new stream is taken for an old one's."""
+        if self._streamed:
+            self._let_go()
+        self._streamed = True
+
+    def _let_go(self):
+        """Write the images still open, marked with what they miss (the run ends, or the stream starts again)."""
+        if self.acquisition.run is not None:
+            for image in self.assembler.flush():
+                self.acquisition.save(image)
+
     def _end(self):
         if self.acquisition.run is None:
             return self.last_record
-        for image in self.assembler.flush():  # the image in progress, marked with what it misses
-            self.acquisition.save(image)
+        self._let_go()
         record = self.acquisition.end()
-        record["lost_packets"] = self.assembler.lost
         self.last_record = record
         log.info("run %s: %s", record["run"], json.dumps(record))
         return record
@@ -203,9 +244,10 @@ class CcdReader(Receiver):
     def cmd_status(self, msg):
         """The acquisition's counters in this run (or the last run's record) and the receiver's."""
         acquisition = self.acquisition
-        current = acquisition.run.record() if acquisition.run else None
-        return {"run": current, "last_run": self.last_record, "lost_packets": self.assembler.lost,
-                "receiver": self.counters.snapshot(), "last_error": acquisition.last_error}
+        current = acquisition.record() if acquisition.run else None
+        return {"run": current, "last_run": self.last_record, **self.assembler.counts(),
+                "receiver": self.counters.snapshot(), "last_error": acquisition.last_error,
+                "udp": list(self.addresses[0][:2])}
 
     async def main(self):
         try:
@@ -227,11 +269,15 @@ def main(argv=None):
     parser.add_argument("--per-file", type=int, default=10, help="images per FITS file")
     parser.add_argument("--tries", type=int, default=5, help="reconnects in a row before giving up")
     parser.add_argument("--silence", type=float, default=2.0, help="seconds without data that count as a lost link")
+    parser.add_argument("--window", type=int, default=ccdpackets.WINDOW,
+                        help="sequence numbers an incomplete image (and a missing packet) waits for late packets")
     args = parser.parse_args(argv)
+    if args.window < 1:
+        parser.error(f"--window {args.window}: at least 1 sequence number")
     logsetup.configure("INFO", sys.stderr)
     try:
         reader = CcdReader(args.name, args.board, args.listen, data_folder(args.experiment, args.name),
-                           args.per_file, args.tries, args.silence, experiment=args.experiment)
+                           args.per_file, args.tries, args.silence, args.window, experiment=args.experiment)
     except ConfigError as exc:
         print(f"{args.name}: {exc}", file=sys.stderr)
         return 2

@@ -3,14 +3,16 @@
 Owns taking each message in (size, JSON, envelope, the flood limit,
 registration) and handing it to routing or to a server command (one module each
 in `runcontrol/bus/commands/`), the beacon, heartbeats, statistics, the event
-history and retained values, its pid file and its orderly stop. The sockets
-live in `sockets`, the names in `registry`, the ledger in `routing`. Must not
-start or kill processes.
+history, retained values and the replay of recent publications, its pid file
+and its orderly stop. The sockets live in `sockets`, the names in `registry`,
+the ledger in `routing`, the kept publications in `replay`. Must not start or
+kill processes.
 
 Run: python -m runcontrol.server --experiment FILE [--pidfile PATH]
 """
 
 import collections
+import itertools
 import logging
 import os
 import secrets
@@ -27,6 +29,7 @@ from runcontrol.bus import commands, discovery, limits
 from runcontrol.bus.commands.base import ANSWERED
 from runcontrol.bus.legacy import LegacyGateway
 from runcontrol.bus.registry import Registry
+from runcontrol.bus.replay import Replay
 from runcontrol.bus.routing import Routing
 from runcontrol.bus.sockets import BusSockets
 from runcontrol.errors import ConfigError, ProtocolError
@@ -60,6 +63,8 @@ class Server:
         self.pidfile = pidfile_path or experiment.paths.state / "server.pid"
         self.events = collections.deque(maxlen=EVENT_HISTORY)
         self.retained = {}
+        self.replay = Replay(spec.replay, spec.max_message_bytes, self.started)
+        self.publications = itertools.count(1)   # numbers what `_publish` publishes
         self.stats = {}
         self._prev_totals = (0, 0, 0, 0)
         self.sockets = BusSockets(spec)
@@ -348,7 +353,10 @@ class Server:
         return event
 
     def publish(self, topic, obj):
-        self.sockets.publish(topic.encode("ascii", "replace"), protocol.encode(obj))
+        """Put `obj` on the event stream under `topic`; its encoded bytes."""
+        data = protocol.encode(obj)
+        self.sockets.publish(topic.encode("ascii", "replace"), data)
+        return data
 
     def _refresh_stats(self):
         interval = STATS_INTERVAL_S
@@ -371,7 +379,8 @@ class Server:
                 "events": self.events_address, "beacon": list(self.beacon.target),
                 "heartbeat": self.heartbeat_s, "timeout": self.timeout_s,
                 "max_message_bytes": self.max_bytes, "protocol": protocol.VERSION, "settling": self.settling,
-                "legacy": self.legacy.address if self.legacy is not None else None}
+                "legacy": self.legacy.address if self.legacy is not None else None,
+                "replay": self.replay.describe(time.time())}
 
 
 def rates(now, before, interval):

@@ -23,6 +23,7 @@ from runcontrol import logsetup, pidfile, protocol
 from runcontrol.control import runbook
 from runcontrol.control.alarms import AlarmWatch
 from runcontrol.control.configs import ConfigDesk
+from runcontrol.control.launch import take_stop_cause
 from runcontrol.control.programs import ProgramCommands
 from runcontrol.control.transitions import Transitions
 from runcontrol.control.waiters import Waiters
@@ -106,10 +107,13 @@ class Controller:
             self._refresh_registrations()
 
     def _on_host_agent(self, topic, event):
-        """A host's agent published: a process changed state there (look at once), or the host's figures."""
+        """A host's agent published: a process changed state there (look at once), a liveness probe failed there,
+        or the host's figures."""
         host, _, what = topic.removeprefix(f"pub.{protocol.HOST_AGENT}").rpartition(".")
         if what == "process":
             self.supervisor.look(host, event.get("data"))
+        elif what == "probe":
+            self.supervisor.probe_failed(host, event.get("data"))
         elif what == "figures":
             self.supervisor.take_figures(host, event.get("data"))
 
@@ -189,11 +193,12 @@ class Controller:
         self.supervisor.start_all()
         while wakeup.stop_signal is None:
             self.step()
-        name = signal.Signals(wakeup.stop_signal).name
-        ending = self.transitions.end_for_shutdown(f"the experiment was stopped ({name})")
+        # run.py stops us by SIGTERM whatever stopped it, and leaves the cause (SIGINT, say) for the run log.
+        cause = take_stop_cause(self.spec) or signal.Signals(wakeup.stop_signal).name
+        ending = self.transitions.end_for_shutdown(f"the experiment was stopped ({cause})")
         while ending is not None and not ending.done:
             self.step()
-        log.info("stopping every program (%s)", name)
+        log.info("stopping every program (%s)", cause)
         self.supervisor.stop_all()
         while not self.supervisor.all_stopped():
             self.step()

@@ -3,8 +3,9 @@
 What `run.py` does, as a class that can be tested alone: start both watchdogs
 (and the live view when there is a terminal), wait until a stop signal, a
 watchdog's end or the view's end, then stop the run controller (which stops
-the programs in reverse order) and the server. Must not spawn programs: the
-run controller does.
+the programs in reverse order) and the server. The run controller is stopped by
+SIGTERM whatever the cause: the cause is left for it in the state folder
+(`stop_cause`), for the run log. Must not spawn programs: the run controller does.
 """
 
 import logging
@@ -14,6 +15,7 @@ import subprocess
 import sys
 
 from runcontrol import process
+from runcontrol.control.durable import write_durably
 from runcontrol.control.transitions import SHUTDOWN_TIMEOUT_S
 
 log = logging.getLogger("run")
@@ -22,6 +24,8 @@ GRACE_S = 5.0
 CHECK_S = 1.0   # a loop turn at least this often, should a SIGCHLD be missed
 SERVER_MODULE = "runcontrol.bus.server"
 CONTROLLER_MODULE = "runcontrol.control.controller"
+STOP_CAUSE = "stop_cause"
+SIGNAL_CAUSES = {"SIGINT": "SIGINT, Ctrl-C", "SIGHUP": "SIGHUP, its terminal closed"}
 
 
 def kept(name, experiment, command, grace_s):
@@ -30,6 +34,28 @@ def kept(name, experiment, command, grace_s):
     return [sys.executable, "-m", "watchdog", "--pidfile", pid_path,
             "--stale-after", f"{experiment.server.stale_after_s:g}", "--grace", f"{grace_s:g}", "--",
             *command, "--pidfile", pid_path]
+
+
+def leave_stop_cause(experiment, cause):
+    """Leave the run controller the cause of the stop: it hears only the SIGTERM of its watchdog."""
+    try:
+        write_durably(experiment.paths.state / STOP_CAUSE, cause)
+    except OSError as exc:
+        log.warning("cannot leave the run controller the cause of the stop (%s): its run log names SIGTERM", exc)
+
+
+def take_stop_cause(experiment):
+    """The cause run.py left for this stop, taken (the file is removed); None when it left none."""
+    path = experiment.paths.state / STOP_CAUSE
+    try:
+        cause = path.read_text(encoding="utf-8").strip()
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("cannot read the cause of the stop in %s: %s", path, exc)
+        return None
+    return cause or None
 
 
 def controller_grace(experiment):
@@ -84,6 +110,8 @@ class Launcher:
 
     def start(self):
         path = str(self.experiment.path)
+        # One left by a run.py that died before its run controller took it would name the wrong cause.
+        (self.experiment.paths.state / STOP_CAUSE).unlink(missing_ok=True)
         server = [sys.executable, "-m", SERVER_MODULE, "--experiment", path]
         controller = [sys.executable, "-m", CONTROLLER_MODULE, "--experiment", path]
         self.watched["server"] = self._spawn(kept("server", self.experiment, server, GRACE_S))
@@ -113,8 +141,9 @@ class Launcher:
             return "view", self.viewer.returncode
         return None
 
-    def stop(self):
-        """The view, then the run controller and its programs, then the server; each reaped."""
+    def stop(self, cause=None):
+        """The view, then the run controller and its programs (left `cause` for the run log), then the server;
+        each reaped."""
         if self.viewer is not None and self.viewer.poll() is None:
             self.viewer.terminate()
             self.viewer.wait()
@@ -124,6 +153,8 @@ class Launcher:
             proc = self.watched.get(name)
             if proc is None:
                 continue
+            if name == "run controller" and cause is not None:
+                leave_stop_cause(self.experiment, cause)
             code, killed = process.stop_group(proc, graces[name])
             if killed:
                 log.warning("the %s did not stop within %.0f s: killed", name, graces[name])
@@ -133,7 +164,7 @@ class Launcher:
 def launch(experiment, wakeup, output=None, view=None, tell=lambda text: None):
     """Start, wait, stop; the exit status for run.py (1 when a watchdog gave up)."""
     launcher = Launcher(experiment, output, view)
-    status = 0
+    status, cause = 0, None
     try:
         launcher.start()
         ended = launcher.wait(wakeup)
@@ -141,14 +172,17 @@ def launch(experiment, wakeup, output=None, view=None, tell=lambda text: None):
             log.error("the watchdog of the %s exited with status %s: stopping", *ended)
             tell(f"run.py: the watchdog of the {ended[0]} exited with status {ended[1]}: stopping "
                  f"(see {experiment.paths.logs / 'orbit.log'})")
-            status = 1
+            status, cause = 1, f"the watchdog of the {ended[0]} exited with status {ended[1]}"
         elif ended is not None:
             log.info("the live view ended (status %s): stopping", ended[1])
+            cause = "the live view ended"
         else:
-            log.info("stopping on %s", signal.Signals(wakeup.stop_signal).name)
+            name = signal.Signals(wakeup.stop_signal).name
+            log.info("stopping on %s", name)
+            cause = SIGNAL_CAUSES.get(name, name)
     finally:
         tell(f"stopping: programs in reverse order, then the server (log: {experiment.paths.logs / 'orbit.log'})")
-        launcher.stop()
+        launcher.stop(cause)
     log.info("everything stopped")
     tell("everything stopped")
     return status

@@ -8,18 +8,25 @@ restarted by supervisord itself, since Orbit alone decides that, with its own
 backoff and intensity; stop signal and grace; the whole process group stopped
 and killed; environment; directory; log files rotated as the experiment says;
 the host agent as an event listener),
-a copy of the experiment file, the CURVE keys of that host's programs and the
-server's public key when the bus uses CURVE, and a README with the commands to
-run there. Copying DIR and starting supervisord is the whole deployment. Must
-not start anything.
+a copy of the experiment file (each program's directory made absolute, as
+supervisord runs it), the CURVE keys of that host's clients (programs with a
+client name, and its agent) and the server's public key when the bus uses CURVE,
+and a README with the commands to run there. Everything is written aside first:
+an export that fails leaves DIR as it was. Copying DIR and starting supervisord
+is the whole deployment. Must not start anything.
 """
 
+import json
+import os
 import shlex
 import shutil
 import sys
+import tempfile
 import urllib.parse
 from pathlib import Path
 
+import experiments
+from experiments import libabcd
 from runcontrol import protocol
 from runcontrol.errors import ConfigError
 
@@ -59,28 +66,59 @@ def export(experiment, host, folder):
         raise ConfigError(f"experiment {experiment.name} has no host {host!r} (hosts: {known})")
     folder = Path(folder).resolve()
     try:
-        return write(experiment, spec, folder)
+        if not folder.parent.exists():
+            folder.parent.mkdir(parents=True)
+        aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.export-", dir=folder.parent))
+        try:
+            names = write(experiment, spec, folder, aside)
+            return put_in_place(aside, folder, names)
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
     except OSError as exc:
         raise ConfigError(f"cannot write what host {host} needs into {folder}: "
                           f"{exc.strerror or exc} ({exc.filename or folder})") from None
 
 
-def write(experiment, spec, folder):
+def write(experiment, spec, folder, aside):
+    """Write every file into `aside` as it must read once in `folder`; their paths relative to it."""
     host = spec.name
-    (folder / "log").mkdir(parents=True, exist_ok=True)
-    written = [folder / EXPERIMENT_COPY]
-    shutil.copyfile(experiment.path, written[0])
-    keys = copy_keys(experiment, host, folder)
-    written.extend(keys.values())
-    conf = folder / CONF
-    conf.write_text(configuration(experiment, spec, folder, keys), encoding="utf-8")
+    (aside / "log").mkdir()
+    copy = aside / EXPERIMENT_COPY
+    copy.write_text(json.dumps(with_absolute_directories(experiment), indent=1), encoding="utf-8")
+    keys = copy_keys(experiment, host, aside)
+    in_folder = {name: folder / path.relative_to(aside) for name, path in keys.items()}
+    conf = aside / CONF
+    conf.write_text(configuration(experiment, spec, folder, in_folder), encoding="utf-8")
     conf.chmod(0o600)  # it holds the password
-    readme = folder / "README.md"
+    readme = aside / "README.md"
     readme.write_text(README.format(
         experiment=experiment.name, host=host, url=spec.supervisord, folder=folder, conf=CONF,
         root=ROOT, python=sys.executable,
         agent=AGENT, programs=", ".join(p.name for p in programs_of(experiment, host)) or "no program yet"), encoding="utf-8")
-    return [conf, readme, *written]
+    return [path.relative_to(aside) for path in (conf, readme, copy, *keys.values())]
+
+
+def put_in_place(aside, folder, names):
+    """A new folder takes the place of `aside` whole; an existing one (its supervisord may run from it, with its
+    logs) gets each file replaced on its own, each replacement atomic."""
+    if not folder.exists():
+        os.rename(aside, folder)
+        return [folder / name for name in names]
+    for name in names:
+        (folder / name).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.replace(aside / name, folder / name)
+    (folder / "log").mkdir(exist_ok=True)
+    return [folder / name for name in names]
+
+
+def with_absolute_directories(experiment):
+    """The experiment's description with each program's `cwd` absolute: its agent runs its probes there."""
+    raw = experiments.read(experiment.path)
+    raw = libabcd.convert(raw) if libabcd.is_libabcd(raw) else raw
+    for spec in experiment.programs:
+        if isinstance(raw.get("programs", {}).get(spec.name), dict):
+            raw["programs"][spec.name]["cwd"] = str(spec.cwd)
+    return raw
 
 
 def configuration(experiment, host, folder, keys):
@@ -105,7 +143,7 @@ def agent_section(experiment, host, folder, keys):
     """The host agent, run by supervisord as an event listener of PROCESS_STATE (and restarted by it)."""
     name = protocol.HOST_AGENT + host
     return [f"[eventlistener:{AGENT}]",
-            f"command={shlex.join([sys.executable, '-m', 'clients.hostagent', '--host', host, '--data', str(experiment.paths.data)])}",
+            f"command={shlex.join([sys.executable, '-m', 'clients.hostagent', '--host', host])}",
             f"directory={ROOT}",
             "environment=" + environment(client_env(name, folder, keys)),
             "events=PROCESS_STATE", "autostart=true", "autorestart=true", "startsecs=1", "buffer_size=1000",
@@ -157,7 +195,10 @@ def read_password(host):
 
 
 def copy_keys(experiment, host, folder):
-    """The CURVE keys of the host's programs and the server's public key, copied under folder/keys."""
+    """The CURVE keys of the host's clients and the server's public key, copied under folder/keys.
+
+    A program with a client name, and the host's agent, must have a key; one without may (a key made for
+    its program name is copied, for a tool it runs that joins the bus)."""
     curve = experiment.server.curve
     if curve is None:
         return {}
@@ -165,8 +206,12 @@ def copy_keys(experiment, host, folder):
     target.mkdir(mode=0o700, exist_ok=True)
     copied = {"server.key": target / "server.key"}
     shutil.copyfile(curve.server_key, copied["server.key"])
-    names = [program.client or program.name for program in programs_of(experiment, host)]
-    for name in [*names, protocol.HOST_AGENT + host]:
+    needed = {program.client for program in programs_of(experiment, host) if program.client}
+    needed.add(protocol.HOST_AGENT + host)
+    optional = {program.name for program in programs_of(experiment, host) if not program.client} - needed
+    for name in sorted(needed | optional):
+        if name in optional and not (curve.clients / f"{name}.key_secret").exists():
+            continue
         for suffix in ("key", "key_secret"):
             source = curve.clients / f"{name}.{suffix}"
             if not source.exists():

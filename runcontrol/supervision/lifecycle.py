@@ -3,7 +3,8 @@
 Owns what happens to a program between an order and its outcome, through the
 backend of the program's host: starting it (STARTING, then RUNNING once it
 registers or lived `START_GRACE_S`), its exit (policy, backoff, intensity,
-FATAL), killing it when it hangs, and stopping it with SIGKILL after
+FATAL), killing it when it hangs (its client silent, or its liveness probe
+failing), and stopping it with SIGKILL after
 `stop_timeout`. Timers run on the injected clock. It tells its owner when a
 program settled (`settled(program)`), so the owner can start or stop the next
 ones in order. Must not decide the order itself.
@@ -15,7 +16,7 @@ import time
 
 from runcontrol import process
 from runcontrol.states import ChildState as S
-from runcontrol.supervision.backends.base import Exited, Output, Started
+from runcontrol.supervision.backends.base import Exited, Hung, Output, Started
 
 log = logging.getLogger("runcontrol.supervision.supervisor")
 
@@ -233,6 +234,9 @@ class Lifecycle:
             self._started(program, adopted)
             if adopted and not program.spec.client:
                 self.came_up(program)
+        elif isinstance(event, Hung):
+            if program.state in (S.STARTING, S.RUNNING) and program.kill_reason is None:
+                self.kill_hung(program, event.reason)
         elif isinstance(event, Exited) and event.lost:
             self._lost(program, event.error)
         elif isinstance(event, Exited) and event.error:

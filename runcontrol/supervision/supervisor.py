@@ -231,6 +231,12 @@ class Supervisor:
         if backend is not None:
             backend.look(hint if isinstance(hint, dict) else None)
 
+    def probe_failed(self, host, hint):
+        """The agent on `host` says a program's liveness probe failed (`hint`: program, pid, reason)."""
+        backend = self.backends.get(host)
+        if backend is not None and isinstance(hint, dict):
+            backend.probe_failed(hint)
+
     def take_figures(self, host, figures):
         backend = self.backends.get(host)
         if backend is not None:

@@ -113,7 +113,7 @@ function renderHeader(status) {
   }
   const running = run.state === "RUN" && current.start ? ` for ${age(status.taken - current.start)}` : "";
   runNode.replaceChildren("run ", el("span", { class: run.state, id: "run-state" }, run.state),
-    ` number ${run.run ?? "-"}${running}`, current.comment ? ` “${current.comment}”` : "");
+    ` number ${run.run ?? status.last_run ?? "-"}${running}`, current.comment ? ` “${current.comment}”` : "");
 }
 
 function renderBanner(status) {
@@ -121,7 +121,7 @@ function renderBanner(status) {
   fill(document.getElementById("alarms-banner"), alarms.map((alarm) => {
     const kind = alarm.acked ? "alarm-acked" : alarm.state === "cleared" ? "alarm-cleared" : "alarm-new";
     const tail = (alarm.state === "cleared" ? " (cleared)" : "") + (alarm.acked ? ` acked by ${alarm.acked.by}` : "");
-    return el("div", { class: kind, "data-alarm": alarm.alarm },
+    return el("div", { class: `${kind} severity-${alarm.severity}`, "data-alarm": alarm.alarm },
       `${alarm.severity.toUpperCase()} ${alarm.message} [${alarm.alarm}] ${age(status.taken - alarm.raised)} ago${tail} `,
       state.user && !alarm.acked ? el("button", { class: "action", on: { click: () =>
         action(`ack ${alarm.alarm}`, `/api/alarms/${encodeURIComponent(alarm.alarm)}/ack`) } }, "acknowledge") : "");
@@ -174,6 +174,7 @@ function renderStatus(status) {
   renderHeader(status);
   renderBanner(status);
   renderControls(status);
+  if (state.page === "settings" && runState() !== state.settingsDrawnIn) showSettings().catch(() => {});
   const run = status.run || {};
   fill(document.querySelector("#programs tbody"),
        Object.entries(run.programs || {}).map(([name, info]) => programRow(name, info, status.taken)));
@@ -200,7 +201,8 @@ async function showRuns() {
 async function showAlarms() {
   const answer = await api("/api/alarms?log=200");
   fill(document.querySelector("#alarms tbody"), answer.alarms.map((a) => el("tr", { "data-alarm": a.alarm },
-    el("td", {}, a.alarm), el("td", {}, a.severity), el("td", { class: "message" }, a.message),
+    el("td", {}, a.alarm), el("td", { class: `severity-${a.severity}` }, a.severity),
+    el("td", { class: "message" }, a.message),
     el("td", {}, a.value ?? ""), el("td", {}, clock(a.raised)), el("td", {}, a.state),
     el("td", {}, a.acked ? `${a.acked.by}, ${clock(a.acked.at)}` : ""),
     el("td", {}, state.user && !a.acked ? el("button", { class: "action", on: { click: () =>
@@ -220,8 +222,12 @@ function eventText(e) {
 
 function renderEvents() {
   fill(document.querySelector("#events tbody"), state.events.slice(0, 300).map((e) => el("tr", {},
-    el("td", {}, clock(e.ts)), el("td", { class: /fatal|lost|unreachable|alarm_raised/.test(e.kind) ? "bad" : "" },
-      e.kind), el("td", { class: "detail" }, eventText(e)))));
+    el("td", {}, clock(e.ts)), el("td", { class: eventClass(e) }, e.kind), el("td", { class: "detail" }, eventText(e)))));
+}
+
+function eventClass(e) {
+  if (e.kind === "alarm_raised") return `severity-${e.severity}`;
+  return /fatal|lost|unreachable/.test(e.kind) ? "bad" : "";
 }
 
 async function loadEvents() {
@@ -231,7 +237,13 @@ async function loadEvents() {
 
 // --- settings ----------------------------------------------------------------------------------------
 
+function runState() {
+  return ((state.status && state.status.run) || {}).state;
+}
+
 function settingRow(program, name, value, spec, live) {
+  const run = (state.status && state.status.run) || {};
+  const frozen = !live && run.state === "RUN";   // the run controller refuses a change of it until the run ends
   const input = el("input", { value: JSON.stringify(value ?? null), size: 14, "data-setting": `${program}.${name}` });
   const apply = () => {
     let parsed;
@@ -239,11 +251,13 @@ function settingRow(program, name, value, spec, live) {
     action(`set ${program}.${name}`, `/api/programs/${encodeURIComponent(program)}/config`,
            { values: { [name]: parsed } }).then(showSettings);
   };
+  const editable = state.user && !frozen;
   return el("tr", { "data-program": program },
     el("td", {}, program), el("td", {}, name),
-    el("td", { class: "value" }, state.user ? input : JSON.stringify(value ?? null)),
+    el("td", { class: "value" }, editable ? input : JSON.stringify(value ?? null)),
     el("td", {}, live ? "may change" : "frozen"), el("td", { class: "detail" }, spec.description || ""),
-    el("td", {}, state.user ? el("button", { class: "action", on: { click: apply } }, "apply") : ""));
+    el("td", { class: "why" }, editable ? el("button", { class: "action", on: { click: apply } }, "apply")
+      : frozen ? `read-only: run ${run.run} is on` : ""));
 }
 
 async function showSettings() {
@@ -256,6 +270,7 @@ async function showSettings() {
       rows.push(settingRow(program, name, (entry.values || {})[name], spec, (entry.live || []).includes(name)));
     }
   }
+  state.settingsDrawnIn = runState();
   fill(document.querySelector("#settings tbody"), rows);
 }
 

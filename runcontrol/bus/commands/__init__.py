@@ -7,9 +7,9 @@ connection that has not registered. Modules hold no state of their own.
 """
 
 from runcontrol.bus.commands import (bye, event, hello, list_clients, log, logs, ping, pong, publish,
-                                 retained, stats, status)
+                                 replay, retained, stats, status)
 
-MODULES = (hello, ping, pong, bye, list_clients, status, stats, logs, log, event, publish, retained)
+MODULES = (hello, ping, pong, bye, list_clients, status, stats, logs, log, event, publish, retained, replay)
 HANDLERS = {module.CMD: module.handle for module in MODULES}
 
 # Answers addressed to the server need no answer of their own.

@@ -1,7 +1,8 @@
 """The supervision backend interface: what the supervisor asks of the place where programs run.
 
-A backend spawns a program's processes, signals them, kills them, tells the
-supervisor what they wrote and when they exited (as events it hands out from
+A backend spawns a program's processes, runs their liveness probes (on their
+host), signals them, kills them, tells the supervisor what they wrote, when they
+exited and when a probe says one hangs (as events it hands out from
 `events()`, its `fileno()` readable when there are some), reports their CPU and
 memory, and records enough about each to stop it after a crash of the run
 controller. The supervisor holds one backend per host name; it decides when to
@@ -38,6 +39,13 @@ class Started:
     pid: int
     age_s: float
     adopted: bool = False
+
+
+@dataclass(frozen=True)
+class Hung:
+    """A program's liveness probe failed as many times in a row as its spec allows: `reason` says how."""
+    handle: object
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,8 @@ class Backend:
         raise NotImplementedError
 
     def events(self):
-        """What happened since the last call (Output, Started, Exited and HostChanged events, in order); never blocks."""
+        """What happened since the last call (Output, Started, Exited, Hung and HostChanged events, in order);
+        never blocks."""
         raise NotImplementedError
 
     def figures(self, handle):
@@ -89,6 +98,10 @@ class Backend:
     def look(self, hint=None):
         """Someone on the host said a process changed state (`hint`: what it said, e.g. `pid` and `state`):
         look at once instead of at the next poll."""
+
+    def probe_failed(self, hint):
+        """The host's agent says a program's liveness probe failed (`hint`: `program`, `pid`, `reason`): a Hung
+        event follows if that process is still the program's."""
 
     def take_figures(self, figures):
         """Figures of the host and its programs, as its agent published them."""

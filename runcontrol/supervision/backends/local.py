@@ -2,8 +2,9 @@
 
 Owns fork/exec (each program in its own session, so one signal reaches all it
 spawned), the pipe that carries its output, a pidfd per program in one epoll set
-(exits are noticed without polling), signals to its process group, reaping, and
-the sweep of orphans a dead program left behind (as child subreaper). Must not
+(exits are noticed without polling), the programs' liveness probes (a `Prober`
+whose results come through the same epoll set), signals to its process group,
+reaping, and the sweep of orphans a dead program left behind (as child subreaper). Must not
 decide when to start or stop: the supervisor does.
 """
 
@@ -16,7 +17,8 @@ import subprocess
 from pathlib import Path
 
 from runcontrol import process
-from runcontrol.supervision.backends.base import Backend, Exited, Output
+from runcontrol.supervision.backends.base import Backend, Exited, Hung, Output
+from runcontrol.supervision.probes import Prober
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ class LocalBackend(Backend):
         self._epoll = select.epoll()
         self._fds = {}       # fd -> (process, "exit" | "output")
         self._running = {}   # pid -> process
+        self.prober = Prober()
+        self._epoll.register(self.prober.fileno(), select.EPOLLIN)
 
     def spawn(self, spec, env):
         """Start `spec` as a new session with its output on a pipe; OSError if it cannot start."""
@@ -97,6 +101,8 @@ class LocalBackend(Backend):
         for fd, kind in ((proc.pidfd, "exit"), (proc.output, "output")):
             self._fds[fd] = (proc, kind)
             self._epoll.register(fd, select.EPOLLIN)
+        if spec.liveness is not None:
+            self.prober.watch(proc, spec.liveness, probe_environment(env), spec.cwd)
         return proc
 
     def signal(self, proc, signum):
@@ -118,6 +124,10 @@ class LocalBackend(Backend):
     def events(self):
         found = []
         for fd, _ in self._epoll.poll(0):
+            if fd == self.prober.fileno():
+                found.extend(Hung(failing.key, failing.reason) for failing in self.prober.events()
+                             if self._running.get(failing.key.pid) is failing.key)
+                continue
             proc, kind = self._fds.get(fd, (None, None))
             if proc is None:
                 continue
@@ -139,6 +149,7 @@ class LocalBackend(Backend):
         self._unwatch(proc.pidfd)
         self._unwatch(proc.output)
         self._running.pop(proc.pid, None)
+        self.prober.unwatch(proc)
         process.signal_group(proc.pid, signal.SIGKILL)
         proc.close()
         process.kill_all(proc.family)  # those that left the group (setsid) too
@@ -173,22 +184,29 @@ class LocalBackend(Backend):
         if not self.subreaper:
             return 0
         swept = 0
-        for pid in children_of_self() - set(self._running):
-            try:
-                if zombie(pid):
-                    os.waitpid(pid, os.WNOHANG)
-                elif tagged(pid):
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    swept += 1
-            except (ProcessLookupError, ChildProcessError):
-                continue
+        with self.prober.spawning:  # an exec probe is a child of ours too, reaped by the prober
+            for pid in children_of_self() - set(self._running) - self.prober.children:
+                try:
+                    if zombie(pid):
+                        os.waitpid(pid, os.WNOHANG)
+                    elif tagged(pid):
+                        os.kill(pid, signal.SIGKILL)
+                        os.waitpid(pid, 0)
+                        swept += 1
+                except (ProcessLookupError, ChildProcessError):
+                    continue
         if swept:
             log.info("killed %d orphan(s) left by programs that exited", swept)
         return swept
 
     def close(self):
+        self.prober.close()
         self._epoll.close()
+
+
+def probe_environment(env):
+    """A program's environment for its exec probe, without the tag that marks the program's own processes."""
+    return {key: value for key, value in env.items() if key != TAG}
 
 
 def set_subreaper():

@@ -19,7 +19,7 @@ import xmlrpc.client
 from runcontrol import process
 from runcontrol.errors import ConfigError
 from runcontrol.restarts import Backoff
-from runcontrol.supervision.backends.base import Backend, Exited, HostChanged, Output, Started
+from runcontrol.supervision.backends.base import Backend, Exited, HostChanged, Hung, Output, Started
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,9 @@ class SupervisordBackend(Backend):
     def look(self, hint=None):
         self._orders.put(("look", None, hint))
 
+    def probe_failed(self, hint):
+        self._orders.put(("hung", None, hint))
+
     def take_figures(self, figures):
         if isinstance(figures, dict):
             self.figures_seen = figures
@@ -246,6 +249,8 @@ class SupervisordBackend(Backend):
                 rpc.supervisor.stopProcess(handle.name, False)
             elif what == "look" and signum:
                 self._await_reaped(rpc, signum)
+            elif what == "hung":
+                self._hung(signum)
         except xmlrpc.client.Fault as exc:
             log.warning("%s %s on %s: refused: %s", what, handle.name, self.host, exc.faultString)
 
@@ -282,6 +287,13 @@ class SupervisordBackend(Backend):
             if info.get("statename") not in ALIVE or info.get("pid") != pid:
                 return
             time.sleep(0.002)
+
+    def _hung(self, hint):
+        """The agent's probe of a program failed: a Hung event if that pid is still the program's."""
+        name, pid, reason = hint.get("program"), hint.get("pid"), hint.get("reason")
+        handle = self._running.get(name) if isinstance(name, str) else None
+        if handle is not None and handle.pid == pid and isinstance(reason, str):
+            self._tell(Hung(handle, f"{reason} (on {self.host})"))
 
     def _look(self, rpc):
         """Hand the loop an Exited event for each program of ours that no longer runs there."""
