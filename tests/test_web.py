@@ -276,7 +276,8 @@ def test_a_run_begun_from_the_page_by_a_logged_in_operator_is_in_the_run_log(sit
     field = 'input[data-setting="cryo.set_point"]'
     wait_until(lambda: browser.execute_script("return !!document.querySelector(arguments[0])", field), 20, 0.2,
                what="the settings page")
-    assert setting_row(browser, "bias", "volts") == {"input": True, "button": True, "last": "apply"}   # no run
+    wait_until(lambda: setting_row(browser, "bias", "volts") == {"input": True, "button": True, "last": "apply"},
+               20, 0.2, what="bias.volts offered again once the run ended")
     browser.execute_script("const input = document.querySelector(arguments[0]); input.value = '138';"
                            "input.closest('tr').querySelector('button').click()", field)
     wait_until(lambda: site.get("/api/config")[1]["cryo"]["values"]["set_point"] == 138, 20, 0.2,
