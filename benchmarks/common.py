@@ -41,7 +41,7 @@ class BenchServer:
     def __init__(self, heartbeat=5.0, timeout=30.0, name=None, curve=False, **server):
         self.folder = Path(tempfile.mkdtemp(prefix="orbit-bench-"))
         self.name = name or f"bench-{os.getpid()}"
-        self.port = 10000 + os.getpid() % 20000  # below the ephemeral range
+        self.port = free_port()   # its beacon's
         self.path = self.folder / f"{self.name}.json"
         self.path.write_text(json.dumps({
             "name": self.name,

@@ -1,3 +1,5 @@
+import collections
+import os
 import signal
 import threading
 
@@ -27,6 +29,27 @@ def pytest_unconfigure(config):
             proc.kill()
         except psutil.Error:
             pass
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI (`CI` set) a test that can run here must run: a skip is a failure, with its reason."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("CI") and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI, where it must run: {reason}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line: how many tests were skipped, and why."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons = collections.Counter(
+        (r.longrepr[2] if isinstance(r.longrepr, tuple) else str(r.longrepr)).removeprefix("Skipped: ")
+        for r in skipped)
+    terminalreporter.write_line("skipped: " + ("none" if not skipped else f"{len(skipped)}: " + "; ".join(
+        f"{reason} ({count})" for reason, count in reasons.most_common())))
 
 
 def reap_or_fail(procs, what):

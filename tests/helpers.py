@@ -22,6 +22,7 @@ from clients.client import Client
 from runcontrol.errors import RunControlError
 from runcontrol import pidfile, process
 from runcontrol.bus import discovery
+from tests import ports
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = Path(__file__).resolve().parent / "programs"
@@ -85,32 +86,13 @@ def env_for_children():
 
 
 def free_beacon_port():
-    # Beacon listeners share ports (SO_REUSEPORT) and filter by experiment name, so a
-    # collision between tests is harmless; a random port only keeps the traffic apart.
-    # Below the ephemeral range: a socket the kernel gave an ephemeral port (without
-    # SO_REUSEPORT) would make the port unusable for listeners.
-    return random.randint(10000, ephemeral_ports()[0] - 1)
+    """A UDP port for an experiment's beacons that no other test (and no other suite) uses."""
+    return ports.port()
 
 
 def free_port():
-    """A loopback TCP port below the ephemeral range that nothing listens on now."""
-    for _ in range(50):
-        port = random.randint(10000, ephemeral_ports()[0] - 1)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise AssertionError("no free port below the ephemeral range")
-
-
-def ephemeral_ports():
-    try:
-        low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999
-    return max(low, 10001), high
+    """A loopback TCP port that nothing listens on now and no other test (or suite) is given."""
+    return ports.port()
 
 
 def apt_install(packages, commands):

@@ -1,7 +1,6 @@
 """Exporting a host: a real supervisord started from the folder run.py --export writes, driven over XML-RPC."""
 
 import json
-import random
 import subprocess
 import sys
 import xmlrpc.client
@@ -11,7 +10,7 @@ import psutil
 import experiments
 from runcontrol import process
 from runcontrol.supervision.backends import supervisord
-from tests.helpers import PROGRAMS, ROOT, env_for_children, ephemeral_ports, wait_until
+from tests.helpers import PROGRAMS, ROOT, env_for_children, free_port, wait_until
 
 
 def experiment_with_a_host(folder, port, client="board"):
@@ -30,9 +29,9 @@ def experiment_with_a_host(folder, port, client="board"):
 
 
 def start_supervisord(folder, client="board"):
-    """supervisord on a random loopback port, in the foreground; another port when that one is taken."""
+    """supervisord on a loopback port of the suite, in the foreground; another port when that one is taken."""
     for _ in range(5):
-        port = random.randint(10000, ephemeral_ports()[0] - 1)  # below the ports the kernel hands out
+        port = free_port()
         (folder / str(port)).mkdir()
         path = experiment_with_a_host(folder / str(port), port, client)
         export = folder / str(port) / "daq2"
