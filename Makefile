@@ -20,18 +20,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[fast]'
-	$(PY) benchmarks/bench_routing.py
-	$(PY) benchmarks/bench_scale.py
-	$(PY) benchmarks/bench_failover.py
-	$(PY) benchmarks/bench_supervision.py
-	$(PY) benchmarks/bench_probes.py
-	$(PY) benchmarks/bench_hosts.py
-	$(PY) benchmarks/bench_runs.py
-	$(PY) benchmarks/bench_flood.py
-	$(PY) benchmarks/bench_legacy.py
-	$(PY) benchmarks/bench_datapath.py
-	$(PY) benchmarks/bench_history.py
-	$(PY) benchmarks/bench_web.py
+	$(PY) benchmarks/runner.py $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
 
 # make chaos: 60 s of random SIGKILLs and SIGSTOPs on damicm; SEED=N replays one, RUNS=N runs N seeds in a row.
 SEED ?=

@@ -7,30 +7,34 @@ writes once a second). Reference: a bare SQLite `executemany` insert of the same
 (id, ts, value) rows into one table, in the same run.
 (b) 30 days of one value at 1 Hz (2,592,000 values) written through the store
 (the fine tier and the minute tier): the time, and the disk bytes per value.
-(c) a 500-point query (min, max, mean per bucket) over the 30 days, median of 5.
-Reference: the same GROUP BY over the bare table of the same values (indexed by
-id and time), median of 5.
+Reference: the same rows inserted into a bare table (indexed by id and time): its time
+and its disk bytes per value.
+(c) a 500-point query (min, max, mean per bucket) over the 30 days, median of 5. The
+store answers a range this long from its minute tier (after counting the fine values
+in the range). Reference, like with like: the same GROUP BY over a bare table of the
+same minute rows (min, max, sum, count per minute, made from the bare table by SQL),
+median of 5. Beside it, not a reference: the GROUP BY over every value of the bare
+table, what a history without a minute tier would do.
+No targets: DAMIC-M publishes a few hundred numbers a second.
 
-Run: python benchmarks/bench_history.py
+Run: python benchmarks/bench_history.py [--seconds-per-step 3] [--days 30]
 """
 
-import os
+import argparse
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import common
+from figures import Report
 
 from clients.client import Client
 from clients.historystore import Store
 
 NUMBERS_PER_MESSAGE = 50
 LADDER = [5000, 20000, 80000, 160000, 240000, 320000]   # values per second
-SECONDS_PER_STEP = 3.0
 CATCH_UP_S = 2.0   # one write a second: a historian that keeps up has it all by the next but one
 DAY = 86400
 
@@ -39,7 +43,7 @@ def recorded(op, historian):
     return op.request(historian, "status", timeout=10)["recorded"]
 
 
-def ingest(server, folder):
+def ingest(server, folder, seconds_per_step):
     """The highest published rate (values/s) the historian recorded in full within CATCH_UP_S, and the lag."""
     db = folder / "ingest.sqlite"
     log = open(folder / "historian.log", "ab")
@@ -48,18 +52,22 @@ def ingest(server, folder):
                                  start_new_session=True)
     results = []
     try:
-        with Client("feed", server=server.router) as feed, Client("op", server=server.router) as op:
+        experiment = str(server.path)
+        with Client("feed", experiment=experiment, server=server.router) as feed, \
+                Client("op", experiment=experiment, server=server.router) as op:
             feed.connect(10)
             op.connect(10)
             deadline = time.monotonic() + 30
             while "historian" not in {c["name"] for c in op.request(None, "_list")}:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("the historian did not register")
+                    tail = (folder / "historian.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"the historian did not register (exit status {historian.poll()}); "
+                                       f"its log ends:\n{tail}")
                 op.poll(0.1)
             expected = wait_subscribed(feed, op)
             for rate in LADDER:
-                messages = int(rate * SECONDS_PER_STEP / NUMBERS_PER_MESSAGE)
-                gap = SECONDS_PER_STEP / messages
+                messages = int(rate * seconds_per_step / NUMBERS_PER_MESSAGE)
+                gap = seconds_per_step / messages
                 start = time.monotonic()
                 for i in range(messages):
                     feed.publish("values", {f"v{k}": float(i + k) for k in range(NUMBERS_PER_MESSAGE)})
@@ -110,11 +118,11 @@ def bare_insert(rows, path):
     return db, took
 
 
-def month(folder):
-    """30 days at 1 Hz through the store, the same rows in a bare table; write times, sizes, query times."""
+def month(folder, days):
+    """`days` at 1 Hz through the store, the same rows in a bare table; write times, sizes, query times."""
     now = time.time()
-    since = now - 30 * DAY
-    values = [(since + i, 140.0 + (i % 3600) / 100.0) for i in range(30 * DAY)]
+    since = now - days * DAY
+    values = [(since + i, 140.0 + (i % 3600) / 100.0) for i in range(days * DAY)]
     path = folder / "month.sqlite"
     store = Store(path, retention_days=60)
     start = time.perf_counter()
@@ -129,13 +137,24 @@ def month(folder):
     points = len(store.query(["cryo.values.temperature"], since, now, 500)["cryo.values.temperature"])
     store.close()
     bare, bare_s = bare_insert([(1, ts, value) for ts, value in values], folder / "bare.sqlite")
+    bare.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    bare_size = sum(p.stat().st_size for p in folder.glob("bare.sqlite*"))
     width = (now - since) / 500
-    bare_query_s = median_time(lambda: bare.execute(
+    fine_query_s = median_time(lambda: bare.execute(
         "SELECT CAST((ts - ?) / ? AS INTEGER) AS b, min(value), max(value), avg(value) FROM fine "
         "WHERE id = 1 AND ts >= ? AND ts < ? GROUP BY b ORDER BY b", (since, width, since, now)).fetchall())
+    bare.execute("CREATE TABLE minutes (id INTEGER NOT NULL, minute INTEGER NOT NULL, low REAL NOT NULL, "
+                 "high REAL NOT NULL, total REAL NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (id, minute))")
+    bare.execute("INSERT INTO minutes SELECT id, CAST(ts / 60 AS INTEGER) AS m, min(value), max(value), sum(value), "
+                 "count(*) FROM fine GROUP BY id, m")
+    minute_query_s = median_time(lambda: bare.execute(
+        "SELECT CAST((minute * 60 - ?) / ? AS INTEGER) AS b, min(low), max(high), sum(total) / sum(count) "
+        "FROM minutes WHERE id = 1 AND minute >= ? AND minute < ? GROUP BY b ORDER BY b",
+        (since, width, int(since // 60), int(now // 60) + 1)).fetchall())
     bare.close()
     return {"values": len(values), "store_s": store_s, "bare_s": bare_s, "bytes_per_value": size / len(values),
-            "query_s": query_s, "bare_query_s": bare_query_s, "points": points}
+            "bare_bytes_per_value": bare_size / len(values), "query_s": query_s, "points": points,
+            "bare_query_s": minute_query_s, "fine_query_s": fine_query_s}
 
 
 def median_time(work, times=5):
@@ -148,32 +167,54 @@ def median_time(work, times=5):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds-per-step", type=float, default=3.0)
+    parser.add_argument("--days", type=int, default=30)
+    args = parser.parse_args()
     common.exit_on_sigterm()
-    folder = Path(tempfile.mkdtemp(prefix="orbit-bench-history-"))
+    report = Report("history", seconds_per_step=args.seconds_per_step, days=args.days)
+    folder = common.scratch("orbit-bench-history-")
     server = common.BenchServer(heartbeat=1.0, timeout=10.0).start()
     try:
-        steps, db = ingest(server, folder)
+        steps, _db = ingest(server, folder, args.seconds_per_step)
     finally:
         server.stop()
     for rate, achieved, kept, lag, missing in steps:
         print(f"(a) {rate:>6} values/s asked, {achieved:8.0f} published: "
               + (f"recorded in full, {lag:.2f} s after the last" if kept
                  else f"{missing} not recorded after {lag:.1f} s" if missing
-                 else f"recorded in full only {lag:.1f} s after the last: a backlog"))
+                 else f"recorded in full only {lag:.1f} s after the last: a backlog"), flush=True)
     best = max((achieved for _, achieved, kept, _, _ in steps if kept), default=0)
-    ingest_bytes = sum(p.stat().st_size for p in folder.glob("ingest.sqlite*"))
-    m = month(folder)
-    print(f"(a) historian keeps up with {best:.0f} values/s; bare SQLite inserts "
-          f"{m['values'] / m['bare_s']:.0f} rows/s (ratio {best / (m['values'] / m['bare_s']):.3f})")
-    print(f"(b) 30 days at 1 Hz through the store: {m['values'] / m['store_s']:.0f} values/s written "
-          f"({m['store_s']:.1f} s; bare {m['bare_s']:.1f} s), {m['bytes_per_value']:.1f} disk bytes per value "
-          f"(the ingest file: {ingest_bytes} bytes)")
-    print(f"(c) 500-point query over 30 days: {m['query_s'] * 1000:.1f} ms ({m['points']} buckets), bare GROUP BY "
-          f"{m['bare_query_s'] * 1000:.1f} ms (ratio {m['query_s'] / m['bare_query_s']:.3f})")
-    for path in folder.iterdir():
-        path.unlink()
-    os.rmdir(folder)
+    failed = next(((rate, lag, missing) for rate, _, kept, lag, missing in steps if not kept), None)
+    m = month(folder, args.days)
+    bare_rate = m["values"] / m["bare_s"]
+    behind = "" if failed is None else (
+        f" (backlog at {failed[0]:,}: all in {failed[1]:.1f} s)" if not failed[2]
+        else f" (at {failed[0]:,}: {failed[2]:,} not recorded after {failed[1]:.1f} s)")
+    span = f"{args.days} days"
+    report.table(("", "Orbit", "bare SQLite", "ratio"), [
+        ("(a) values recorded per second, keeping up", f"{best:,.0f}{behind}", f"{bare_rate:,.0f} rows/s inserted",
+         f"{best / bare_rate:.2f}"),
+        (f"(b) {span} at 1 Hz written", f"{m['values'] / m['store_s']:,.0f} values/s ({m['store_s']:.1f} s)",
+         f"{bare_rate:,.0f} rows/s ({m['bare_s']:.1f} s)", f"{m['bare_s'] / m['store_s']:.2f}"),
+        ("(b) disk per value", f"{m['bytes_per_value']:.1f} bytes (fine tier with its index, and the minute tier)",
+         f"{m['bare_bytes_per_value']:.1f} bytes (the table with its index)",
+         f"{m['bytes_per_value'] / m['bare_bytes_per_value']:.2f}"),
+        (f"(c) 500-point query over {span}", f"{m['query_s'] * 1000:.1f} ms ({m['points']} points, from the minute "
+         "tier)", f"{m['bare_query_s'] * 1000:.1f} ms (the same GROUP BY over the same minute rows)",
+         f"{m['query_s'] / m['bare_query_s']:.2f}"),
+        (f"(c) the same over every value (not a reference)", "",
+         f"{m['fine_query_s'] * 1000:.1f} ms (GROUP BY over the {m['values']:,} rows)", "")])
+    report.figure("(a) values recorded per second, keeping up", best, "{:,.0f}", bare_rate,
+                  "bare SQLite executemany, rows/s")
+    report.figure(f"(b) {span} at 1 Hz written, values/s", m["values"] / m["store_s"], "{:,.0f}", bare_rate,
+                  "bare SQLite executemany")
+    report.figure("(b) disk bytes per value", m["bytes_per_value"], "{:.1f}", m["bare_bytes_per_value"],
+                  "the bare table with its index")
+    report.figure(f"(c) 500-point query over {span}", m["query_s"] * 1000, "{:.1f} ms", m["bare_query_s"] * 1000,
+                  "the same GROUP BY over the same minute rows, bare")
+    return report.finish()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,12 +17,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import common
 import psutil
+from figures import Report
 
 PROBES = {
     "none": None,
@@ -65,6 +64,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
     common.exit_on_sigterm()
+    report = Report("probes", programs=args.programs, period=args.period, seconds=args.seconds)
     port = common.free_port()
     server = subprocess.Popen([sys.executable, str(common.ROOT / "tests" / "programs" / "probed.py"), str(port)],
                               stdout=subprocess.DEVNULL, start_new_session=True)
@@ -72,18 +72,22 @@ def main():
     try:
         for kind, probe in PROBES.items():
             probe = {k: v.replace("{port}", str(port)) if isinstance(v, str) else v for k, v in (probe or {}).items()}
-            folder = Path(tempfile.mkdtemp(prefix=f"orbit-bench-probes-{kind}-"))
+            folder = common.scratch(f"orbit-bench-probes-{kind}-")
             cpu[kind] = supervisor_cpu(folder, probe, args.programs, args.period, args.seconds)
             added = f", added {cpu[kind] - cpu['none']:+.3f}" if kind != "none" else " (the reference)"
             print(f"probes {kind:5s}: {args.programs} programs every {args.period:g} s: supervisor "
                   f"{cpu[kind]:.3f} % of a core{added}", flush=True)
     finally:
         common.stop_group(server)
-    worst = max(cpu["tcp"], cpu["http"]) - cpu["none"]
-    met = worst < TARGET_PERCENT
-    print(f"target: tcp and http probes add < {TARGET_PERCENT:g} % of a core: {'met' if met else 'NOT met'} "
-          f"({worst:.3f} %); exec adds {cpu['exec'] - cpu['none']:.3f} % (a process started per probe)")
-    return 0 if met else 1
+    report.table(("probes", f"supervisor CPU over {args.seconds:g} s", "added by the probes"), [
+        ("none (the reference)" if kind == "none" else kind, f"{percent:.3f} % of a core",
+         "" if kind == "none" else f"{percent - cpu['none']:+.3f} %") for kind, percent in cpu.items()],
+        title=f"{args.programs} programs, each probed every {args.period:g} s")
+    for kind in ("tcp", "http", "exec"):
+        report.figure(f"supervisor CPU, {kind} probes", cpu[kind], "{:.3f} %", cpu["none"], "no probes",
+                      target=("<", TARGET_PERCENT) if kind != "exec" else None, on="excess")
+    report.note("exec starts a process for every probe; it has no target")
+    return report.finish()
 
 
 if __name__ == "__main__":

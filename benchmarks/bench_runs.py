@@ -7,6 +7,11 @@ controller (`python -m runcontrol.controller`) run in their own processes; the
 timing is the operator's: `begin_run` sent -> its answer received (every
 participant asked and answered through the server in between). Each round ends
 the run again (not timed).
+Reference, in each round of the same run: a bare round trip to the same participants, a
+raw DEALER client of the same server sending each of them a `_transition` at once and
+taking every reply (matched by `id`): what asking 100 participants through the server
+costs, without the run controller, its run book and the operator's hop.
+Target: begin_run median under 100 ms.
 
 Run: python benchmarks/bench_runs.py [--participants 100] [--rounds 20]
 """
@@ -23,7 +28,9 @@ import time
 import common
 import orjson
 import zmq
+from figures import Report
 
+from runcontrol import protocol
 from runcontrol.control.operator import Operator
 
 PER_PROCESS = 25
@@ -46,8 +53,9 @@ def participants(router, names, ready):
     for sock in socks:
         sock.recv()  # the welcome
     ready.put(len(socks))
-    while True:
-        for sock, _ in poller.poll():
+    deadline = common.deadline()
+    while time.monotonic() < deadline:
+        for sock, _ in poller.poll(1000):
             while True:
                 try:
                     msg = orjson.loads(sock.recv(zmq.NOBLOCK))
@@ -60,43 +68,104 @@ def participants(router, names, ready):
                                             "result": {"state": msg["transition"], "run": msg["run"]}}))
 
 
+class BareAsker:
+    """A raw DEALER client of the server that asks every participant at once and waits for every reply."""
+
+    def __init__(self, router, names):
+        self.names = names
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(router)
+        self.sock.send(orjson.dumps({"cmd": "_hello", "name": f"bench-bare-{os.getpid()}", "id": "h"}))
+        self.receive(lambda msg: msg.get("re") == "h", 10)
+        self.round = 0
+
+    def ask_all(self, timeout_s=10):
+        """Seconds from the first `_transition` sent to the last reply received."""
+        self.round += 1
+        waiting = {f"{self.round}-{i}" for i in range(len(self.names))}
+        started = time.perf_counter()
+        for i, name in enumerate(self.names):
+            self.sock.send(orjson.dumps({**protocol.make_transition("begin", self.round), "to": name,
+                                         "id": f"{self.round}-{i}"}))
+        while waiting:
+            msg = self.receive(lambda msg: msg.get("cmd") == "_reply", timeout_s)
+            if not msg.get("ok"):
+                raise RuntimeError(f"a participant refused: {msg}")
+            waiting.discard(msg.get("re"))
+        return time.perf_counter() - started
+
+    def receive(self, wanted, timeout_s):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.sock.poll(100):
+                continue
+            msg = orjson.loads(self.sock.recv())
+            if msg.get("cmd") == "_ping":
+                self.sock.send(orjson.dumps({"cmd": "_pong", "re": msg.get("id")}))
+            elif wanted(msg):
+                return msg
+        raise RuntimeError(f"no answer within {timeout_s} s")
+
+    def close(self):
+        self.sock.send(b'{"cmd":"_bye"}')
+        self.sock.close()
+        self.ctx.term()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--participants", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
     common.exit_on_sigterm()
+    report = Report("runs", participants=args.participants, rounds=args.rounds)
     server = common.BenchServer(heartbeat=1.0, timeout=10.0).start()
-    controller = subprocess.Popen([sys.executable, "-m", "runcontrol.control.controller", "--experiment", str(server.path),
-                                   "--log-level", "WARNING"], cwd=common.ROOT, start_new_session=True)
-    helpers = []
+    controller = helpers = None
+    bare = None
     try:
+        controller = subprocess.Popen([sys.executable, "-m", "runcontrol.control.controller", "--experiment",
+                                       str(server.path), "--log-level", "WARNING"], cwd=common.ROOT,
+                                      start_new_session=True)
         ready = mp.Queue()
         names = [f"p{i:03d}" for i in range(args.participants)]
-        for start in range(0, len(names), PER_PROCESS):
-            proc = mp.Process(target=participants, args=(server.router, names[start:start + PER_PROCESS], ready))
+        helpers = [mp.Process(target=participants, args=(server.router, names[start:start + PER_PROCESS], ready))
+                   for start in range(0, len(names), PER_PROCESS)]
+        for proc in helpers:
             proc.start()
-            helpers.append(proc)
         registered = sum(ready.get(timeout=60) for _ in helpers)
-        with Operator(server=server.router, name="bench-op") as op:
+        bare = BareAsker(server.router, names)
+        with Operator(experiment=str(server.path), server=server.router, name="bench-op") as op:
             common.wait_for(lambda: len(op.status()["participants"]) == args.participants, 30, 0.2)
-            timings = []
+            timings, references = [], []
             for _ in range(args.rounds):
+                references.append(1000 * bare.ask_all())
                 op.prepare_run()
                 started = time.perf_counter()
                 answer = op.begin_run(comment="bench")
                 timings.append(1000 * (time.perf_counter() - started))
-                assert len(answer["participants"]) == args.participants and not answer["problems"]
+                if len(answer["participants"]) != args.participants or answer["problems"]:
+                    raise RuntimeError(f"begin_run did not reach every participant: {answer}")
                 op.end_run()
-        print(f"begin_run to {registered} participants, all acknowledged: median {statistics.median(timings):.1f} ms, "
-              f"max {max(timings):.1f} ms over {len(timings)} runs "
-              f"(target: median < 100 ms: {'met' if statistics.median(timings) < 100 else 'NOT met'})")
     finally:
-        common.stop_all(helpers)
-        if controller.poll() is None:
-            controller.send_signal(signal.SIGTERM)
-            controller.wait(30)
+        if bare is not None:
+            bare.close()
+        common.stop_all(helpers or [])
+        if controller is not None:
+            common.stop_group(controller, 30)
         server.stop()
+    print(f"begin_run to {registered} participants, all acknowledged: median {statistics.median(timings):.1f} ms, "
+          f"max {max(timings):.1f} ms over {len(timings)} runs; the bare round trip: median "
+          f"{statistics.median(references):.1f} ms, max {max(references):.1f} ms")
+    report.table(("asked", "participants", "median", "max"), [
+        ("a bare round trip through the server (the reference)", registered,
+         f"{statistics.median(references):.1f} ms", f"{max(references):.1f} ms"),
+        ("`begin_run`, all acknowledged", registered, f"{statistics.median(timings):.1f} ms",
+         f"{max(timings):.1f} ms")], title=f"{len(timings)} rounds")
+    report.figure(f"begin_run to {registered} participants (median)", statistics.median(timings), "{:.1f} ms",
+                  statistics.median(references), "the bare round trip to them", target=("<", 100.0))
+    return report.finish()
 
 
 if __name__ == "__main__":

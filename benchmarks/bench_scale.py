@@ -4,7 +4,11 @@ For 10, 100 and 1000 registered clients (many DEALER sockets in one helper proce
 at a 1 s heartbeat: the CPU share and RSS of (a) our server, which pings every client
 each second and takes their pongs, and (b) a bare pyzmq ROUTER that answers one
 heartbeat per client per second sent at random moments, measured in the same run.
-Then the server's RSS before and after one million routed messages.
+Then the leak check: the RSS before and after one million messages routed between two
+raw-socket clients, (a) through our server, (b) through a bare pyzmq forwarder that only
+swaps identities, the same messages on the same credit, in the same run.
+Targets, at the most clients: CPU no higher than the bare ROUTER's, RSS under 100 MB; the
+server's RSS grows by less than 5 MB more than the bare forwarder's over the million.
 
 Run: python benchmarks/bench_scale.py [--seconds 30] [--clients 10,100,1000] [--messages 1000000]
 """
@@ -19,17 +23,23 @@ import time
 import common
 import psutil
 import zmq
+from figures import Report
 
 NOBLOCK = int(zmq.NOBLOCK)
 PONG = b'{"cmd":"_pong"}'
 WINDOW = 5000  # below the server's per-client queue: no drops, only back-pressure
+LEAK_TX, LEAK_RX = b"leak-tx", b"leak-rx"
 
 
-def dealers(ctx, router, count):
+def dealers(ctx, router, count, identity=None):
     socks = []
     for _ in range(count):
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDTIMEO, 10000)
+        sock.setsockopt(zmq.RCVTIMEO, 10000)
+        if identity:
+            sock.setsockopt(zmq.ROUTING_ID, identity)
         sock.connect(router)
         socks.append(sock)
     return socks
@@ -53,7 +63,8 @@ def orbit_clients(router, count, ready, stop):
         sock.send(b'{"cmd":"_hello","name":"scale-%d","id":1}' % i)
         poller.register(sock, zmq.POLLIN)
     welcomed = 0
-    while not stop.is_set():
+    deadline = common.deadline()
+    while not stop.is_set() and time.monotonic() < deadline:
         for sock, _ in poller.poll(200):
             for data in drain(sock):
                 if data.startswith(b'{"cmd":"_ping"'):
@@ -71,9 +82,11 @@ def bare_router(address_out):
     router = ctx.socket(zmq.ROUTER)
     router.bind("tcp://127.0.0.1:*")
     address_out.put(router.getsockopt_string(zmq.LAST_ENDPOINT))
-    while True:
-        ident, _ = router.recv_multipart()
-        router.send_multipart((ident, b"pong"))
+    deadline = common.deadline()
+    while time.monotonic() < deadline:
+        if router.poll(1000):
+            ident, _ = router.recv_multipart()
+            router.send_multipart((ident, b"pong"))
 
 
 def bare_clients(router, count, ready, stop):
@@ -86,7 +99,8 @@ def bare_clients(router, count, ready, stop):
     due = [(now + random.random(), i) for i in range(count)]
     heapq.heapify(due)
     ready.set()
-    while not stop.is_set():
+    deadline = common.deadline()
+    while not stop.is_set() and now < deadline:
         now = time.monotonic()
         while due[0][0] <= now:
             _, i = heapq.heappop(due)
@@ -126,9 +140,10 @@ def run_orbit(count, seconds):
 def run_bare(count, seconds):
     addresses, ready, stop = mp.Queue(), mp.Event(), mp.Event()
     router = mp.Process(target=bare_router, args=(addresses,), daemon=True)
-    router.start()
-    helper = mp.Process(target=bare_clients, args=(addresses.get(timeout=10), count, ready, stop), daemon=True)
+    helper = None
     try:
+        router.start()
+        helper = mp.Process(target=bare_clients, args=(addresses.get(timeout=10), count, ready, stop), daemon=True)
         helper.start()
         ready.wait(60)
         time.sleep(2)
@@ -138,15 +153,40 @@ def run_bare(count, seconds):
         common.stop_all([helper, router])
 
 
-# --- one million routed messages ---------------------------------------------------------------
+# --- one million routed messages: our server, and a bare forwarder -----------------------------------
 
-def leak_sender(router, count, ready, go, progress):
+def leak_forwarder(address_out):
+    """The reference: answers each side's `here` with `ok`, forwards everything else to the other side."""
     ctx = zmq.Context()
-    sock = dealers(ctx, router, 1)[0]
-    sock.send(b'{"cmd":"_hello","name":"leak-tx","id":1}')
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.SNDHWM, 10000)
+    router.setsockopt(zmq.RCVHWM, 10000)
+    router.bind("tcp://127.0.0.1:*")
+    address_out.put(router.getsockopt_string(zmq.LAST_ENDPOINT))
+    deadline = common.deadline()
+    while time.monotonic() < deadline:
+        if router.poll(1000):
+            ident, data = router.recv_multipart()
+            if data == b"here":
+                router.send_multipart((ident, b"ok"))
+            else:
+                router.send_multipart((LEAK_RX if ident == LEAK_TX else LEAK_TX, data))
+
+
+def leak_socket(router, identity, bare):
+    """A raw DEALER known to our server by a `_hello` (or to the bare forwarder by its identity), welcomed."""
+    sock = dealers(zmq.Context(), router, 1, identity)[0]
+    sock.send(b"here" if bare else b'{"cmd":"_hello","name":"%s","id":1}' % identity)
     sock.recv()
+    return sock
+
+
+def leak_sender(router, count, ready, go, progress, bare):
+    sock = leak_socket(router, LEAK_TX, bare)
     ready.set()
-    go.wait()
+    if not go.wait(60):
+        return
+    deadline = time.monotonic() + 600
     message = b'{"to":"leak-rx","cmd":"data","payload":"' + b"x" * 150 + b'"}'
     for i in range(count):
         sock.send(message)
@@ -154,14 +194,13 @@ def leak_sender(router, count, ready, go, progress):
             for _ in drain(sock):  # pings and errors: keep our inbox from filling
                 pass
             while i - progress.value > WINDOW:  # credit: never more than WINDOW in flight
+                if time.monotonic() > deadline:
+                    return
                 time.sleep(0.001)
 
 
-def leak_receiver(router, count, ready, progress):
-    ctx = zmq.Context()
-    sock = dealers(ctx, router, 1)[0]
-    sock.send(b'{"cmd":"_hello","name":"leak-rx","id":1}')
-    sock.recv()
+def leak_receiver(router, count, ready, progress, bare):
+    sock = leak_socket(router, LEAK_RX, bare)
     ready.set()
     received = 0
     last_data = time.monotonic()
@@ -176,17 +215,29 @@ def leak_receiver(router, count, ready, progress):
         progress.value = received
 
 
-def run_leak(messages):
-    server = common.BenchServer(heartbeat=1.0, timeout=30.0).start()
+def run_leak(messages, bare):
+    """(RSS before, RSS after, messages received, seconds) of the server, or of the bare forwarder."""
+    server = forwarder = None
     rx_ready, tx_ready, go, progress = mp.Event(), mp.Event(), mp.Event(), mp.Value("q", 0)
-    receiver = mp.Process(target=leak_receiver, args=(server.router, messages, rx_ready, progress), daemon=True)
-    sender = mp.Process(target=leak_sender, args=(server.router, messages, tx_ready, go, progress), daemon=True)
+    receiver = sender = None
     try:
+        if bare:
+            addresses = mp.Queue()
+            forwarder = mp.Process(target=leak_forwarder, args=(addresses,), daemon=True)
+            forwarder.start()
+            router, pid = addresses.get(timeout=10), forwarder.pid
+        else:
+            server = common.BenchServer(heartbeat=1.0, timeout=30.0).start()
+            router, pid = server.router, server.proc.pid
+        receiver = mp.Process(target=leak_receiver, args=(router, messages, rx_ready, progress, bare), daemon=True)
         receiver.start()
+        if not rx_ready.wait(30):
+            raise RuntimeError("the receiver did not start")
+        sender = mp.Process(target=leak_sender, args=(router, messages, tx_ready, go, progress, bare), daemon=True)
         sender.start()
-        rx_ready.wait(30)
-        tx_ready.wait(30)
-        proc = psutil.Process(server.proc.pid)
+        if not tx_ready.wait(30):
+            raise RuntimeError("the sender did not start")
+        proc = psutil.Process(pid)
         before = proc.memory_info().rss / 2**20
         start = time.monotonic()
         go.set()
@@ -196,8 +247,9 @@ def run_leak(messages):
         after = proc.memory_info().rss / 2**20
         return before, after, progress.value, elapsed
     finally:
-        common.stop_all([receiver, sender])
-        server.stop()
+        common.stop_all([receiver, sender, forwarder])
+        if server is not None:
+            server.stop()
 
 
 def main():
@@ -208,6 +260,7 @@ def main():
     args = parser.parse_args()
     mp.set_start_method("fork")
     common.exit_on_sigterm()
+    report = Report("scale", seconds=args.seconds, clients=args.clients, messages=args.messages)
     rows = []
     for count in map(int, args.clients.split(",")):
         ours = run_orbit(count, args.seconds)
@@ -215,19 +268,34 @@ def main():
         rows.append((count, ours, bare))
         print(f"{count} clients: orbit {ours[0]:.1f} % CPU {ours[1]:.0f} MB; "
               f"bare ROUTER {bare[0]:.1f} % CPU {bare[1]:.0f} MB", flush=True)
-    before, after, received, elapsed = run_leak(args.messages)
-    print()
-    print("| clients | orbit server CPU | orbit server RSS | bare ROUTER CPU | bare ROUTER RSS |")
-    print("|---|---|---|---|---|")
-    for count, ours, bare in rows:
-        print(f"| {count} | {ours[0]:.1f} % | {ours[1]:.0f} MB | {bare[0]:.1f} % | {bare[1]:.0f} MB |")
-    print(f"\nRSS before {args.messages:,} routed messages: {before:.1f} MB, after: {after:.1f} MB "
-          f"(growth {after - before:+.1f} MB; {received:,} received in {elapsed:.1f} s)")
+    leaks = {}
+    for name, bare in (("orbit server", False), ("bare forwarder", True)):
+        leaks[name] = run_leak(args.messages, bare)
+        before, after, received, elapsed = leaks[name]
+        print(f"{name}: RSS {before:.1f} MB before {args.messages:,} messages, {after:.1f} MB after; "
+              f"{received:,} received in {elapsed:.1f} s", flush=True)
+    report.table(("clients", "orbit server CPU", "orbit server RSS", "bare ROUTER CPU", "bare ROUTER RSS"), [
+        (count, f"{ours[0]:.1f} %", f"{ours[1]:.0f} MB", f"{bare[0]:.1f} %", f"{bare[1]:.0f} MB")
+        for count, ours, bare in rows])
+    report.table(("routed by", "RSS before", "RSS after", "growth", "received", "time", "rate"), [
+        (name, f"{before:.1f} MB", f"{after:.1f} MB", f"{after - before:+.1f} MB", f"{received:,}",
+         f"{elapsed:.1f} s", f"{received / elapsed:,.0f} msg/s")
+        for name, (before, after, received, elapsed) in leaks.items()],
+        title=f"Leak check: {args.messages:,} messages between two raw-socket clients")
     count, ours, bare = rows[-1]
-    ok = ours[0] <= bare[0] and ours[1] < 100 and after - before < 5
-    print(f"targets at {count} clients: CPU <= bare ({ours[0]:.1f} vs {bare[0]:.1f} %), RSS < 100 MB "
-          f"({ours[1]:.0f} MB), growth < 5 MB: {'met' if ok else 'NOT met'}")
-    return 0 if ok else 1
+    report.figure(f"server CPU, {count} clients", ours[0], "{:.1f} %", bare[0], "the bare ROUTER",
+                  target=("<=", 1.0), on="ratio")
+    report.figure(f"server RSS, {count} clients", ours[1], "{:.0f} MB", bare[1], "the bare ROUTER",
+                  target=("<", 100))
+    (o_before, o_after, o_received, o_s), (b_before, b_after, b_received, b_s) = leaks.values()
+    report.figure(f"RSS growth over {args.messages:,} messages", o_after - o_before, "{:+.1f} MB",
+                  b_after - b_before, "the bare forwarder's", target=("<", 5.0), on="excess")
+    report.figure("messages routed a second, leak check", o_received / o_s, "{:,.0f}", b_received / b_s,
+                  "the bare forwarder")
+    if o_received < args.messages or b_received < args.messages:
+        report.note(f"not every message arrived: {o_received:,} through the server, {b_received:,} through "
+                    f"the bare forwarder, of {args.messages:,}")
+    return report.finish()
 
 
 if __name__ == "__main__":

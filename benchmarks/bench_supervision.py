@@ -12,6 +12,7 @@ supervisor process used over the same 30 s.
 A bare Popen-and-wait loop gives the floor for the respawn in the same run.
 Our supervisor runs alone here (this script's --serve mode: the Supervisor with the
 local backend, no server), as supervisord does.
+Targets: our respawn median under 10 ms; our idle CPU no more than supervisord's.
 
 Run: python benchmarks/bench_supervision.py [--kills 20] [--idle 50] [--seconds 30]
 """
@@ -24,12 +25,12 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import common
 import psutil
+from figures import Report
 
 import experiments
 from runcontrol.supervision.backends.local import LocalBackend
@@ -145,9 +146,11 @@ def respawn(kind, folder, kills):
 
 
 def idle_cpu(folder, count, seconds):
-    supervisors = [kind(folder / kind.name, {f"idle{i}": ["sleep", "1000"] for i in range(count)})
-                   for kind in (Ours, Supervisord) if (folder / kind.name).mkdir() is None]
+    supervisors = []
     try:
+        for kind in (Ours, Supervisord):
+            (folder / kind.name).mkdir()
+            supervisors.append(kind(folder / kind.name, {f"idle{i}": ["sleep", "1000"] for i in range(count)}))
         procs = [psutil.Process(s.proc.pid) for s in supervisors]
         common.wait_for(lambda: all(len(p.children()) >= count for p in procs), 30)
         time.sleep(3)  # past start checks
@@ -171,7 +174,8 @@ def main():
     if args.serve:
         return serve(args.serve)
     common.exit_on_sigterm()
-    folder = Path(tempfile.mkdtemp(prefix="orbit-bench-sup-"))
+    report = Report("supervision", kills=args.kills, idle=args.idle, seconds=args.seconds)
+    folder = common.scratch("orbit-bench-sup-")
     results = {}
     for kind in (Bare, Ours, Supervisord):
         ms = [1000 * v for v in respawn(kind, folder, args.kills)]
@@ -181,9 +185,20 @@ def main():
     cpu = idle_cpu(folder, args.idle, args.seconds)
     for name, percent in cpu.items():
         print(f"idle CPU {name:11s} with {args.idle} programs over {args.seconds:g} s: {percent:.3f} % of a core")
-    ours = statistics.median(results["orbit"])
-    print(f"targets: respawn median < 10 ms: {'met' if ours < 10 else 'NOT met'} ({ours:.1f} ms); "
-          f"idle CPU <= supervisord: {'met' if cpu['orbit'] <= cpu['supervisord'] else 'NOT met'}")
+    labels = {"bare": "bare Popen-and-wait loop", "orbit": "orbit supervisor", "supervisord": "supervisord"}
+    report.table(("supervisor", "respawn median", "respawn max"), [
+        (labels[name], f"{statistics.median(ms):.1f} ms", f"{max(ms):.1f} ms") for name, ms in results.items()],
+        title=f"Respawn after SIGKILL, {args.kills} kills each")
+    report.table(("supervisor", f"CPU over {args.seconds:g} s, {args.idle} idle programs"), [
+        (labels[name], f"{percent:.3f} % of a core") for name, percent in cpu.items()], title="Idle")
+    floor = statistics.median(results["bare"])
+    report.figure("respawn median, orbit supervisor", statistics.median(results["orbit"]), "{:.1f} ms", floor,
+                  "the bare loop", target=("<", 10.0))
+    report.figure("respawn median, supervisord", statistics.median(results["supervisord"]), "{:.1f} ms", floor,
+                  "the bare loop")
+    report.figure(f"idle CPU, {args.idle} programs, orbit supervisor", cpu["orbit"], "{:.3f} %", cpu["supervisord"],
+                  "supervisord", target=("<=", 0.0), on="excess")
+    return report.finish()
 
 
 if __name__ == "__main__":

@@ -6,34 +6,33 @@ connections (aiohttp's client, in this process); requests per second and the
 99th percentile. Reference: a bare aiohttp server in a process of its own that
 answers every request with the same bytes as /api/status, measured the same way
 in the same run. (c) the web program's CPU (percent of one core) over 10 s with
-no page open, and with 10 pages open (each a live stream of server-sent events).
+no page open (the reference), and with 10 pages open (each a live stream of
+server-sent events). No targets.
 
-Run: python benchmarks/bench_web.py
+Run: python benchmarks/bench_web.py [--requests 2000] [--cpu-seconds 10]
 """
 
+import argparse
 import asyncio
 import json
 import multiprocessing
-import signal
+import socket
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import psutil
 
 import common
+from figures import Report
 
 from tests.helpers import damicm_copy
 
-REQUESTS = 2000
 CONCURRENCY = 8
-CPU_WINDOW_S = 10.0
 PAGES = 10
 
 
-async def load(url, requests=REQUESTS, concurrency=CONCURRENCY):
+async def load(url, requests, concurrency=CONCURRENCY):
     """(requests per second, p99 seconds) of GETs of `url`, `concurrency` at a time."""
     import aiohttp
     took = []
@@ -110,9 +109,26 @@ def wait_web(url, deadline_s=90):
     raise RuntimeError("damicm's web program did not show every program RUNNING")
 
 
+def wait_listening(port, timeout_s=20):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--cpu-seconds", type=float, default=10.0)
+    args = parser.parse_args()
     common.exit_on_sigterm()
-    folder = Path(tempfile.mkdtemp(prefix="orbit-bench-web-"))
+    report = Report("web", requests=args.requests, concurrency=CONCURRENCY, cpu_seconds=args.cpu_seconds,
+                    pages=PAGES)
+    folder = common.scratch("orbit-bench-web-")
     path = damicm_copy(folder)
     url = "http://" + json.loads(path.read_text())["programs"]["web"]["cmd"][-1]
     damicm = subprocess.Popen([sys.executable, "run.py", str(path), "--headless"], cwd=common.ROOT,
@@ -125,23 +141,31 @@ def main():
         port = common.free_port()
         bare = multiprocessing.Process(target=serve_bare, args=(port, body), daemon=True)
         bare.start()
-        time.sleep(1.5)
-        status = asyncio.run(load(url + "/api/status"))
-        metrics = asyncio.run(load(url + "/metrics"))
-        reference = asyncio.run(load(f"http://127.0.0.1:{port}/"))
-        idle = asyncio.run(cpu_of(web_pid, CPU_WINDOW_S))
-        watched = asyncio.run(pages_open(url, CPU_WINDOW_S, web_pid))
+        wait_listening(port)
+        status = asyncio.run(load(url + "/api/status", args.requests))
+        metrics = asyncio.run(load(url + "/metrics", args.requests))
+        reference = asyncio.run(load(f"http://127.0.0.1:{port}/", args.requests))
+        idle = asyncio.run(cpu_of(web_pid, args.cpu_seconds))
+        watched = asyncio.run(pages_open(url, args.cpu_seconds, web_pid))
     finally:
-        if bare is not None:
-            common.stop_all([bare])
-        damicm.send_signal(signal.SIGTERM)
-        damicm.wait(60)
-    print(f"snapshot {len(body)} bytes; {REQUESTS} requests, {CONCURRENCY} at a time")
-    for label, (rate, p99) in (("(a) /api/status", status), ("(b) /metrics", metrics),
-                               ("    bare aiohttp, the same bytes", reference)):
+        common.stop_all([bare])
+        common.stop_group(damicm, 120)
+    print(f"snapshot {len(body)} bytes; {args.requests} requests, {CONCURRENCY} at a time")
+    rows = (("(a) `/api/status`", status), ("(b) `/metrics`", metrics), ("bare aiohttp, the same bytes", reference))
+    for label, (rate, p99) in rows:
         print(f"{label}: {rate:7.0f} requests/s, p99 {p99 * 1000:6.1f} ms (ratio to bare {rate / reference[0]:.2f})")
     print(f"(c) web program CPU: {idle:.1f} % of a core with no page open, {watched:.1f} % with {PAGES} pages open")
+    report.table(("", "requests/s", "p99", "ratio to bare"), [
+        (label, f"{rate:,.0f}", f"{p99 * 1000:.1f} ms", f"{rate / reference[0]:.2f}") for label, (rate, p99) in rows],
+        title=f"{args.requests:,} requests each, {CONCURRENCY} at a time; the snapshot is {len(body) / 1000:.1f} KB")
+    report.table(("pages open", f"web program CPU over {args.cpu_seconds:g} s"), [
+        ("none (the reference)", f"{idle:.1f} % of a core"), (PAGES, f"{watched:.1f} % of a core")],
+        title="(c) the web program's CPU")
+    report.figure("(a) `/api/status`, requests/s", status[0], "{:,.0f}", reference[0], "bare aiohttp, the same bytes")
+    report.figure("(b) `/metrics`, requests/s", metrics[0], "{:,.0f}", reference[0], "bare aiohttp, the same bytes")
+    report.figure(f"(c) web program CPU with {PAGES} pages open", watched, "{:.1f} %", idle, "no page open")
+    return report.finish()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,14 @@
-"""What the benchmarks share: a real server process, percentiles, process clean-up."""
+"""What the benchmarks share: a real server process, percentiles, process clean-up, scratch folders.
 
+Every port comes from `free_port()` (the block of loopback ports the test suite's tests/ports.py gives this
+process) or from binding port 0; every process a benchmark starts is stopped by `stop_group`, `stop_all` or
+`BenchServer.stop`, with whatever it started in turn. The figures are recorded by figures.Report.
+"""
+
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,11 +16,27 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from runcontrol.bus import discovery  # noqa: E402
 from tests.helpers import free_port  # noqa: E402,F401  (the tests' own: one finder of free ports)
+
+HELPER_S = 900.0   # a helper process that sends traffic gives up after this long, should its benchmark not stop it
+
+
+def deadline(seconds=HELPER_S):
+    return time.monotonic() + seconds
+
+
+def scratch(prefix):
+    """A new folder under the system's temporary folder, removed when the benchmark exits."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    parent = os.getpid()
+    atexit.register(lambda: os.getpid() == parent and shutil.rmtree(folder, ignore_errors=True))
+    return folder
 
 
 def exit_on_sigterm():
@@ -39,7 +62,7 @@ class BenchServer:
     """`python -m runcontrol.server` on ephemeral loopback ports, found by its beacon."""
 
     def __init__(self, heartbeat=5.0, timeout=30.0, name=None, curve=False, **server):
-        self.folder = Path(tempfile.mkdtemp(prefix="orbit-bench-"))
+        self.folder = scratch("orbit-bench-")
         self.name = name or f"bench-{os.getpid()}"
         self.port = free_port()   # its beacon's
         self.path = self.folder / f"{self.name}.json"
@@ -58,14 +81,17 @@ class BenchServer:
             keys.make_all(experiments.load(self.path))
         self.proc = None
         self.router = None
+        self.startup_s = None   # Popen -> its first beacon heard
 
     def start(self):
         listener = discovery.BeaconListener(self.port, experiment=self.name)
         try:
+            began = time.perf_counter()
             self.proc = subprocess.Popen([sys.executable, "-m", "runcontrol.bus.server", "--experiment",
                                           str(self.path), "--log-level", "WARNING"],
                                          cwd=ROOT, start_new_session=True)
             beacon = listener.wait(15)
+            self.startup_s = time.perf_counter() - began
         finally:
             listener.close()
         if beacon is None:
@@ -75,17 +101,13 @@ class BenchServer:
         return self
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.proc is not None:
+            stop_group(self.proc, 10, group=True)
 
 
 def stop_all(processes):
-    """Terminate multiprocessing children still running, then join them."""
+    """Terminate multiprocessing children still running, then join them (SIGKILL after 10 s)."""
+    processes = [p for p in processes if p is not None and p.pid is not None]
     for proc in processes:
         if proc.is_alive():
             proc.terminate()
@@ -96,15 +118,34 @@ def stop_all(processes):
             proc.join()
 
 
-def stop_group(proc, grace_s=20):
-    """SIGTERM to a Popen started in its own session, SIGKILL to its group after `grace_s`; reaped."""
+def stop_group(proc, grace_s=20, group=False):
+    """Stop a Popen started in its own session: SIGTERM (to it, or with `group` to its whole group), SIGKILL to
+    its group after `grace_s`, reaped; then SIGKILL to any process it started that is still there (a program
+    it supervised in a session of its own, say)."""
+    family = []
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        try:
+            family = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGTERM) if group else proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
         try:
             proc.wait(grace_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    for child in family:
+        try:
+            child.kill()   # psutil checks the pid still names the process it found: a reused pid is left alone
+        except psutil.Error:
+            pass
 
 
 def wait_for(predicate, timeout_s, interval_s=0.05):

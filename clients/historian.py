@@ -223,12 +223,11 @@ def main(argv=None):
     try:
         with Historian(args.name, store, experiment=args.experiment) as historian:
             historian.connect(60)
-            expired = time.monotonic()
             while True:
-                historian.poll(max(0.0, expired + EXPIRE_EVERY_S - time.monotonic()))
-                if time.monotonic() - expired >= EXPIRE_EVERY_S:
-                    store.expire()
-                    expired = time.monotonic()
+                store.expire()   # at once too: a historian restarted more often than hourly still expires
+                expired = time.monotonic()
+                while (left := expired + EXPIRE_EVERY_S - time.monotonic()) > 0:
+                    historian.poll(left)
     except ServerUnavailable as exc:
         print(f"historian: {exc}", file=sys.stderr)
         return 1

@@ -20,9 +20,11 @@ the stop.
 
 import argparse
 import collections
+import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -256,17 +258,37 @@ def judge(report, requests, runs, state):
     if duplicates:
         report["problems"].append(f"{len(duplicates)} request(s) answered twice, e.g. "
                                   f"{[(i, requests.client.finals[i]) for i in duplicates[:3]]}")
-    logged = []
-    try:
-        logged = [json.loads(line)["run"] for line in (state / "runs.jsonl").read_text().splitlines()]
-    except (OSError, ValueError, KeyError):
-        pass
-    first_records = list(dict.fromkeys(logged))
-    report["run_numbers"] = f"{len(runs.numbers)} prepared, {len(first_records)} in the run log"
+    groups = [number for number, _ in itertools.groupby(run_log(state, report["problems"]))]
+    report["run_numbers"] = f"{len(runs.numbers)} prepared, {len(groups)} in the run log"
     if len(set(runs.numbers)) != len(runs.numbers) or runs.numbers != sorted(runs.numbers):
         report["problems"].append(f"run numbers repeated or went back: {runs.numbers}")
-    if first_records != sorted(first_records):
-        report["problems"].append(f"the run log's numbers go back: {first_records}")
+    if runs.numbers and not groups:
+        report["problems"].append(f"{len(runs.numbers)} runs prepared, none in the run log")
+    repeated = sorted(number for number, count in collections.Counter(groups).items() if count > 1)
+    if repeated:
+        report["problems"].append(f"run number(s) {repeated} in the run log apart from their own records")
+    if groups != sorted(groups):
+        report["problems"].append(f"the run log's numbers go back: {groups}")
+    missing = sorted(set(runs.numbers) - set(groups))
+    if missing:
+        report["problems"].append(f"run(s) {missing} prepared but not in the run log")
+
+
+def run_log(state, problems):
+    """The run number of each record of the run log, in order; what cannot be read is a problem."""
+    path = state / "runs.jsonl"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        problems.append(f"the run log {path} cannot be read: {exc}")
+        return []
+    numbers = []
+    for number, line in enumerate(lines, 1):
+        try:
+            numbers.append(int(json.loads(line)["run"]))
+        except (ValueError, KeyError, TypeError):
+            problems.append(f"{path} line {number} is not a run record: {line[:120]!r}")
+    return numbers
 
 
 def main(argv=None):
@@ -278,11 +300,15 @@ def main(argv=None):
     failed = 0
     for number in range(args.runs):
         seed = args.seed if args.seed is not None and number == 0 else random.randrange(1 << 30)
-        with tempfile.TemporaryDirectory(prefix="orbit-chaos-") as folder:
-            report = chaos(seed, args.seconds, Path(folder), log=lambda text: print(text, flush=True))
+        folder = Path(tempfile.mkdtemp(prefix="orbit-chaos-"))
+        report = chaos(seed, args.seconds, folder, log=lambda text: print(text, flush=True))
         problems = report.pop("problems")
         print(json.dumps(report, indent=1, default=str))
         print(f"seed {seed}: " + ("all held" if not problems else "FAILED\n  " + "\n  ".join(problems)), flush=True)
+        if problems:
+            print(f"  its logs and state are kept in {folder}", flush=True)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
         failed += bool(problems)
     print(f"{args.runs - failed} passed, {failed} failed")
     return 1 if failed else 0

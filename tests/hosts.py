@@ -28,14 +28,18 @@ class Host:
     """A host of the experiment at `path`: its exported folder and a real supervisord run from it."""
 
     def __init__(self, path, name):
-        self.name = name
+        self.name, self.path = name, path
         self.folder = path.parent / f"host-{name}"
-        made = subprocess.run([sys.executable, "run.py", str(path), "--export", name, str(self.folder)], cwd=ROOT,
-                              env=env_for_children(), capture_output=True, text=True, timeout=60)
-        assert made.returncode == 0, made.stderr
+        self.export()
         url = json.loads(path.read_text())["hosts"][name]["supervisord"]
         self.rpc = xmlrpc.client.ServerProxy(url.replace("http://", f"http://orbit:{PASSWORD}@"))
         self.proc = None
+
+    def export(self):
+        """`run.py --export` of this host into its folder, as an operator does after changing its programs."""
+        made = subprocess.run([sys.executable, "run.py", str(self.path), "--export", self.name, str(self.folder)],
+                              cwd=ROOT, env=env_for_children(), capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
 
     def start(self):
         self.proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-n", "-c",

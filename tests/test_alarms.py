@@ -1,9 +1,11 @@
-"""Alarms in a real system: declared conditions raised after their hold, their actions (a run ended, a command
-sent, a value published), cleared, acknowledged, kept through a SIGKILLed run controller; built-in program alarms;
-what `send.py` and `status.py` show."""
+"""Alarms in a real system: declared conditions raised after their hold, their actions (a line in the run
+controller's log, a run ended, a command sent, a value published), cleared, acknowledged, kept through a SIGKILLed
+run controller; built-in alarms (a program FATAL or down, a participant absent), none before its hold; what
+`send.py` and `status.py` show, in the view's colours."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from runcontrol.errors import Refused
 from tests.helpers import ROOT, env_for_children, helper, wait_until
 
 HOT_HOLD_S = 1.5
+ABSENT_S, DOWN_S = 10, 30   # the README's holds of run.<client>.absent and program.<name>.down
 
 
 def participant(name, record):
@@ -73,7 +76,7 @@ def test_declared_alarms_raise_act_clear_and_are_acknowledged_through_a_controll
     s = system({"pa": participant("pa", record), "echo": helper("echo_client.py", "echo", client="echo")}, alarms={
         "hot": {"value": "feed.values.t", "above": 10, "for": HOT_HOLD_S, "message": "feed too hot",
                 "actions": ["log", "publish", "end_run", {"send": {"to": "echo", "cmd": "echo", "why": "hot"}}]},
-        "quiet": {"value": "feed.values.t", "missing": 3, "severity": "warning"}})
+        "quiet": {"value": "feed.values.t", "missing": 3, "severity": "warning", "actions": ["publish"]}})
     quiet = s.wait_event("event.alarm_raised", alarm="quiet")   # nothing published since the start
     assert quiet["severity"] == "warning" and "feed.values.t not published for 3 s" in quiet["message"]
     for name in ("pa", "echo"):
@@ -97,6 +100,8 @@ def test_declared_alarms_raise_act_clear_and_are_acknowledged_through_a_controll
         sent = wait_until(lambda: [e for e in s.op.request("run", "alarms", log=50)["log"] if e["change"] == "send"])
         assert sent[0]["ok"] and sent[0]["result"] == {"why": "hot"}
         assert s.op.request(None, "_retained", prefix="run.alarm.hot")["run.alarm.hot"]["data"]["active"] == 1
+        logged = s.controller.log.read_text()   # the `log` action: a line in the run controller's log, for hot only
+        assert "ALARM hot: feed too hot (value 12.0)" in logged and "quiet:" not in logged
 
         publish_until(s, feed, 5, lambda: s.events.find("event.alarm_cleared", alarm="hot"))
         assert standing(s)["hot"]["state"] == "cleared"
@@ -130,21 +135,37 @@ def test_declared_alarms_raise_act_clear_and_are_acknowledged_through_a_controll
                        ("acked", "hot"), ("raised", "hot"), ("cleared", "hot"), ("acked", "hot"), ("acked", "quiet")]
 
 
+RED_BACKGROUND, YELLOW = "41", "33"   # ANSI colours (SGR parameters)
+
+
+def top_line_in_colour(s):
+    """The first line `status.py --once` prints, in colour as on a terminal: (its text, its SGR parameters)."""
+    once = subprocess.run([sys.executable, "status.py", "--experiment", str(s.path), "--once"], cwd=ROOT,
+                          env={**env_for_children(), "FORCE_COLOR": "1", "COLUMNS": "300"}, capture_output=True,
+                          text=True, timeout=60)
+    assert once.returncode == 0, once.stderr
+    line = once.stdout.splitlines()[0]
+    start = re.match(r"\x1b\[([\d;]*)m", line)
+    assert start, f"no colour at the start of {line!r}"
+    return re.sub(r"\x1b\[[\d;]*m", "", line), set(start.group(1).split(";"))
+
+
 def test_a_fatal_program_raises_a_built_in_alarm_shown_on_top_of_the_view(system):
     s = system({"flaky": helper("crash_after.py", 0.1, 3, max_restarts=1, restart_window=60,
                                 backoff={"initial": 0.1, "max": 0.2, "factor": 2}),
                 "steady": helper("crash_after.py", 600)})
     alarm = s.wait_event("event.alarm_raised", alarm="program.flaky.fatal")
     assert alarm["severity"] == "alarm" and "flaky is FATAL" in alarm["message"]
-    once = subprocess.run([sys.executable, "status.py", "--experiment", str(s.path), "--once"], cwd=ROOT,
-                          env=env_for_children(), capture_output=True, text=True, timeout=60)
-    assert once.returncode == 0, once.stderr
-    lines = once.stdout.splitlines()
-    assert lines[0].startswith("ALARM") and "flaky is FATAL" in lines[0], once.stdout
+    text, colours = top_line_in_colour(s)
+    assert text.startswith("ALARM") and "flaky is FATAL" in text
+    assert RED_BACKGROUND in colours, colours   # red until acknowledged
     with Operator(experiment=str(s.path)) as op:
         assert op.alarms()[0]["alarm"] == "program.flaky.fatal"
         assert op.ack("program.flaky.fatal", by="carol")[0]["acked"]["by"] == "carol"
         assert op.alarms(log=5)["log"][-1]["change"] == "acked"
+    text, colours = top_line_in_colour(s)
+    assert "flaky is FATAL" in text and "acked by carol" in text
+    assert YELLOW in colours and RED_BACKGROUND not in colours, colours   # yellow after
     s.op.request("run", "stop", program="flaky")   # FATAL -> STOPPED: the condition clears; acknowledged: gone
     s.wait_event("event.alarm_cleared", alarm="program.flaky.fatal")
     assert "program.flaky.fatal" not in standing(s)
@@ -158,8 +179,24 @@ def test_a_participant_gone_during_a_run_raises_a_built_in_alarm(system, tmp_pat
     os.kill(s.program("px")["pid"], signal.SIGKILL)   # not restarted: it stays away from the run
     alarm = s.wait_event("event.alarm_raised", alarm="run.px.absent", timeout_s=40)
     assert alarm["message"] == f"px takes part in run {run} but is not registered"
+    gone = s.events.find("event.client_lost", name="px") or s.events.find("event.client_left", name="px")
+    # The run controller learns of the loss from the server, at this event or later; `raised` is rounded to the ms.
+    assert alarm["raised"] >= gone["ts"] + ABSENT_S - 0.001, (alarm, gone)
     s.op.request("run", "abort_run")   # no run: the condition clears
     s.wait_event("event.alarm_cleared", alarm="run.px.absent")
+
+
+@pytest.mark.timeout(180)
+def test_a_program_that_keeps_failing_to_start_raises_down_after_its_hold(system):
+    before = time.time()   # it cannot have begun trying earlier
+    s = system({"broken": helper("crash_after.py", 0, client="broken", max_restarts=1000, restart_window=60,
+                                 backoff={"initial": 0.5, "max": 1, "factor": 2})})
+    alarm = s.wait_event("event.alarm_raised", alarm="program.broken.down", timeout_s=DOWN_S + 60)
+    assert alarm["severity"] == "warning" and alarm["message"].startswith("broken has not got running for 30 s")
+    assert alarm["raised"] >= before + DOWN_S, (alarm, before)   # not before it tried for 30 s
+    assert s.program("broken")["state"] in ("STARTING", "BACKOFF")   # still trying: not FATAL, no restart limit
+    s.op.request("run", "stop", program="broken")
+    s.wait_event("event.alarm_cleared", alarm="program.broken.down")
 
 
 def test_a_reload_brings_new_alarms_and_drops_removed_ones(system):

@@ -10,12 +10,12 @@ import psutil
 import pytest
 
 from runcontrol import process
-from tests.helpers import (DAMICM_PROGRAMS, ROOT, damicm_copy, env_for_children, helper, registered_names, wait_until,
-                           write_experiment)
+from tests.helpers import (DAMICM_PROGRAMS, ROOT, ServerProcess, damicm_copy, env_for_children, helper,
+                           registered_names, wait_until, write_experiment)
 
 
-def run_tool(*args, timeout_s=60, env=None):
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env or env_for_children(),
+def run_tool(*args, timeout_s=60, env=None, cwd=ROOT):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env or env_for_children(),
                           capture_output=True, text=True, timeout=timeout_s)
 
 
@@ -223,6 +223,14 @@ def test_run_py_damicm_headless_brings_every_program_up_and_down(tmp_path):
         assert set(programs) == DAMICM_PROGRAMS
         names = {c["name"] for c in json.loads(run_tool("send.py", "--experiment", path, "server", "_list").stdout)}
         assert set(programs) - {"board1", "board2"} | {"run"} <= names  # the boards are hardware, not clients
+        allowed = run_tool("send.py", "--experiment", path, "shell", "run", "command=uptime")
+        assert allowed.returncode == 0, allowed.stderr
+        ran = json.loads(allowed.stdout)
+        assert (ran["command"], ran["code"]) == ("uptime", 0) and "load average" in ran["stdout"]
+        refused = run_tool("send.py", "--experiment", path, "shell", "run", "command=reboot")
+        assert refused.returncode == 1
+        assert ("error (not_allowed): no command 'reboot' in this client's configuration; it has: data_files, "
+                "disk_usage, uptime") in refused.stderr
         prepared = run_tool("send.py", "--experiment", path, "run", "prepare_run")
         assert prepared.returncode == 0, prepared.stderr
         run = json.loads(prepared.stdout)["run"]
@@ -245,15 +253,19 @@ def test_run_py_damicm_headless_brings_every_program_up_and_down(tmp_path):
     assert "wrote " in (tmp_path / "var" / "log" / "lta2.log").read_text()
 
 
-def test_send_finds_the_server_by_orbit_server_and_by_its_beacon_alone(tmp_path):
-    from tests.helpers import ServerProcess
-    from runcontrol import protocol
-    # The default beacon port: what a newcomer's tools listen on with no flag and no $ORBIT_EXPERIMENT.
-    server = ServerProcess(write_experiment(tmp_path, "by-beacon", beacon_port=protocol.DEFAULT_BEACON_PORT)).start()
+def test_send_finds_the_server_by_experiment_name_here_or_in_experiments_and_by_orbit_server(tmp_path):
+    name = f"by-name-{os.getpid()}"   # a name no file of the checkout has
+    (tmp_path / "experiments").mkdir()
+    path = write_experiment(tmp_path / "experiments", name)
+    desk = tmp_path / "desk"
+    desk.mkdir()
+    (desk / f"{name}.json").write_text(path.read_text())   # the same experiment, beside the operator
+    server = ServerProcess(path).start()
     try:
-        alone = run_tool("send.py", "server", "_status")
-        assert alone.returncode == 0, alone.stderr
-        assert json.loads(alone.stdout)["instance"] == server.beacon.instance
+        for cwd in (tmp_path, desk):   # experiments/NAME.json, then NAME.json in the working directory
+            found = run_tool(ROOT / "send.py", "--experiment", name, "server", "_status", cwd=cwd)
+            assert found.returncode == 0, found.stderr
+            assert json.loads(found.stdout)["instance"] == server.beacon.instance
         by_env = run_tool("send.py", "server", "_status", env={**env_for_children(), "ORBIT_SERVER": server.router})
         assert by_env.returncode == 0, by_env.stderr
         assert json.loads(by_env.stdout)["router"] == server.router
@@ -266,27 +278,46 @@ def controller_pid(path):
     return json.loads(answer.stdout)["controller"]["pid"] if answer.returncode == 0 else None
 
 
-def test_run_py_replaces_a_killed_or_hung_run_controller(tmp_path):
+def test_run_py_replaces_a_killed_or_hung_run_controller_and_the_run_goes_on(tmp_path):
     path = write_experiment(tmp_path, "keeper", stale_after=3.0, programs={
-        "echo": helper("echo_client.py", "echo", client="echo")})
+        "p": helper("participant.py", "p", tmp_path / "p.jsonl", client="p", run=True)})
     proc = subprocess.Popen([sys.executable, "run.py", str(path), "--headless"], cwd=ROOT,
                             env=env_for_children(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
         first = wait_until(lambda: controller_pid(path), 30, 0.3, what="the run controller")
+        wait_until(lambda: participant_registered(path), 30, 0.3, what="p up")
+        prepared = run_tool("send.py", "--experiment", path, "run", "prepare_run")
+        assert prepared.returncode == 0, prepared.stderr
+        run = json.loads(prepared.stdout)["run"]
+        began = run_tool("send.py", "--experiment", path, "run", "begin_run", "comment=through it all")
+        assert json.loads(began.stdout)["state"] == "RUN", began.stderr
         os.kill(first, signal.SIGKILL)
         second = wait_until(lambda: (pid := controller_pid(path)) not in (None, first) and pid, 30, 0.3,
                             what="a new run controller after the kill")
+        assert run_state(path) == ("RUN", run)
         os.kill(second, signal.SIGSTOP)  # hung: its pid file goes stale
         third = wait_until(lambda: (pid := controller_pid(path)) not in (None, first, second) and pid, 40, 0.3,
                            what="a new run controller after the hang")
         assert not psutil.pid_exists(second) or psutil.Process(second).status() == psutil.STATUS_ZOMBIE
-        status = json.loads(run_tool("send.py", "--experiment", path, "run", "status").stdout)
-        assert status["controller"]["pid"] == third
-        wait_until(lambda: json.loads(run_tool("send.py", "--experiment", path, "run", "status").stdout)
-                   ["programs"]["echo"]["registered"], 30, 0.3, what="echo up under the third controller")
+        assert run_state(path) == ("RUN", run)
+        wait_until(lambda: participant_registered(path), 30, 0.3, what="p up under the third controller")
+        ended = run_tool("send.py", "--experiment", path, "run", "end_run")
+        assert ended.returncode == 0 and json.loads(ended.stdout)["run"] == run, ended.stderr
+        record = json.loads(run_tool("send.py", "--experiment", path, "run", "runs").stdout)[-1]
+        assert (record["run"], record["result"], record["comment"]) == (run, "ended", "through it all")
     finally:
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, out[-3000:]
     assert "is hung: pid file" in out and "everything stopped" in out
+
+
+def participant_registered(path):
+    answer = run_tool("send.py", "--experiment", path, "run", "status", timeout_s=30)
+    return answer.returncode == 0 and json.loads(answer.stdout)["programs"]["p"]["registered"]
+
+
+def run_state(path):
+    status = json.loads(run_tool("send.py", "--experiment", path, "run", "status").stdout)
+    return status["state"], status["run"]

@@ -1,5 +1,6 @@
 """The client library against a real server process and real peers."""
 
+import json
 import logging
 import os
 import signal
@@ -9,8 +10,8 @@ import pytest
 from clients.client import Client, LogHandler, NameTaken
 from clients.core import required
 from runcontrol.errors import ClientLost, NoSuchClient, Refused, RequestTimeout, ServerUnavailable
-from tests.helpers import (EventWatcher, ServerProcess, free_beacon_port, pump, registered_names, wait_until,
-                           write_experiment)
+from tests.helpers import (EventWatcher, RawClient, ServerProcess, free_beacon_port, free_port, pump,
+                           registered_names, wait_until, write_experiment)
 
 
 def test_request_returns_handler_result(make_client, echo):
@@ -193,19 +194,52 @@ def test_server_killed_and_restarted_client_reregisters_and_queue_arrives(server
     assert notes == list(range(50))  # in order, none lost, none doubled
 
 
-def test_queue_overflow_drops_oldest_and_logs_count(server, echo, make_client, caplog):
-    sender = make_client("sender", queue_size=10)
+@pytest.mark.parametrize("queue_size,sent", [(10, 25), (None, 1010)], ids=["queue-of-10", "default-queue"])
+def test_queue_overflow_drops_oldest_and_logs_count(server, echo, make_client, caplog, queue_size, sent):
+    """The default keeps 1000 messages while the server is away."""
+    sender = make_client("sender", **({"queue_size": queue_size} if queue_size else {}))
+    kept = queue_size or 1000
     server.pin_ports()
     server.kill()
     pump([sender], lambda: not sender.registered)
-    for seq in range(25):
+    for seq in range(sent):
         sender.send("echo", "note", seq=seq)
     server.start()
     wait_until(lambda: "echo" in registered_names(server.router), 15, interval_s=0.1)
     with caplog.at_level(logging.WARNING, logger="clients.client"):
         pump([sender], lambda: sender.registered, 15)
-    assert sender.request("echo", "notes", timeout=10) == list(range(15, 25))
-    assert "dropped 15 queued message(s)" in caplog.text
+    assert sender.request("echo", "notes", timeout=30) == list(range(sent - kept, sent))   # the newest, in order
+    assert f"dropped {sent - kept} queued message(s)" in caplog.text
+
+
+def tallies(asker, ids):
+    """Ask echo's `tally` once for each id, a few hundred awaiting answers at a time (within max_pending);
+    its answer to each: how often it ran that request."""
+    answers = {}
+    for start in range(0, len(ids), 500):
+        batch = ids[start:start + 500]
+        for msg_id in batch:
+            asker.send({"to": "echo", "cmd": "tally", "id": msg_id})
+        waiting = set(batch)
+        while waiting:
+            answer = asker.recv_until(lambda m: m.get("re") in waiting, 30)
+            answers[answer["re"]] = answer["result"]
+            waiting.discard(answer["re"])
+    return [answers[msg_id] for msg_id in ids]
+
+
+def test_a_repeated_request_is_answered_from_memory_up_to_10000_requests_back(server, echo):
+    """The library remembers its answers to the last 10,000 requests: a repeat of one of them is answered again
+    without running the handler; one from further back runs again."""
+    asker = RawClient(server.router)
+    try:
+        asker.hello("asker")
+        ids = [f"q{n}" for n in range(10001)]
+        assert tallies(asker, ids) == [1] * len(ids)
+        assert tallies(asker, ["q1"]) == [1]   # 10,000 requests back: answered from memory
+        assert tallies(asker, ["q0"]) == [2]   # 10,001 back: forgotten, so it ran again
+    finally:
+        asker.close()
 
 
 def test_request_made_while_server_away_is_delivered_after_restart(server, echo, make_client):
@@ -222,7 +256,10 @@ def test_client_follows_the_beacon_of_a_new_instance_to_its_new_address(server, 
     client = make_client("watcher")
     old_router = server.router
     server.kill()
-    server.start()  # new ephemeral ports: only its beacon can tell the client where it is now
+    server.description["server"].update(router=f"tcp://127.0.0.1:{free_port()}",
+                                        events=f"tcp://127.0.0.1:{free_port()}")
+    server.path.write_text(json.dumps(server.description))
+    server.start()  # new ports: only its beacon can tell the client where it is now
     assert server.router != old_router
     pump([client], lambda: client.registered and client.instance == server.beacon.instance, 15)
     assert client.router == server.router

@@ -84,6 +84,7 @@ def test_program_checks_name_the_program_the_host_and_the_participant():
     assert not checks["program.cryo.fatal"].holds
     assert checks["host.daq2.unreachable"].holds and "connection refused" in checks["host.daq2.unreachable"].message
     assert checks["run.lta2.absent"].holds and not checks["run.lta1.absent"].holds
+    assert checks["run.lta2.absent"].hold_s == 10
     assert "run 7" in checks["run.lta2.absent"].message
 
 

@@ -1,6 +1,6 @@
 """Programs' settings in a real system: delivered at registration and again after a restart, changed with
 validation, refused by the program, frozen during a run unless live, kept through a SIGKILLed run controller,
-snapshotted with each run; bad input answered clearly."""
+snapshotted with each run and compared between runs or with the settings now; bad input answered clearly."""
 
 import json
 import os
@@ -113,6 +113,12 @@ def test_settings_are_delivered_validated_refused_frozen_kept_and_snapshotted(sy
                                capture_output=True, text=True, timeout=60)
     assert from_file.returncode == 0 and json.loads(from_file.stdout)["changes"] == {"gain": [2, 4],
                                                                                     "threshold": [0.8, 0.6]}
+    against_now = subprocess.run([sys.executable, "send.py", "--experiment", str(s.path), "run", "config_diff",
+                                  f"a={second}"], cwd=ROOT, env=env_for_children(), capture_output=True, text=True,
+                                 timeout=60)
+    assert against_now.returncode == 0, against_now.stderr
+    assert json.loads(against_now.stdout) == {"amp": {"gain": [2, 4], "mode": ["slow", "fast"],
+                                                      "threshold": [0.8, 0.6]}}   # no b: the settings now
     missing = subprocess.run([sys.executable, "send.py", "--experiment", str(s.path), "run", "set_config",
                               "program=amp", "values=@/nonexistent.json"], cwd=ROOT, env=env_for_children(),
                              capture_output=True, text=True, timeout=60)

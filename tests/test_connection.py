@@ -1,8 +1,22 @@
 """The server's connection seam: routing and the registry over a second transport, kept in memory.
 
-`MemoryConnection` is a transport of its own (as libABCD's raw TCP will be): the
+`MemoryConnection` is a transport of its own (as libABCD's raw TCP is): the
 server takes its messages through `Server.take` and answers through `send`, never
-knowing there is no ROUTER frame behind it.
+knowing there is no ROUTER frame behind it. These are unit tests of the server's
+core without I/O; each behaviour is also tested end to end over real sockets:
+
+- test_clients_of_another_transport_register_route_and_are_listed:
+  test_legacy.py::test_legacy_and_orbit_clients_share_one_registry_and_talk_both_ways (a second transport,
+  listed with its name, routed both ways) and test_server.py::test_request_reply_round_trip_matches_by_id.
+- test_a_target_whose_connection_closed_gets_the_request_one_answer:
+  test_server.py::test_a_target_whose_connection_closed_answers_what_it_owed_client_lost_and_is_then_no_such_client.
+- test_a_full_target_is_reported_and_owes_nothing:
+  test_legacy.py::test_a_legacy_client_that_does_not_read_loses_messages_to_queue_full_and_never_stalls_the_server
+  (`queue_full`, and no other answer once the target is gone) and
+  test_server.py::test_slow_consumer_does_not_stall_others.
+- test_garbage_on_another_transport_gets_an_error_and_no_registration:
+  test_server.py::test_bad_json_error_says_where and ::test_unregistered_connection_may_only_hello_ping_bye,
+  test_legacy.py::test_bad_input_on_a_legacy_socket_gets_the_error_a_zeromq_client_would_and_harms_nothing.
 """
 
 import orjson

@@ -47,11 +47,18 @@ def test_a_hung_client_is_killed_and_restarted(system):
     assert second != first and not psutil.pid_exists(first)
 
 
-def test_a_program_that_never_registers_is_restarted_after_its_start_timeout(system):
-    s = system({"ghost": helper("crash_after.py", 600, client="ghost", start_timeout=1, stop_timeout=1)})
+def test_a_program_that_never_registers_is_replaced_after_its_start_timeout_by_default_the_timeout_plus_5_s(system):
+    s = system({"ghost": helper("crash_after.py", 600, client="ghost", start_timeout=1, stop_timeout=1),
+                "shade": helper("crash_after.py", 600, client="shade", stop_timeout=1)}, timeout=2.0)
     exited = s.wait_event("event.program_exited", program="ghost")
-    assert "did not register as ghost within 1 s" in exited["reason"]
+    assert "did not register as ghost within its start_timeout of 1 s" in exited["reason"]
     s.wait_event("event.program_restarting", program="ghost")
+    first = s.wait_event("event.program_started", program="shade")["pid"]
+    exited = s.wait_event("event.program_exited", program="shade", timeout_s=40)
+    assert exited["pid"] == first
+    assert "did not register as shade within its start_timeout of 7 s" in exited["reason"]   # the server's 2 s + 5
+    s.wait_event("event.program_restarting", program="shade")
+    assert s.wait_state("shade", "STARTING", restarts=1)["pid"] not in (None, first)
 
 
 def test_stop_start_restart_answer_when_done(system):

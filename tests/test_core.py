@@ -1,4 +1,36 @@
-"""The client core without I/O, driven by a driver that keeps what it sends in lists (as an asyncio one would)."""
+"""The client core without I/O, driven by a driver that keeps what it sends in lists (as an asyncio one would).
+
+These are unit tests of the core; each behaviour is also tested end to end, over a real server process and real
+sockets:
+
+- a welcome registers and flushes what was queued, in order: test_client.py
+  test_server_killed_and_restarted_client_reregisters_and_queue_arrives,
+  test_request_made_while_server_away_is_delivered_after_restart
+- a refused hello is the error and leaves the client unregistered: test_client.py
+  test_second_live_client_with_same_name_gets_name_taken
+- handlers answer, refuse, and name a missing field or command: test_client.py test_request_returns_handler_result,
+  test_handler_refusal_keeps_its_code, test_missing_field_is_refused_as_bad_field,
+  test_unknown_command_refused_naming_what_is_offered
+- a ping is answered at once, with its id: test_reliability.py
+  test_an_idle_client_answers_the_servers_pings_and_keeps_its_registration_past_the_timeout; test_client.py
+  test_second_live_client_with_same_name_gets_name_taken (a holder that answers the server's probe keeps its name;
+  that the answer names the probe's id shows only in how soon the claimant is refused, a duration no test asserts)
+- run hooks follow transitions: test_runs.py test_a_full_run_cycle
+- what the connection does not take waits in the outbox: test_client.py
+  test_server_killed_and_restarted_client_reregisters_and_queue_arrives
+- a deferred answer goes out once: test_reliability.py
+  test_a_repeat_of_a_request_still_being_worked_on_is_answered_once_when_done
+- a refusal raised by a run hook is the answer: test_runs.py test_a_refusing_participant_keeps_the_state_and_is_named
+- unanswered requests go out again with their ids: test_reliability.py
+  test_a_request_sent_into_a_dying_server_is_sent_again_to_the_next
+- a repeated request is answered again without a second run, another sender's id is its own: test_reliability.py
+  test_a_foreign_client_sending_its_unanswered_request_again_after_a_restart_gets_one_run_and_its_answer,
+  test_a_request_in_flight_when_the_server_dies_runs_once_and_is_answered_once
+- a repeat of a request still being worked on is answered once, when done: test_reliability.py
+  test_a_repeat_of_a_request_still_being_worked_on_is_answered_once_when_done
+- the answer memory forgets past its window, count and bytes (driven by its clock seam, not a ListDriver test): its
+  use end to end, a repeat answered from memory, is in test_reliability.py as above; its limits are tested here only
+"""
 
 import orjson
 import pytest

@@ -119,8 +119,8 @@ def test_the_supervisor_runs_restarts_and_stops_a_program_of_another_host_throug
     proc, rpc, export, port = start_supervisord(tmp_path, client=None)
     experiment = experiments.load(export.parent / "two.json")
     events = []
-    sup = Supervisor(experiment, {"local": LocalBackend(), "daq2": supervisord.SupervisordBackend(experiment.hosts["daq2"])},
-                     emit=lambda kind, **fields: events.append((kind, fields)))
+    backends = {"local": LocalBackend(), "daq2": supervisord.SupervisordBackend(experiment.hosts["daq2"])}
+    sup = Supervisor(experiment, backends, emit=lambda kind, **fields: events.append((kind, fields)))
 
     def drive(predicate, timeout_s=20):
         return wait_until(lambda: sup.process(0.05) or predicate(), timeout_s, 0)
@@ -144,12 +144,12 @@ def test_the_supervisor_runs_restarts_and_stops_a_program_of_another_host_throug
 
 def test_a_host_that_cannot_be_reached_is_a_failed_start_with_the_reason(tmp_path):
     from runcontrol.states import ChildState as S
+    from runcontrol.supervision.backends.local import LocalBackend
     from runcontrol.supervision.supervisor import Supervisor
     experiment = experiments.load(experiment_with_a_host(tmp_path, 1, client=None))  # nothing on port 1
     events = []
-    sup = Supervisor(experiment, {"local": supervisord.SupervisordBackend(experiments.HostSpec(
-        "unused", "http://127.0.0.1:1/RPC2")), "daq2": supervisord.SupervisordBackend(experiment.hosts["daq2"])},
-        emit=lambda kind, **fields: events.append((kind, fields)))
+    backends = {"local": LocalBackend(), "daq2": supervisord.SupervisordBackend(experiment.hosts["daq2"])}
+    sup = Supervisor(experiment, backends, emit=lambda kind, **fields: events.append((kind, fields)))
     try:
         sup.start("there")
         wait_until(lambda: sup.process(0.05) or sup.programs["there"].state is S.BACKOFF, 20, 0)
@@ -173,20 +173,21 @@ def test_a_host_that_answers_nonsense_is_a_host_lost_and_its_orders_wait_for_it(
                              "supervisor.getProcessInfo")
     server.register_function(lambda: listing[0], "supervisor.getAllProcessInfo")
     server.register_function(lambda: {"statename": "RUNNING"}, "supervisor.getState")
+    server.register_function(lambda: [[[], [], []]], "supervisor.reloadConfig")
     server.register_function(lambda: 99, "supervisor.getPID")
     server.register_function(lambda name, sig: calls.append(("signal", name, sig)) or True,
                              "supervisor.signalProcess")
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    host = experiments.HostSpec("odd", f"http://127.0.0.1:{server.server_address[1]}/RPC2")
-    backend = supervisord.SupervisordBackend(host, poll_s=0.05)
+    experiment = experiments.load(experiment_with_a_host(tmp_path, server.server_address[1], client=None))
+    backend = supervisord.SupervisordBackend(experiment.hosts["daq2"], poll_s=0.05)
     seen = []
 
     def changes():
         seen.extend(e for e in backend.events() if isinstance(e, HostChanged))
         return seen
     try:
-        handle = backend.spawn(type("Spec", (), {"name": "there"})(), {})
+        handle = backend.spawn(next(spec for spec in experiment.programs if spec.name == "there"), {})
         wait_until(lambda: ("start", "there") in calls and changes(), 10)
         assert seen[0].problem == "getAllProcessInfo answered str, not a list of processes"
         assert not backend.reachable and handle.pid == 4242
@@ -194,7 +195,7 @@ def test_a_host_that_answers_nonsense_is_a_host_lost_and_its_orders_wait_for_it(
         listing[0] = [{"name": "there", "statename": "RUNNING", "pid": 4242}]
         wait_until(lambda: ("signal", "there", "KILL") in calls, 20)  # the worker lives on, the order waited
         wait_until(lambda: len(changes()) == 2, 10)
-        assert seen[1] == HostChanged("odd", "") and backend.reachable
+        assert seen[1] == HostChanged("daq2", "") and backend.reachable
     finally:
         backend.close()
         server.shutdown()

@@ -1,7 +1,9 @@
 """The historian in a real process: published numbers recorded and answered by `history`, through SIGKILLs and
-SIGSTOPs, nothing lost that the server's replay still held."""
+SIGSTOPs, nothing lost that the server's replay still held; the experiment's retention, minute buckets after it."""
 
 import collections
+import json
+import math
 import os
 import random
 import signal
@@ -14,6 +16,7 @@ from contextlib import closing
 import pytest
 
 from clients.client import Client
+from clients.historystore import Store
 from runcontrol import process
 from runcontrol.errors import Refused, RequestFailed
 from tests.helpers import ROOT, ServerProcess, env_for_children, pump, write_experiment
@@ -266,3 +269,37 @@ def test_a_historian_whose_server_restarts_records_every_value_published_to_eith
             assert complete(db, published)[1] == {}
     finally:
         process.stop_group(historian, 10)
+
+
+DAY = 86400.0
+
+
+def test_a_range_older_than_the_experiments_retention_is_answered_from_minute_buckets(tmp_path):
+    path = write_experiment(tmp_path, "retention")
+    description = json.loads(path.read_text())
+    description["history"] = {"retention_days": 1}
+    path.write_text(json.dumps(description))
+    now = time.time()
+    # Ten minutes of one value a second each: within the retention, past it, past ten times it.
+    recent, old, gone = (math.floor((now - ago) / 60) * 60 for ago in (3600, 2 * DAY, 11 * DAY))
+    (tmp_path / "state").mkdir()
+    store = Store(tmp_path / "state" / "history.sqlite")
+    for start in (recent, old, gone):
+        for second in range(600):
+            store.add("x", start + second, float(second % 60))
+    store.close()
+    server = ServerProcess(path).start()
+    historian = start_historian(path)
+    try:
+        with Client("op", server=server.router) as op:
+            op.connect(10)
+
+            def ten_minutes_from(start):   # asked for a bucket a second
+                return op.request("historian", "history", name="x", since=start, until=start + 600, points=600)["x"]
+            pump([op], lambda: "historian" in {c["name"] for c in op.request(None, "_list")}, 30)
+            assert [b[1:] for b in ten_minutes_from(recent)] == [[float(s % 60)] * 3 for s in range(600)]
+            assert [b[1:] for b in ten_minutes_from(old)] == [[0.0, 59.0, 29.5]] * 10   # one bucket a minute
+            assert ten_minutes_from(gone) == []
+    finally:
+        process.stop_group(historian, 10)
+        server.stop()

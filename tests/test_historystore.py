@@ -1,7 +1,7 @@
 """The history store alone: numbers found inside published objects, downsampling, tiers, retention, gaps, a value
 written once, the mark of a complete history, the first file format."""
 
-from clients.historystore import Store
+from clients.historystore import FINE_POINTS_LIMIT, MINUTE, Store
 from runcontrol.protocol import published_numbers as numbers
 
 
@@ -28,17 +28,16 @@ def test_downsampling_keeps_the_extremes_and_a_gap_stays_a_gap(tmp_path):
     store.close()
 
 
-def test_long_ranges_come_from_the_minute_tier_and_retention_deletes_what_is_old(tmp_path, monkeypatch):
-    import clients.historystore as module
-    monkeypatch.setattr(module, "FINE_POINTS_LIMIT", 100)
-    store = Store(tmp_path / "h.sqlite", retention_days=1)
-    for second in range(0, 3600):
-        store.add("x", 86400.0 * 10 + second, float(second % 60))
+def test_a_range_of_more_fine_values_than_the_store_reads_is_answered_from_minute_buckets(tmp_path):
+    store = Store(tmp_path / "h.sqlite")
+    start = 1000 * MINUTE
+    for second in range(FINE_POINTS_LIMIT + 1):
+        store.add("x", start + second, float(second))
     store.flush()
-    hourly = store.query(["x"], 86400.0 * 10, 86400.0 * 10 + 3600, 6)["x"]
-    assert len(hourly) == 6 and all(b[1] == 0.0 and b[2] == 59.0 for b in hourly)
-    assert abs(hourly[0][3] - 29.5) < 1e-9
-    store.close()
+    few = store.query(["x"], start, start + 900, 10)["x"]   # buckets of 90 s, from the fine values
+    assert few[0][1:] == [0.0, 89.0, 44.5]
+    many = store.query(["x"], start, start + 90 * 2223, 2223)["x"]   # 90 s too, over every value
+    assert many[0][1:] == [0.0, 119.0, 59.5]   # the minutes starting in the first 90 s, whole
 
 
 DAY = 86400.0

@@ -1,7 +1,10 @@
 """Several hosts on loopback: two real supervisord instances, run from what `run.py --export` writes, driven by
 a real run controller; each host's agent registers and tells of exits at once."""
 
+import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,14 +89,27 @@ def test_programs_on_two_hosts_start_in_order_restart_and_take_part_in_runs(host
     replaced = s.wait_state("board", "RUNNING", timeout_s=40, registered=True, restarts=1)
     assert replaced["pid"] != hung and pid_gone(hung)
 
-    restarted = s.op.request("run", "restart", program="db")["db"]  # an operator's order, on another host
+    restarted = s.op.request("run", "restart", program="db", timeout=30)["db"]  # an operator's order, on another host
     assert restarted["state"] == "RUNNING" and restarted["pid"] not in (again["pid"], None)
-    again = restarted
 
     ready = s.op.request("run", "prepare_run")
     assert ready["participants"] == ["board", "db"]
     s.op.request("run", "begin_run")
     assert s.op.request("run", "end_run")["state"] == "STOP"
+
+    description = json.loads(s.path.read_text())   # reload: db changed, a program added on daq2
+    description["programs"]["db"]["env"] = {"ROUND": "2"}
+    description["programs"]["extra"] = helper("crash_after.py", 600, host="daq2")
+    s.path.write_text(json.dumps(description))
+    s.hosts["daq2"].export()   # what a host runs comes from its folder: exported again after a change there
+    diff = s.op.request("run", "reload")
+    assert (diff["changed"], diff["added"]) == (["db"], ["extra"])
+    again = wait_until(lambda: (p := s.program("db"))["state"] == "RUNNING" and p["registered"]
+                       and p["pid"] != restarted["pid"] and p, 30, 0.2, what="db restarted by the reload")
+    assert s.hosts["daq2"].info("db")["pid"] == again["pid"]   # restarted there, as changed
+    assert psutil.Process(again["pid"]).environ().get("ROUND") == "2"
+    extra = s.wait_state("extra", "RUNNING")
+    assert extra["host"] == "daq2" and s.hosts["daq2"].info("extra")["pid"] == extra["pid"]
 
     s.op.close()
     assert s.controller.stop() == 0
@@ -106,25 +122,55 @@ def test_programs_on_two_hosts_start_in_order_restart_and_take_part_in_runs(host
     s.controller.stop = lambda: 0  # stopped already
 
 
-def test_a_lost_host_is_unknown_then_adopted_and_a_new_run_controller_adopts_what_runs(hosts_system):
+def host_line(lines, host):
+    """The words of `host`'s line in status.py's hosts table: host, state, load, cpu%, mem%, free, progs, problem."""
+    return next(line.split() for line in lines if line.split()[:1] == [host])
+
+
+def size_of(text):
+    """Bytes of a size as status.py shows it (45G, 812M...), and the size of one unit of its last digit."""
+    unit = 1024 ** "BKMG".index(text[-1])
+    return float(text[:-1]) * unit, unit
+
+
+def assert_plausible_figures(words, folder):
+    """A host line's load, CPU, memory and free space, held against this machine's (the hosts of the test are it)."""
+    load, cpu, memory, (free, unit) = float(words[2]), int(words[3]), int(words[4]), size_of(words[5])
+    assert abs(load - os.getloadavg()[0]) <= 1 + os.getloadavg()[0] / 2, words
+    assert 0 <= cpu <= 100 and abs(memory - psutil.virtual_memory().percent) <= 15, words
+    assert abs(free - shutil.disk_usage(folder).free) <= max(unit, shutil.disk_usage(folder).free / 10), words
+
+
+ENDED = {"ended": helper("crash_after.py", 600, host="daq3")}
+
+
+@pytest.mark.parametrize("hosts_system", [ENDED], indirect=True)
+def test_a_lost_host_is_unknown_then_adopts_what_runs_there_restarts_what_ended_and_a_new_controller_adopts(
+        hosts_system, tmp_path):
     s = hosts_system
+    s.wait_state("ended", "RUNNING")
+    wait_until(lambda: (s.op.request("run", "status")["hosts"]["daq2"]["figures"] or {}).get("load"), 20, 0.2,
+               what="daq2's figures from its agent")
     before = s.status()
     s.hosts["daq3"].pause()
     try:
         lost = s.wait_event("event.host_unreachable", host="daq3")
-        assert lost["programs"] == ["board"] and lost["error"]
+        assert lost["programs"] == ["board", "ended"] and lost["error"] == "timed out"   # it holds the connection
+        os.kill(before["ended"]["pid"], signal.SIGKILL)   # ends while its host is away
         status = s.op.request("run", "status")
         assert status["programs"]["board"]["state"] == "UNKNOWN" and status["programs"]["db"]["state"] == "RUNNING"
         assert not status["hosts"]["daq3"]["reachable"] and status["hosts"]["daq2"]["reachable"]
         alarm = s.wait_event("event.alarm_raised", alarm="host.daq3.unreachable")   # built in
-        assert alarm["severity"] == "alarm" and "host daq3 cannot be reached" in alarm["message"]
+        assert alarm["severity"] == "alarm" and "host daq3 cannot be reached: timed out" in alarm["message"]
         shown = subprocess.run([sys.executable, "status.py", "--once", "--experiment", str(s.path)], cwd=ROOT,
                                env={**env_for_children(), "COLUMNS": "150", "LINES": "40"}, capture_output=True,
                                text=True, timeout=60)
         lines = shown.stdout.splitlines()
         assert any(line.split()[:3] == ["board", "UNKNOWN", str(before["board"]["pid"])] for line in lines)
-        assert any(line.split()[:2] == ["daq3", "LOST"] for line in lines), shown.stdout  # a line per host
-        assert any(line.split()[:2] == ["daq2", "up"] and "1/1" in line for line in lines), shown.stdout
+        daq2, daq3 = host_line(lines, "daq2"), host_line(lines, "daq3")   # a line per host
+        assert (daq2[:2], daq2[6:]) == (["daq2", "up"], ["1/1"]), shown.stdout   # every figure shown
+        assert_plausible_figures(daq2, tmp_path)
+        assert (daq3[:2], daq3[-3:]) == (["daq3", "LOST"], ["0/2", "timed", "out"]), shown.stdout   # with the error
         assert "host daq3 cannot be reached" in shown.stdout  # the alarm among the events
     finally:
         s.hosts["daq3"].resume()
@@ -132,6 +178,13 @@ def test_a_lost_host_is_unknown_then_adopted_and_a_new_run_controller_adopts_wha
     s.wait_event("event.alarm_cleared", alarm="host.daq3.unreachable")
     back = s.wait_state("board", "RUNNING", registered=True)
     assert (back["pid"], back["restarts"]) == (before["board"]["pid"], 0)  # adopted, not restarted
+    again = s.wait_state("ended", "RUNNING", restarts=1)   # what ended there meanwhile is started again
+    assert again["pid"] != before["ended"]["pid"] and s.hosts["daq3"].info("ended")["pid"] == again["pid"]
+    description = json.loads(s.path.read_text())   # reload without it: it is stopped there
+    del description["programs"]["ended"]
+    s.path.write_text(json.dumps(description))
+    assert s.op.request("run", "reload")["removed"] == ["ended"]
+    wait_until(lambda: s.hosts["daq3"].info("ended")["statename"] == "STOPPED", 20, 0.1, what="ended to stop")
 
     s.replace_controller()
     for name in ("db", "board"):
@@ -153,6 +206,12 @@ def test_a_lost_host_is_unknown_then_adopted_and_a_new_run_controller_adopts_wha
     s.controller.stop = lambda: 0  # stopped already; daq3's supervisord stops board when the test ends
 
 
+def retries(log, host):
+    """The delays before each new try of `host`'s supervisord, as the run controller's log says them."""
+    return [float(delay) for delay in re.findall(rf"host {host}: trying its supervisord again in ([0-9.]+) s",
+                                                 log.read_text())]
+
+
 def test_a_host_whose_supervisord_was_killed_and_started_again_runs_each_program_once(hosts_system):
     """A killed supervisord leaves its programs behind; started again, its agent stops them and the run
     controller starts them anew there: one of each, under the new supervisord."""
@@ -161,8 +220,12 @@ def test_a_host_whose_supervisord_was_killed_and_started_again_runs_each_program
     old = s.program("board")["pid"]
     os.kill(host.proc.pid, signal.SIGKILL)
     host.proc.wait(10)
-    s.wait_event("event.host_unreachable", host="daq3")
+    lost = s.wait_event("event.host_unreachable", host="daq3")
+    assert "Connection refused" in lost["error"]
     assert psutil.Process(old).is_running()  # left behind, still registered as board
+    tries = wait_until(lambda: (found := retries(s.controller.log, "daq3"))[2:] and found, 20, 0.1,
+                       what="three tries of daq3's supervisord")
+    assert tries[:3] == [0.5, 1, 2]  # ever farther apart (up to 10 s)
     host.start()
     new = s.wait_state("board", "RUNNING", timeout_s=40, registered=True)
     assert new["pid"] != old and host.info("board")["pid"] == new["pid"]

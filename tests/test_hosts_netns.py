@@ -161,7 +161,7 @@ def test_two_real_hosts_on_a_bridge_driven_by_one_run_controller(site):
         site.wait_state("board", "UNKNOWN")
         assert site.status()["programs"]["db"]["state"] == "RUNNING"
         alarm = site.events("host_unreachable")[0]
-        assert alarm["host"] == "daq3" and alarm["error"]
+        assert (alarm["host"], alarm["error"], alarm["programs"]) == ("daq3", "timed out", ["board"])
     finally:
         supervisord3.send_signal(signal.SIGCONT)
     back = site.wait_state("board", "RUNNING", registered=True)

@@ -13,10 +13,9 @@ import pytest
 
 from clients.client import Client
 from runcontrol import process
-from runcontrol.errors import RunControlError
-from tests.helpers import (PROGRAMS, ROOT, EventWatcher, ServerProcess, System, Watchdog, env_for_children, free_port,
-                           pump, wait_until,
-                           write_experiment)
+from runcontrol.errors import RequestFailed, RunControlError
+from tests.helpers import (PROGRAMS, ROOT, EventWatcher, RawClient, ServerProcess, System, Watchdog, env_for_children,
+                           free_port, pump, wait_until, write_experiment)
 
 
 def records(path, cmd=None):
@@ -74,6 +73,10 @@ def wait_listed(orb, *names):
     return pump([orb], lambda: set(names) <= set(listed(orb)) and listed(orb), 30)
 
 
+def events(orb, kind, name):
+    return [e for e in orb.request(None, "_logs", n=1000) if e.get("kind") == kind and e.get("name") == name]
+
+
 def test_legacy_and_orbit_clients_share_one_registry_and_talk_both_ways(legacy_bus, tmp_path):
     orb = legacy_bus.orb
     watcher = EventWatcher(legacy_bus.server.events, "").sync(legacy_bus.server.router)
@@ -111,7 +114,6 @@ def test_a_legacy_client_lives_on_its_own_pings_reads_every_message_in_order_and
     orb = legacy_bus.orb
     alice = legacy_bus("alice", "--to", "orb", "--count", 1, "--size", 5000)  # over the server's 4096 bytes
     wait_listed(orb, "alice")
-    joined = time.monotonic()
     refused = wait_until(lambda: alice.got("_error"), 20)[0]
     assert refused["code"] == "too_large" and "exceeds the limit of 4096" in refused["error"]
     for seq in range(300):  # a burst: every one arrives, in order, none split across its reads
@@ -121,9 +123,9 @@ def test_a_legacy_client_lives_on_its_own_pings_reads_every_message_in_order_and
     with pytest.raises(RunControlError) as too_big:
         orb.request("alice", "burst", fill="x" * 2000, timeout=10)
     assert too_big.value.code == "too_large" and "libABCD client" in str(too_big.value)
-    pump([orb], lambda: time.monotonic() - joined > 27, 40)  # two of its ping periods
+    pump([orb], lambda: alice.got("_pong"), 40)  # its first ping, 10 to 13 s after it started: answered
     assert "alice" in listed(orb) and alice.proc.poll() is None
-    assert [m for m in alice.got() if m.get("cmd") == "_pong"]  # its own pings were answered
+    assert events(orb, "client_lost", "alice") == []   # silent all that while, and never lost
 
 
 def test_legacy_clients_find_a_server_restarted_by_its_watchdog_by_iamabcd(tmp_path):
@@ -206,26 +208,79 @@ def test_bad_input_on_a_legacy_socket_gets_the_error_a_zeromq_client_would_and_h
         sock.close()
 
 
-def test_a_legacy_client_that_does_not_read_never_stalls_the_server(legacy_bus):
+def test_a_legacy_client_that_does_not_read_loses_messages_to_queue_full_and_never_stalls_the_server(legacy_bus):
     orb = legacy_bus.orb
     sock = raw(legacy_bus.port)
+    asker = None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.sendall(b'{"cmd":"_init","name":"sleepy"}')
         wait_listed(orb, "sleepy")
-        failures = []
-        for seq in range(3000):
-            try:
-                orb.request("sleepy", "data", seq=seq, timeout=0.001) if seq % 500 == 0 else None
-            except RunControlError as exc:
-                failures.append(exc.code)
+        for seq in range(6000):   # more than the gateway keeps for a client that does not read, and the kernel too
             orb.send("sleepy", "data", seq=seq)
-        assert orb.request(None, "_status")["clients"] >= 2  # the server answers all along
-        events = wait_until(lambda: [e for e in orb.request(None, "_logs", n=200) if e.get("kind") == "client_slow"],
-                            20)
-        assert events[0]["name"] == "sleepy" and events[0]["dropped"] > 0
+            if seq % 250 == 249:   # the server answers all along
+                assert orb.request(None, "_status", timeout=10)["clients"] >= 2
+        with pytest.raises(RequestFailed) as full:
+            orb.request("sleepy", "data", timeout=10)
+        assert full.value.code == "queue_full" and "'sleepy' is not reading its messages" in str(full.value)
+        slow = pump([orb], lambda: events(orb, "client_slow", "sleepy"), 20)
+        assert slow[0]["dropped"] > 0
+        asker = RawClient(legacy_bus.server.router)
+        asker.hello("asker")
+        refused = asker.request({"to": "sleepy", "cmd": "data"})
+        assert refused["code"] == "queue_full"
+        sock.close()   # the refused request is owed nothing more, also when its target goes
+        pump([orb], lambda: events(orb, "client_left", "sleepy"), 20)
+        assert [m for m in asker.until_pong() if m.get("re") == refused["re"]] == []
     finally:
         sock.close()
+        if asker is not None:
+            asker.close()
+
+
+def test_what_a_legacy_client_sends_before_its_init_is_delivered_once_it_registers(legacy_bus):
+    orb = legacy_bus.orb
+    got = []
+    orb.add_handler("early", lambda msg: got.append((msg["seq"], msg["from"])))
+    sock = raw(legacy_bus.port)
+    try:
+        sock.sendall(b'{"to":"orb","cmd":"early","seq":0}{"to":"orb","cmd":"early","seq":1}')  # as after a reconnect
+        sock.sendall(b'{"cmd":"_init","name":"back"}')
+        pump([orb], lambda: len(got) == 2, 20)
+        assert got == [(0, "back"), (1, "back")]
+    finally:
+        sock.close()
+
+
+def test_the_servers_pings_never_reach_a_legacy_client_and_its_closed_connection_is_client_left(legacy_bus):
+    orb = legacy_bus.orb
+    beside = RawClient(legacy_bus.server.router)   # an Orbit client, pinged every heartbeat (0.5 s)
+    sock = raw(legacy_bus.port)
+    pings = []
+
+    def pinged():
+        while beside.sock.poll(0):
+            msg = json.loads(beside.sock.recv())
+            if msg.get("cmd") == "_ping":
+                pings.append(msg)
+                beside.send({"cmd": "_pong"})
+        return len(pings) >= 3
+    try:
+        beside.hello("beside")
+        sock.sendall(b'{"cmd":"_init","name":"old"}')
+        wait_listed(orb, "old")
+        pump([orb], pinged, 20)   # the server pinged its clients three times meanwhile
+        orb.send("old", "last")
+        frames = []
+        while not frames or frames[-1]["cmd"] != "last":
+            frames += read_frames(sock, 1)
+        assert [f["cmd"] for f in frames] == ["last"]   # no `_ping` of the server's before it
+        sock.close()
+        left = pump([orb], lambda: events(orb, "client_left", "old"), 20)
+        assert left[0]["reason"] == "it closed its connection" and "old" not in listed(orb)
+    finally:
+        sock.close()
+        beside.close()
 
 
 def test_a_libabcd_experiment_runs_its_unmodified_programs_under_orbits_supervision(tmp_path):

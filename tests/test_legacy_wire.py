@@ -37,11 +37,19 @@ def test_an_object_over_the_limit_is_too_large_and_the_next_one_is_read():
     assert [m["cmd"] for m, _ in got[1:]] == ["after"]
 
 
-@pytest.mark.parametrize("size", [2, 3, 100, MAX_OBJECT, FRAME])
+def object_of(size):
+    """A message whose compact JSON is exactly `size` bytes: `{}`, `{"a":N}` or one with a filled field."""
+    shortest = len(b'{"cmd":"x","f":""}')
+    if size >= shortest:
+        return {"cmd": "x", "f": "y" * (size - shortest)}
+    return {} if size == 2 else {"a": int("1" * (size - len(b'{"a":}')))}
+
+
+@pytest.mark.parametrize("size", [2, 7, 17, 18, 100, MAX_OBJECT, FRAME])
 def test_every_frame_is_exactly_1024_bytes_of_one_compact_object(size):
-    msg = {} if size == 2 else {"cmd": "x", "f": "y" * max(0, size - len(b'{"cmd":"x","f":""}'))}
+    msg = object_of(size)
     data = orjson.dumps(msg)
-    assert len(data) == size or size == 3
+    assert len(data) == size
     framed = frame(data)
     assert len(framed) == FRAME and b" " not in framed
     decoded = json.loads(framed)

@@ -1,19 +1,22 @@
-"""The operator API against a real system: runs, programs, streams, and refusals told apart from failures."""
+"""The operator API against a real system, imported and opened as the README shows it (by the experiment's name,
+found in the working directory): runs, programs, streams, and refusals told apart from failures."""
 
+import psutil
 import pytest
 
 from runcontrol.errors import NoSuchClient, Refused, RequestFailed, RequestTimeout
-from runcontrol.control.operator import Operator
+from runcontrol.operator import Operator
 from tests.helpers import helper, wait_until
 
 
 @pytest.fixture
-def op(system, tmp_path):
+def op(system, tmp_path, monkeypatch):
     s = system({"echo": helper("echo_client.py", "echo", client="echo"),
                 "board": helper("participant.py", "board", tmp_path / "board.jsonl", client="board", run=True)})
     s.wait_state("echo", "RUNNING", registered=True)
     s.wait_state("board", "RUNNING", registered=True)
-    with Operator(experiment=str(s.path)) as operator:
+    monkeypatch.chdir(s.path.parent)   # where the shift script runs: ctl.json is there
+    with Operator(experiment=s.path.stem) as operator:
         yield operator
 
 
@@ -22,6 +25,7 @@ def test_operator_drives_a_run_and_reads_the_system(op):
     run = op.prepare_run()["run"]
     began = op.begin_run(comment="from a script", seconds=5)
     assert (began["state"], began["run"], began["participants"]) == ("RUN", run, ["board"])
+    assert op.status()["programs"]["board"]["state"] == "RUNNING"
     assert op.end_run()["state"] == "STOP"
     record = op.runs()[-1]
     assert (record["run"], record["comment"], record["params"]) == (run, "from a script", {"seconds": 5})
@@ -34,8 +38,11 @@ def test_operator_drives_a_run_and_reads_the_system(op):
     key = f"{op.client.name}.t"
     assert wait_until(lambda: op.retained(op.client.name).get(key), 10, 0.1)["data"] == 41
     assert key not in op.retained("nobody.")
-    restarted = op.restart("echo")
-    assert restarted["echo"]["state"] == "RUNNING"
+    before = op.programs()["echo"]
+    restarted = op.restart("echo")["echo"]
+    assert restarted["state"] == "RUNNING" and restarted["pid"] != before["pid"]
+    assert not psutil.pid_exists(before["pid"])
+    assert {c["name"]: c["pid"] for c in op.clients()}["echo"] == restarted["pid"]   # the new one took its place
 
 
 def test_operator_streams_progress_before_the_result(op):

@@ -74,7 +74,8 @@ def test_a_subscriber_that_does_not_read_never_stalls_the_receiver(sink):
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(f"tcp://127.0.0.1:{ports['pub']}")
     try:
-        time.sleep(0.5)  # the subscription reaches the publisher (it then holds its queue for this subscriber)
+        # Once the subscription has reached the publisher, it holds a queue for this subscriber: a packet shows it.
+        wait_until(lambda: udp_burst(ports["udp"], 1) or sub.poll(100), 10, 0, what="the subscription")
         udp_burst(ports["udp"], 20000, 8192)
         def settled():   # every packet handled, and no more coming (the kernel's buffer may still hold some)
             first = op.request("sink", "rates")

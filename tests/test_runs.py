@@ -70,15 +70,26 @@ def test_a_refusing_participant_keeps_the_state_and_is_named(system, tmp_path):
     assert s.op.request("run", "runs")[-1]["result"] == "aborted"
 
 
-def test_a_silent_participant_is_named_and_the_state_unchanged(system, tmp_path):
+def test_a_silent_participant_is_named_and_the_state_unchanged_and_the_wait_is_10_s_unless_the_request_says(
+        system, tmp_path):
     s = system({"mute": participant("mute", tmp_path / "m", "--silent", "prepare")})
     wait_participants(s, "mute")
     with pytest.raises(Refused) as refused:
         s.op.call({"to": "run", "cmd": "prepare_run", "timeout": 1}, 15)
     assert "mute silent (no answer in time)" in str(refused.value)
+    assert "asking mute, answers within 1 s" in s.controller.log.read_text()
     status = s.op.request("run", "status")
     assert status["state"] == "STOP"
     assert s.op.request("run", "runs")[-1]["result"] == "failed"
+
+    pid = s.program("mute")["pid"]
+    pending = s.op.start({"to": "run", "cmd": "prepare_run"})   # no timeout: the run controller's own
+    wait_until(lambda: s.op.poll(0.05) * 0 or "asking mute, answers within 10 s" in s.controller.log.read_text(),
+               20, 0, what="the transition to start")
+    os.kill(pid, signal.SIGKILL)   # its end cuts the 10 s short
+    with pytest.raises(Refused) as refused:
+        s.op.wait(pending, 30).value()
+    assert "the state stays STOP: mute " in str(refused.value)
 
 
 def test_a_meta_run_client_takes_part_and_an_unregistered_program_counts_as_silent(system, tmp_path, launch_meta):
@@ -219,3 +230,17 @@ def test_a_participant_lost_during_a_transition_is_named_lost_not_refusing(syste
     with pytest.raises(Refused) as refused:
         s.op.wait(pending, 30).value()
     assert "p lost (" in str(refused.value) and "refused" not in str(refused.value)
+
+
+def test_stopping_the_experiment_while_a_begin_is_under_way_still_ends_the_run_it_leaves_open(system, tmp_path):
+    """The begin (its participant silent) is let finish, fails, and the READY run is ended and logged."""
+    s = system({"p": participant("p", tmp_path / "p", "--silent", "begin")})
+    wait_participants(s, "p")
+    run = s.op.request("run", "prepare_run")["run"]
+    s.op.start({"to": "run", "cmd": "begin_run", "comment": "never begun", "timeout": 3})
+    wait_until(lambda: s.op.poll(0.05) * 0 or [t for t in transitions(tmp_path / "p") if t["transition"] == "begin"],
+               20, 0, what="the participant to hear of the begin")
+    assert s.controller.stop() == 0   # SIGTERM while the begin waits for its answer
+    record = [json.loads(line) for line in (s.path.parent / "state" / "runs.jsonl").read_text().splitlines()][-1]
+    assert (record["run"], record["result"]) == (run, "ended by shutdown")
+    assert json.loads((s.path.parent / "state" / "run_state.json").read_text())["state"] == "STOP"

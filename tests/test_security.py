@@ -1,19 +1,30 @@
-"""CURVE on the bus: known keys get in, nobody else does, keys bound to names, a forged beacon goes nowhere."""
+"""CURVE on the bus: known keys get in, nobody else does, keys bound to names, a forged beacon goes nowhere;
+floods are throttled (each client, and the unregistered alone and together); an insecure bus is said at every start."""
 
 import json
+import logging
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import zmq
 import zmq.auth
+import zmq.utils.monitor
 
 from clients.client import Client
 from runcontrol import protocol
 from runcontrol.bus import discovery
 from runcontrol.errors import RequestFailed, ServerUnavailable
-from tests.helpers import (ROOT, ControllerProcess, ServerProcess, env_for_children, free_beacon_port, helper,
-                           wait_until)
+from tests.helpers import (ROOT, ControllerProcess, EventWatcher, RawClient, ServerProcess, env_for_children,
+                           free_beacon_port, free_port, helper, start_program, stop_process, wait_until,
+                           write_experiment)
+
+FLOOD_LIMIT_S = 120.0      # a flood stops when the test is done with it, or after this long at most
+SERVED_WITHIN_S = 60.0     # what the others ask during a flood is answered within this (well inside the flood)
+HANDSHAKE_FAILED = {zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                    zmq.EVENT_HANDSHAKE_FAILED_AUTH}
 
 
 @pytest.fixture
@@ -92,7 +103,8 @@ def test_a_key_bound_to_names_cannot_pose_as_another_client(keyed):
 
 
 def test_a_forged_beacon_leads_a_client_to_no_server(keyed, tmp_path):
-    """A rogue server announces itself for the experiment; a client that insists on CURVE tells it nothing.
+    """A rogue server announces itself for the experiment; the client goes to look, insists on CURVE, and tells it
+    nothing.
 
     The rogue takes plain connections, so a client that skipped CURVE would hand it its `_hello` in the clear.
     """
@@ -100,20 +112,31 @@ def test_a_forged_beacon_leads_a_client_to_no_server(keyed, tmp_path):
     rogue = ctx.socket(zmq.ROUTER)
     rogue.setsockopt(zmq.LINGER, 0)
     port = rogue.bind_to_random_port("tcp://127.0.0.1")
+    monitor = rogue.get_monitor_socket()
     router = f"tcp://127.0.0.1:{port}"
     keyed.stop()
     beacon = discovery.BeaconSender("127.255.255.255", keyed.beacon_port,
                                     protocol.make_beacon("keyed", "rogue", router, router, 1, 0.0))
+    seen = set()
+
+    def rogue_saw_a_handshake():
+        while monitor.poll(0):
+            seen.add(zmq.utils.monitor.recv_monitor_message(monitor)["event"])
+        return seen & {zmq.EVENT_HANDSHAKE_SUCCEEDED, *HANDSHAKE_FAILED}
+
     try:
         with client(keyed, "lta1") as victim:
-            for _ in range(20):
-                beacon.send()
-                victim.poll(0.1)
+            wait_until(lambda: beacon.send() or victim.poll(0.1) * 0 or rogue_saw_a_handshake(), 20, 0,
+                       what="the client to come to the announced address")
+            assert victim.router == router   # it went where the beacon said
+            assert zmq.EVENT_HANDSHAKE_SUCCEEDED not in seen and seen & HANDSHAKE_FAILED
             with pytest.raises((RequestFailed, ServerUnavailable)):
                 victim.connect(1)
             assert rogue.poll(200) == 0  # not one message got through to the rogue
     finally:
         beacon.close()
+        rogue.disable_monitor()
+        monitor.close()
         rogue.close()
 
 
@@ -132,53 +155,71 @@ def test_the_run_controller_hands_each_program_its_key(keyed):
 
 @pytest.fixture
 def limited(tmp_path):
-    from tests.helpers import write_experiment
     server = ServerProcess(write_experiment(tmp_path, "limited", client_rate=2000)).start()
     yield server
     server.stop()
 
 
+class Flood:
+    """A thread sending `data` on `sock` as fast as it goes, until `stop()` (FLOOD_LIMIT_S at most); a full
+    queue makes it wait a millisecond, never block."""
+
+    def __init__(self, sock, data):
+        self.sent = 0
+        self.started = time.monotonic()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(sock, data), daemon=True)
+        self._thread.start()
+        wait_until(lambda: self.sent > 5000, 10, 0.01, what="the flood to be on")
+
+    def _run(self, sock, data):
+        deadline = self.started + FLOOD_LIMIT_S
+        while not self._done.is_set() and time.monotonic() < deadline:
+            try:
+                sock.send(data, zmq.NOBLOCK)
+                self.sent += 1
+            except zmq.Again:
+                self._done.wait(0.001)
+
+    def stop(self):
+        """Stop it; the messages it sent."""
+        self._done.set()
+        self._thread.join(10)
+        return self.sent
+
+
+def requests_during(raw, count):
+    """`count` echo requests of `raw`, one after the other, all within SERVED_WITHIN_S: the numbers answered."""
+    deadline = time.monotonic() + SERVED_WITHIN_S
+    answers = [raw.request({"to": "echo", "cmd": "echo", "n": i}, max(0.1, deadline - time.monotonic()))
+               for i in range(count)]
+    return [a["result"]["n"] for a in answers if a["ok"]]
+
+
 def test_a_flooding_client_is_throttled_and_the_others_are_served_during_the_flood(limited, tmp_path):
-    import threading
-    import time
-    from tests.helpers import EventWatcher, RawClient, start_program, stop_process
     echo = start_program("echo_client.py", "echo", "--experiment", limited.path, log=tmp_path / "echo.log")
     watcher = EventWatcher(limited.events, "event.client_throttled")
-    quiet, flooder = RawClient(limited.router), None
+    quiet, flooder = RawClient(limited.router), RawClient(limited.router)
     try:
         quiet.hello("quiet")
         wait_until(lambda: "echo" in [c["name"] for c in quiet.request({"cmd": "_list"})["result"]], 15, 0.1)
-        flooder = RawClient(limited.router)
         flooder.hello("flood")
-        note = protocol.encode({"to": "echo", "cmd": "note", "seq": 0})
-        measured = threading.Event()
-        sent = [0]
-
-        def flood():  # until the others' requests are done; bounded in count and time
-            deadline = time.monotonic() + 30
-            while not measured.is_set() and sent[0] < 400000 and time.monotonic() < deadline:
-                flooder.sock.send(note)
-                sent[0] += 1
-        thread = threading.Thread(target=flood, daemon=True)
-        thread.start()
-        wait_until(lambda: sent[0] > 5000, 10, 0.01)  # the flood is on
-        answers = [quiet.request({"to": "echo", "cmd": "echo", "n": i}, 10) for i in range(50)]
-        still_flooding = thread.is_alive()
-        measured.set()
-        thread.join(60)
-        assert still_flooding, "the flood ended before the other client's requests were answered"
-        assert [a["result"]["n"] for a in answers if a["ok"]] == list(range(50))  # each answered, in order
+        flood = Flood(flooder.sock, protocol.encode({"to": "echo", "cmd": "note", "seq": 0}))
+        try:
+            answered = requests_during(quiet, 50)
+        finally:
+            sent = flood.stop()
+        assert answered == list(range(50))  # each answered, in order, while the flood went on
         told = flooder.recv_until(lambda m: m.get("code") == "throttled", 10)
         assert "more than 2000 messages/s" in told["error"]
         event = watcher.wait_for("event.client_throttled", name="flood")
         assert event["dropped"] > 0
-        notes = quiet.request({"to": "echo", "cmd": "notes"}, 10)["result"]
-        assert 0 < len(notes) < sent[0]  # the excess was dropped, the rest delivered
+        notes = quiet.request({"to": "echo", "cmd": "notes"}, 30)["result"]
+        assert 0 < len(notes) < sent  # the excess was dropped, the rest delivered
     finally:
         watcher.close()
         quiet.close()
-        if flooder is not None:
-            flooder.close()
+        flooder.close()
         stop_process(echo)
 
 
@@ -204,7 +245,6 @@ def test_send_and_status_use_the_operator_key_on_a_curve_bus(keyed):
 
 
 def test_a_forged_reply_just_after_a_restart_is_refused(tmp_path):
-    from tests.helpers import RawClient, write_experiment
     server = ServerProcess(write_experiment(tmp_path, "fresh")).start()  # uptime: a fraction of a second
     asker, victim, thief = (RawClient(server.router) for _ in range(3))
     try:
@@ -228,48 +268,82 @@ def test_a_forged_reply_just_after_a_restart_is_refused(tmp_path):
         assert server.stop() == 0
 
 
+def errors_before_a_pong(raw, timeout_s=30.0):
+    """The errors the server sent `raw` before it answered a ping of now: every message it sent earlier has come
+    (pings are sent again until one is answered, as an unregistered connection's budget may drop some)."""
+    errors, deadline = [], time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        raw.send({"cmd": "_ping", "id": "after"})
+        while raw.sock.poll(200):
+            msg = json.loads(raw.sock.recv())
+            if msg.get("cmd") == "_pong":
+                return errors
+            errors.append(msg)
+    raise AssertionError(f"no pong within {timeout_s} s")
+
+
+def anonymous_events(raw):
+    return [e for e in raw.request({"cmd": "_logs", "n": 1000}, 10)["result"] if e["kind"] == "anonymous_throttled"]
+
+
 def test_an_unregistered_flood_is_dropped_unread_while_registered_clients_are_served(server, echo):
-    import threading
-    import time
-    from tests.helpers import EventWatcher, RawClient
-    watcher = EventWatcher(server.events, "event.").sync(server.router)
     quiet, flooder = RawClient(server.router), RawClient(server.router)
     try:
         quiet.hello("quiet")
-        done, sent = threading.Event(), [0]
-
-        def flood():  # never registers; bounded in count and time
-            deadline = time.monotonic() + 20
-            while not done.is_set() and sent[0] < 300000 and time.monotonic() < deadline:
-                flooder.sock.send(b"\xff not json")
-                sent[0] += 1
-        thread = threading.Thread(target=flood, daemon=True)
-        thread.start()
-        wait_until(lambda: sent[0] > 5000, 10, 0.01)
-        answers = [quiet.request({"to": "echo", "cmd": "echo", "n": i}, 10) for i in range(30)]
-        still = thread.is_alive()
-        done.set()
-        thread.join(30)
-        assert still, "the flood ended before the requests were answered"
-        assert [a["result"]["n"] for a in answers] == list(range(30))
-        event = watcher.wait_for("event.anonymous_throttled")
+        flood = Flood(flooder.sock, b"\xff not json")  # never registers
+        try:
+            answered = requests_during(quiet, 30)
+        finally:
+            sent = flood.stop()
+        assert answered == list(range(30))
+        errors = errors_before_a_pong(flooder)
+        told_for_s = time.monotonic() - flood.started
+        assert {e["code"] for e in errors} == {"bad_json"}
+        assert 0 < len(errors) <= 5 + 3 * told_for_s < sent  # told a few times a second, not once per frame
+        event = wait_until(lambda: anonymous_events(quiet), 10, 0.2, what="an anonymous_throttled event")[0]
         assert event["dropped"] > 0
-        errors = []
-        while flooder.sock.poll(500):
-            errors.append(flooder.sock.recv())
-        assert 0 < len(errors) < 100 < sent[0]  # told, a few times a second, not once per frame
-        wait_until(lambda: quiet.request({"cmd": "_stats"}, 10)["result"]["anonymous_dropped"] > 0, 5, 0.3,
+        wait_until(lambda: quiet.request({"cmd": "_stats"}, 10)["result"].get("anonymous_dropped", 0) > 0, 5, 0.3,
                    what="the dropped messages in the server's figures")
     finally:
-        watcher.close()
         quiet.close()
         flooder.close()
 
 
-def test_a_storm_of_forged_beacons_never_takes_a_client_off_its_server(server, echo, make_client):
-    """Without CURVE, and a rogue that even answers pings: the client stays while its own server answers."""
-    import threading
-    import time
+def test_unregistered_connections_share_one_budget_and_registered_clients_are_served(server, echo):
+    """Two hundred connections that never register send 100 pings each at once: each within its own 100 a
+    second, all of them together far over the 1,000 a second they share."""
+    quiet = RawClient(server.router)
+    crowd = [RawClient(server.router) for _ in range(200)]
+    total = 100 * len(crowd)
+    try:
+        quiet.hello("quiet")
+        started = time.monotonic()
+        for n in range(100):
+            for raw in crowd:
+                raw.send({"cmd": "_ping", "id": n})
+        assert quiet.request({"to": "echo", "cmd": "echo", "n": 1}, 30)["result"] == {"n": 1}
+        pongs = [0]
+
+        def all_accounted_for():   # every ping answered or counted as dropped (the figures come once a second)
+            for raw in crowd:
+                while raw.sock.poll(0):
+                    pongs[0] += json.loads(raw.sock.recv())["cmd"] == "_pong"
+            dropped = quiet.request({"cmd": "_stats"}, 10)["result"].get("anonymous_dropped", 0)
+            return pongs[0] + dropped == total and [dropped]
+        dropped = wait_until(all_accounted_for, 60, 0.2, what="an answer or a drop for every ping")[0]
+        answered_for_s = time.monotonic() - started
+        assert dropped > 0, "no ping was dropped: the connections were not limited together"
+        assert pongs[0] <= 1000 * (1 + answered_for_s)   # a burst of 1,000, then 1,000 a second
+        assert wait_until(lambda: anonymous_events(quiet), 10, 0.2)[0]["dropped"] > 0
+    finally:
+        for raw in [quiet, *crowd]:
+            raw.close()
+
+
+def test_a_storm_of_forged_beacons_never_takes_a_client_off_its_server_and_is_said_every_10_s(server, echo,
+                                                                                               make_client, caplog):
+    """Without CURVE, and a rogue that even answers pings: the client stays while its own server answers, and
+    says how many beacons led nowhere once every 10 s, not once per beacon."""
     client = make_client("steady")
     ctx = zmq.Context.instance()
     rogue = ctx.socket(zmq.ROUTER)
@@ -288,18 +362,39 @@ def test_a_storm_of_forged_beacons_never_takes_a_client_off_its_server(server, e
     thread = threading.Thread(target=answer_pings, daemon=True)
     thread.start()
     sender = discovery.BeaconSender("127.255.255.255", server.beacon_port, b"")
+
+    def said():
+        return [r for r in caplog.records if "beacon(s) that led nowhere" in r.getMessage()]
     try:
-        answers, deadline, n = [], time.monotonic() + 6, 0
-        while time.monotonic() < deadline and n < 400:  # a new forged instance every 50 ms, a request each time
-            sender.payload = protocol.make_beacon(server.name, f"forged{n}", rogue_router, rogue_router, 1, 0.0)
-            sender.send()
-            answers.append(client.request("echo", "echo", timeout=10, n=n)["n"])
-            n += 1
+        answers, deadline, n = [], time.monotonic() + 60, 0
+        with caplog.at_level(logging.WARNING, logger="clients.client"):
+            while len(said()) < 2 and time.monotonic() < deadline and n < 1200:  # a forged instance every 50 ms
+                sender.payload = protocol.make_beacon(server.name, f"forged{n}", rogue_router, rogue_router, 1, 0.0)
+                sender.send()
+                answers.append(client.request("echo", "echo", timeout=10, n=n)["n"])
+                client.poll(0.05)
+                n += 1
         assert answers == list(range(n))  # every request answered, none failed
         assert client.router == server.router and client.instance == server.beacon.instance
         assert "_hello" not in received  # the rogue was pinged at most, never told who we are
+        assert len(said()) >= 2, f"{len(said())} line(s) of ignored beacons after {n} beacons"
+        first, second = said()[:2]
+        assert "ignored 1 beacon(s)" in first.getMessage()   # the first at once
+        assert second.created - first.created >= 10   # then every 10 s, with what led nowhere meanwhile
+        assert int(second.getMessage().split()[1]) > 1
     finally:
         stop.set()
         thread.join(5)
         sender.close()
         rogue.close()
+
+
+def test_an_insecure_bus_and_gateway_are_warned_of_at_every_start(tmp_path):
+    server = ServerProcess(write_experiment(tmp_path, "open", insecure=True,
+                                            legacy={"port": free_port(), "insecure": True}))
+    for starts in (1, 2):
+        server.start()
+        assert server.stop() == 0
+        output = server.log.read_text()
+        assert output.count("INSECURE: the bus has no keys (server.insecure is set)") == starts, output
+        assert output.count("INSECURE: the libABCD gateway") == starts, output

@@ -404,6 +404,18 @@ def test_bye_frees_the_name_at_once_with_client_left(raw, watcher):
     assert not [t for t, m in watcher.items if t == "event.client_replaced"]
 
 
+def test_a_target_whose_connection_closed_answers_what_it_owed_client_lost_and_is_then_no_such_client(raw, watcher):
+    asker, target = raw("asker"), raw("target")
+    asker.send({"to": "target", "cmd": "slow", "id": "owed"})
+    target.recv_until(lambda m: m.get("id") == "owed")
+    target.close()   # gone without a goodbye, owing an answer
+    assert asker.recv_until(lambda m: m.get("re") == "owed", 15)["code"] == "client_lost"
+    assert watcher.wait_for("event.client_lost", name="target")["reason"] == "connection closed"
+    after = asker.request({"to": "target", "cmd": "ramp"}, 15)
+    assert after["code"] == "no_such_client"
+    assert [m for m in asker.until_pong() if m.get("re") in ("owed", after["re"])] == []   # one answer each
+
+
 # --- _replay: what was published after a time ---------------------------------------------------
 
 def replay(client, **ask):
@@ -515,3 +527,26 @@ def test_a_restarted_server_replays_only_what_was_published_to_it(server):
         assert page["items"] == [] and page["kept_from"] >= server.beacon.started
     finally:
         client.close()
+
+
+def test_a_server_that_stood_still_does_not_drop_its_clients_for_its_own_silence(tmp_path):
+    """SIGSTOPped past its timeout (starved, or stopped by hand) and continued: its clients are not lost."""
+    server = ServerProcess(write_experiment(tmp_path, "still", heartbeat=0.5, timeout=2.0)).start()
+    watcher = EventWatcher(server.events, "event.").sync(server.router)
+    raw = RawClient(server.router)
+    try:
+        raw.hello("patient")
+        raw.request({"cmd": "_status"})
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        time.sleep(4.0)   # the stall itself: twice the server's timeout
+        os.kill(server.proc.pid, signal.SIGCONT)
+        answer = raw.request({"cmd": "_list"}, 10)   # still registered: no not_registered, no new hello
+        assert answer.get("ok") and [c["name"] for c in answer["result"]] == ["patient"], answer
+        raw.until_pong()
+        assert "stood still for" in wait_until(lambda: "stood still for" in server.log.read_text()
+                                               and server.log.read_text(), 10)
+        assert not [t for t, _ in watcher.items if t == "event.client_lost"]
+    finally:
+        raw.close()
+        watcher.close()
+        server.stop()

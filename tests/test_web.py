@@ -1,6 +1,8 @@
-"""The web program against a live `run.py damicm --headless`: its JSON API and /metrics over plain HTTP, bad input
-answered with a 4xx, actions only for a logged-in operator; and the page itself in headless Chromium."""
+"""The web program against a live `run.py damicm --headless`: its JSON API, live stream and /metrics over plain HTTP,
+bad input answered with a 4xx, actions only for a logged-in operator (a 12 h session; failed logins limited per
+address); and the page itself in headless Chromium."""
 
+import http.client
 import json
 import os
 import re
@@ -8,12 +10,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import urllib.request
 
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import ROOT, WebSite, apt_install, damicm_copy, env_for_children, wait_until
+from tests.helpers import DAMICM_PROGRAMS, ROOT, WebSite, apt_install, damicm_copy, env_for_children, wait_until
 
 pytestmark = pytest.mark.xdist_group(name="web")   # one damicm for the whole module, on one worker
 
@@ -22,6 +26,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 STANDING = {name: {"value": "cryo.values.temperature", "above": -1000, "severity": severity,
                    "actions": ["log", "publish"], "message": f"a standing {severity}, as the page shows it"}
             for name, severity in (("standing_warning", "warning"), ("standing_alarm", "alarm"))}   # always hold
+TO_ACK = "standing_to_acknowledge"
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +34,7 @@ def site(tmp_path_factory):
     folder = tmp_path_factory.mktemp("web")
     path = damicm_copy(folder)
     description = json.loads(path.read_text())
-    description["alarms"].update(STANDING)
+    description["alarms"].update(STANDING, **{TO_ACK: {**STANDING["standing_warning"], "message": "acknowledge me"}})
     path.write_text(json.dumps(description))
     listen = description["programs"]["web"]["cmd"][-1]
     made = subprocess.run([sys.executable, "-m", "web.users", "--experiment", str(path), "add", "anna"],
@@ -54,21 +59,15 @@ def test_status_runs_events_history_and_metrics_over_plain_http(site):
     assert {"lta1", "lta2", "web", "historian"} <= set(snap["run"]["programs"])
     status, text, headers = site.get("/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
-    assert samples[("orbit_program_up", (("host", "local"), ("program", "lta1")))] == 1
-    assert samples[("orbit_program_state", (("program", "web"), ("state", "RUNNING")))] == 1
-    assert samples[("orbit_run_state", (("state", "STOP"),))] == 1
-    assert samples[("orbit_server_clients", ())] >= 11   # ten programs with a client, and the run controller
-    assert any(name == "orbit_value" and dict(labels)["name"] == "cryo.values.temperature" for name, labels in samples)
     status, text, headers = site.get("/metrics", headers={"Accept": "application/openmetrics-text"})
     assert headers["Content-Type"].startswith("application/openmetrics-text") and text.rstrip().endswith("# EOF")
 
     buckets = wait_until(lambda: site.get("/api/history?name=cryo.values.temperature&since=-600&points=50")[1]
                          .get("cryo.values.temperature"), 30, 0.5, what="history through the web program")
     assert all(len(b) == 4 and b[1] <= b[3] <= b[2] for b in buckets) and len(buckets) <= 50
-    status, events, _ = site.get("/api/events?n=5")
-    assert status == 200 and 0 < len(events) <= 5
+    newest = wait_until(lambda: (few := site.get("/api/events?n=8")[1]) == site.get("/api/events?n=200")[1][:8]
+                        and few, 20, 0.2, what="the same newest events twice")   # none came between the two
+    assert len(newest) == 8 and [e["ts"] for e in newest] == sorted((e["ts"] for e in newest), reverse=True)
     assert site.get("/api/runs")[0] == 200 and site.get("/api/alarms?log=5")[1].keys() >= {"alarms", "log"}
     assert site.get("/api/whoami")[1] == {"user": None, "can_act": True}
 
@@ -146,11 +145,178 @@ def test_actions_need_an_operator_and_are_logged_with_who(site):
     assert site.post("/api/run/prepare_run", cookie=cookie)[0] == 401   # the session is gone
 
 
+def test_a_login_opens_a_12_hour_session_in_a_cookie_scripts_cannot_read(site):
+    status, answer, headers = site.post("/api/login", {"name": "anna", "password": PASSWORD})
+    assert status == 200 and answer == {"user": "anna"}
+    cookie = headers["Set-Cookie"]
+    assert "Max-Age=43200" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie, cookie
+    assert "Secure" not in cookie, cookie   # plain HTTP on loopback
+
+
+def login_from(site, address, password):
+    """POST /api/login from `address` (any of 127/8 is loopback): (status, answer)."""
+    host, port = site.url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=60, source_address=(address, 0))
+    try:
+        connection.request("POST", "/api/login", json.dumps({"name": "anna", "password": password}),
+                           {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_after_ten_failed_logins_in_a_minute_an_address_gets_429_and_only_that_one(site):
+    assert [login_from(site, "127.0.0.2", "wrong")[0] for _ in range(10)] == [401] * 10
+    status, answer = login_from(site, "127.0.0.2", PASSWORD)   # the right password too, for that minute
+    assert (status, answer.get("code")) == (429, "throttled"), answer
+    assert login_from(site, "127.0.0.1", PASSWORD) == (200, {"user": "anna"})
+
+
+def operator_actions(site):
+    return {(e["action"], e["target"], e["ok"]) for e in site.get("/api/events?n=200")[1]
+            if e.get("kind") == "operator_action" and e.get("by") == "anna"}
+
+
+def test_an_operator_aborts_a_run_restarts_a_program_and_acknowledges_an_alarm(site):
+    cookie = site.login("anna", PASSWORD)
+    status, prepared, _ = site.post("/api/run/prepare_run", cookie=cookie)
+    assert status == 200 and prepared["state"] == "READY", prepared
+    status, aborted, _ = site.post("/api/run/abort_run", cookie=cookie)
+    assert status == 200 and aborted["state"] == "STOP", aborted
+    newest = site.post("/api/run/prepare_run", cookie=cookie)[1]
+    assert site.post("/api/run/abort_run", cookie=cookie)[0] == 200
+    runs = site.get("/api/runs?n=2")[1]   # newest first
+    assert [(r["run"], r["result"]) for r in runs] == [(newest["run"], "aborted"), (prepared["run"], "aborted")]
+
+    before = site.programs()["lta1"]["pid"]
+    status, answer, _ = site.post("/api/programs/lta1/restart", cookie=cookie)   # answered once the new one is up
+    assert status == 200 and answer["lta1"]["state"] == "RUNNING" and answer["lta1"]["pid"] != before, answer
+    assert not psutil.pid_exists(before)
+
+    status, answer, _ = site.post(f"/api/alarms/{TO_ACK}/ack", cookie=cookie)
+    assert status == 200 and answer["acked"][0]["acked"]["by"] == "anna", answer
+    standing = {a["alarm"]: a for a in site.get("/api/alarms")[1]["alarms"]}
+    assert standing[TO_ACK]["state"] == "active" and standing[TO_ACK]["acked"]["by"] == "anna"
+    assert standing["standing_alarm"]["acked"] is None
+    assert operator_actions(site) >= {("abort_run", "run", True), ("restart", "lta1", True), ("ack", TO_ACK, True)}
+
+
+class Stream(threading.Thread):
+    """The page's live feed (/api/stream) read in a thread of its own: every (kind, data) in order."""
+
+    def __init__(self, url):
+        super().__init__(daemon=True)
+        self.response = urllib.request.urlopen(url + "/api/stream", timeout=60)
+        self.frames, self.stopping = [], threading.Event()
+        self.start()
+
+    def run(self):
+        kind = None
+        while not self.stopping.is_set() and (line := self.response.readline()):
+            line = line.decode().rstrip("\n")
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                self.frames.append((kind, json.loads(line.removeprefix("data: "))))
+
+    def of(self, kind):
+        return [data for k, data in list(self.frames) if k == kind]
+
+    def close(self):
+        self.stopping.set()
+        self.join(30)   # a status comes each second: the loop ends at the next
+        self.response.close()
+
+
+def test_the_live_stream_sends_a_status_each_second_and_every_event(site):
+    cookie = site.login("anna", PASSWORD)
+    stream = Stream(site.url)
+    try:
+        wait_until(lambda: len(stream.of("status")) >= 2, 30, 0.1, what="the stream's first statuses")
+        assert site.post("/api/run/prepare_run", cookie=cookie)[0] == 200
+        assert site.post("/api/run/abort_run", cookie=cookie)[0] == 200
+
+        def operator(action):
+            return next((e for e in stream.of("event") if e["kind"] == "operator_action" and e["action"] == action),
+                        None)
+        wait_until(lambda: operator("abort_run") and len(stream.of("status")) >= 4, 60, 0.1,
+                   what="the abort and four statuses on the stream")
+    finally:
+        stream.close()
+    taken = [status["taken"] for status in stream.of("status")]
+    assert all(later - earlier >= 0.99 for earlier, later in zip(taken, taken[1:])), taken   # a new one each second
+    assert {"server", "run", "rates"} <= set(stream.of("status")[-1])
+    streamed = [(e["kind"], e["ts"]) for e in stream.of("event")]
+    first, last = (streamed.index((e["kind"], e["ts"])) for e in (operator("prepare_run"), operator("abort_run")))
+    logged = [(e["kind"], e["ts"]) for e in reversed(site.get("/api/events?n=200")[1])]   # oldest first
+    # every event the server logged from the first action to the last, in its order (the run's among them)
+    assert streamed[first:last + 1] == logged[logged.index(streamed[first]):logged.index(streamed[last]) + 1]
+    assert {kind for kind, _ in streamed[first:last + 1]} >= {"operator_action", "run_state"}
+
+
 def metric_samples(site):
     status, text, _ = site.get("/metrics")
     assert status == 200, text
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def metrics_and_their_snapshot(site, wanted):
+    """/metrics and the snapshot it was made from (/api/status shows that one before and after the scrape), once
+    `wanted(snapshot)` holds."""
+    def same():
+        before = site.get("/api/status")[1]
+        samples = metric_samples(site)
+        after = site.get("/api/status")[1]
+        return before["taken"] == after["taken"] and wanted(after) and (samples, after)
+    return wait_until(same, 30, 0.1, what="one snapshot read before and after a scrape")
+
+
+PROGRAM_FIGURES = {"orbit_program_restarts_total": "restarts", "orbit_program_uptime_seconds": "uptime",
+                   "orbit_program_cpu_percent": "cpu_percent", "orbit_program_rss_bytes": "rss",
+                   "orbit_program_heartbeat_age_seconds": "heartbeat_age"}
+
+
+def test_metrics_give_every_family_the_readme_lists_with_the_snapshots_values(site):
+    cookie = site.login("anna", PASSWORD)
+    run = site.post("/api/run/prepare_run", cookie=cookie)[1]["run"]
+    assert site.post("/api/run/abort_run", cookie=cookie)[0] == 200
+    assert site.post(f"/api/alarms/{TO_ACK}/ack", cookie=cookie)[0] == 200
+    samples, snap = metrics_and_their_snapshot(site, lambda snap: (snap["last_run"], snap["run"]["state"]) == (
+        run, "STOP") and any(a["alarm"] == TO_ACK and a["acked"] for a in snap["run"]["alarms"]))
+
+    def value(family, **labels):
+        return samples[(family, tuple(sorted(labels.items())))]
+    programs = snap["run"]["programs"]
+    assert set(programs) == DAMICM_PROGRAMS
+    for name, info in programs.items():
+        states = {dict(labels)["state"]: v for (family, labels), v in samples.items()
+                  if family == "orbit_program_state" and dict(labels)["program"] == name}
+        assert states[info["state"]] == 1 and sum(states.values()) == 1, (name, states)
+        assert value("orbit_program_up", program=name, host=info["host"]) == (info["state"] == "RUNNING")
+        for family, key in PROGRAM_FIGURES.items():
+            if info[key] is not None:
+                assert value(family, program=name) == info[key], (family, name)
+    assert all(info[key] is not None for info in programs.values() for key in PROGRAM_FIGURES.values()
+               if key != "heartbeat_age")
+    assert value("orbit_program_heartbeat_age_seconds", program="lta1") >= 0   # a client's, the boards have none
+    total = snap["stats"]["total"]
+    for key in ("msgs_in", "msgs_out", "bytes_in", "bytes_out"):
+        assert value(f"orbit_server_{key}_total") == total[key] > 0
+        assert value(f"orbit_server_{key}_per_second") == total[f"{key}_per_s"]
+    assert value("orbit_server_dropped_total") == snap["stats"]["dropped"]
+    assert value("orbit_server_clients") == snap["server"]["clients"] >= 11   # ten programs' clients, the run's
+    assert [value("orbit_run_state", state=state) for state in ("STOP", "READY", "RUN")] == [1, 0, 0]
+    assert value("orbit_run_number") == run
+    cryo = snap["retained"]["cryo.values"]["data"]
+    assert value("orbit_value", name="cryo.values.temperature") == cryo["temperature"]
+    assert value("orbit_value", name="cryo.values.set_point") == cryo["set_point"]
+    assert ("orbit_value", (("name", "cryo.values.unit"),)) not in samples   # a text is no number
+    assert (value("orbit_alarm_active", alarm="standing_alarm", severity="alarm"),
+            value("orbit_alarm_acknowledged", alarm="standing_alarm", severity="alarm")) == (1, 0)
+    assert (value("orbit_alarm_active", alarm=TO_ACK, severity="warning"),
+            value("orbit_alarm_acknowledged", alarm=TO_ACK, severity="warning")) == (1, 1)
 
 
 def test_the_run_number_stays_after_the_run_and_through_a_restart_of_the_web_program(site):

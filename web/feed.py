@@ -36,10 +36,11 @@ class BusError(Exception):
         self.status, self.code = status, code
 
 
-# What a refusal's code means for an HTTP answer.
-REFUSAL_STATUS = {protocol.UNKNOWN_PROGRAM: 404, protocol.NO_SUCH_CLIENT: 404, "no_such_alarm": 404,
-                  protocol.BAD_FIELD: 400, protocol.UNKNOWN_COMMAND: 400, "bad_config": 400, "bad_state": 409,
-                  "busy": 409, protocol.FAILED: 409, "refused": 409, "no_settings": 409,
+# What a refusal's code means for an HTTP answer. The one to answer not registered, or lost before it answered: the
+# bus does not answer (503), as when the web program itself is not connected.
+REFUSAL_STATUS = {protocol.UNKNOWN_PROGRAM: 404, "no_such_alarm": 404, protocol.NO_SUCH_CLIENT: 503,
+                  protocol.CLIENT_LOST: 503, protocol.BAD_FIELD: 400, protocol.UNKNOWN_COMMAND: 400, "bad_config": 400,
+                  "bad_state": 409, "busy": 409, protocol.FAILED: 409, "refused": 409, "no_settings": 409,
                   protocol.NOT_REGISTERED: 409, protocol.THROTTLED: 429}
 
 

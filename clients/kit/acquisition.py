@@ -112,6 +112,7 @@ class Acquisition:
         self.file_open = False
         self.last_data = 0.0
         self.failures = 0
+        self.linked = False        # the link was opened, configured and started, and has not failed since
         self.in_run = asyncio.Event()
         self.changed = asyncio.Event()   # a run began or ended: the link follows
         self.bad_kept = 0
@@ -190,7 +191,8 @@ class Acquisition:
             log.warning("invalid data (%d bytes): %s; taking the next frame", len(data), exc)
             self._keep_bad(data)
             return
-        self.failures = 0  # data flows: the link is good again
+        if self.linked:
+            self.failures = 0  # data flows over a link that holds: it is good again (not data from before it fell)
         for item in items:
             self.save(item)
 
@@ -262,6 +264,7 @@ class Acquisition:
         await self.source.configure(self.settings)
         await self.source.start()
         self.last_data = time.monotonic()
+        self.linked = True
         lost = asyncio.ensure_future(self.source.lost())
         try:
             while self.in_run.is_set() and not stopping.is_set():
@@ -274,6 +277,7 @@ class Acquisition:
                 if self.in_run.is_set() and time.monotonic() - self.last_data > self.silence_s:
                     raise TimeoutError(f"no data for {self.silence_s:g} s")
         finally:
+            self.linked = False
             lost.cancel()
             await self.source.stop()
 

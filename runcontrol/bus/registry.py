@@ -19,6 +19,7 @@ from runcontrol.errors import ProtocolError
 log = logging.getLogger("runcontrol.server")
 
 CLAIM_RECHECK_S = 0.05       # how often a claimed name's holder is probed for a closed connection
+STALL_FORGIVEN_S = 1.0       # the server's loop late by this much past a heartbeat: it stood still
 
 
 class Peer:
@@ -72,7 +73,9 @@ class Registry:
         self.server = server
         self.max_clients = spec.max_clients
         self.timeout_s = spec.timeout_s
+        self.heartbeat_s = spec.heartbeat_s
         self.claim_grace_s = min(2.0, spec.timeout_s)
+        self._last_beat = time.monotonic()
         self.by_identity = {}
         self.by_name = {}
         self.claims = {}
@@ -173,6 +176,7 @@ class Registry:
 
     def heartbeat(self, now):
         """Drop the clients silent past the timeout; ping the others."""
+        self._forgive_own_stall(now)
         ping = protocol.encode({**protocol.make_ping(), "from": protocol.SERVER, "ts": time.time()})
         for peer in list(self.by_name.values()):
             silent_s = now - peer.last_seen_mono
@@ -181,6 +185,18 @@ class Registry:
                 peer.conn.close()
             else:
                 self.server.routing.deliver(peer, ping)
+
+    def _forgive_own_stall(self, now):
+        """When the server's own loop stood still (stopped, starved) well past a heartbeat, the silence of that time
+        is its own, not its clients': it is not counted against them (else all would be dropped as lost at once)."""
+        last, self._last_beat = self._last_beat, now
+        stalled_s = now - last - self.heartbeat_s
+        if stalled_s < STALL_FORGIVEN_S:
+            return
+        log.warning("the server stood still for %.1f s (stopped or starved): that silence is not held against its "
+                    "%d client(s)", stalled_s, len(self.by_name))
+        for peer in self.by_name.values():
+            peer.last_seen_mono = min(now, peer.last_seen_mono + stalled_s)
 
 
 def probe(holder, probe_id):

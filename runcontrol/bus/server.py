@@ -23,7 +23,6 @@ import time
 import zmq
 
 import experiments
-from experiments import checks
 from runcontrol import logsetup, pidfile, protocol
 from runcontrol.bus import commands, discovery, limits
 from runcontrol.bus.commands.base import ANSWERED
@@ -177,17 +176,16 @@ class Server:
         log.info("server %s of %s: router %s, events %s, beacon %s:%s every %.1f s, pid file %s",
                  self.instance, self.experiment.name, self.router_address, self.events_address,
                  *self.beacon.target, self.beacon_interval_s, self.pidfile)
-        exposed = self.experiment.server.exposed()
-        legacy = self.experiment.server.legacy
+        spec = self.experiment.server
+        # Said whenever the flag is set, on loopback too: it is what lets the address go off loopback unchecked.
         if self.legacy is not None:
             log.info("libABCD gateway on %s, IamABCD to %s:%d", self.legacy.address, *self.legacy.beacon_target)
-            if legacy.insecure and not checks.is_loopback_host(legacy.address):
-                log.warning("INSECURE: the libABCD gateway on %s can be reached from the network and has no "
-                            "encryption (server.legacy.insecure is set)", self.legacy.address)
-        if exposed and self.experiment.server.curve is None:
-            log.warning("INSECURE: %s can be reached from the network without keys (server.insecure is set): "
-                        "anybody who reaches it can register under any name and command any program",
-                        " and ".join(exposed))
+            if spec.legacy.insecure:
+                log.warning("INSECURE: the libABCD gateway on %s has no encryption and no keys (server.legacy.insecure "
+                            "is set): anybody who reaches it can register under any name", self.legacy.address)
+        if spec.insecure and spec.curve is None:
+            log.warning("INSECURE: the bus has no keys (server.insecure is set): anybody who reaches %s or %s can "
+                        "register under any name and command any program", self.router_address, self.events_address)
         self.publish_event("server_started", instance=self.instance, pid=os.getpid(),
                            router=self.router_address, events=self.events_address)
 

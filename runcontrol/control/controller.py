@@ -25,7 +25,7 @@ from runcontrol.control.alarms import AlarmWatch
 from runcontrol.control.configs import ConfigDesk
 from runcontrol.control.launch import take_stop_cause
 from runcontrol.control.programs import ProgramCommands
-from runcontrol.control.transitions import Transitions
+from runcontrol.control.transitions import TRANSITION_TIMEOUT_S, Transitions
 from runcontrol.control.waiters import Waiters
 from runcontrol.errors import ConfigError, RunControlError
 from runcontrol.signals import SignalWakeup
@@ -195,15 +195,23 @@ class Controller:
             self.step()
         # run.py stops us by SIGTERM whatever stopped it, and leaves the cause (SIGINT, say) for the run log.
         cause = take_stop_cause(self.spec) or signal.Signals(wakeup.stop_signal).name
-        ending = self.transitions.end_for_shutdown(f"the experiment was stopped ({cause})")
-        while ending is not None and not ending.done:
-            self.step()
+        self._end_open_run(f"the experiment was stopped ({cause})")
         log.info("stopping every program (%s)", cause)
         self.supervisor.stop_all()
         while not self.supervisor.all_stopped():
             self.step()
         self._save_records()
         self.client.poll(0.1)  # the last events go out
+
+    def _end_open_run(self, why):
+        """An open run ends before the programs stop; a transition under way is let finish first (within the
+        default transition timeout), else the run it leaves open would stay open."""
+        deadline = time.monotonic() + TRANSITION_TIMEOUT_S
+        while self.transitions.busy and time.monotonic() < deadline:
+            self.step()
+        ending = self.transitions.end_for_shutdown(why)
+        while ending is not None and not ending.done:
+            self.step()
 
     def close(self):
         self.supervisor.close()

@@ -16,7 +16,7 @@ import sys
 
 from runcontrol import process
 from runcontrol.control.durable import write_durably
-from runcontrol.control.transitions import SHUTDOWN_TIMEOUT_S
+from runcontrol.control.transitions import SHUTDOWN_TIMEOUT_S, TRANSITION_TIMEOUT_S
 
 log = logging.getLogger("run")
 
@@ -59,8 +59,9 @@ def take_stop_cause(experiment):
 
 
 def controller_grace(experiment):
-    """Time the run controller may take to end an open run and stop every program (each stop_timeout)."""
-    return SHUTDOWN_TIMEOUT_S + sum(p.stop_timeout_s for p in experiment.programs) + GRACE_S
+    """Time the run controller may take to let a transition under way finish, end an open run and stop every
+    program (each stop_timeout)."""
+    return TRANSITION_TIMEOUT_S + SHUTDOWN_TIMEOUT_S + sum(p.stop_timeout_s for p in experiment.programs) + GRACE_S
 
 
 def plan(experiment, check_host=None):

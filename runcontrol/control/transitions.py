@@ -102,7 +102,8 @@ class Transitions:
                     for name in participants}
         self.busy = action
         reply = reply or self.client.defer(msg)
-        log.info("%s: run %s, asking %s", action, fields["run"], ", ".join(participants) or "no participant")
+        log.info("%s: run %s, asking %s, answers within %g s", action, fields["run"],
+                 ", ".join(participants) or "no participant", timeout)
 
         def finish():
             self.busy = None

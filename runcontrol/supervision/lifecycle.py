@@ -122,7 +122,7 @@ class Lifecycle:
             program.timer = (self.clock() + program.spec.start_timeout_s, self._start_timed_out)
             return
         self.kill_hung(program, f"did not register as {program.spec.client} "
-                                f"within {program.spec.start_timeout_s:g} s")
+                                f"within its start_timeout of {program.spec.start_timeout_s:g} s")
 
     # --- exits and restarts ---------------------------------------------------------------------
 

@@ -105,7 +105,9 @@ class SupervisordBackend(Backend):
     the loop as events through a pipe. Exits are learnt from the process list, read at once when
     the host's agent says a process changed state (`look`) and every POLL_S anyway. A start of a
     program that already runs there adopts it. What a program writes stays in its log on that
-    host; its last lines come with its exit.
+    host; its last lines come with its exit. At its first start, and at the start of a program a reload
+    changed, what the host's supervisord.conf says now (exported again) is read anew, as `supervisorctl update`
+    would.
     """
 
     adopts = True
@@ -124,6 +126,7 @@ class SupervisordBackend(Backend):
         self._abandoned = set()     # programs we could not kill while the host was away: stopped when it is back
         self._supervisord_pid = None
         self._log_read = {}         # name -> how far its log there has been read
+        self._taken = {}            # name -> the spec supervisord last read its program for
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._work, daemon=True, name=f"supervisord-{host.name}")
         self._thread.start()
@@ -134,7 +137,7 @@ class SupervisordBackend(Backend):
         """Ask the host's supervisord to start `spec.name`; its environment is the exported one, not `env`.
         Its pid comes later, as a Started event."""
         handle = RemoteProcess(spec.name)
-        self._orders.put(("start", handle, None))
+        self._orders.put(("start", handle, spec))
         return handle
 
     def signal(self, handle, signum):
@@ -219,8 +222,12 @@ class SupervisordBackend(Backend):
         rpc = None
         retry = Backoff(*RETRY)
         while not self._stopping.is_set():
+            wait_s = self.poll_s
+            if self.problem:
+                wait_s = retry.next_delay(False, came_up=False)
+                log.info("host %s: trying its supervisord again in %.2g s", self.host, wait_s)
             try:
-                order = self._orders.get(timeout=retry.next_delay(False, came_up=False) if self.problem else self.poll_s)
+                order = self._orders.get(timeout=wait_s)
             except queue.Empty:
                 order = None
             if order is None and self._stopping.is_set():
@@ -239,22 +246,26 @@ class SupervisordBackend(Backend):
             except Exception:  # a bug here must not leave the host's programs without their worker
                 log.exception("host %s: the worker failed on %s; it goes on", self.host, order)
 
-    def _carry_out(self, rpc, what, handle, signum):
+    def _carry_out(self, rpc, what, handle, arg):
+        """One order; `arg`: the spec of a start, the signal of a signal, the agent's hint of a look or a hang."""
         try:
             if what == "start":
-                self._start(rpc, handle)
-            elif what == "signal" and signum == signal.SIGKILL:
+                self._start(rpc, handle, arg)
+            elif what == "signal" and arg == signal.SIGKILL:
                 rpc.supervisor.signalProcess(handle.name, "KILL")
             elif what == "signal":  # its stop signal: supervisord stops the whole group, SIGKILL after the grace
                 rpc.supervisor.stopProcess(handle.name, False)
-            elif what == "look" and signum:
-                self._await_reaped(rpc, signum)
+            elif what == "look" and arg:
+                self._await_reaped(rpc, arg)
             elif what == "hung":
-                self._hung(signum)
+                self._hung(arg)
         except xmlrpc.client.Fault as exc:
             log.warning("%s %s on %s: refused: %s", what, handle.name, self.host, exc.faultString)
 
-    def _start(self, rpc, handle):
+    def _start(self, rpc, handle, spec):
+        if not self._taken or self._taken.get(handle.name, spec) != spec:   # a first start here, or a reload
+            self._take_exported(rpc)
+        self._taken[handle.name] = spec
         adopted = False
         try:
             rpc.supervisor.startProcess(handle.name, True)
@@ -273,6 +284,25 @@ class SupervisordBackend(Backend):
         self._running[handle.name] = handle
         if handle.pid:
             self._tell(Started(handle, handle.pid, max(0.0, float(now - since)), adopted))
+
+    def _take_exported(self, rpc):
+        """supervisord reads its configuration only when asked: the programs exported again since (changed) or for
+        the first time (added) are taken from it, as `supervisorctl update` would; one that runs is left as it is
+        (it is adopted, and takes its new form at its next start)."""
+        try:
+            added, changed, _ = rpc.supervisor.reloadConfig()[0]
+        except xmlrpc.client.Fault as exc:
+            log.warning("host %s: its programs run as its supervisord read them before: %s", self.host,
+                        exc.faultString)
+            return
+        for name in [*added, *changed]:
+            try:
+                if name in changed:
+                    rpc.supervisor.removeProcessGroup(name)
+                rpc.supervisor.addProcessGroup(name)
+                log.info("host %s: %s taken anew from its supervisord.conf", self.host, name)
+            except xmlrpc.client.Fault as exc:
+                log.info("host %s: %s stays as read before (%s)", self.host, name, exc.faultString)
 
     def _await_reaped(self, rpc, hint):
         """The agent saw a process of ours end: ask until supervisord says so too. It learns of an exit only
