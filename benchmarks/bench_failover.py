@@ -25,9 +25,9 @@ import common
 import zmq
 from figures import Report
 
-from clients.client import Client
+from runcontrol.client.client import Client
 from runcontrol import pidfile
-from runcontrol.bus import discovery
+from runcontrol import discovery
 
 
 def client_process(name, experiment):

@@ -23,7 +23,7 @@ import common
 import zmq
 from figures import Report
 
-from clients.client import Client
+from runcontrol.client.client import Client
 from runcontrol import protocol
 
 RATE = 2000

@@ -30,7 +30,7 @@ import time
 import common
 from figures import Report
 
-from clients.client import Client
+from runcontrol.client.client import Client
 from clients.historystore import Store
 
 NUMBERS_PER_MESSAGE = 50

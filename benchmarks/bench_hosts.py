@@ -34,7 +34,7 @@ import common
 import psutil
 from figures import Report
 
-from clients.client import Client
+from runcontrol.client.client import Client
 
 PROGRAMS = common.ROOT / "tests" / "programs"
 PASSWORD = "bench"
@@ -74,7 +74,7 @@ class Experiment:
 
     def start_controller(self):
         self.controller = subprocess.Popen(
-            [sys.executable, "-m", "runcontrol.controller", "--experiment", str(self.path), "--log-level", "WARNING"],
+            [sys.executable, "-m", "runcontrol.control.controller", "--experiment", str(self.path), "--log-level", "WARNING"],
             cwd=common.ROOT, start_new_session=True)
 
     def stop(self):

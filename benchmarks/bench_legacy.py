@@ -24,12 +24,12 @@ import time
 import common
 from figures import Report
 
-from clients.client import Client
+from runcontrol.client.client import Client
 
 PROGRAMS = common.ROOT / "tests" / "programs"
 ORBIT_PEER = """
 import sys, time
-from clients.client import Client
+from runcontrol.client.client import Client
 name, router, experiment, to, count = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 with Client(name, experiment=experiment, server=router) as me:
     me.add_handler("ping_me", lambda msg: me.send(msg["from"], "pinged", by=name))

@@ -3,7 +3,7 @@
 (a) bare: DEALER -> ROUTER -> DEALER, the forwarder only swaps identities: the limit.
 (b) orbit: our server process, our Client sending and our Client serving.
 (c) orbit with CURVE: the same with encryption and authentication on (keys made
-    by runcontrol.keys), to measure what security costs.
+    by runcontrol.bus.keys), to measure what security costs.
 For each: one-way messages per second (measured at the receiver; our sender keeps at
 most 5,000 messages in flight, on credit the receiver returns every 1,000, so none is
 dropped for want of room) and request/reply
@@ -24,7 +24,7 @@ import common  # noqa: F401  (puts the project on sys.path)
 import zmq
 from figures import Report
 
-from clients.client import Client
+from runcontrol.client.client import Client
 
 PAYLOAD = "x" * 150
 WINDOW = 5000        # messages the sender may have in flight before the receiver's credit

@@ -1,9 +1,9 @@
 """Run transitions: `begin_run` to 100 participants, all acknowledged; median and max over 20.
 
 The participants are foreign clients speaking the wire protocol over bare DEALER
-sockets (4 helper processes of 25), registered with `"meta": {"run": true}`; each
+sockets (4 helper processes of 25), registered with `"meta": {"participant": true}`; each
 answers pings and acknowledges every `_transition`. A real server and a real run
-controller (`python -m runcontrol.controller`) run in their own processes; the
+controller (`python -m runcontrol.control.controller`) run in their own processes; the
 timing is the operator's: `begin_run` sent -> its answer received (every
 participant asked and answered through the server in between). Each round ends
 the run again (not timed).
@@ -47,7 +47,7 @@ def participants(router, names, ready):
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(router)
         sock.send(orjson.dumps({"cmd": "_hello", "name": name, "id": "h", "pid": os.getpid(),
-                                "meta": {"run": True}}))
+                                "meta": {"participant": True}}))
         poller.register(sock, zmq.POLLIN)
         socks.append(sock)
     for sock in socks:

@@ -21,7 +21,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runcontrol.bus import discovery  # noqa: E402
+from runcontrol import discovery  # noqa: E402
 from tests.helpers import free_port  # noqa: E402,F401  (the tests' own: one finder of free ports)
 
 HELPER_S = 900.0   # a helper process that sends traffic gives up after this long, should its benchmark not stop it
@@ -59,7 +59,7 @@ def percentile(values, fraction):
 
 
 class BenchServer:
-    """`python -m runcontrol.server` on ephemeral loopback ports, found by its beacon."""
+    """`python -m runcontrol.bus.server` on ephemeral loopback ports, found by its beacon."""
 
     def __init__(self, heartbeat=5.0, timeout=30.0, name=None, curve=False, **server):
         self.folder = scratch("orbit-bench-")

@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 
-from clients.core import required
+from runcontrol.client.core import required
 from clients.instrument import Instrument, run
 from runcontrol.errors import ConfigError, Refused
 

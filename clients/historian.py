@@ -35,7 +35,7 @@ import sys
 import time
 
 import experiments
-from clients.client import Client
+from runcontrol.client.client import Client
 from clients.historystore import Store
 from runcontrol import logsetup, protocol
 from runcontrol.errors import ConfigError, ProtocolError, Refused, RequestFailed, ServerUnavailable

@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 
 import experiments
-from clients.client import Client
+from runcontrol.client.client import Client
 from runcontrol import logsetup, process, protocol
 from runcontrol.errors import ConfigError, ServerUnavailable
 from runcontrol.supervision.probes import Prober

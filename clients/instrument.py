@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import experiments
-from clients.client import Client
+from runcontrol.client.client import Client
 from runcontrol import logsetup
 from runcontrol.errors import ConfigError, ServerUnavailable
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 
 import experiments
-from clients.client import Client
+from runcontrol.client.client import Client
 from runcontrol import logsetup
 from runcontrol.errors import ConfigError, ServerUnavailable
 

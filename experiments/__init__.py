@@ -18,7 +18,7 @@ from types import MappingProxyType
 import jsonschema
 
 from experiments import checks, libabcd
-from experiments.errors import ConfigError
+from runcontrol.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +124,7 @@ class ChildSpec:
     restart: str
     depends_on: tuple
     client: object
-    run: bool
+    participant: bool     # its client takes part in run transitions
     backoff: BackoffSpec
     max_restarts: int
     restart_window_s: float
@@ -358,7 +358,7 @@ def freeze(raw, path):
         logs=LogRotation(raw["logs"]["max_bytes"], raw["logs"]["keep"]),
         history=HistorySpec(float(raw["history"]["retention_days"])),
         alarms=tuple(alarm_spec(name, alarm) for name, alarm in raw["alarms"].items()),
-        warnings=tuple(checks.missing_commands(programs)),
+        warnings=tuple(checks.missing_commands(programs) + checks.renamed_keys(raw)),
     )
 
 
@@ -409,7 +409,7 @@ def child_spec(name, program, folder, start_timeout_s):
     backoff = program["backoff"]
     return ChildSpec(
         name=name, argv=tuple(argv), restart=program["restart"], depends_on=tuple(program["depends_on"]),
-        client=program["client"], run=program["run"],
+        client=program["client"], participant=program["participant"] or program.get("run", False),
         backoff=BackoffSpec(float(backoff["initial"]), float(backoff["max"]), float(backoff["factor"])),
         max_restarts=program["max_restarts"], restart_window_s=float(program["restart_window"]),
         restart_dependents=program["restart_dependents"], start_timeout_s=float(program.get("start_timeout", start_timeout_s)),

@@ -40,7 +40,7 @@ def network_exposure(raw):
     if "curve" in server or server.get("insecure") is True:
         return []
     return [f"server.{key}: {server[key]} can be reached from the network: give server.curve "
-            "(keys made by python -m runcontrol.keys) or set server.insecure to true"
+            "(keys made by python -m runcontrol.bus.keys) or set server.insecure to true"
             for key in ("router", "events") if isinstance(server.get(key), str) and not is_loopback(server[key])]
 
 
@@ -183,6 +183,12 @@ def start_order(programs):
                 placed.add(name)
                 break
     return order
+
+
+def renamed_keys(raw):
+    """Warnings for keys read under their earlier names."""
+    return [f"programs.{name}.run: now called participant (read as such)"
+            for name, program in raw["programs"].items() if "run" in program]
 
 
 def missing_commands(specs):

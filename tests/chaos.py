@@ -35,7 +35,7 @@ from pathlib import Path
 
 import psutil
 
-from clients.client import Client
+from runcontrol.client.client import Client
 from runcontrol import pidfile, process
 from runcontrol.errors import RunControlError
 from tests.helpers import ROOT, damicm_copy, env_for_children, tagged_processes

@@ -6,7 +6,7 @@ import threading
 import psutil
 import pytest
 
-from clients.client import Client
+from runcontrol.client.client import Client
 from tests.helpers import (RUN_TAG, ServerProcess, System, registered_names, start_program, stop_process,
                            tagged_processes, wait_until, write_experiment)
 

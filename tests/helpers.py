@@ -18,10 +18,10 @@ from pathlib import Path
 import psutil
 import zmq
 
-from clients.client import Client
+from runcontrol.client.client import Client
 from runcontrol.errors import RunControlError
 from runcontrol import pidfile, process
-from runcontrol.bus import discovery
+from runcontrol import discovery
 from tests import ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,7 +129,7 @@ def helper(script, *args, **fields):
 
 
 class ControllerProcess:
-    """A real `python -m runcontrol.controller` for an experiment file; its log beside the file."""
+    """A real `python -m runcontrol.control.controller` for an experiment file; its log beside the file."""
 
     def __init__(self, experiment_path):
         self.path = Path(experiment_path)
@@ -156,7 +156,7 @@ class ControllerProcess:
 
 
 class ServerProcess:
-    """A real `python -m runcontrol.server` for one experiment file, found by its beacon."""
+    """A real `python -m runcontrol.bus.server` for one experiment file, found by its beacon."""
 
     def __init__(self, experiment_path):
         self.path = Path(experiment_path)
@@ -360,13 +360,13 @@ def registered_names(router):
 
 
 class Watchdog:
-    """`python -m watchdog` keeping `python -m runcontrol.server` for one experiment file."""
+    """`python -m watchdog` keeping `python -m runcontrol.bus.server` for one experiment file."""
 
     def __init__(self, server, *options, command=None):
         self.pidfile = server.pidfile
         self.server = server
         self.log = server.path.parent / "watchdog.log"
-        command = command or [sys.executable, "-m", "runcontrol.server", "--experiment", str(server.path),
+        command = command or [sys.executable, "-m", "runcontrol.bus.server", "--experiment", str(server.path),
                               "--pidfile", str(self.pidfile)]
         self.argv = [sys.executable, "-m", "watchdog", "--pidfile", str(self.pidfile), *options, "--", *command]
         self.proc = None

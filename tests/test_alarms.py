@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from clients.client import Client
+from runcontrol.client.client import Client
 from runcontrol.control.operator import Operator
 from runcontrol.errors import Refused
 from tests.helpers import ROOT, env_for_children, helper, wait_until
@@ -24,7 +24,7 @@ ABSENT_S, DOWN_S = 10, 30   # the README's holds of run.<client>.absent and prog
 
 
 def participant(name, record):
-    return helper("participant.py", name, record, client=name, run=True)
+    return helper("participant.py", name, record, client=name, participant=True)
 
 
 def standing(s):
@@ -172,7 +172,7 @@ def test_a_fatal_program_raises_a_built_in_alarm_shown_on_top_of_the_view(system
 
 
 def test_a_participant_gone_during_a_run_raises_a_built_in_alarm(system, tmp_path):
-    s = system({"px": helper("participant.py", "px", tmp_path / "px.jsonl", client="px", run=True, restart="never")})
+    s = system({"px": helper("participant.py", "px", tmp_path / "px.jsonl", client="px", participant=True, restart="never")})
     s.wait_state("px", "RUNNING", registered=True)
     s.op.request("run", "prepare_run")
     run = s.op.request("run", "begin_run")["run"]

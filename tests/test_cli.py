@@ -155,7 +155,7 @@ def test_run_py_starts_server_controller_and_programs_and_stops_on_sigterm(tmp_p
 @pytest.mark.parametrize("signum, cause", [(signal.SIGINT, "SIGINT, Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
 def test_run_py_stopped_during_a_run_names_the_signal_that_came_in_the_run_log(tmp_path, signum, cause):
     path = write_experiment(tmp_path, "stopcause", programs={
-        "p": helper("participant.py", "p", tmp_path / "p.jsonl", client="p", run=True)})
+        "p": helper("participant.py", "p", tmp_path / "p.jsonl", client="p", participant=True)})
     proc = subprocess.Popen([sys.executable, "run.py", str(path), "--headless"], cwd=ROOT,
                             env=env_for_children(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
@@ -280,7 +280,7 @@ def controller_pid(path):
 
 def test_run_py_replaces_a_killed_or_hung_run_controller_and_the_run_goes_on(tmp_path):
     path = write_experiment(tmp_path, "keeper", stale_after=3.0, programs={
-        "p": helper("participant.py", "p", tmp_path / "p.jsonl", client="p", run=True)})
+        "p": helper("participant.py", "p", tmp_path / "p.jsonl", client="p", participant=True)})
     proc = subprocess.Popen([sys.executable, "run.py", str(path), "--headless"], cwd=ROOT,
                             env=env_for_children(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)

@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from clients.client import Client, LogHandler, NameTaken
-from clients.core import required
+from runcontrol.client.client import Client, LogHandler, NameTaken
+from runcontrol.client.core import required
 from runcontrol.errors import ClientLost, NoSuchClient, Refused, RequestTimeout, ServerUnavailable
 from tests.helpers import (EventWatcher, RawClient, ServerProcess, free_beacon_port, free_port, pump,
                            registered_names, wait_until, write_experiment)
@@ -206,7 +206,7 @@ def test_queue_overflow_drops_oldest_and_logs_count(server, echo, make_client, c
         sender.send("echo", "note", seq=seq)
     server.start()
     wait_until(lambda: "echo" in registered_names(server.router), 15, interval_s=0.1)
-    with caplog.at_level(logging.WARNING, logger="clients.client"):
+    with caplog.at_level(logging.WARNING, logger="runcontrol.client.client"):
         pump([sender], lambda: sender.registered, 15)
     assert sender.request("echo", "notes", timeout=30) == list(range(sent - kept, sent))   # the newest, in order
     assert f"dropped {sent - kept} queued message(s)" in caplog.text

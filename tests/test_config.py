@@ -16,7 +16,7 @@ from tests.helpers import ROOT, env_for_children, helper, wait_until
 
 
 def configurable(name, record, *flags, **fields):
-    return helper("configurable.py", name, record, *flags, client=name, run=True, **fields)
+    return helper("configurable.py", name, record, *flags, client=name, participant=True, **fields)
 
 
 def notes(record):

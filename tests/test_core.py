@@ -35,7 +35,7 @@ sockets:
 import orjson
 import pytest
 
-from clients.core import ClientCore, required
+from runcontrol.client.core import ClientCore, required
 from runcontrol import protocol
 from runcontrol.errors import Refused
 
@@ -196,7 +196,7 @@ def test_a_repeat_of_a_request_still_being_worked_on_is_answered_once_when_done(
 
 
 def test_the_answer_memory_forgets_the_oldest_past_its_window_count_and_bytes_but_never_work_in_progress():
-    from clients.requests import AnswerMemory
+    from runcontrol.client.requests import AnswerMemory
     now = [0.0]
     memory = AnswerMemory(window_s=10, size=3, max_bytes=100, clock=lambda: now[0])
     assert memory.begin(("op", 1)) and memory.begin(("op", 2))

@@ -33,7 +33,7 @@ def programs(port, *board_flags, tries=5, restart="always", per_file=3, reader_f
                               *map(str, board_flags)], "restart": "never"},
             "lta": {"cmd": [*READER, "--board", f"127.0.0.1:{port}", "--per-file", str(per_file), "--tries", str(tries),
                             *reader_flags],
-                    "client": "lta", "run": True, "depends_on": ["board"], "max_restarts": 50, "restart": restart,
+                    "client": "lta", "participant": True, "depends_on": ["board"], "max_restarts": 50, "restart": restart,
                     "backoff": {"initial": 0.1, "max": 0.5}, "env": reader_env or {}}}
 
 

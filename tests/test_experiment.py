@@ -67,7 +67,7 @@ def test_program_defaults_and_python_means_our_interpreter(tmp_path):
     exp = experiments.load(write(tmp_path, {"programs": {"a": program(cwd="sub")}}))
     spec = exp.program("a")
     assert spec.argv[0] == sys.executable and spec.argv[1:] == ("-c", "pass")
-    assert (spec.restart, spec.client, spec.run, spec.host) == ("always", None, False, "local")
+    assert (spec.restart, spec.client, spec.participant, spec.host) == ("always", None, False, "local")
     assert (spec.backoff.initial_s, spec.backoff.max_s, spec.backoff.factor) == (0.1, 30.0, 2.0)
     assert spec.stop_signal == signal.SIGTERM and spec.stop_timeout_s == 5.0
     assert spec.cwd == tmp_path / "sub"
@@ -268,3 +268,11 @@ def test_a_malformed_liveness_probe_is_refused_with_its_path(tmp_path):
         "programs.e.liveness.failures: 0 must be at least 1",
         "programs.f.liveness.exec: [] should be non-empty",
         "programs.f.liveness: unknown key(s) ('grpc' was unexpected)"])
+
+
+def test_the_earlier_name_of_participant_still_loads_with_a_warning(tmp_path):
+    exp = experiments.load(write(tmp_path, {"programs": {"a": program(client="a", run=True),
+                                                         "b": program(client="b", participant=True), "c": program()}}))
+    assert [p.participant for p in exp.programs] == [True, True, False]
+    assert "programs.a.run: now called participant (read as such)" in exp.warnings
+    assert not [w for w in exp.warnings if w.startswith(("programs.b", "programs.c"))]

@@ -214,7 +214,7 @@ def test_a_host_with_curve_needs_keys_only_for_its_clients_and_a_failed_export_l
     description["programs"]["ccd"] = {"cmd": ["python", str(PROGRAMS / "crash_after.py"), "600"], "host": "daq2",
                                       "cwd": "."}   # readout hardware: no client name, no key
     path.write_text(json.dumps(description))
-    made = subprocess.run([sys.executable, "-m", "runcontrol.keys", str(path)], cwd=ROOT, env=env_for_children(),
+    made = subprocess.run([sys.executable, "-m", "runcontrol.bus.keys", str(path)], cwd=ROOT, env=env_for_children(),
                           capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr
     made = export(path, "daq2", tmp_path / "daq2")
@@ -227,7 +227,7 @@ def test_a_host_with_curve_needs_keys_only_for_its_clients_and_a_failed_export_l
 
     (tmp_path / "keys" / "clients" / "board.key_secret").unlink()  # the client "board" of program "there"
     failed = export(path, "daq2", tmp_path / "again")
-    assert failed.returncode == 2 and "board.key" in failed.stderr and "runcontrol.keys" in failed.stderr
+    assert failed.returncode == 2 and "board.key" in failed.stderr and "runcontrol.bus.keys" in failed.stderr
     assert not (tmp_path / "again").exists()
     failed = export(path, "daq2", tmp_path / "daq2")   # over the first: it stays as it was
     assert failed.returncode == 2

@@ -11,7 +11,7 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from clients.client import Client
+from runcontrol.client.client import Client
 from tests.helpers import RawClient, ServerProcess, write_experiment
 
 GOOD_NAMES = ["good", "echo"]

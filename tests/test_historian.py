@@ -15,7 +15,7 @@ from contextlib import closing
 
 import pytest
 
-from clients.client import Client
+from runcontrol.client.client import Client
 from clients.historystore import Store
 from runcontrol import process
 from runcontrol.errors import Refused, RequestFailed

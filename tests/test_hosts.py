@@ -17,7 +17,7 @@ from tests.hosts import Host, add_hosts
 
 
 def participant(name, folder, host, **fields):
-    return helper("participant.py", name, folder / f"{name}.jsonl", client=name, run=True, host=host,
+    return helper("participant.py", name, folder / f"{name}.jsonl", client=name, participant=True, host=host,
                   stop_timeout=2, **fields)
 
 

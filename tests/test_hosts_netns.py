@@ -44,11 +44,11 @@ class Site:
             "hosts": {h: {"supervisord": url, "username": "orbit", "password_file": "keys/host.pass"}
                       for h, url in self.urls.items()},
             "programs": {
-                "db": helper("participant.py", "db", folder / "db.jsonl", client="db", run=True, host="daq2",
+                "db": helper("participant.py", "db", folder / "db.jsonl", client="db", participant=True, host="daq2",
                              stop_timeout=2),
-                "board": helper("participant.py", "board", folder / "board.jsonl", client="board", run=True,
+                "board": helper("participant.py", "board", folder / "board.jsonl", client="board", participant=True,
                                 host="daq3", depends_on=["db"], stop_timeout=2)}}))
-        self.tool(["-m", "runcontrol.keys", str(self.path)])
+        self.tool(["-m", "runcontrol.bus.keys", str(self.path)])
         for host in ("daq2", "daq3"):
             self.tool(["run.py", str(self.path), "--export", host, str(folder / host)])
 
@@ -100,7 +100,7 @@ class Site:
         return [e for e in self.send("server", "_logs", "n=500") if e.get("kind") == kind]
 
     def start_controller(self):
-        return self.start("controller", "ctl", ["-m", "runcontrol.controller", "--experiment", str(self.path)])
+        return self.start("controller", "ctl", ["-m", "runcontrol.control.controller", "--experiment", str(self.path)])
 
     def left_in_namespaces(self):
         return {name: subprocess.run(["ip", "netns", "pids", space], capture_output=True, text=True).stdout.split()

@@ -1,4 +1,4 @@
-"""python -m runcontrol.keys: key pairs with the right permissions, kept unless --force."""
+"""python -m runcontrol.bus.keys: key pairs with the right permissions, kept unless --force."""
 
 import json
 import stat
@@ -11,7 +11,7 @@ from tests.helpers import ROOT, env_for_children, helper
 
 
 def run_keys(*args):
-    return subprocess.run([sys.executable, "-m", "runcontrol.keys", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "runcontrol.bus.keys", *map(str, args)], cwd=ROOT,
                           env=env_for_children(), capture_output=True, text=True, timeout=60)
 
 

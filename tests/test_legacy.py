@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from clients.client import Client
+from runcontrol.client.client import Client
 from runcontrol import process
 from runcontrol.errors import RequestFailed, RunControlError
 from tests.helpers import (PROGRAMS, ROOT, EventWatcher, RawClient, ServerProcess, System, Watchdog, env_for_children,

@@ -5,14 +5,14 @@ import psutil
 import pytest
 
 from runcontrol.errors import NoSuchClient, Refused, RequestFailed, RequestTimeout
-from runcontrol.operator import Operator
+from runcontrol.control.operator import Operator
 from tests.helpers import helper, wait_until
 
 
 @pytest.fixture
 def op(system, tmp_path, monkeypatch):
     s = system({"echo": helper("echo_client.py", "echo", client="echo"),
-                "board": helper("participant.py", "board", tmp_path / "board.jsonl", client="board", run=True)})
+                "board": helper("participant.py", "board", tmp_path / "board.jsonl", client="board", participant=True)})
     s.wait_state("echo", "RUNNING", registered=True)
     s.wait_state("board", "RUNNING", registered=True)
     monkeypatch.chdir(s.path.parent)   # where the shift script runs: ctl.json is there

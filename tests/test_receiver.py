@@ -9,7 +9,7 @@ import psutil
 import pytest
 import zmq
 
-from clients.client import Client
+from runcontrol.client.client import Client
 from runcontrol import process
 from tests.helpers import PROGRAMS, ROOT, env_for_children, free_port, pump, wait_until
 

@@ -88,7 +88,7 @@ def test_a_foreign_client_sending_its_unanswered_request_again_after_a_restart_g
 
 
 def test_a_repeat_of_a_request_still_being_worked_on_is_answered_once_when_done(server, make_client, caplog):
-    caplog.set_level(logging.WARNING, logger="clients.core")
+    caplog.set_level(logging.WARNING, logger="runcontrol.client.core")
     board = make_client("board")
     held = []
     board.add_handler("expose", lambda msg: held.append(board.defer(msg)) or held[-1])

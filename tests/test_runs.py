@@ -11,7 +11,7 @@ from tests.helpers import helper, wait_until
 
 
 def participant(name, record, *flags, **fields):
-    return helper("participant.py", name, record, *flags, client=name, run=True, **fields)
+    return helper("participant.py", name, record, *flags, client=name, participant=True, **fields)
 
 
 def transitions(record):
@@ -92,11 +92,13 @@ def test_a_silent_participant_is_named_and_the_state_unchanged_and_the_wait_is_1
     assert "the state stays STOP: mute " in str(refused.value)
 
 
-def test_a_meta_run_client_takes_part_and_an_unregistered_program_counts_as_silent(system, tmp_path, launch_meta):
+@pytest.mark.parametrize("flag", ["--meta-participant", "--meta-run"])   # the meta key, and its earlier name
+def test_a_client_whose_hello_says_participant_takes_part_and_an_unregistered_program_counts_as_silent(
+        system, tmp_path, launch_meta, flag):
     s = system({"absent": participant("absent", tmp_path / "x", restart="never", start_timeout=600,
                                       depends_on=["never"]),
                 "never": helper("crash_after.py", 0, 1, restart="never")})
-    launch_meta(s, "extra", tmp_path / "extra.jsonl")
+    launch_meta(s, "extra", tmp_path / "extra.jsonl", flag)
     wait_until(lambda: "extra" in s.op.request("run", "status")["participants"], 10)
     with pytest.raises(Refused) as refused:
         s.op.call({"to": "run", "cmd": "prepare_run", "timeout": 3}, 15)
@@ -109,8 +111,8 @@ def launch_meta(tmp_path):
     from tests.helpers import start_program, stop_process
     started = []
 
-    def launch(s, name, record):
-        started.append(start_program("participant.py", name, record, "--meta-run", "--experiment", s.path,
+    def launch(s, name, record, flag="--meta-participant"):
+        started.append(start_program("participant.py", name, record, flag, "--experiment", s.path,
                                      log=tmp_path / f"{name}.log"))
         wait_until(lambda: name in s.clients(), 15)
     yield launch

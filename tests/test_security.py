@@ -13,9 +13,9 @@ import zmq
 import zmq.auth
 import zmq.utils.monitor
 
-from clients.client import Client
+from runcontrol.client.client import Client
 from runcontrol import protocol
-from runcontrol.bus import discovery
+from runcontrol import discovery
 from runcontrol.errors import RequestFailed, ServerUnavailable
 from tests.helpers import (ROOT, ControllerProcess, EventWatcher, RawClient, ServerProcess, env_for_children,
                            free_beacon_port, free_port, helper, start_program, stop_process, wait_until,
@@ -29,7 +29,7 @@ HANDSHAKE_FAILED = {zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FA
 
 @pytest.fixture
 def keyed(tmp_path):
-    """A server with CURVE: keys made by runcontrol.keys; the key `monitor` may register only monitor*."""
+    """A server with CURVE: keys made by runcontrol.bus.keys; the key `monitor` may register only monitor*."""
     path = tmp_path / "keyed.json"
     path.write_text(json.dumps({
         "name": "keyed",
@@ -40,7 +40,7 @@ def keyed(tmp_path):
         "paths": {"logs": "log", "data": "data", "state": "state"},
         "programs": {"lta1": helper("echo_client.py", "lta1", client="lta1"),
                      "monitor": helper("echo_client.py", "monitor", client="monitor")}}))
-    made = subprocess.run([sys.executable, "-m", "runcontrol.keys", str(path)], cwd=ROOT, env=env_for_children(),
+    made = subprocess.run([sys.executable, "-m", "runcontrol.bus.keys", str(path)], cwd=ROOT, env=env_for_children(),
                           capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr
     server = ServerProcess(path).start()
@@ -367,7 +367,7 @@ def test_a_storm_of_forged_beacons_never_takes_a_client_off_its_server_and_is_sa
         return [r for r in caplog.records if "beacon(s) that led nowhere" in r.getMessage()]
     try:
         answers, deadline, n = [], time.monotonic() + 60, 0
-        with caplog.at_level(logging.WARNING, logger="clients.client"):
+        with caplog.at_level(logging.WARNING, logger="runcontrol.client.client"):
             while len(said()) < 2 and time.monotonic() < deadline and n < 1200:  # a forged instance every 50 ms
                 sender.payload = protocol.make_beacon(server.name, f"forged{n}", rogue_router, rogue_router, 1, 0.0)
                 sender.send()

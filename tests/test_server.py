@@ -294,7 +294,7 @@ def test_sigint_stops_server_cleanly(server):
 def test_server_refuses_invalid_experiment_with_message(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"name": "bad", "server": {"heartbeat": "often"}}')
-    result = subprocess.run([sys.executable, "-m", "runcontrol.server", "--experiment", str(bad)],
+    result = subprocess.run([sys.executable, "-m", "runcontrol.bus.server", "--experiment", str(bad)],
                             cwd=ROOT, env=env_for_children(), capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert 'server.heartbeat: "often" is not of type number' in result.stderr
@@ -343,7 +343,7 @@ def test_second_server_on_same_ports_is_refused(server, tmp_path):
 def test_server_refuses_unwritable_pid_file_with_message(tmp_path):
     (tmp_path / "file").write_text("")
     path = write_experiment(tmp_path, "nopid")
-    result = subprocess.run([sys.executable, "-m", "runcontrol.server", "--experiment", str(path),
+    result = subprocess.run([sys.executable, "-m", "runcontrol.bus.server", "--experiment", str(path),
                              "--pidfile", str(tmp_path / "file" / "server.pid")],
                             cwd=ROOT, env=env_for_children(), capture_output=True, text=True, timeout=30)
     assert result.returncode == 2

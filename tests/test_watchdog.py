@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from runcontrol import pidfile
-from runcontrol.bus import discovery
+from runcontrol import discovery
 from tests.helpers import ROOT, ServerProcess, Watchdog, env_for_children, pump, registered_names, wait_until
 
 

@@ -21,8 +21,8 @@ import sys
 from aiohttp import web
 
 import experiments
-from clients.aio import serve
-from clients.client import Client
+from runcontrol.client.aio import serve
+from runcontrol.client.client import Client
 from experiments.checks import is_loopback_host
 from runcontrol import logsetup
 from runcontrol.errors import ConfigError

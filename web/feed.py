@@ -14,7 +14,7 @@ import time
 
 import orjson
 
-from clients.aio import ask
+from runcontrol.client.aio import ask
 from runcontrol import protocol
 from runcontrol.control.operator import historian_in
 

@@ -23,9 +23,9 @@ import time
 
 import zmq
 
-from clients.aio import serve
-from clients.client import Client
-from clients.link import apply_curve
+from runcontrol.client.aio import serve
+from runcontrol.client.client import Client
+from runcontrol.client.link import apply_curve
 from experiments import checks
 from runcontrol.errors import ConfigError
 

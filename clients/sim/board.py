@@ -30,7 +30,7 @@ import time
 
 import numpy
 
-from clients.settings import host_port
+from runcontrol.client.busaccess import host_port
 from clients.sim import ccdpackets
 from runcontrol import logsetup
 

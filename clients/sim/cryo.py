@@ -10,7 +10,7 @@ Publishes `pub.<name>.values` {"temperature", "set_point", "unit"} with retain.
 
 import random
 
-from clients.core import required
+from runcontrol.client.core import required
 from clients.instrument import Instrument, run
 from runcontrol.errors import Refused
 

@@ -35,7 +35,7 @@ from astropy.utils.exceptions import AstropyWarning
 from clients.instrument import data_folder
 from clients.kit.acquisition import Acquisition, BadData, GaveUp, Source, Writer
 from clients.kit.receiver import Receiver
-from clients.settings import host_port
+from runcontrol.client.busaccess import host_port
 from clients.sim import ccdpackets
 from runcontrol import logsetup
 from runcontrol.errors import ConfigError, Refused
@@ -166,7 +166,7 @@ class CcdReader(Receiver):
     }
 
     def __init__(self, name, board, listen, folder, per_file, tries, silence_s, window, **kwargs):
-        super().__init__(name, meta={"run": True, "board": "%s:%d" % board}, **kwargs)
+        super().__init__(name, meta={"participant": True, "board": "%s:%d" % board}, **kwargs)
         self.listen_udp(*listen)
         self.window = window
         self.assembler = ccdpackets.Assembler(window)

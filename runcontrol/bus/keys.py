@@ -1,6 +1,6 @@
 """CURVE key pairs for an experiment: the server's, the run controller's, each program's, an operator's.
 
-  python -m runcontrol.keys EXPERIMENT [--force]
+  python -m runcontrol.bus.keys EXPERIMENT [--force]
 
 Writes, where the experiment's `server.curve` says: the server's pair at
 `server_key` (public) and `server_key`_secret; in the `clients` folder one pair
@@ -69,7 +69,7 @@ def make_all(experiment, force=False):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m runcontrol.keys", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m runcontrol.bus.keys", description=__doc__.split("\n")[0])
     parser.add_argument("experiment", help="experiment name or file")
     parser.add_argument("--force", action="store_true", help="replace existing key pairs")
     args = parser.parse_args(argv)

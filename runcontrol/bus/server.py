@@ -8,7 +8,7 @@ and its orderly stop. The sockets live in `sockets`, the names in `registry`,
 the ledger in `routing`, the kept publications in `replay`. Must not start or
 kill processes.
 
-Run: python -m runcontrol.server --experiment FILE [--pidfile PATH]
+Run: python -m runcontrol.bus.server --experiment FILE [--pidfile PATH]
 """
 
 import collections
@@ -23,8 +23,8 @@ import time
 import zmq
 
 import experiments
-from runcontrol import logsetup, pidfile, protocol
-from runcontrol.bus import commands, discovery, limits
+from runcontrol import discovery, logsetup, pidfile, protocol
+from runcontrol.bus import commands, limits
 from runcontrol.bus.commands.base import ANSWERED
 from runcontrol.bus.legacy import LegacyGateway
 from runcontrol.bus.registry import Registry
@@ -389,7 +389,7 @@ def rates(now, before, interval):
 
 
 def main(argv=None):
-    args = logsetup.service_arguments("python -m runcontrol.server", __doc__.split("\n")[0],
+    args = logsetup.service_arguments("python -m runcontrol.bus.server", __doc__.split("\n")[0],
                                       "pid file (default: <paths.state>/server.pid)", argv)
     try:
         Server(experiments.load(args.experiment), args.pidfile).serve()

@@ -60,7 +60,7 @@ class BusSockets:
         except (OSError, ValueError) as exc:
             self.close()
             raise ConfigError(f"cannot read the server's secret key {curve.server_key}_secret: {exc} "
-                              "(make the keys with python -m runcontrol.keys)") from None
+                              "(make the keys with python -m runcontrol.bus.keys)") from None
         if secret is None:
             self.close()
             raise ConfigError(f"{curve.server_key}_secret holds no secret key")

@@ -24,12 +24,12 @@ LOG_LINES_MAX = 1000
 SEND_TIMEOUT_S = 10.0
 
 
-class AlarmWatch:
+class AlarmDesk:
     def __init__(self, controller, grace_s):
         spec = controller.spec
         self.client = controller.client
         self.supervisor = controller.supervisor
-        self.transitions = controller.transitions
+        self.runs = controller.runs
         self.registered = controller.registered
         self.waiters = controller.waiters
         self.specs = {}
@@ -77,7 +77,7 @@ class AlarmWatch:
     def evaluate(self, now=None):
         now = time.time() if now is None else now
         self.evaluated = time.monotonic()
-        runs = self.transitions.runs
+        runs = self.runs.book
         checks = [value_check(alarm, self.values, now) for alarm in self.specs.values()]
         checks += program_checks(self.supervisor.brief(), self.supervisor.hosts(), runs.state, runs.run,
                                  runs.current.get("participants", ()) if runs.state == runbook.RUN else (),
@@ -124,14 +124,14 @@ class AlarmWatch:
 
     def _end_run(self, name, record, now):
         why = f"alarm {name}: {record['message']}"
-        ending = self.transitions.end_because(why, "ended by alarm")
+        ending = self.runs.end_because(why, "ended by alarm")
         if ending is None:
-            busy = self.transitions.busy
+            busy = self.runs.busy
             self.book.note(name, "end_run", now, done=False,
-                           why=f"{busy} in progress" if busy else f"no run to end (state {self.transitions.runs.state})")
+                           why=f"{busy} in progress" if busy else f"no run to end (state {self.runs.book.state})")
         else:
-            log.error("ending run %s: %s", self.transitions.runs.run, why)
-            self.book.note(name, "end_run", now, done=True, run=self.transitions.runs.run)
+            log.error("ending run %s: %s", self.runs.book.run, why)
+            self.book.note(name, "end_run", now, done=True, run=self.runs.book.run)
 
     def _send(self, name, send, now):
         msg = {k: v for k, v in send.items() if k not in ("id", "re", "from")}

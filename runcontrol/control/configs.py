@@ -27,7 +27,7 @@ class ConfigDesk:
     def __init__(self, controller):
         self.controller = controller
         self.client = controller.client
-        self.transitions = controller.transitions
+        self.runs = controller.runs
         self.waiters = controller.waiters
         self.book = ConfigBook(controller.spec.paths.state)
         self.problems = {}      # program -> what is wrong with its schema or settings
@@ -136,9 +136,9 @@ class ConfigDesk:
 
     def _check_frozen(self, program, schema, changes):
         frozen = sorted(set(changes) - configschema.live(schema))
-        if frozen and self.transitions.runs.state == runbook.RUN:
+        if frozen and self.runs.book.state == runbook.RUN:
             raise Refused(f"{', '.join(f'{program}.{k}' for k in frozen)} cannot change during run "
-                          f"{self.transitions.runs.run}: end the run first (only settings marked \"live\" in "
+                          f"{self.runs.book.run}: end the run first (only settings marked \"live\" in "
                           f"{program}'s schema change during a run)", "bad_state")
 
     def _deliver(self, msg, program, new, changes, by):
@@ -173,7 +173,7 @@ class ConfigDesk:
         return reply
 
     def _entry(self, program, by, changes, accepted, why=None):
-        runs = self.transitions.runs
+        runs = self.runs.book
         return {"ts": round(time.time(), 3), "program": program, "by": by, "changes": changes, "accepted": accepted,
                 "run": runs.run if runs.state == runbook.RUN else None, **({"why": why} if why else {})}
 
@@ -204,7 +204,7 @@ class ConfigDesk:
         return {"config": self.book.snapshot(run)}
 
     def changed_in_run(self, program):
-        runs = self.transitions.runs
+        runs = self.runs.book
         changed, start = self.book.changed(program), runs.current.get("start")
         return bool(runs.state == runbook.RUN and changed and start and changed >= start)
 

@@ -4,10 +4,10 @@ It has a client (its connection to the bus) and a supervisor (which spawns and
 restarts through its backends); it is neither. It joins what the server says
 (who registered, who fell silent) to the supervisor, carries the supervisor's
 events to the server as `_event`, answers operators through `ProgramCommands`
-and `Transitions`, and records what runs so that a successor can stop it after
+and `RunDesk`, and records what runs so that a successor can stop it after
 a crash. Must not spawn processes itself.
 
-  python -m runcontrol.controller --experiment FILE [--pidfile PATH]
+  python -m runcontrol.control.controller --experiment FILE [--pidfile PATH]
 """
 
 import json
@@ -18,14 +18,14 @@ import sys
 import time
 
 import experiments
-from clients.client import Client
+from runcontrol.client.client import Client
 from runcontrol import logsetup, pidfile, protocol
 from runcontrol.control import runbook
-from runcontrol.control.alarms import AlarmWatch
+from runcontrol.control.alarms import AlarmDesk
 from runcontrol.control.configs import ConfigDesk
 from runcontrol.control.launch import take_stop_cause
 from runcontrol.control.programs import ProgramCommands
-from runcontrol.control.transitions import TRANSITION_TIMEOUT_S, Transitions
+from runcontrol.control.runs import TRANSITION_TIMEOUT_S, RunDesk
 from runcontrol.control.waiters import Waiters
 from runcontrol.errors import ConfigError, RunControlError
 from runcontrol.signals import SignalWakeup
@@ -56,16 +56,16 @@ class Controller:
                                      emit=self._on_supervisor_event,
                                      env={"ORBIT_EXPERIMENT": str(experiment.path)})
         self.waiters = Waiters()
-        self.runs = runbook.RunBook(experiment.paths.state)
-        self.transitions = Transitions(self.client, self.supervisor, self.runs, self.waiters)
+        self.runbook = runbook.RunBook(experiment.paths.state)
+        self.runs = RunDesk(self.client, self.supervisor, self.runbook, self.waiters)
         self.programs = ProgramCommands(self)
         self.registered = set()   # the clients registered on the server, as last listed
         # A program that did not come back to a restarted server within this is hung.
         self.missing_grace_s = experiment.server.timeout_s + 2 * experiment.server.beacon.interval_s
-        self.alarms = AlarmWatch(self, self.missing_grace_s)
+        self.alarms = AlarmDesk(self, self.missing_grace_s)
         self.configs = ConfigDesk(self)
-        self.transitions.begin_hooks.append(self.configs.run_begins)
-        for part in (self.programs, self.transitions, self.alarms, self.configs):
+        self.runs.begin_hooks.append(self.configs.run_begins)
+        for part in (self.programs, self.runs, self.alarms, self.configs):
             for attr in dir(part):
                 if attr.startswith("cmd_"):
                     self.client.add_handler(attr[4:], getattr(part, attr))
@@ -94,12 +94,12 @@ class Controller:
             self.registered.add(name)
             self.supervisor.client_registered(name, pid)
             self.configs.client_joined(name, event.get("meta"), pid)   # its settings first, then the run
-            self.transitions.client_joined(name, event.get("meta"))
-            self.transitions.rejoin(name)
+            self.runs.client_joined(name, event.get("meta"))
+            self.runs.rejoin(name)
         elif kind == "client_left":
             self.registered.discard(name)
             self.supervisor.client_gone(name, pid)
-            self.transitions.client_left(name)
+            self.runs.client_left(name)
         elif kind == "client_lost":
             self.registered.discard(name)
             self.supervisor.client_gone(name, pid, hung=True)
@@ -137,7 +137,7 @@ class Controller:
             self.supervisor.reconcile({c["name"]: c.get("pid") for c in clients}, self.missing_grace_s)
             for client in clients:
                 self.configs.client_joined(client["name"], client.get("meta"), client.get("pid"), again=True)
-                self.transitions.client_joined(client["name"], client.get("meta"))
+                self.runs.client_joined(client["name"], client.get("meta"))
         self._listing = self.client.start({"cmd": "_list"}, on_answer=apply)
 
     def _save_records(self):
@@ -207,9 +207,9 @@ class Controller:
         """An open run ends before the programs stop; a transition under way is let finish first (within the
         default transition timeout), else the run it leaves open would stay open."""
         deadline = time.monotonic() + TRANSITION_TIMEOUT_S
-        while self.transitions.busy and time.monotonic() < deadline:
+        while self.runs.busy and time.monotonic() < deadline:
             self.step()
-        ending = self.transitions.end_for_shutdown(why)
+        ending = self.runs.end_for_shutdown(why)
         while ending is not None and not ending.done:
             self.step()
 
@@ -238,7 +238,7 @@ def stop_leftovers(supervisor, state_path):
 
 
 def main(argv=None):
-    args = logsetup.service_arguments("python -m runcontrol.controller", __doc__.split("\n")[0],
+    args = logsetup.service_arguments("python -m runcontrol.control.controller", __doc__.split("\n")[0],
                                       "pid file to write and touch (for the watchdog)", argv)
     try:
         experiment = experiments.load(args.experiment)

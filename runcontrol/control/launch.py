@@ -16,7 +16,7 @@ import sys
 
 from runcontrol import process
 from runcontrol.control.durable import write_durably
-from runcontrol.control.transitions import SHUTDOWN_TIMEOUT_S, TRANSITION_TIMEOUT_S
+from runcontrol.control.runs import SHUTDOWN_TIMEOUT_S, TRANSITION_TIMEOUT_S
 
 log = logging.getLogger("run")
 

@@ -16,7 +16,7 @@ hold state of its own beyond the connection.
 import os
 import time
 
-from clients.client import Client
+from runcontrol.client.client import Client
 from runcontrol.errors import NoSuchClient, RequestTimeout, RunControlError
 
 DEFAULT_TIMEOUT_S = 10.0

@@ -52,9 +52,9 @@ class ProgramCommands:
             seen = clients.get(figures["client"], {}).get("last_seen")
             figures["heartbeat_age"] = round(now - seen, 3) if seen else None
             figures["config_changed"] = self.controller.configs.changed_in_run(name)
-        runs = self.controller.runs
+        runs = self.controller.runbook
         return {"experiment": self.controller.spec.name, "state": runs.state, "run": runs.run,
-                "current_run": runs.current, "participants": self.controller.transitions.participants(),
+                "current_run": runs.current, "participants": self.controller.runs.participants(),
                 "programs": programs, "hosts": self.supervisor.hosts(), "clients": sorted(clients),
                 "alarms": self.controller.alarms.book.listing(),
                 "controller": {"pid": os.getpid(), "host": socket.gethostname()}}

@@ -215,7 +215,7 @@ def copy_keys(experiment, host, folder):
         for suffix in ("key", "key_secret"):
             source = curve.clients / f"{name}.{suffix}"
             if not source.exists():
-                raise ConfigError(f"no CURVE key {source} for {name} (make them with python -m runcontrol.keys)")
+                raise ConfigError(f"no CURVE key {source} for {name} (make them with python -m runcontrol.bus.keys)")
             copied[f"{name}.{suffix}"] = target / source.name
             shutil.copyfile(source, copied[f"{name}.{suffix}"])
             if suffix == "key_secret":

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from clients.client import Client
+from runcontrol.client.client import Client
 from runcontrol.errors import Refused
 
 SCHEMA = {
@@ -27,7 +27,7 @@ class Configurable(Client):
     config_schema = SCHEMA
 
     def __init__(self, name, record, **kwargs):
-        super().__init__(name, meta={"run": True}, **kwargs)
+        super().__init__(name, meta={"participant": True}, **kwargs)
         self.record = record
 
     def _note(self, **entry):

@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 
-from clients.client import Client
+from runcontrol.client.client import Client
 from runcontrol.errors import Refused
 
 

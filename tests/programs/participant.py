@@ -1,6 +1,7 @@
 """A run participant for tests: records every transition it gets; can refuse one or stay silent on one.
 
-Usage: participant.py NAME RECORD_FILE [--refuse TRANSITION] [--silent TRANSITION] [--meta-run]
+Usage: participant.py NAME RECORD_FILE [--refuse TRANSITION] [--silent TRANSITION] [--meta-participant | --meta-run]
+(--meta-run: the earlier name of the meta key, still accepted)
 """
 
 import argparse
@@ -8,7 +9,7 @@ import json
 import signal
 import sys
 
-from clients.client import Client
+from runcontrol.client.client import Client
 from runcontrol.errors import Refused
 
 
@@ -37,11 +38,12 @@ def main():
     parser.add_argument("record")
     parser.add_argument("--refuse")
     parser.add_argument("--silent")
+    parser.add_argument("--meta-participant", action="store_true")
     parser.add_argument("--meta-run", action="store_true")
     parser.add_argument("--experiment")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    meta = {"run": True} if args.meta_run else {}
+    meta = {"participant": True} if args.meta_participant else {"run": True} if args.meta_run else {}
     with Participant(args.name, args.record, args.refuse, args.silent, experiment=args.experiment,
                      meta=meta) as client:
         client.connect(30)

@@ -9,7 +9,7 @@ import asyncio
 import sys
 
 from clients.kit.receiver import Receiver
-from clients.settings import host_port
+from runcontrol.client.busaccess import host_port
 
 
 class Sink(Receiver):

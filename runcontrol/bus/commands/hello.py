@@ -1,7 +1,7 @@
 """Register this connection under a name.
 
   {"cmd": "_hello", "id": 1, "name": "lta1", "pid": 4242, "host": "daq1",
-   "actions": {"expose": "take one exposure"}, "meta": {"run": true}}
+   "actions": {"expose": "take one exposure"}, "meta": {"participant": true}}
   -> {"cmd": "_reply", "re": 1, "ok": true,
       "result": {"name": "lta1", "server": "9f2c41a0b7de", "heartbeat": 5.0, "timeout": 30.0,
                  "events": "tcp://127.0.0.1:9821"}}

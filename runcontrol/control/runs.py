@@ -13,7 +13,7 @@ import logging
 import time
 
 from runcontrol import protocol
-from runcontrol.control import runbook as runs
+from runcontrol.control import runbook
 from runcontrol.errors import Refused
 
 log = logging.getLogger("runcontrol.controller")
@@ -25,13 +25,13 @@ WORDS = {"prepare_run": "Prepared run", "begin_run": "Beginning run", "end_run":
          "abort_run": "Aborted run"}
 
 
-class Transitions:
+class RunDesk:
     def __init__(self, client, supervisor, book, waiters):
         self.client = client
         self.supervisor = supervisor
-        self.runs = book
+        self.book = book
         self.waiters = waiters
-        self.run_clients = set()   # clients that said meta.run in their _hello
+        self.run_clients = set()   # clients that said meta.participant (or the earlier meta.run) in their _hello
         self.busy = None
         self.begin_hooks = []      # each called with the run number as it begins: fields for its record
 
@@ -56,15 +56,15 @@ class Transitions:
         n = msg.get("n", 20)
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise Refused("'n' must be a whole number >= 0", protocol.BAD_FIELD)
-        return self.runs.records()[-n:] if n else []
+        return self.book.records()[-n:] if n else []
 
     def participants(self):
         names = {p.spec.client for p in self.supervisor.programs.values()
-                 if p.spec.run and p.spec.client and not p.retired}
+                 if p.spec.participant and p.spec.client and not p.retired}
         return sorted(names | self.run_clients)
 
     def client_joined(self, name, meta):
-        if isinstance(meta, dict) and meta.get("run") is True:
+        if isinstance(meta, dict) and (meta.get("participant") is True or meta.get("run") is True):
             self.run_clients.add(name)
 
     def client_left(self, name):
@@ -75,12 +75,12 @@ class Transitions:
     def end_for_shutdown(self, why):
         """The experiment is being stopped: an open run ends first (participants told `end` with `why`,
         the record saying so). Returns an Outcome to wait on, or None when no run is open."""
-        return self.end_because(why, "ended by shutdown", (runs.READY, runs.RUN), SHUTDOWN_TIMEOUT_S)
+        return self.end_because(why, "ended by shutdown", (runbook.READY, runbook.RUN), SHUTDOWN_TIMEOUT_S)
 
-    def end_because(self, why, result, states=(runs.RUN,), timeout=TRANSITION_TIMEOUT_S):
+    def end_because(self, why, result, states=(runbook.RUN,), timeout=TRANSITION_TIMEOUT_S):
         """End the run in one of `states` whatever the participants answer, `why` told to them and logged in
         the record with `result`. An Outcome to wait on, or None when there is no such run or one is changing."""
-        if self.runs.state not in states or self.busy:
+        if self.book.state not in states or self.busy:
             return None
         outcome = Outcome()
         self._begin_transition({"timeout": timeout}, "abort_run", outcome, why, result)
@@ -91,10 +91,10 @@ class Transitions:
         timeout = msg.get("timeout", TRANSITION_TIMEOUT_S)
         fields = self._run_fields(msg, action)
         if action == "prepare_run":
-            fields["run"] = self.runs.next_number()  # on disk before any participant hears of it
+            fields["run"] = self.book.next_number()  # on disk before any participant hears of it
         participants = self.participants()
         answers = {}
-        ask = protocol.make_transition(runs.WIRE[action], fields["run"], comment=fields.get("comment"),
+        ask = protocol.make_transition(runbook.WIRE[action], fields["run"], comment=fields.get("comment"),
                                        params=fields.get("params"), abort=action == "abort_run" and not why,
                                        reason=why)
         pendings = {name: self.client.start({"to": name, **ask},
@@ -115,12 +115,12 @@ class Transitions:
         return reply
 
     def _check(self, msg, action):
-        state = self.runs.state
+        state = self.book.state
         if self.busy:
             raise Refused(f"{self.busy} is in progress; try again when it has answered", "busy")
-        if state not in runs.ALLOWED_FROM[action]:
-            raise Refused(f"{action} needs state {' or '.join(runs.ALLOWED_FROM[action])}; the state is {state} "
-                          f"({runs.HINTS[state]})", "bad_state")
+        if state not in runbook.ALLOWED_FROM[action]:
+            raise Refused(f"{action} needs state {' or '.join(runbook.ALLOWED_FROM[action])}; the state is {state} "
+                          f"({runbook.HINTS[state]})", "bad_state")
         timeout = msg.get("timeout", TRANSITION_TIMEOUT_S)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
                 or not 0 < timeout <= MAX_TRANSITION_TIMEOUT_S:
@@ -130,7 +130,7 @@ class Transitions:
     def _run_fields(self, msg, action):
         if action == "prepare_run":
             return {"run": None}
-        fields = dict(self.runs.current)
+        fields = dict(self.book.current)
         if action == "begin_run":
             comment, params = msg.get("comment", ""), msg.get("params", {})
             if not isinstance(comment, str) or not isinstance(params, dict):
@@ -146,41 +146,41 @@ class Transitions:
             why = "; ".join(f"{name} {problem}" for name, problem in problems.items())
             log.warning("%s of run %s failed: %s", action, run, why)
             if action == "prepare_run":
-                self.runs.log({"run": run, "result": "failed", "why": f"prepare: {why}"})
+                self.book.log({"run": run, "result": "failed", "why": f"prepare: {why}"})
             if action == "begin_run":
                 for name in participants:
                     if name not in problems:  # those that had begun end it, aborted
                         self.client.post({"to": name, **protocol.make_transition("end", run, abort=True)})
-            reply.refuse(f"{action} of run {run} failed, the state stays {self.runs.state}: {why}", protocol.FAILED)
+            reply.refuse(f"{action} of run {run} failed, the state stays {self.book.state}: {why}", protocol.FAILED)
             return
         reports = {name: answer.result for name, answer in answers.items() if answer.ok and isinstance(answer.result, dict)
                    and answer.result.keys() - {"state", "run"}}  # what participants said of the run, beyond its state
         self._enter(action, fields, participants, problems, why, reports, result)
-        reply.resolve({"state": self.runs.state, "run": run, "participants": participants,
+        reply.resolve({"state": self.book.state, "run": run, "participants": participants,
                        "problems": problems, **({"comment": fields.get("comment")} if action == "begin_run" else {})})
 
     def _enter(self, action, fields, participants, problems, why=None, reports=None, result=None):
         now = time.time()
-        target = runs.TARGET[action]
+        target = runbook.TARGET[action]
         if action == "prepare_run":
-            self.runs.enter(target, run=fields["run"], prepared=now, participants=participants)
+            self.book.enter(target, run=fields["run"], prepared=now, participants=participants)
         elif action == "begin_run":
             extra = {}
             for hook in self.begin_hooks:
                 extra.update(hook(fields["run"]))
-            self.runs.enter(target, **{**fields, "start": now, "participants": participants, **extra})
-            self.runs.log({k: self.runs.current.get(k) for k in ("run", "comment", "params", "participants",
+            self.book.enter(target, **{**fields, "start": now, "participants": participants, **extra})
+            self.book.log({k: self.book.current.get(k) for k in ("run", "comment", "params", "participants",
                                                                   "start", *extra)} | {"result": "running"})
         else:
             started = fields.get("start")
             result = result or ("aborted" if action == "abort_run" else "ended")
-            self.runs.log({"run": fields["run"], "comment": fields.get("comment"), "params": fields.get("params"),
+            self.book.log({"run": fields["run"], "comment": fields.get("comment"), "params": fields.get("params"),
                            "participants": participants, "start": started, "end": now,
                            "duration": round(now - started, 3) if started else None, "result": result,
                            **({"why": why} if why else {}), **({"problems": problems} if problems else {}),
                            **({"config": fields["config"]} if fields.get("config") else {}),
                            **({"reports": reports} if reports else {})})
-            self.runs.enter(target)
+            self.book.enter(target)
         message = f"Ended run {fields['run']}: {why}" if why else f"{WORDS[action]} {fields['run']}"
         log.info("%s: state %s", message, target)
         self.client.send(None, "_event", kind="run_state", state=target, run=fields["run"], transition=action,
@@ -188,14 +188,14 @@ class Transitions:
 
     def rejoin(self, name):
         """Tell a participant that (re)joined during a run where the run is, at once."""
-        state, current = self.runs.state, self.runs.current
-        if state == runs.STOP or name not in self.participants():
+        state, current = self.book.state, self.book.current
+        if state == runbook.STOP or name not in self.participants():
             return
         log.info("%s joined during run %s (%s): telling it", name, current.get("run"), state)
         run = current.get("run")
 
         def then_begin(answer):
-            if answer.ok and self.runs.state == runs.RUN:
+            if answer.ok and self.book.state == runbook.RUN:
                 self.client.start({"to": name, **protocol.make_transition(
                     "begin", run, comment=current.get("comment", ""), params=current.get("params", {}), rejoin=True)})
         self.client.start({"to": name, **protocol.make_transition("prepare", run, rejoin=True)}, on_answer=then_begin)

@@ -12,11 +12,11 @@ import logging
 
 import zmq
 
-from clients.link import Link
+from runcontrol.client.link import Link
 from runcontrol import protocol
 from runcontrol.errors import ProtocolError
 
-log = logging.getLogger("clients.client")
+log = logging.getLogger("runcontrol.client.client")
 
 VERIFY_S = 1.0       # how long our own server has to answer before an answering new one wins
 GIVE_UP_S = 5.0      # a probe that learned nothing by then is dropped

@@ -4,7 +4,7 @@ Owns the I/O of a client: the beacon listener, the connection to the router
 (`Link`), the event-stream subscription, file descriptors a program asks to
 watch, the timers (re-sending `_hello`, noticing a silent server), and the
 blocking calls (`connect`, `request`, `wait`, `poll`, `run_forever`). What a
-client does with messages is the core's (`clients.core.ClientCore`).
+client does with messages is the core's (`runcontrol.client.core.ClientCore`).
 
 Single-threaded by design: everything happens inside `poll()` (or
 `run_forever()`, or while `request()` waits), so a program whose loop hangs
@@ -17,15 +17,15 @@ import time
 
 import zmq
 
-from clients.centrallog import LogHandler, LogRelay
-from clients.core import DEFAULT_QUEUE_SIZE, ClientCore
-from clients.events import EventStream
-from clients.link import Link
-from clients.probe import BeaconChecks
-from clients.requests import NameTaken
-from clients.settings import curve_keys, resolve_experiment
+from runcontrol.client.centrallog import LogHandler, LogRelay
+from runcontrol.client.core import DEFAULT_QUEUE_SIZE, ClientCore
+from runcontrol.client.events import EventStream
+from runcontrol.client.link import Link
+from runcontrol.client.probe import BeaconChecks
+from runcontrol.client.requests import NameTaken
+from runcontrol.client.busaccess import curve_keys, resolve_experiment
 from runcontrol import protocol
-from runcontrol.bus import discovery
+from runcontrol import discovery
 from runcontrol.errors import RequestFailed, RequestTimeout, ServerUnavailable
 
 __all__ = ["Client", "LogHandler", "NameTaken"]

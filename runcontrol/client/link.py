@@ -14,7 +14,7 @@ import zmq.utils.monitor
 
 from runcontrol.errors import ConfigError
 
-log = logging.getLogger("clients.client")
+log = logging.getLogger("runcontrol.client.client")
 
 HWM = 10000
 SEND_WAIT_MS = 1000

@@ -44,7 +44,7 @@ def curve_keys(curve, name, key_file=None, server_key_file=None):
         public, secret = zmq.auth.load_certificate(key_file)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the CURVE keys for {name!r}: {exc} "
-                          "(make them with python -m runcontrol.keys EXPERIMENT)") from None
+                          "(make them with python -m runcontrol.bus.keys EXPERIMENT)") from None
     if secret is None:
         raise ConfigError(f"{key_file} holds no secret key")
     return server_public, public, secret

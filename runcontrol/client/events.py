@@ -9,11 +9,11 @@ import logging
 
 import zmq
 
-from clients.link import HWM, NOBLOCK, apply_curve
+from runcontrol.client.link import HWM, NOBLOCK, apply_curve
 from runcontrol import protocol
 from runcontrol.errors import ProtocolError
 
-log = logging.getLogger("clients.client")
+log = logging.getLogger("runcontrol.client.client")
 
 
 class EventStream:

@@ -5,7 +5,7 @@ by `id`), the outbox that keeps messages while the server is away, the handler
 table and its dispatch (`cmd_*` methods, `add_handler`), and the run hooks
 (`on_prepare`, `on_begin`, `on_end`). A driver gives it bytes that arrived
 (`receive`) and sends the bytes it hands out (`_transmit`, `_send_raw`,
-`_send_hello`); the blocking driver is `clients.client.Client`, and an asyncio
+`_send_hello`); the blocking driver is `runcontrol.client.client.Client`, and an asyncio
 driver can be written beside it. Must not touch sockets, sleep or block.
 """
 
@@ -18,9 +18,9 @@ import socket
 
 from runcontrol import configschema, protocol
 from runcontrol.errors import ConfigError, ProtocolError, Refused, RequestFailed
-from clients.requests import RUN_STATE_AFTER, AnswerMemory, Deferred, NameTaken, Pending, Run
+from runcontrol.client.requests import RUN_STATE_AFTER, AnswerMemory, Deferred, NameTaken, Pending, Run
 
-log = logging.getLogger("clients.client")
+log = logging.getLogger("runcontrol.client.client")
 
 DEFAULT_QUEUE_SIZE = 1000
 
