@@ -163,10 +163,10 @@ class Store:
     def _fine_from(self, ident, since, until, width):
         """Where in the range the fine tier takes over; before it the minute tier answers, because the fine
         values there are expired, or too many to read for buckets of a minute or more."""
-        if width >= MINUTE:
-            (count,) = self.db.execute("SELECT count(*) FROM fine WHERE id = ? AND ts >= ? AND ts < ?",
-                                       (ident, since, until)).fetchone()
-            if count > FINE_POINTS_LIMIT:
+        if width >= MINUTE:   # counted in the minute tier: a row a minute, not one a value
+            (count,) = self.db.execute("SELECT sum(count) FROM minutes WHERE id = ? AND minute >= ? AND minute < ?",
+                                       (ident, int(since // MINUTE), math.ceil(until / MINUTE))).fetchone()
+            if (count or 0) > FINE_POINTS_LIMIT:
                 return until
         expired = self.marks.get(EXPIRED)
         if expired is None:
