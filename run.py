@@ -23,7 +23,7 @@ from runcontrol import logsetup
 from runcontrol.control.configs import initial_problems
 from runcontrol.control.launch import launch, plan
 from runcontrol.errors import ConfigError
-from runcontrol.supervision.backends import supervisord
+from runcontrol.supervision.backends import supervisordrpc
 from runcontrol.supervision.export import export
 from runcontrol.signals import SignalWakeup
 
@@ -54,7 +54,7 @@ def main(argv=None):
         print(f"run.py: {exc}", file=sys.stderr)
         return 2
     if args.check:
-        print(plan(experiment, supervisord.check))
+        print(plan(experiment, supervisordrpc.check))
         problems = initial_problems(experiment)
         for problem in problems:
             print(f"run.py: {problem}", file=sys.stderr)

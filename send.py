@@ -20,7 +20,8 @@ import os
 import sys
 
 from runcontrol import logsetup, protocol
-from runcontrol.bus import commands
+from runcontrol.bus import commands as server_commands
+from runcontrol.control import commands as run_commands
 from runcontrol.control.operator import Operator
 from runcontrol.errors import ConfigError, Refused, RequestFailed, RequestTimeout, ServerUnavailable
 
@@ -36,7 +37,10 @@ class UsageError(Exception):
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="send.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Commands the server answers itself:\n\n" + commands.help_text())
+        epilog="Commands the server answers itself:\n\n" + server_commands.help_text()
+        + "\nCommands of the run controller (python send.py run CMD [KEY=VALUE ...]); the request, answer and\n"
+          "errors of each: docs/protocol.md, or python -m pydoc runcontrol.control.commands.CMD\n\n"
+        + run_commands.help_text())
     parser.add_argument("words", nargs="+", metavar="MESSAGE | TO CMD [KEY=VALUE ...]")
     parser.add_argument("--wait", type=float, default=DEFAULT_WAIT_S, metavar="SECONDS",
                         help=f"how long to wait for the answer (default {DEFAULT_WAIT_S:g}; 0: do not wait)")

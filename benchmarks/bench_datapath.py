@@ -87,7 +87,7 @@ def serve_kit(port, folder, use_uvloop, nowhere, beacon_port):
     bench.acquisition = Acquisition(Source(), Append(), lambda data: [data], Path(folder), per_file=10 ** 9)
     bench.listen_udp("127.0.0.1", port)
     try:
-        bench.run(use_uvloop=use_uvloop)
+        bench.serve(use_uvloop=use_uvloop)
     finally:
         bench.close()
 

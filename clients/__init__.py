@@ -1,1 +1,2 @@
-"""The client library (a core without I/O and its blocking driver) and the clients Orbit ships."""
+"""The programs Orbit ships, built on the client library (runcontrol.client), and the libraries only programs use
+(`kit/`: the data path; `sequences/`: sequence files)."""

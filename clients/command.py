@@ -23,7 +23,7 @@ import tempfile
 import time
 
 from runcontrol.client.core import required
-from clients.instrument import Instrument, run
+from clients.instrument import Instrument, serve_instrument
 from runcontrol.errors import ConfigError, Refused
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -172,7 +172,7 @@ def main(argv=None):
     def make(a):
         return CommandClient(a.name, load_config(a.config), period_s=min(a.period, 0.2), experiment=a.experiment,
                              server=a.server)
-    return run(make, __doc__.split("\n")[0], options, argv)
+    return serve_instrument(make, __doc__.split("\n")[0], options, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ path, and the CPU and RSS of each program supervisord runs here. When it starts,
 it stops what a previous supervisord of this host left running (one that was
 killed leaves its programs behind, and nobody else would stop them). Its stdin and
 stdout belong to supervisord's event listener protocol; it logs to stderr.
-Must not start or stop anything.
+Must not start, restart or stop a program of its supervisord, nor act on a probe it runs: it reports,
+and the run controller decides (through supervisord); the only processes it stops are those a killed
+supervisord left.
 """
 
 import argparse

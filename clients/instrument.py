@@ -77,7 +77,7 @@ def data_folder(experiment, name):
     return folder
 
 
-def run(make, description, add_arguments=None, argv=None):
+def serve_instrument(make, description, add_arguments=None, argv=None):
     """Entry point of an instrument: parse the common options, build it with `make(args)`, serve."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--name", required=True, help="client name to register as")

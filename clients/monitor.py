@@ -12,7 +12,7 @@ Publishes `pub.<name>.values` {"rounds", "answers", "failures"} with retain.
 import json
 import time
 
-from clients.instrument import Instrument, data_folder, run
+from clients.instrument import Instrument, data_folder, serve_instrument
 from runcontrol.errors import Refused
 
 ANSWER_WAIT_S = 10.0
@@ -93,7 +93,7 @@ def main(argv=None):
     def make(a):
         out = a.out or data_folder(a.experiment, "monitor") / "monitor.jsonl"
         return Monitor(a.name, a.interval, out, period_s=a.period, experiment=a.experiment, server=a.server)
-    return run(make, __doc__.split("\n")[0], options, argv)
+    return serve_instrument(make, __doc__.split("\n")[0], options, argv)
 
 
 if __name__ == "__main__":

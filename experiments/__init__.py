@@ -18,7 +18,7 @@ from types import MappingProxyType
 import jsonschema
 
 from experiments import checks, libabcd
-from runcontrol.errors import ConfigError
+from experiments.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

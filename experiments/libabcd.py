@@ -6,7 +6,7 @@ always, its `cmd` split like a shell would (never run through one).
 
 import shlex
 
-from runcontrol.errors import ConfigError
+from experiments.errors import ConfigError
 
 
 def is_libabcd(raw):

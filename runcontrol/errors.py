@@ -2,23 +2,14 @@
 
 A refusal (the other side answered `ok: false`) and a failure (nothing usable
 came back) are different exceptions, so callers can tell a "no" from a fault.
-The ground: it imports nothing of Orbit.
+The root and `ConfigError` live with the experiment descriptions (`experiments/errors.py`),
+the lowest floor, so that `experiments/` imports nothing above it; they are the same classes here.
 """
+
+from experiments.errors import ConfigError, RunControlError
 
 __all__ = ["RunControlError", "ConfigError", "ProtocolError", "Refused", "RequestFailed", "RequestTimeout",
            "NoSuchClient", "ClientLost", "ServerUnavailable"]
-
-
-class RunControlError(Exception):
-    """Base of every error Orbit raises on purpose."""
-
-
-class ConfigError(RunControlError):
-    """An experiment description or a setting is invalid; `problems` lists each one."""
-
-    def __init__(self, message, problems=()):
-        super().__init__(message)
-        self.problems = list(problems)
 
 
 class ProtocolError(RunControlError):

@@ -58,11 +58,23 @@ REFUSED = "refused"
 UNKNOWN_PROGRAM = "unknown_program"
 BAD_EXPERIMENT = "bad_experiment"
 FAILED = "failed"
+BUSY = "busy"
+BAD_STATE = "bad_state"
+BAD_CONFIG = "bad_config"
+NO_SETTINGS = "no_settings"
+NO_SUCH_ALARM = "no_such_alarm"
+NO_SUCH_RUN = "no_such_run"
+# Codes the client library raises to its caller: they never travel on the wire.
+TIMEOUT = "timeout"
+NO_SERVER = "no_server"
 ERROR_CODES = frozenset({
     BAD_JSON, NOT_OBJECT, BAD_FRAMES, TOO_LARGE, NO_CMD, BAD_FIELD, NOT_REGISTERED,
     NAME_TAKEN, BAD_NAME, NO_SUCH_CLIENT, UNKNOWN_COMMAND, CLIENT_LOST, QUEUE_FULL,
     INTERNAL, HANDLER_ERROR, NOT_ALLOWED, THROTTLED, TOO_MANY_CLIENTS, TOO_MANY_PENDING,
 })
+REFUSAL_CODES = frozenset({REFUSED, UNKNOWN_PROGRAM, BAD_EXPERIMENT, FAILED, BUSY, BAD_STATE, BAD_CONFIG, NO_SETTINGS,
+                           NO_SUCH_ALARM, NO_SUCH_RUN})
+LOCAL_CODES = frozenset({TIMEOUT, NO_SERVER})
 
 # Commands a connection may send before its `_hello` succeeds.
 UNREGISTERED_COMMANDS = frozenset({"_hello", "_ping", "_bye"})

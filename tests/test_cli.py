@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from runcontrol import process
+from runcontrol.control import commands as run_commands
 from tests.helpers import (DAMICM_PROGRAMS, ROOT, ServerProcess, damicm_copy, env_for_children, helper,
                            registered_names, wait_until, write_experiment)
 
@@ -81,11 +82,14 @@ def test_send_no_wait_delivers_one_way(server, echo):
     assert json.loads(answer.stdout) == [7]
 
 
-def test_send_help_lists_server_commands():
+def test_send_help_lists_server_commands_and_every_command_of_the_run_controllers_table():
     result = run_tool("send.py", "--help")
     assert result.returncode == 0
     for cmd in ("_hello", "_list", "_retained", "_publish"):
         assert cmd in result.stdout
+    listed = result.stdout.split("Commands of the run controller")[1]
+    for name, module in run_commands.COMMANDS.items():
+        assert f"\n{name:<12} {run_commands.summary(module)}\n" in listed, name
 
 
 def test_spy_prints_and_logs_traffic_and_topic_narrows(server, echo, tmp_path):

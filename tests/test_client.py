@@ -1,12 +1,15 @@
 """The client library against a real server process and real peers."""
 
+import asyncio
 import json
 import logging
 import os
 import signal
+import threading
 
 import pytest
 
+from runcontrol.client.aio import ask, serve
 from runcontrol.client.client import Client, LogHandler, NameTaken
 from runcontrol.client.core import required
 from runcontrol.errors import ClientLost, NoSuchClient, Refused, RequestTimeout, ServerUnavailable
@@ -263,3 +266,62 @@ def test_client_follows_the_beacon_of_a_new_instance_to_its_new_address(server, 
     assert server.router != old_router
     pump([client], lambda: client.registered and client.instance == server.beacon.instance, 15)
     assert client.router == server.router
+
+
+@pytest.fixture
+def quiet(tmp_path):
+    """A server that pings once a minute: a client of it that hears no beacon wakes only for what it does itself."""
+    server = ServerProcess(write_experiment(tmp_path, "quiet", heartbeat=60, timeout=120)).start()
+    yield server
+    server.stop()
+
+
+def test_a_timer_of_the_program_runs_while_the_blocking_driver_waits_on_its_sockets(quiet):
+    with Client("ticker", server=quiet.router, beacon_port=free_beacon_port()) as client:
+        client.connect(10)
+        ticks = []
+
+        def tick():
+            ticks.append(client.registered)
+            if len(ticks) == 3:
+                client.stop()
+        handle = client.timers.every(0.05, tick)
+        serving = threading.Thread(target=client.run_forever, args=(60,), daemon=True)
+        serving.start()
+        serving.join(30)   # the next ping is a minute away: only the timers can wake it before
+        handle.cancel()
+        client.stop()
+        serving.join(70)
+        assert ticks == [True, True, True]
+
+
+def test_the_asyncio_driver_wakes_on_its_sockets_its_timers_and_its_stop(quiet):
+    client = Client("aio", server=quiet.router, beacon_port=free_beacon_port())
+    client.add_handler("double", lambda msg: 2 * required(msg, "n"))
+    ticks = []
+
+    async def until(predicate, what):
+        for _ in range(500):
+            if predicate():
+                return
+            await asyncio.sleep(0.02)   # the driver's task waits on, undisturbed by this one
+        raise AssertionError(f"no {what} within 10 s")
+
+    async def scenario():
+        stop = asyncio.Event()
+        driver = asyncio.ensure_future(serve(client, stop))
+        await until(lambda: client.registered, "registration")
+        answers = [(await ask(client, {"to": "aio", "cmd": "double", "n": n}, timeout=20)).value() for n in range(3)]
+        handle = client.timers.every(0.05, lambda: ticks.append(1))
+        await until(lambda: len(ticks) >= 3, "turn of a timer")
+        handle.cancel()
+        await until(lambda: client.timers.next_due() > client.timers.clock() + 60, "wait for the silence check")
+        stop.set()   # the driver waits for its next timer, the silence check two minutes away, or for this
+        await asyncio.wait_for(driver, 20)
+        return answers
+
+    try:
+        assert asyncio.run(scenario()) == [0, 2, 4]   # asked itself, through the server: both ends in the loop
+        assert client.wakeup is None
+    finally:
+        client.close()

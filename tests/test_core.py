@@ -1,4 +1,5 @@
-"""The client core without I/O, driven by a driver that keeps what it sends in lists (as an asyncio one would).
+"""The client core without I/O, fed by a driver that keeps what it sends in lists (as the asyncio one feeds it from
+its loop), and the core alone, which hands out frames and notices and calls nothing.
 
 These are unit tests of the core; each behaviour is also tested end to end, over a real server process and real
 sockets:
@@ -30,42 +31,55 @@ sockets:
   test_a_repeat_of_a_request_still_being_worked_on_is_answered_once_when_done
 - the answer memory forgets past its window, count and bytes (driven by its clock seam, not a ListDriver test): its
   use end to end, a repeat answered from memory, is in test_reliability.py as above; its limits are tested here only
+- the core alone hands out what to send and says what happened: every test of test_client.py drives it so, the
+  blocking driver in test_request_returns_handler_result, the asyncio one in
+  test_the_asyncio_driver_wakes_on_its_sockets_its_timers_and_its_stop
+- pongs and hellos go at once or never, and the outbox keeps the newest, dropping the oldest: test_client.py
+  test_queue_overflow_drops_oldest_and_logs_count; test_reliability.py
+  test_an_idle_client_answers_the_servers_pings_and_keeps_its_registration_past_the_timeout
 """
 
 import orjson
 import pytest
 
 from runcontrol.client.core import ClientCore, required
+from runcontrol.client.notices import Answered, Incoming, Registered
+from runcontrol.client.program import Program
 from runcontrol import protocol
 from runcontrol.errors import Refused
 
 
-class ListDriver(ClientCore):
-    """A driver whose connection is two lists: what went out, and whether the connection takes more."""
+class ListDriver(Program):
+    """A driver whose connection is lists: what went out at once (hellos apart), what went out in order, and
+    whether the connection takes more."""
 
     def __init__(self, name, **kwargs):
-        self.sent, self.raw, self.hellos, self.open = [], [], [], True
+        self.sent, self.raw, self.hellos, self.open, self.refused = [], [], [], True, None
         super().__init__(name, **kwargs)
 
-    def _transmit(self, data):
+    def _send_out(self):
+        for data in self.core.urgent_to_send():
+            msg = orjson.loads(data)
+            (self.hellos if msg["cmd"] == "_hello" else self.raw).append(msg)
+        frames = self.core.data_to_send()
         if self.open:
-            self.sent.append(orjson.loads(data))
-        return self.open
+            self.sent.extend(orjson.loads(data) for data in frames)
+        else:
+            self.core.not_sent(frames)
 
-    def _send_raw(self, data):
-        self.raw.append(orjson.loads(data))
-        return True
-
-    def _send_hello(self):
-        self.hellos.append(orjson.loads(self._next_hello()))
+    def _on_refused(self, error):
+        self.refused = error
 
     def welcome(self, instance="i1"):
-        hello = self.hellos[-1]
-        self.receive(protocol.encode(protocol.make_reply(hello["id"], protocol.make_welcome(
-            hello["name"], instance, 0.5, 3.0, "tcp://127.0.0.1:9"))))
+        self.deliver(welcome_to(self.hellos[-1], instance))
 
     def deliver(self, msg):
-        self.receive(protocol.encode(msg))
+        self._feed_frame(protocol.encode(msg))
+
+
+def welcome_to(hello, instance):
+    return protocol.make_reply(hello["id"], protocol.make_welcome(hello["name"], instance, 0.5, 3.0,
+                                                                  "tcp://127.0.0.1:9"))
 
 
 class Board(ListDriver):
@@ -80,7 +94,7 @@ class Board(ListDriver):
 @pytest.fixture
 def board():
     board = Board("board")
-    board._send_hello()
+    board._hello()
     board.welcome()
     return board
 
@@ -90,7 +104,7 @@ def test_a_welcome_registers_and_flushes_what_was_queued_in_order():
     core.send("other", "note", seq=1)
     pending = core.start({"to": "other", "cmd": "ask"})
     assert core.sent == [] and not core.registered
-    core._send_hello()
+    core._hello()
     core.welcome("abc")
     assert core.registered and core.instance == "abc" and core.timeout_s == 3.0
     assert [(m["cmd"], m.get("seq")) for m in core.sent] == [("note", 1), ("ask", None)]
@@ -100,9 +114,9 @@ def test_a_welcome_registers_and_flushes_what_was_queued_in_order():
 
 def test_a_refused_hello_is_kept_as_the_error_and_leaves_it_unregistered():
     core = ListDriver("twin")
-    core._send_hello()
+    core._hello()
     core.deliver(protocol.make_error(protocol.NAME_TAKEN, "held by a live client", core.hellos[-1]["id"]))
-    assert not core.registered and core._hello_error.code == "name_taken"
+    assert not core.registered and core.refused.code == "name_taken"
 
 
 def test_handlers_answer_refuse_and_name_what_is_missing(board):
@@ -134,9 +148,9 @@ def test_while_the_connection_takes_nothing_messages_wait_in_the_outbox(board):
     board.open = False
     board.send("other", "note", seq=1)
     board.send("other", "note", seq=2)
-    assert board.sent == [] and len(board._outbox) == 2
+    assert board.sent == [] and len(board.core.outbox) == 2
     board.open = True
-    board._flush()
+    board._send_out()
     assert [m["seq"] for m in board.sent] == [1, 2]
 
 
@@ -166,7 +180,7 @@ def test_after_registering_again_unanswered_requests_go_out_again_with_their_ids
     board.deliver({"cmd": "_reply", "re": answered.id, "ok": True, "result": 1, "from": "other"})
     board._unregister()  # the server went away ...
     board.send("other", "note", seq=7)  # ... what is sent meanwhile waits
-    board._send_hello()
+    board._hello()
     board.welcome("i2")  # ... and a new instance welcomed it
     resent = board.sent[-2:]
     assert [(m["cmd"], m.get("id"), m.get("seq")) for m in resent] == [("b", lost.id, None), ("note", None, 7)]
@@ -209,3 +223,40 @@ def test_the_answer_memory_forgets_the_oldest_past_its_window_count_and_bytes_bu
         memory.answered(("op", n), b"x" * 40)
     assert [memory.answer_of(("op", n)) is not None for n in range(4, 8)] == [False, False, True, True]  # bytes
     assert not memory.begin(("op", 2))
+
+
+def test_the_core_alone_hands_out_what_to_send_and_says_what_happened():
+    core = ClientCore("bare", "daq1", actions={"ramp": "Ramp the bias."})
+    core.post({"to": "other", "cmd": "note"})
+    assert (core.urgent_to_send(), core.data_to_send()) == ([], [])   # unregistered: the note waits
+    core.hello()
+    [hello] = [orjson.loads(data) for data in core.urgent_to_send()]
+    assert (hello["cmd"], hello["host"], hello["actions"]) == ("_hello", "daq1", {"ramp": "Ramp the bias."})
+    registered = core.receive(protocol.encode(welcome_to(hello, "i1")))
+    assert type(registered) is Registered and registered.welcome.instance == "i1" and core.registered
+    assert [orjson.loads(data)["cmd"] for data in core.data_to_send()] == ["note"]
+    assert core.receive(protocol.encode({"cmd": "_ping", "id": "p1", "from": "server"})) is None
+    assert [orjson.loads(data) for data in core.urgent_to_send()] == [{"cmd": "_pong", "re": "p1"}]
+    request = {"cmd": "ramp", "id": 4, "from": "op"}
+    assert core.receive(protocol.encode(request)) == Incoming(request)
+    core.answer("op", protocol.make_reply(4, 30))
+    pending = core.start({"to": "op", "cmd": "ask"})
+    assert [orjson.loads(data).get("re") for data in core.data_to_send()] == [4, None]
+    answered = core.receive(protocol.encode({"cmd": "_reply", "re": pending.id, "ok": True, "result": 1}))
+    assert answered == Answered(pending) and pending.answer.value() == 1
+
+
+def test_frames_for_now_are_never_kept_and_the_outbox_keeps_the_newest():
+    core = ClientCore("small", "daq1", queue_size=3)
+    for seq in range(5):
+        core.post({"to": "other", "cmd": "note", "seq": seq})
+    core.receive(protocol.encode({"cmd": "_ping", "from": "server"}))
+    core.hello()
+    hello = orjson.loads(core.urgent_to_send()[-1])
+    assert core.urgent_to_send() == [] and len(core.outbox) == 3   # handed out once: sent or dropped
+    core.receive(protocol.encode(welcome_to(hello, "i1")))
+    frames = core.data_to_send()
+    assert [orjson.loads(data)["seq"] for data in frames] == [2, 3, 4]
+    core.not_sent(frames[1:])   # the connection took only the first
+    core.post({"to": "other", "cmd": "note", "seq": 5})
+    assert [orjson.loads(data)["seq"] for data in core.data_to_send()] == [3, 4, 5]

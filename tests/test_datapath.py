@@ -208,7 +208,7 @@ probe = Probe("probe", server=sys.argv[1])
 probe.listen_udp("127.0.0.1", 0)
 probe.outbound = probe.add_output("outbound", "tcp://127.0.0.1:0", curve=sys.argv[2].encode())
 try:
-    sys.exit(probe.run())
+    sys.exit(probe.serve())
 finally:
     probe.close()
 """

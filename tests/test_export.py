@@ -9,7 +9,7 @@ import psutil
 
 import experiments
 from runcontrol import process
-from runcontrol.supervision.backends import supervisord
+from runcontrol.supervision.backends import supervisord, supervisordrpc
 from tests.helpers import PROGRAMS, ROOT, env_for_children, free_port, wait_until
 
 
@@ -67,7 +67,7 @@ def test_the_exported_folder_runs_that_hosts_programs_under_its_supervisord_and_
         wrong = tmp_path / "wrong.pass"
         wrong.write_text("guess")
         impostor = experiments.HostSpec("daq2", f"http://127.0.0.1:{port}/RPC2", "orbit", wrong)
-        assert supervisord.check(impostor) == "refused: 401 Unauthorized (username or password?)"
+        assert supervisordrpc.check(impostor) == "refused: 401 Unauthorized (username or password?)"
         listed = {p["name"]: p["statename"] for p in rpc.supervisor.getAllProcessInfo()}
         assert listed.pop("orbit-agent") in ("STARTING", "RUNNING")  # the host agent, its event listener
         assert listed == {"there": "STOPPED"}  # only this host's programs, and none started by itself

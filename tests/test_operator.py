@@ -1,12 +1,20 @@
 """The operator API against a real system, imported and opened as the README shows it (by the experiment's name,
-found in the working directory): runs, programs, streams, and refusals told apart from failures."""
+found in the working directory): runs, programs, streams, and refusals told apart from failures; a method for every
+command of the run controller's table, each sending its command."""
+
+import inspect
 
 import psutil
 import pytest
 
+from runcontrol.control import commands
 from runcontrol.errors import NoSuchClient, Refused, RequestFailed, RequestTimeout
 from runcontrol.control.operator import Operator
-from tests.helpers import helper, wait_until
+from tests.helpers import EventWatcher, helper, wait_until
+
+# The Operator's methods that are no command of the run controller: the server's, and any client's.
+NOT_RUN_COMMANDS = {"programs", "clients", "retained", "logs", "stats", "snapshot", "historian", "send", "request",
+                    "call", "stream", "close"}
 
 
 @pytest.fixture
@@ -63,3 +71,52 @@ def test_refusals_and_failures_raise_different_exceptions(op):
     with pytest.raises(RequestTimeout):
         list(op.stream("echo", "sleep", timeout=0.5, seconds=3))
     assert not issubclass(Refused, RequestFailed) and not issubclass(RequestFailed, Refused)
+
+
+def test_every_command_of_the_table_has_an_operator_method_of_its_name_and_every_other_method_is_named():
+    methods = {name for name, _ in inspect.getmembers(Operator, inspect.isfunction) if not name.startswith("_")}
+    assert set(commands.COMMANDS) <= methods
+    assert methods - set(commands.COMMANDS) == NOT_RUN_COMMANDS
+
+
+def test_each_operator_method_of_a_command_sends_that_command_and_its_payload_passes_the_schema(system, tmp_path,
+                                                                                               monkeypatch):
+    s = system({"echo": helper("echo_client.py", "echo", client="echo"),
+                "board": helper("participant.py", "board", tmp_path / "board.jsonl", client="board", participant=True)})
+    s.wait_state("echo", "RUNNING", registered=True)
+    s.wait_state("board", "RUNNING", registered=True)
+    seen = EventWatcher(s.server.events).sync(s.server.router)   # every message routed to `run`, as delivered
+    monkeypatch.chdir(s.path.parent)
+    exercised = {}
+
+    def sent(op, method, *args, refused=None, **kwargs):
+        """Call op.`method`; the commands it sent to `run` (each waited for on the stream)."""
+        before = len(to_run())
+        try:
+            getattr(op, method)(*args, **kwargs)
+        except Refused as exc:
+            assert exc.code == refused, f"{method}: {exc}"
+        else:
+            assert refused is None, f"{method} was not refused {refused}"
+        wait_until(lambda: len(to_run()) > before, 10, what=f"what {method} sent on the stream")
+        exercised[method] = [m["cmd"] for m in to_run()[before:]]
+        return exercised[method]
+
+    def to_run():
+        return [m for topic, m in list(seen.items) if topic == "msg.run" and m.get("from") == "op-shift"]
+    try:
+        with Operator(experiment=s.path.stem, name="op-shift") as op:
+            for method, args, kwargs in [("status", (), {}), ("runs", (), {"n": 5}), ("alarms", (), {"log": 5}),
+                                         ("config", (), {}), ("config_log", (), {"n": 3}), ("stop", ("echo",), {}),
+                                         ("start", ("echo",), {}), ("restart", ("echo",), {}), ("reload", (), {}),
+                                         ("prepare_run", (), {"timeout": 5}), ("abort_run", (), {}),
+                                         ("prepare_run", (), {}), ("begin_run", (), {"comment": "all", "seconds": 1}),
+                                         ("end_run", (), {}), ("ack", (), {"by": "anna"})]:
+                assert sent(op, method, *args, **kwargs) == [method]
+            run = op.runs(1)[-1]["run"]
+            assert sent(op, "run_config", run) == ["run_config"] and sent(op, "config_diff", run) == ["config_diff"]
+            assert sent(op, "set_config", "echo", refused="no_settings", gain=1) == ["set_config"]  # it has no schema
+            assert sent(op, "programs") == ["status"] and sent(op, "snapshot") == ["status"]
+    finally:
+        seen.close()
+    assert set(exercised) >= set(commands.COMMANDS)

@@ -180,6 +180,18 @@ def test_name_taken_over_when_holder_is_gone(echo_program, raw, watcher, how, si
     assert watcher.wait_for("event.client_replaced", name="lta1")["reason"] == reason
 
 
+def test_a_claimed_name_goes_to_the_claimant_once_its_holder_says_bye(raw, watcher):
+    holder, claimant = raw("lta1"), raw()
+    claimant.send({"cmd": "_hello", "name": "lta1", "id": "h"})
+    holder.recv_until(lambda m: m["cmd"] == "_ping" and str(m.get("id", "")).startswith("claim-"))  # it waits
+    holder.send({"cmd": "_bye"})
+    answer = claimant.recv_until(lambda m: m.get("re") == "h")
+    assert answer.get("ok") is True and answer["result"]["name"] == "lta1", answer
+    assert watcher.wait_for("event.client_left", name="lta1")["reason"] == "said goodbye"
+    wait_until(lambda: len([1 for t, m in watcher.items if t == "event.client_joined" and m["name"] == "lta1"]) == 2)
+    assert not [m for t, m in watcher.items if t == "event.client_replaced"]   # it left: nobody was replaced
+
+
 def test_silent_client_is_lost_after_timeout(echo_program, watcher):
     sleeper = echo_program("sleepy")
     os.killpg(sleeper.pid, signal.SIGSTOP)

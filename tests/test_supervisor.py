@@ -239,6 +239,16 @@ def test_a_command_that_cannot_start_backs_off_with_the_reason(supervise):
     assert sup.programs["ghost"].state is S.BACKOFF
 
 
+def test_a_program_stopped_in_backoff_forgets_its_retry_and_starts_at_once_when_asked(supervise):
+    clock = ManualClock()
+    sup = supervise({"ghost": {"cmd": ["/no/such/program"], "backoff": {"initial": 5}}}, clock=clock)
+    assert sup.programs["ghost"].state is S.BACKOFF and sup.next_due() == clock.now + 5
+    sup.stop("ghost")
+    assert sup.programs["ghost"].state is S.STOPPED and sup.next_due() is None   # its retry was cancelled
+    sup.start("ghost")   # at once: no retry of before is waited for
+    assert kinds(sup, "ghost").count("program_exited") == 2 and sup.programs["ghost"].state is S.BACKOFF
+
+
 def test_reload_diff_starts_stops_and_restarts_only_what_changed(supervise, tmp_path):
     sup = supervise({"same": program("crash_after.py", 60), "changed": program("crash_after.py", 60),
                      "gone": program("crash_after.py", 60)})

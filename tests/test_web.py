@@ -17,6 +17,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from runcontrol.control import commands
 from tests.helpers import DAMICM_PROGRAMS, ROOT, WebSite, apt_install, damicm_copy, env_for_children, wait_until
 
 pytestmark = pytest.mark.xdist_group(name="web")   # one damicm for the whole module, on one worker
@@ -102,7 +103,7 @@ def test_bad_input_gets_a_4xx_with_a_message(site, method, path, raw, extra, sta
 @pytest.mark.parametrize("path", [
     "/api/history?name=cryo.values.temperature&since=-3600&until=&points=500",   # the README's own example
     "/api/history?name=cryo.values.temperature&since=&until=&points=",
-    "/api/runs?n=", "/api/events?n=", "/api/alarms?log=",
+    "/api/runs?n=", "/api/events?n=", "/api/alarms?log=", "/api/run/runs?n=", "/api/run/config_log?n=&program=",
 ])
 def test_an_empty_query_parameter_means_its_default(site, path):
     status, answer, _ = wait_until(lambda: (got := site.get(path))[0] != 503 and got, 30, 0.5,
@@ -200,6 +201,51 @@ def test_an_operator_aborts_a_run_restarts_a_program_and_acknowledges_an_alarm(s
     assert standing[TO_ACK]["state"] == "active" and standing[TO_ACK]["acked"]["by"] == "anna"
     assert standing["standing_alarm"]["acked"] is None
     assert operator_actions(site) >= {("abort_run", "run", True), ("restart", "lta1", True), ("ack", TO_ACK, True)}
+
+
+# How each command of the run controller's table is reached through the web API with an answer that changes nothing:
+# (the query or the body, the status and the code expected). A command added to the table needs its line here.
+REACH = {
+    "status": ("", 200, None),
+    "runs": ("?n=2", 200, None),
+    "alarms": ("?log=3", 200, None),
+    "config": ("?program=bias", 200, None),
+    "config_log": ("?n=0", 400, "bad_field"),
+    "run_config": ("?run=999999", 404, "no_such_run"),
+    "config_diff": ("?a=999999&b=", 404, "no_such_run"),
+    "start": ({"program": "nosuch"}, 404, "unknown_program"),
+    "stop": ({"program": "nosuch"}, 404, "unknown_program"),
+    "restart": ({"program": 7}, 400, "bad_field"),
+    "reload": ({}, 200, None),
+    "prepare_run": ({"timeout": -1}, 400, "bad_field"),
+    "begin_run": ({"params": []}, 400, "bad_field"),
+    "end_run": ({"timeout": 601}, 400, "bad_field"),
+    "abort_run": ({"timeout": "soon"}, 400, "bad_field"),
+    "ack": ({"alarm": "nothing"}, 404, "no_such_alarm"),
+    "set_config": ({"program": "nosuch", "values": {"volts": 1}}, 404, "unknown_program"),
+}
+
+
+def test_every_command_of_the_run_controller_is_reachable_reads_by_get_actions_by_an_operators_post(site):
+    assert set(REACH) == set(commands.COMMANDS)
+    cookie = site.login("anna", PASSWORD)
+    answers = {}
+    for name, (given, status, code) in REACH.items():
+        if commands.COMMANDS[name].ACTS:
+            assert site.post(f"/api/run/{name}", given)[0] == 401, name   # actions need an operator
+            assert site.get(f"/api/run/{name}")[1]["code"] == "method_not_allowed"
+            got, answers[name], _ = site.post(f"/api/run/{name}", given, cookie=cookie)
+        else:
+            assert site.post(f"/api/run/{name}", {}, cookie=cookie)[1]["code"] == "method_not_allowed"
+            got, answers[name], _ = site.get(f"/api/run/{name}{given}")
+        assert got == status and (code is None or answers[name]["code"] == code), (name, answers[name])
+    assert answers["status"]["experiment"] == "damicm" and len(answers["runs"]) <= 2
+    assert "volts" in answers["config"]["values"] and answers["reload"]["removed"] == []
+    assert answers["prepare_run"]["error"] == "'timeout': -1 must be more than 0"
+    assert answers["config_log"]["error"] == "'n': 0 must be at least 1"   # a query's number is a number
+    acting = {name for name, module in commands.COMMANDS.items() if module.ACTS}
+    assert {(action, ok) for action, _, ok in operator_actions(site)} >= {(n, n == "reload") for n in acting}
+    assert site.get("/api/status")[1]["run"]["state"] == "STOP"
 
 
 class Stream(threading.Thread):

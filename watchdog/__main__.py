@@ -1,6 +1,6 @@
 """python -m watchdog --pidfile PATH [--stale-after S] -- COMMAND ...
 
-Keeps COMMAND (normally the central server) alive: restarted when it exits, and
+Keeps COMMAND (the server, or the run controller) alive: restarted when it exits, and
 when it stops touching PATH for S seconds. Exit status: 0 after SIGTERM or SIGINT,
 1 when the command crash-loops, 2 for bad usage or when another watchdog keeps PATH.
 """
@@ -41,7 +41,7 @@ def main(argv=None):
     logsetup.configure("INFO")
     keeper = Keeper(command, args.pidfile, args.stale_after, args.grace, args.max_restarts, args.window)
     try:
-        return keeper.run()
+        return keeper.keep()
     except WatchdogError as exc:
         print(f"watchdog: {exc}", file=sys.stderr)
         return 2 if keeper.child is None and not keeper.restarts else 1

@@ -1,12 +1,14 @@
-"""Keeps one command (the central server) alive.
+"""Keeps one command alive by its pid file: any command that writes and touches one (`run.py` keeps the
+experiment's server and its run controller so, each under a watchdog of its own).
 
 Starts the command in its own process group and restarts it when it exits (woken
 by SIGCHLD, never by a polling sleep), or when the pid file it must touch goes
 stale, names another process, or holds garbage (a hang). A child that had come up
 (it wrote its pid file) is restarted at once; a hung one is killed (SIGKILL) and
 replaced; failed starts back off from 100 ms;
-too many restarts within a window end the watchdog with an error. Reads the pid file only; must not
-import server internals.
+too many restarts within a window end the watchdog with an error. One watchdog per pid file (a lock
+beside it). Reads the pid file only; must not import the internals of what it keeps (the bus, the
+client library, the supervision, the run control).
 """
 
 import fcntl
@@ -93,12 +95,12 @@ class Keeper:
         if cmdline and cmdline[1:] == self.argv[1:]:
             raise WatchdogError(f"pid file {self.pidfile} names pid {pid}, a live {' '.join(cmdline[:3])} ... "
                                 "started without this watchdog: stop it first")
-        log.warning("pid file %s names live pid %d (%s), which is not the server: taking the file over, "
+        log.warning("pid file %s names live pid %d (%s), which is not the command kept: taking the file over, "
                     "never signalling that process", self.pidfile, pid, " ".join(cmdline[:3]) or "unknown")
 
     # --- the loop ------------------------------------------------------------------------
 
-    def run(self):
+    def keep(self):
         """Keep the command alive until SIGTERM or SIGINT (returns 0) or a crash loop (raises)."""
         self.lock()
         self.check_leftover()

@@ -10,7 +10,10 @@
   GET  /api/stream            server-sent events: `status` each second, `event` for each event
   GET  /api/whoami            {"user", "can_act"}
   POST /api/login {"name", "password"}, POST /api/logout
-  POST /api/run/prepare_run | begin_run {"comment"} | end_run | abort_run
+  GET  /api/run/CMD?KEY=VALUE  any command of the run controller that only reads (runcontrol/control/commands/),
+                              the query parameters its payload
+  POST /api/run/CMD {payload}  any command of the run controller that acts (prepare_run, begin_run {"comment"},
+                              end_run, abort_run, start, stop, restart, reload, ack, set_config), `by` the operator
   POST /api/programs/NAME/restart
   POST /api/alarms/NAME/ack
   GET  /api/config            every program's settings (values, schema, live ones)
@@ -19,8 +22,9 @@
 
 Errors are JSON `{"error", "code"}` with a 4xx status (a 5xx only when the bus
 does not answer). Actions need a logged-in operator and a JSON body; each is
-logged, and announced as an `operator_action` event, with who did it. Must not
-block the event loop.
+logged, and announced as an `operator_action` event, with who did it. The run
+controller's commands are reached from its table: one added there is served
+here. Must not block the event loop.
 """
 
 import asyncio
@@ -32,6 +36,8 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
+from runcontrol.control import commands
+from runcontrol.control.commands.base import payload
 from web import auth
 from web.feed import BusError
 from web.metrics import registry_for
@@ -40,9 +46,7 @@ log = logging.getLogger("web")
 
 STATIC = Path(__file__).with_name("static").resolve()
 BODY_MAX = 64 * 1024
-TRANSITIONS = ("prepare_run", "begin_run", "end_run", "abort_run")
-TRANSITION_WAIT_S = 20.0
-PROGRAM_WAIT_S = 70.0
+RUN = "run"
 COMMENT_MAX = 500
 LIMITS = {"n": (1, 1000, 50), "log": (0, 1000, 100), "points": (1, 10000, 500)}
 KEEPALIVE_S = 15.0
@@ -65,7 +69,7 @@ def make_app(feed, client, users, secure_cookies):
         web.get("/", index), web.get("/favicon.ico", no_icon), web.get("/api/status", status), web.get("/api/runs", runs),
         web.get("/api/alarms", alarms), web.get("/api/events", events), web.get("/api/history", history),
         web.get("/api/stream", stream), web.get("/api/whoami", whoami), web.post("/api/login", login),
-        web.post("/api/logout", logout), web.post("/api/run/{action}", run_action),
+        web.post("/api/logout", logout), web.get("/api/run/{cmd}", run_read), web.post("/api/run/{cmd}", run_act),
         web.post("/api/programs/{name}/restart", restart), web.post("/api/alarms/{name}/ack", ack),
         web.get("/api/config", config), web.post("/api/programs/{name}/config", set_config),
         web.get("/metrics", metrics), web.get("/static/{path:.+}", static_file)])
@@ -119,17 +123,58 @@ async def status(request):
 
 
 async def runs(request):
-    records = await request.app["feed"].request({"to": "run", "cmd": "runs", "n": whole(request, "n")})
-    return web.json_response(list(reversed(records)))
+    return web.json_response(list(reversed(await ask_run(request, "runs", {"n": whole(request, "n")}))))
 
 
 async def alarms(request):
-    return web.json_response(await request.app["feed"].request({"to": "run", "cmd": "alarms",
-                                                                "log": whole(request, "log")}))
+    return web.json_response(await ask_run(request, "alarms", {"log": whole(request, "log")}))
 
 
 async def config(request):
-    return web.json_response(await request.app["feed"].request({"to": "run", "cmd": "config"}))
+    return web.json_response(await ask_run(request, "config", {}))
+
+
+async def run_read(request):
+    """A command of the run controller that only reads: the query parameters are its payload."""
+    module = command_of(request, acts=False)
+    return web.json_response(await ask_run(request, module.NAME, query_payload(module, request.query)))
+
+
+def command_of(request, acts):
+    """The run controller's command the path names; 404 when there is none, 405 when it is not for this method."""
+    name = request.match_info["cmd"]
+    module = commands.COMMANDS.get(name)
+    if module is None:
+        raise Problem(f"the run controller has no command {name[:40]!r}: one of {', '.join(commands.COMMANDS)}", 404,
+                      "unknown_action")
+    if module.ACTS != acts:
+        how = "POST it as a logged-in operator" if module.ACTS else "GET it"
+        raise Problem(f"{name} {'acts' if module.ACTS else 'only reads'}: {how}", 405, "method_not_allowed")
+    return module
+
+
+def query_payload(module, query):
+    """A payload from query parameters: a value is JSON (n=5, all=true) unless its field is text; an empty one is
+    left out (its default)."""
+    properties = module.SCHEMA.get("properties", {})
+    fields = {}
+    for key, text in query.items():
+        if not text:
+            continue
+        wanted = properties.get(key, {}).get("type")
+        if wanted == "string" or (isinstance(wanted, list) and "string" in wanted):
+            fields[key] = text
+        else:
+            try:
+                fields[key] = json.loads(text)
+            except ValueError:
+                fields[key] = text
+    return payload(fields)
+
+
+async def ask_run(request, name, fields):
+    """The result of the run controller's command `name` with `fields`, waited for as long as its table says."""
+    return await request.app["feed"].request({**fields, "to": RUN, "cmd": name}, commands.wait_s(name, fields))
 
 
 async def events(request):
@@ -275,51 +320,44 @@ async def operator(request):
     return who, body
 
 
-async def act(request, who, action, target, msg, wait_s):
-    """Send an operator's order, log it and announce it with who asked, whatever the answer."""
+async def order(request, who, name, fields):
+    """Send the run controller's command `name` for operator `who` (its `by`), log it and announce it with who asked,
+    whatever the answer."""
+    fields = {**payload(fields), "by": who}
+    target = fields.get("program") or fields.get("alarm") or RUN
     client = request.app["client"]
     try:
-        result = await request.app["feed"].request(msg, wait_s)
+        result = await ask_run(request, name, fields)
     except BusError as exc:
-        log.warning("%s: %s %s refused: %s", who, action, target, exc)
-        client.send(None, "_event", kind="operator_action", by=who, action=action, target=target, ok=False,
+        log.warning("%s: %s %s refused: %s", who, name, target, exc)
+        client.send(None, "_event", kind="operator_action", by=who, action=name, target=target, ok=False,
                     error=str(exc), via="web")
         raise
-    log.info("%s: %s %s", who, action, target)
-    client.send(None, "_event", kind="operator_action", by=who, action=action, target=target, ok=True, via="web")
+    log.info("%s: %s %s", who, name, target)
+    client.send(None, "_event", kind="operator_action", by=who, action=name, target=target, ok=True, via="web")
     return web.json_response(result)
 
 
-async def run_action(request):
+async def run_act(request):
+    """A command of the run controller that acts: the JSON body is its payload, `by` the operator."""
     who, body = await operator(request)
-    action = request.match_info["action"]
-    if action not in TRANSITIONS:
-        raise Problem(f"no run action {action[:40]!r}: one of {', '.join(TRANSITIONS)}", 404, "unknown_action")
-    msg = {"to": "run", "cmd": action}
-    if action == "begin_run":
-        comment = body.get("comment", "")
-        if not isinstance(comment, str) or len(comment) > COMMENT_MAX:
-            raise Problem(f"'comment' must be text of at most {COMMENT_MAX} characters")
-        msg["comment"] = comment
-    return await act(request, who, action, "run", msg, TRANSITION_WAIT_S)
+    module = command_of(request, acts=True)
+    comment = body.get("comment")
+    if comment is not None and (not isinstance(comment, str) or len(comment) > COMMENT_MAX):
+        raise Problem(f"'comment' must be text of at most {COMMENT_MAX} characters")
+    return await order(request, who, module.NAME, body)
 
 
 async def restart(request):
     who, _ = await operator(request)
-    name = request.match_info["name"]
-    return await act(request, who, "restart", name, {"to": "run", "cmd": "restart", "program": name}, PROGRAM_WAIT_S)
+    return await order(request, who, "restart", {"program": request.match_info["name"]})
 
 
 async def ack(request):
     who, _ = await operator(request)
-    name = request.match_info["name"]
-    return await act(request, who, "ack", name, {"to": "run", "cmd": "ack", "alarm": name, "by": who}, 10.0)
+    return await order(request, who, "ack", {"alarm": request.match_info["name"]})
 
 
 async def set_config(request):
     who, body = await operator(request)
-    name, values = request.match_info["name"], body.get("values")
-    if not isinstance(values, dict) or not values:
-        raise Problem("give 'values': an object of the settings to change")
-    return await act(request, who, "set_config", name, {"to": "run", "cmd": "set_config", "program": name,
-                                                        "values": values, "by": who}, TRANSITION_WAIT_S)
+    return await order(request, who, "set_config", {"program": request.match_info["name"], "values": body.get("values")})

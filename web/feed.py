@@ -38,9 +38,10 @@ class BusError(Exception):
 
 # What a refusal's code means for an HTTP answer. The one to answer not registered, or lost before it answered: the
 # bus does not answer (503), as when the web program itself is not connected.
-REFUSAL_STATUS = {protocol.UNKNOWN_PROGRAM: 404, "no_such_alarm": 404, protocol.NO_SUCH_CLIENT: 503,
-                  protocol.CLIENT_LOST: 503, protocol.BAD_FIELD: 400, protocol.UNKNOWN_COMMAND: 400, "bad_config": 400,
-                  "bad_state": 409, "busy": 409, protocol.FAILED: 409, "refused": 409, "no_settings": 409,
+REFUSAL_STATUS = {protocol.UNKNOWN_PROGRAM: 404, protocol.NO_SUCH_ALARM: 404, protocol.NO_SUCH_RUN: 404,
+                  protocol.NO_SUCH_CLIENT: 503, protocol.CLIENT_LOST: 503, protocol.BAD_FIELD: 400,
+                  protocol.UNKNOWN_COMMAND: 400, protocol.BAD_CONFIG: 400, protocol.BAD_STATE: 409, protocol.BUSY: 409,
+                  protocol.FAILED: 409, protocol.REFUSED: 409, protocol.NO_SETTINGS: 409,
                   protocol.NOT_REGISTERED: 409, protocol.THROTTLED: 429}
 
 

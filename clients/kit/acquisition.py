@@ -3,7 +3,7 @@ the device misbehaves.
 
 A `Source` is the device's link (open, configure, start, wait until it is lost,
 stop, close); a `Writer` writes items to files; `parse(data)` turns a packet into
-the items it completes, or raises `BadData`. `Acquisition.run()` keeps the link
+the items it completes, or raises `BadData`. `Acquisition.run_forever()` keeps the link
 during a run: on `ConnectionError`, `TimeoutError` (no data for `silence_s`) or
 `OSError` it reconnects with a growing delay, configures and starts again, at
 most `tries` times in a row before it gives up (`GaveUp`: its receiver exits

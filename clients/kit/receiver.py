@@ -196,24 +196,24 @@ class Receiver(Client):
         """Packets, bytes, drops and queue depth: totals and the last second's rates."""
         return self.counters.rates(len(self._queue))
 
-    def run(self, use_uvloop=None):
+    def serve(self, use_uvloop=None):
         """Serve until SIGTERM, SIGINT or `stop()`; returns what `main()` returned (an exit status).
         `use_uvloop`: None for uvloop where installed, False for asyncio's own loop, True to insist."""
         if use_uvloop is not False:
             try:
                 import uvloop
-                return uvloop.run(self._run())
+                return uvloop.run(self._serve())
             except ImportError:
                 if use_uvloop:
                     raise ConfigError("uvloop is not installed (pip install uvloop)") from None
-        return asyncio.run(self._run())
+        return asyncio.run(self._serve())
 
     def stop(self):
         super().stop()
         if self.stopping is not None:
             self.stopping.set()
 
-    async def _run(self):
+    async def _serve(self):
         loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
         self._arrived = asyncio.Event()

@@ -11,7 +11,7 @@ during a run) and `ramp_rate` (V/s, live); it ramps down at the same rate when
 switched off, and drops at once when the interlock trips.
 """
 
-from clients.instrument import Instrument, run
+from clients.instrument import Instrument, serve_instrument
 from runcontrol.errors import Refused
 
 
@@ -109,8 +109,9 @@ def main(argv=None):
         parser.add_argument("--vacuum", default="vacuum", help="name of the vacuum gauge")
         parser.add_argument("--max-temperature", type=float, default=180.0, help="K")
         parser.add_argument("--max-pressure", type=float, default=1e-4, help="mbar")
-    return run(lambda a: Bias(a.name, a.cryo, a.vacuum, a.max_temperature, a.max_pressure, period_s=a.period,
-                              experiment=a.experiment, server=a.server), __doc__.split("\n")[0], options, argv)
+    return serve_instrument(lambda a: Bias(a.name, a.cryo, a.vacuum, a.max_temperature, a.max_pressure,
+                                           period_s=a.period, experiment=a.experiment, server=a.server),
+                            __doc__.split("\n")[0], options, argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ Publishes `pub.<name>.values` {"temperature", "set_point", "unit"} with retain.
 import random
 
 from runcontrol.client.core import required
-from clients.instrument import Instrument, run
+from clients.instrument import Instrument, serve_instrument
 from runcontrol.errors import Refused
 
 MIN_SET_POINT_K = 100.0
@@ -66,8 +66,9 @@ def main(argv=None):
         parser.add_argument("--start", type=float, default=295.0, help="temperature at start, K")
         parser.add_argument("--set-point", type=float, default=140.0, help="initial set point, K")
         parser.add_argument("--rate", type=float, default=5.0, help="cooling or warming rate, K/s")
-    return run(lambda a: Cryo(a.name, a.start, a.set_point, a.rate, period_s=a.period, experiment=a.experiment,
-                              server=a.server), __doc__.split("\n")[0], options, argv)
+    return serve_instrument(lambda a: Cryo(a.name, a.start, a.set_point, a.rate, period_s=a.period,
+                                           experiment=a.experiment, server=a.server),
+                            __doc__.split("\n")[0], options, argv)
 
 
 if __name__ == "__main__":

@@ -282,7 +282,7 @@ def main(argv=None):
         print(f"{args.name}: {exc}", file=sys.stderr)
         return 2
     try:
-        return reader.run()
+        return reader.serve()
     finally:
         reader.close()
 

@@ -8,7 +8,7 @@ Commands: `pump`, `vent`, `status`, `monitor`. Publishes `pub.<name>.values`
 
 import math
 
-from clients.instrument import Instrument, run
+from clients.instrument import Instrument, serve_instrument
 
 VENTED_MBAR = 1000.0
 PUMP_DECADES_PER_S = 1.0
@@ -47,7 +47,7 @@ def main(argv=None):
     def options(parser):
         parser.add_argument("--start", type=float, default=VENTED_MBAR, help="pressure at start, mbar")
         parser.add_argument("--base", type=float, default=1e-6, help="base pressure, mbar")
-    return run(lambda a: Vacuum(a.name, a.start, a.base, period_s=a.period, experiment=a.experiment,
+    return serve_instrument(lambda a: Vacuum(a.name, a.start, a.base, period_s=a.period, experiment=a.experiment,
                                 server=a.server), __doc__.split("\n")[0], options, argv)
 
 

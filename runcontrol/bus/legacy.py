@@ -3,8 +3,9 @@
 Owns the listening socket, each legacy connection (a `Connection` like a ZeroMQ
 peer's, so registry, routing and commands serve it unchanged), cutting the byte
 stream into objects, `_init` and `_ping`, and writing what the client can read.
-The server's main loop calls it; it hands messages to `server.take_message`.
-Must not route or register by itself.
+The server's loop calls it (`accept`, each connection's reads, `tick` after
+every turn, sooner when `revisit_s` says so); it hands what it reads to the
+server (`admit`, `take_message`, `hello`). Must not route or register by itself.
 
 A libABCD client reads with `recv(1024)` and parses the objects of that chunk
 alone: an object cut in two, or whitespace, drops its connection. So every
@@ -38,6 +39,7 @@ BEACON_PORT = 7886         # hard-coded in libABCD 0.1
 MAX_QUEUE = 1000           # frames waiting for a slow reader; past that, messages to it are dropped
 EARLY_MAX = 1000           # messages a reconnecting client sends before its `_init`, held for it
 EARLY_WAIT_S = 5.0
+TICK_S = 0.005             # how soon the loop comes back while frames wait to be written to a libABCD client
 READ_BYTES = 65536
 SIOCOUTQNSD = 0x894B       # bytes the kernel has not sent yet
 PONG = {"cmd": "_pong"}
@@ -239,10 +241,12 @@ def unsent(sock):
 
 
 class LegacyGateway:
-    """The listening socket and every legacy connection; `server` takes their messages in."""
+    """The listening socket and every legacy connection; `server` takes their messages in, and its loop watches
+    their sockets (`watch(sock, on_ready)`, `unwatch(sock)`)."""
 
-    def __init__(self, server, spec, beacon_address):
+    def __init__(self, server, spec, beacon_address, watch, unwatch):
         self.server = server
+        self.watch, self.unwatch = watch, unwatch
         self.spec = spec
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # rebind at once after a crash
@@ -263,24 +267,16 @@ class LegacyGateway:
 
     # --- the server's loop ------------------------------------------------------------------
 
-    def fds(self):
-        return [self.listener.fileno(), *self.by_fd]
-
-    def busy(self):
-        """Whether some connection has frames to write or early messages held (the loop then comes back soon)."""
-        return any(conn.pending() or conn.early for conn in self.by_fd.values())
+    def revisit_s(self):
+        """How soon the loop must come back: soon while some connection has frames to write or early messages
+        held; else None."""
+        return TICK_S if any(conn.pending() or conn.early for conn in self.by_fd.values()) else None
 
     def send_beacon(self):
         try:
             self.beacon.sendto(BEACON, self.beacon_target)
         except OSError as exc:
             log.debug("IamABCD to %s:%d: %s", *self.beacon_target, exc)
-
-    def ready(self, fd):
-        if fd == self.listener.fileno():
-            self._accept()
-        elif fd in self.by_fd:
-            self._read(self.by_fd[fd])
 
     def tick(self, now):
         """Write what waits, close what closed, let go of early messages that waited too long."""
@@ -303,7 +299,7 @@ class LegacyGateway:
 
     # --- connections -------------------------------------------------------------------------
 
-    def _accept(self):
+    def accept(self):
         for _ in range(64):
             try:
                 sock, address = self.listener.accept()
@@ -317,7 +313,7 @@ class LegacyGateway:
             self._numbers += 1
             conn = LegacyConnection(sock, address, self._numbers, self.server.max_bytes, self.spec.timeout_s)
             self.by_fd[sock.fileno()] = conn
-            self.server.watch_fd(sock.fileno())
+            self.watch(sock, lambda conn=conn: self._read(conn))
             log.info("libABCD client connected from %s:%d", *address[:2])
 
     def _read(self, conn):
@@ -331,7 +327,7 @@ class LegacyGateway:
             self._close(conn, "it closed its connection")
             return
         for msg, size in conn.decoder.feed(data):
-            peer = self.server.registry.peer_of(conn)
+            peer = self.server.peer_of(conn)
             if not self.server.admit(conn, peer, size if msg is not None else 0):
                 continue  # a flood: the limits of any client apply
             if msg is None:
@@ -368,7 +364,7 @@ class LegacyGateway:
             self._refuse(conn, exc.code, str(exc), msg)
             return
         conn.name = hello.name
-        registered = self.server.registry.peer_of(conn)
+        registered = self.server.peer_of(conn)
         if registered is None:
             return  # its name is claimed from a holder that may be alive: settled by the registry
         while conn.early:  # what it queued before this `_init`, in order
@@ -378,16 +374,16 @@ class LegacyGateway:
 
     def _refuse(self, conn, code, text, msg=None):
         try:
-            self.server.routing.reject(conn, code, text, protocol.request_id(msg) if isinstance(msg, dict) else None)
+            self.server.reject(conn, code, text, protocol.request_id(msg) if isinstance(msg, dict) else None)
         except Closed:
             pass
 
     def _close(self, conn, reason):
         self.by_fd.pop(conn.sock.fileno(), None)
-        self.server.unwatch_fd(conn.sock.fileno())
+        self.unwatch(conn.sock)
         conn.closed = True
         conn.sock.close()
-        peer = self.server.registry.peer_of(conn)
+        peer = self.server.peer_of(conn)
         if peer is not None:
             self.server.drop(peer, "client_left", reason)
         log.info("libABCD client %s gone: %s", conn.describe(), reason)

@@ -2,9 +2,12 @@
 
 Owns `_hello` (register, rename, refuse), name claims (a name held by another
 connection is handed over once its holder is found gone, or refused while it
-answers), dropping a client (left, lost, replaced) and the heartbeat that finds
-the silent ones. Deals in connections, never in socket frames. Must not route
-messages: routing fails the requests a dropped client still owed.
+answers; their deadlines on the server's timers), dropping a client (left, lost,
+replaced) and the heartbeat that finds the silent ones. Sends only the server's
+own pings and its answers to `_hello`; tells its owner when a client joined
+(`joined`: the messages held for it go on) and when one was dropped (`dropped`:
+the requests it still owed are failed). Deals in connections, never in socket
+frames. Must not route a client's message, nor keep the ledger of what is owed.
 """
 
 import logging
@@ -27,7 +30,7 @@ class Peer:
 
     __slots__ = ("name", "conn", "topic", "pid", "host", "actions", "meta", "connected_at",
                  "last_seen_mono", "msgs_in", "msgs_out", "bytes_in", "bytes_out",
-                 "dropped", "waiting", "rates", "prev", "tokens", "refilled", "throttled", "report_at",
+                 "dropped", "waiting", "prev", "tokens", "refilled", "throttled", "report_at",
                  "pending")
 
     def __init__(self, conn, hello, now):
@@ -37,7 +40,6 @@ class Peer:
         self.last_seen_mono = time.monotonic()
         self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = self.dropped = 0
         self.waiting = {}           # (requester name, id) of requests it owes an answer
-        self.rates = {}
         self.prev = (0, 0, 0, 0)
         self.tokens = None          # the flood limit's bucket, filled at the first message
         self.refilled = self.last_seen_mono
@@ -67,18 +69,26 @@ class Claim:
 
 
 class Registry:
-    """`server` gives events (`publish_event`), answers (`answer`), held messages (`routing.unpark`)."""
+    """The names and their clients. Its owner gives it:
 
-    def __init__(self, server, spec):
-        self.server = server
+    `timers` (the server's timer heap, whose clock is the monotonic one); `welcome(name)`, the result of a
+    `_hello`; `answer(conn, msg)` and `send(peer, data)`, to answer a connection and ping a client; `publish_event`;
+    `joined(peer)` and `dropped(peer, reason)`, called once a client is registered and once it is unregistered.
+    """
+
+    def __init__(self, spec, timers, welcome, answer, send, publish_event, joined, dropped):
         self.max_clients = spec.max_clients
         self.timeout_s = spec.timeout_s
         self.heartbeat_s = spec.heartbeat_s
         self.claim_grace_s = min(2.0, spec.timeout_s)
-        self._last_beat = time.monotonic()
+        self.timers = timers
+        self.welcome, self.answer, self.send = welcome, answer, send
+        self.publish_event, self.joined, self.dropped = publish_event, joined, dropped
+        self._last_beat = timers.clock()
         self.by_identity = {}
         self.by_name = {}
-        self.claims = {}
+        self.claims = {}             # name -> [Claim], the first one's deadlines on `_checks[name]`
+        self._checks = {}
 
     def peer_of(self, conn):
         return self.by_identity.get(conn.identity)
@@ -91,7 +101,7 @@ class Registry:
         if peer is not None:
             if peer.name == hello.name:
                 peer.set_hello(hello)
-                return self.server.welcome(hello.name)
+                return self.welcome(hello.name)
             self.drop(peer, "client_left", f"renamed to {hello.name}")
         holder = self.by_name.get(hello.name)
         if holder is None and len(self.by_name) >= self.max_clients:
@@ -99,26 +109,27 @@ class Registry:
                                 "(server.max_clients)")
         if holder is None:
             self._register(conn, hello)
-            return self.server.welcome(hello.name)
+            return self.welcome(hello.name)
         probe_id = f"claim-{secrets.token_hex(4)}"
         if not probe(holder, probe_id):
             self.drop(holder, "client_replaced", "its connection is closed", by_pid=hello.pid)
             self._register(conn, hello)
-            return self.server.welcome(hello.name)
-        now = time.monotonic()
-        self.claims.setdefault(hello.name, []).append(Claim(conn, hello, msg_id, now + self.claim_grace_s,
-                                                            probe_id, now))
+            return self.welcome(hello.name)
+        now = self.timers.clock()
+        claims = self.claims.setdefault(hello.name, [])
+        claims.append(Claim(conn, hello, msg_id, now + self.claim_grace_s, probe_id, now))
+        if len(claims) == 1:
+            self._check_claims_at(hello.name, claims[0].recheck)
         return ANSWERED
 
     def _register(self, conn, hello):
         peer = Peer(conn, hello, time.time())
         self.by_identity[conn.identity] = peer
-        self.server.anonymous.forget(conn.identity)
         self.by_name[hello.name] = peer
         log.info("client %s joined (pid %s, host %s)", hello.name, hello.pid, hello.host)
-        self.server.publish_event("client_joined", name=hello.name, pid=hello.pid, host=hello.host,
-                                  actions=hello.actions, meta=hello.meta)
-        self.server.routing.unpark(lambda to: to == hello.name)
+        self.publish_event("client_joined", name=hello.name, pid=hello.pid, host=hello.host,
+                           actions=hello.actions, meta=hello.meta)
+        self.joined(peer)
         return peer
 
     def pong(self, peer, re_id):
@@ -130,28 +141,32 @@ class Registry:
                 self._settle(peer.name, holder_alive=True)
                 return
 
-    def next_deadline(self, deadline):
-        for claim_list in self.claims.values():
-            deadline = min(deadline, claim_list[0].deadline, claim_list[0].recheck)
-        return deadline
+    def _check_claims_at(self, name, when):
+        self._checks[name] = self.timers.at(when, lambda: self._check_claims(name))
 
-    def settle_claims(self, now):
-        """Hand a claimed name over once its holder's connection is seen closed or the grace ends."""
-        for name, claims in list(self.claims.items()):
-            holder = self.by_name.get(name)
-            if holder is None:
-                self._settle(name, holder_alive=False, reason="it left")
-            elif now >= claims[0].recheck and not probe(holder, claims[0].probe_id):
-                self._settle(name, holder_alive=False, reason="its connection is closed")
-            elif now >= claims[0].deadline:
-                # a libABCD client never answers a ping: its open connection and its own timeout say it lives
-                alive = holder.last_seen_mono >= claims[0].started or not holder.conn.answers_pings
-                self._settle(name, holder_alive=alive, reason="it did not answer a ping")
-            else:
-                claims[0].recheck = now + CLAIM_RECHECK_S
+    def _check_claims(self, name):
+        """Hand a claimed name over once its holder is gone, its connection is seen closed or the grace ends;
+        else probe the holder again soon."""
+        claims = self.claims.get(name)
+        if claims is None:
+            return
+        first, now = claims[0], self.timers.clock()
+        holder = self.by_name.get(name)
+        if holder is None:
+            self._settle(name, holder_alive=False, reason="it left")
+        elif now >= first.recheck and not probe(holder, first.probe_id):
+            self._settle(name, holder_alive=False, reason="its connection is closed")
+        elif now >= first.deadline:
+            # a libABCD client never answers a ping: its open connection and its own timeout say it lives
+            alive = holder.last_seen_mono >= first.started or not holder.conn.answers_pings
+            self._settle(name, holder_alive=alive, reason="it did not answer a ping")
+        else:
+            first.recheck = now + CLAIM_RECHECK_S
+            self._check_claims_at(name, min(first.recheck, first.deadline))
 
     def _settle(self, name, holder_alive, reason=""):
         claims = self.claims.pop(name)
+        self._checks.pop(name).cancel()
         if not holder_alive:
             holder = self.by_name.get(name)
             winner = claims.pop(0)
@@ -160,22 +175,26 @@ class Registry:
                 holder.conn.close()
             self._register(winner.conn, winner.hello)
             if winner.msg_id is not None:
-                self.server.answer(winner.conn, protocol.make_reply(winner.msg_id, self.server.welcome(name)))
+                self.answer(winner.conn, protocol.make_reply(winner.msg_id, self.welcome(name)))
         for claim in claims:
-            self.server.answer(claim.conn, protocol.make_error(
+            self.answer(claim.conn, protocol.make_error(
                 protocol.NAME_TAKEN, f"name {name!r} is held by a live client", claim.msg_id))
 
     def drop(self, peer, kind, reason, **info):
-        """Unregister `peer` and publish `kind`; the requests it still owed answers are failed."""
+        """Unregister `peer` and publish `kind`; its owner fails the requests it still owed answers."""
         if self.by_name.get(peer.name) is peer:
             del self.by_name[peer.name]
         self.by_identity.pop(peer.conn.identity, None)
         log.info("client %s %s: %s", peer.name, kind.replace("client_", ""), reason)
-        self.server.publish_event(kind, name=peer.name, pid=peer.pid, host=peer.host, reason=reason, **info)
-        self.server.routing.fail_waiting(peer, reason)
+        self.publish_event(kind, name=peer.name, pid=peer.pid, host=peer.host, reason=reason, **info)
+        self.dropped(peer, reason)
+        if peer.name in self.claims:  # its claimant gets the name at the loop's next turn, not at the next recheck
+            self._checks[peer.name].cancel()
+            self._check_claims_at(peer.name, self.timers.clock())
 
-    def heartbeat(self, now):
+    def heartbeat(self):
         """Drop the clients silent past the timeout; ping the others."""
+        now = self.timers.clock()
         self._forgive_own_stall(now)
         ping = protocol.encode({**protocol.make_ping(), "from": protocol.SERVER, "ts": time.time()})
         for peer in list(self.by_name.values()):
@@ -184,7 +203,7 @@ class Registry:
                 self.drop(peer, "client_lost", f"silent for {silent_s:.1f} s", silent=round(silent_s, 3))
                 peer.conn.close()
             else:
-                self.server.routing.deliver(peer, ping)
+                self.send(peer, ping)
 
     def _forgive_own_stall(self, now):
         """When the server's own loop stood still (stopped, starved) well past a heartbeat, the silence of that time

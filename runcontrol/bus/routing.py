@@ -5,7 +5,8 @@ the ledger of requests each client owes an answer (so a lost client's requests
 are failed with `client_lost`, and answers go only to the requester), the limit
 of requests awaiting answers per client, messages held for clients not yet back
 after a restart, and the server's own answers and refusals. Deals in peers and
-connections, never in socket frames. Must not register clients.
+connections, never in socket frames. Must not register or drop clients itself:
+it asks its owner to (`drop`), when a connection is found closed.
 """
 
 import collections
@@ -23,23 +24,28 @@ ANSWERS = frozenset({"_reply", "_error", "_progress"})
 
 
 class Routing:
-    """`server` gives the registry (`registry`), events (`publish_event`) and the event stream (`sockets`)."""
+    """Messages to clients by name. Its owner gives it:
 
-    def __init__(self, server, spec):
-        self.server = server
+    `peers` (the registry's names to clients, read only) and `peer_of(conn)`; `drop(peer, kind, reason)` for a
+    client whose connection is found closed; `publish_event`; `mirror(topic, data)`, a routed message on the event
+    stream for those who watch; `may_tell(identity, now)`, whether an unregistered connection may hear of its
+    mistakes now; `count_out(peer, size)`, for the traffic figures.
+    """
+
+    def __init__(self, spec, peers, peer_of, drop, publish_event, mirror, may_tell, count_out):
         self.max_pending = spec.max_pending
+        self.peers, self.peer_of, self.drop = peers, peer_of, drop
+        self.publish_event, self.mirror, self.may_tell, self.count_out = publish_event, mirror, may_tell, count_out
         self.parked = collections.deque()
         self.settling = True       # just after a (re)start: see `route`
-        self.totals = [0, 0, 0, 0]   # msgs_in, bytes_in, msgs_out, bytes_out
-        self.dropped = 0
+        self.dropped = 0           # messages a client's full queue did not take
 
     # --- to one client ---------------------------------------------------------------------
 
     def route(self, peer, to, msg, oneway=False):
         """Deliver `msg` from `peer` to the client named `to`; a request (an `id`, unless `oneway`) goes on
         the target's ledger until answered."""
-        registry = self.server.registry
-        target = registry.by_name.get(to)
+        target = self.peers.get(to)
         msg_id = msg.get("id")
         if target is None and self.settling and len(self.parked) < MAX_PARKED:
             # Just after a (re)start the clients are registering again: hold it for them.
@@ -67,9 +73,8 @@ class Routing:
         if self.deliver(target, data):
             if request:
                 self._await_answer(target, peer, msg_id)
-            if self.server.sockets.watching_msgs:
-                self.server.sockets.publish(target.topic, data)
-        elif registry.by_name.get(target.name) is target:
+            self.mirror(target.topic, data)
+        elif self.peers.get(target.name) is target:
             self.reject(peer.conn, protocol.QUEUE_FULL, f"{to!r} is not reading its messages; this one was dropped",
                         msg_id)
         else:  # its connection closed as we delivered: it was dropped, without this request on its ledger
@@ -87,7 +92,7 @@ class Routing:
     def _answered(self, target, key):
         """`target` no longer owes an answer for `key` (requester name, id)."""
         if target.waiting.pop(key, False) is None:
-            requester = self.server.registry.by_name.get(key[0])
+            requester = self.peers.get(key[0])
             if requester is not None and requester.pending > 0:
                 requester.pending -= 1
 
@@ -111,7 +116,7 @@ class Routing:
     def fail_waiting(self, peer, reason):
         """`peer` is gone: each request it still owed an answer gets one, `client_lost`."""
         for requester, msg_id in peer.waiting:
-            asker = self.server.registry.by_name.get(requester)
+            asker = self.peers.get(requester)
             if asker is not None:
                 asker.pending = max(0, asker.pending - 1)
                 self.answer(asker.conn, protocol.make_error(
@@ -124,10 +129,9 @@ class Routing:
         """`msg` to every client but `peer` (those it fits); its `id` (unless `oneway`) gets the list of names."""
         msg_id = None if oneway else msg.pop("id", None)
         data = protocol.encode(msg)
-        delivered = [p.name for p in list(self.server.registry.by_name.values())
+        delivered = [p.name for p in list(self.peers.values())
                      if p is not peer and fits(p.conn, data) and self.deliver(p, data)]
-        if self.server.sockets.watching_msgs:
-            self.server.sockets.publish(b"msg.*", data)
+        self.mirror(b"msg.*", data)
         if msg_id is not None:
             self.answer(peer.conn, protocol.make_reply(msg_id, {"to": delivered}))
 
@@ -138,7 +142,7 @@ class Routing:
         try:
             taken = target.conn.send(data)
         except Closed:
-            self.server.registry.drop(target, "client_lost", "connection closed")
+            self.drop(target, "client_lost", "connection closed")
             return False
         if not taken:
             target.dropped += 1
@@ -146,12 +150,9 @@ class Routing:
             now = time.monotonic()
             if now >= target.report_at:  # an event at most once a second per slow client
                 target.report_at = now + 1.0
-                self.server.publish_event("client_slow", name=target.name, pid=target.pid, dropped=target.dropped)
+                self.publish_event("client_slow", name=target.name, pid=target.pid, dropped=target.dropped)
             return False
-        target.msgs_out += 1
-        target.bytes_out += len(data)
-        self.totals[2] += 1
-        self.totals[3] += len(data)
+        self.count_out(target, len(data))
         return True
 
     def answer(self, conn, msg):
@@ -159,7 +160,7 @@ class Routing:
         msg["from"] = protocol.SERVER
         msg["ts"] = time.time()
         data = protocol.encode(msg)
-        peer = self.server.registry.peer_of(conn)
+        peer = self.peer_of(conn)
         if peer is not None:
             return self.deliver(peer, data)
         try:
@@ -169,9 +170,9 @@ class Routing:
 
     def reject(self, conn, code, text, msg_id=None):
         """An `_error` for what `conn` sent; to an unregistered connection only as often as its budget allows."""
-        peer = self.server.registry.peer_of(conn)
+        peer = self.peer_of(conn)
         log.debug("rejected from %s: %s %s", peer.name if peer else conn.describe(), code, text)
-        if peer is None and not self.server.anonymous.may_tell(conn.identity, time.monotonic()):
+        if peer is None and not self.may_tell(conn.identity, time.monotonic()):
             return
         self.answer(conn, protocol.make_error(code, text, msg_id))
 
@@ -183,7 +184,7 @@ class Routing:
             return
         held, self.parked = self.parked, collections.deque()
         for sender, to, msg, oneway in held:
-            peer = self.server.registry.by_name.get(sender)
+            peer = self.peers.get(sender)
             if not matches(to):
                 self.parked.append((sender, to, msg, oneway))
             elif peer is not None:

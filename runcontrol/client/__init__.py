@@ -3,11 +3,15 @@
   from runcontrol.client import Client, required, Refused
 
 A core without I/O (`core.py`: registration, requests and their answers, the
-outbox, handlers, run hooks), the blocking driver (`client.py`) and the asyncio
-driver (`aio.py`) that feed it, their sockets (`link.py`, `events.py`), the
-beacon checks (`probe.py`), what a client needs to reach its experiment's bus
-(`busaccess.py`) and central logging (`centrallog.py`). Must not reach into the
-server, the supervision or the run controller.
+answer memory, the outbox; frames and calls go in, what to send and what
+happened come out), the program's API over it (`program.py`, with its
+handlers in `handlers.py` and its run hooks in `runhooks.py`), the blocking
+driver (`client.py`, keeping its server with `connection.py`) and the asyncio
+driver (`aio.py`) that feed it from their loops, on one timer heap
+(`client.timers`), their sockets (`link.py`, `events.py`), the beacon checks
+(`probe.py`), what a client needs to reach its experiment's bus
+(`busaccess.py`) and central logging (`centrallog.py`). Must not reach into
+the server, the supervision or the run controller.
 """
 
 from runcontrol.client.client import Client, LogHandler

@@ -1,10 +1,13 @@
-"""The client library's blocking driver: find the server, register, keep the connection, wait for answers.
+"""The client library's blocking driver: a client's sockets, its timers, and the calls that wait.
 
-Owns the I/O of a client: the beacon listener, the connection to the router
-(`Link`), the event-stream subscription, file descriptors a program asks to
-watch, the timers (re-sending `_hello`, noticing a silent server), and the
-blocking calls (`connect`, `request`, `wait`, `poll`, `run_forever`). What a
-client does with messages is the core's (`runcontrol.client.core.ClientCore`).
+Owns the I/O of a client: the ZeroMQ context, the beacon listener, the event-
+stream subscription, file descriptors a program asks to watch, one timer heap
+(`client.timers`: the library's deadlines and the program's own), and the
+blocking calls (`connect`, `request`, `wait`, `poll`, `run_forever`); keeping
+the connection to the server is ServerConnection's (`connection.py`), what a
+client does with messages the core's (`core.py`) and the program API's
+(`program.py`). The asyncio driver (`aio.py`) serves the same client from an
+event loop through `fds()` and `handle_ready()`.
 
 Single-threaded by design: everything happens inside `poll()` (or
 `run_forever()`, or while `request()` waits), so a program whose loop hangs
@@ -12,31 +15,62 @@ stops answering pings and is seen as hung. Not thread-safe, except `LogHandler`.
 """
 
 import logging
+import math
 import os
 import time
 
 import zmq
 
-from runcontrol.client.centrallog import LogHandler, LogRelay
-from runcontrol.client.core import DEFAULT_QUEUE_SIZE, ClientCore
-from runcontrol.client.events import EventStream
-from runcontrol.client.link import Link
-from runcontrol.client.probe import BeaconChecks
-from runcontrol.client.requests import NameTaken
+from runcontrol import timers
 from runcontrol.client.busaccess import curve_keys, resolve_experiment
-from runcontrol import protocol
-from runcontrol import discovery
-from runcontrol.errors import RequestFailed, RequestTimeout, ServerUnavailable
+from runcontrol.client.centrallog import LogHandler, LogRelay
+from runcontrol.client.connection import ServerConnection
+from runcontrol.client.core import DEFAULT_QUEUE_SIZE
+from runcontrol.client.events import EventStream
+from runcontrol.client.probe import BeaconChecks
+from runcontrol.client.program import Program
+from runcontrol.client.requests import NameTaken
+from runcontrol.errors import RequestTimeout, ServerUnavailable
 
 __all__ = ["Client", "LogHandler", "NameTaken"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REQUEST_TIMEOUT_S = 5.0
-HELLO_RETRY_S = 1.0
+FLOOD_ROUNDS = 1000   # rounds of handle_ready before an event loop gets its turn back
 
 
-class Client(ClientCore):
+class Poller(zmq.Poller):
+    """A zmq.Poller that counts the changes to what it watches (an event loop follows the descriptors anew)."""
+
+    changes = 0
+
+    def register(self, socket, flags=zmq.POLLIN):
+        self.changes += 1
+        return super().register(socket, flags)
+
+    def unregister(self, socket):
+        self.changes += 1
+        return super().unregister(socket)
+
+
+class Timers(timers.Timers):
+    """The client's timer heap: a timer set earlier than any other calls `wakeup` (an event loop waiting for the
+    one before must wake for it)."""
+
+    def __init__(self, clock, wakeup):
+        super().__init__(clock)
+        self.wakeup = wakeup
+
+    def at(self, when, action):
+        earliest = self.next_due()
+        timer = super().at(when, action)
+        if earliest is None or when < earliest:
+            self.wakeup()
+        return timer
+
+
+class Client(ServerConnection, Program):
     """A named participant on the bus.
 
     `experiment` (a name or a file; else $ORBIT_EXPERIMENT) selects the beacons to
@@ -46,40 +80,46 @@ class Client(ClientCore):
 
     def __init__(self, name, experiment=None, server=None, *, actions=None, meta=None, host=None,
                  queue_size=DEFAULT_QUEUE_SIZE, beacon_port=None, beacon_address=None, key=None):
-        super().__init__(name, actions=actions, meta=meta, host=host, queue_size=queue_size)
+        Program.__init__(self, name, actions=actions, meta=meta, host=host, queue_size=queue_size)
         self._server_fixed = server or os.environ.get("ORBIT_SERVER") or None
         self.experiment, port, address, curve = resolve_experiment(experiment or os.environ.get("ORBIT_EXPERIMENT"))
         self._curve = curve_keys(curve, name, key or os.environ.get("ORBIT_KEY"), os.environ.get("ORBIT_SERVER_KEY"))
         self._logs = LogRelay(lambda level, text, logger: self.send(None, "_log", level=level, msg=text,
                                                                     logger=logger))
+        self.wakeup = None   # an event loop's: called after a send, a new earliest timer, a change of what to watch
+        self.timers = Timers(time.monotonic, self._poke)
         self.events_address = None
         self._beacon_instance = None
-        self._hello_due = None
+        self._hello_timer = self._silence = None
+        self._hello_error = None
         self._last_heard = time.monotonic()
         self._stopping = False
         self._ctx = zmq.Context()
-        self._poller = zmq.Poller()
+        self._poller = Poller()
         self._link = self._stream = None
-        self._checks = BeaconChecks(self._ctx, self._curve, self._poller, lambda: self.start({"cmd": "_ping"}),
-                                    self.abandon)
+        self._checks = BeaconChecks(self._ctx, self._curve, self._poller, self._ping_ours, self.abandon)
         self._watched = {}
         self._beacons = self._listen(beacon_port or port, beacon_address or address)
         if self._server_fixed:
             self._open(self._server_fixed)
 
-    @property
-    def router(self):
-        """The router address of the server this client uses (None before one is found)."""
-        return self._link.router if self._link is not None else None
+    # --- what an event loop waits on ---------------------------------------------------------
 
     def watch(self, fd, callback):
         """Call `callback()` from `poll()` whenever file descriptor `fd` is readable."""
         self._watched[fd] = callback
-        self._poller.register(fd, zmq.POLLIN)
+        self._poller.register(fd)
+        self._poke()
+
+    def unwatch(self, fd):
+        if self._watched.pop(fd, None) is not None:
+            self._poller.unregister(fd)
+            self._poke()
 
     def fds(self):
         """The file descriptors that become readable when `poll()` has something to do (for an event loop that
-        drives it: a ZeroMQ socket's descriptor only says that something changed, so poll until it returns 0)."""
+        drives it: a ZeroMQ socket's descriptor only says that something changed, so handle until nothing is left,
+        as `handle_ready()` does); they change when `fds_changes` does."""
         fds = []
         for sock, _ in self._poller.sockets:
             if isinstance(sock, zmq.Socket):
@@ -88,9 +128,14 @@ class Client(ClientCore):
                 fds.append(sock if isinstance(sock, int) else sock.fileno())
         return fds
 
-    def unwatch(self, fd):
-        if self._watched.pop(fd, None) is not None:
-            self._poller.unregister(fd)
+    @property
+    def fds_changes(self):
+        """A count that moves whenever the sockets or descriptors behind `fds()` change."""
+        return self._poller.changes
+
+    def _poke(self):
+        if self.wakeup is not None:
+            self.wakeup()
 
     # --- blocking calls -------------------------------------------------------------------
 
@@ -144,17 +189,36 @@ class Client(ClientCore):
         self._stopping = True
 
     def poll(self, timeout=0.0):
-        """Wait up to `timeout` seconds for something to happen, handle all of it; return the count."""
+        """Wait up to `timeout` seconds for a message or a watched descriptor, running the timers that fall due
+        meanwhile (one of them may `stop()` the client: that returns too); handle all of it and return how many
+        messages and watched descriptors were handled."""
         deadline = time.monotonic() + max(0.0, timeout or 0.0)
+        stopped_before = self._stopping
         while True:
-            now = time.monotonic()
-            self._tick(now)
-            wait_s = min(deadline, self._next_timer(now)) - now
-            ready = dict(self._poller.poll(max(0, wait_s) * 1000))
+            ran = self._due()
+            wait_s = 0.0 if ran else self.timers.wait_s(max(0.0, deadline - time.monotonic()))
+            ready = dict(self._poller.poll(math.ceil(wait_s * 1000)))  # rounded down, a short wait would spin
             handled = self._process(ready) if ready else 0
-            self._logs.flush()
-            if handled or time.monotonic() >= deadline:
+            if handled or (self._stopping and not stopped_before) or time.monotonic() >= deadline:
                 return handled
+
+    def handle_ready(self, rounds=FLOOD_ROUNDS):
+        """For an event loop: run the timers due and handle what the sockets hold, without waiting, until they hold
+        nothing (True), or for at most `rounds` rounds (False: more waits). The last look at the sockets comes after
+        the last send, so a ZeroMQ descriptor's edge is never lost to it."""
+        for _ in range(rounds):
+            self._due()
+            ready = dict(self._poller.poll(0))
+            if not ready:
+                return True
+            self._process(ready)
+        return False
+
+    def _due(self):
+        """Run the timers due and send the log records other threads left; how many timers ran."""
+        ran = self.timers.run_due()
+        self._logs.flush()
+        return ran
 
     def _process(self, ready):
         handled = 0
@@ -169,147 +233,17 @@ class Client(ClientCore):
             if frames:
                 self._last_heard = time.monotonic()
             for data in frames:
-                self.receive(data)
+                self._feed_frame(data)
             handled += len(frames)
         if self._stream is not None and self._stream.sock in ready:
             handled += self._stream.drain()
-        self._checks.read(ready)
+        if self._checks.read(ready):
+            self._judge()
         for fd, callback in list(self._watched.items()):
             if fd in ready:
                 callback()
                 handled += 1
         return handled
-
-    def _tick(self, now):
-        if self.registered and now - self._last_heard > self.timeout_s:
-            log.warning("server silent for %.1f s: looking for it again", now - self._last_heard)
-            self._unregister()
-            self._beacon_instance = None
-            if self._server_fixed:
-                self._hello_due = now
-            else:
-                self._close_link()
-        if not self.registered and self._hello_due is not None and now >= self._hello_due:
-            self._send_hello()
-        moved_to = self._checks.judge(now)
-        if moved_to is not None:
-            log.info("server %s at %s answers and ours at %s does not: moving to it", moved_to.instance,
-                     moved_to.router, self.router)
-            self._beacon_instance = moved_to.instance
-            self._open(moved_to.router)
-
-    def _next_timer(self, now):
-        if self._checks.probe is not None:
-            return now + 0.1
-        if self.registered:
-            return self._last_heard + self.timeout_s + 0.01
-        if self._hello_due is not None:
-            return self._hello_due
-        return now + 1.0
-
-    # --- what the core asks of its driver ---------------------------------------------------
-
-    def _transmit(self, data):
-        now = time.monotonic()
-        if self.registered and now - self._last_heard > self.timeout_s:
-            self._tick(now)  # a dead connection: queue rather than send into it
-        if not self.registered or self._link is None:
-            return False
-        if self._link.send_now(data):
-            return True
-        self._on_monitor()  # a closed connection also says Again: learn of it before waiting
-        return self.registered and self._link.send_waiting(data)
-
-    def _send_raw(self, data):
-        return self._link is not None and self._link.send_now(data)
-
-    def _send_hello(self):
-        if self._link is None:
-            return
-        self._hello_due = time.monotonic() + HELLO_RETRY_S
-        self._link.send_now(self._next_hello())  # not connected yet: the monitor or the retry timer resends
-
-    def _on_registered(self, welcome, was_registered):
-        self._beacon_instance = self.instance
-        self._hello_due = None
-        if welcome.events:
-            host = self.router.split("://", 1)[-1].rsplit(":", 1)[0]
-            events = protocol.resolve_wildcard(welcome.events, host)
-            self.events_address = events
-            if self._stream is not None:
-                self._stream.connect(events)
-        log.info("registered as %s with server %s at %s", self.name, self.instance, self.router)
-
-    def _on_welcome(self, msg):
-        if not super()._on_welcome(msg):
-            self._hello_due = time.monotonic() + HELLO_RETRY_S
-
-    # --- connection to the server ----------------------------------------------------------
-
-    def _listen(self, port, address):
-        try:
-            listener = discovery.BeaconListener(port, address, self.experiment)
-        except OSError as exc:
-            if not self._server_fixed:
-                raise ServerUnavailable(f"cannot listen for beacons on {address}:{port}: {exc}") from None
-            log.warning("not listening for beacons on %s:%s: %s", address, port, exc)
-            return None
-        self._poller.register(listener.fileno(), zmq.POLLIN)
-        return listener
-
-    def _where(self):
-        if self._server_fixed:
-            return f"at {self._server_fixed}"
-        if self._link is not None:
-            return f"at {self._link.router}"
-        target = self._beacons.sock.getsockname() if self._beacons else ("?", "?")
-        which = f"of experiment {self.experiment!r}" if self.experiment else "of any experiment"
-        return f"no beacon {which} heard on {target[0]}:{target[1]}"
-
-    def _open(self, router):
-        self._close_link()
-        self._link = Link(self._ctx, router, self._curve)
-        self._poller.register(self._link.sock, zmq.POLLIN)
-        self._poller.register(self._link.monitor, zmq.POLLIN)
-        self._send_hello()
-
-    def _close_link(self):
-        self._unregister()
-        if self._link is None:
-            return
-        self._poller.unregister(self._link.sock)
-        self._poller.unregister(self._link.monitor)
-        self._link.close()
-        self._link = None
-        self._hello_due = None
-
-    def _on_monitor(self):
-        for change in self._link.changes() if self._link is not None else ():
-            if change == "disconnected":
-                log.info("connection to %s closed", self._link.router)
-                self._unregister()
-                self._hello_due = time.monotonic() + HELLO_RETRY_S
-            elif change == "connected":
-                if not self.registered:
-                    self._send_hello()
-            else:
-                log.error("the server at %s %s", self._link.router, change)
-                self._hello_error = RequestFailed(f"the server at {self._link.router} {change}", protocol.NOT_ALLOWED)
-
-    def _on_beacon(self, beacon):
-        if beacon.instance == self._beacon_instance or (self.registered and beacon.instance == self.instance):
-            return
-        if self._server_fixed and beacon.router != self._server_fixed:
-            return
-        if self.registered and beacon.router != self.router:
-            self._checks.check(beacon, time.monotonic())  # anybody can send one: a working connection stays
-            return
-        log.info("beacon of server %s (%s) at %s", beacon.instance, beacon.experiment, beacon.router)
-        self._beacon_instance = beacon.instance
-        if not self._server_fixed and beacon.router != self.router:
-            self._open(beacon.router)
-        else:
-            self._send_hello()  # the welcome says which instance answers at this address
 
     # --- event stream -----------------------------------------------------------------------
 
@@ -317,10 +251,11 @@ class Client(ClientCore):
         """Call `callback(topic, obj)` for every event-stream message whose topic starts with `prefix`."""
         if self._stream is None:
             self._stream = EventStream(self._ctx, self._curve)
-            self._poller.register(self._stream.sock, zmq.POLLIN)
+            self._poller.register(self._stream.sock)
             if self.events_address:
                 self._stream.connect(self.events_address)
         self._stream.subscribe(prefix, callback)
+        self._poke()
 
     # --- central logging -----------------------------------------------------------------------
 
@@ -336,10 +271,11 @@ class Client(ClientCore):
             return
         registered = self.registered
         if registered:
-            self._flush()
-            self._send_raw(protocol.encode({"cmd": "_bye"}))
-        if self._outbox:
-            log.warning("closing with %d message(s) never sent", len(self._outbox))
+            self._send_out()
+            self.core.goodbye()
+            self._send_out()
+        if len(self.core.outbox):
+            log.warning("closing with %d message(s) never sent", len(self.core.outbox))
         self._checks.close()
         if self._link is not None:
             self._link.close(linger=200 if registered else 0)
@@ -349,11 +285,10 @@ class Client(ClientCore):
             self._beacons.close()
         self._ctx.term()
         self._ctx = None
-        self.registered = False
+        self.core.registered = False
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
-

@@ -68,7 +68,8 @@ class BeaconChecks:
     """The beacon a registered client is checking (one at a time), and the count of those that led nowhere.
 
     `ping_ours()` sends a `_ping` to the client's own server and returns its Pending; `abandon(pending)`
-    forgets it. Readable sockets go in `poller`.
+    forgets it. Readable sockets go in `poller`. The client judges after each `read`, when its own server
+    answers, and VERIFY_S and GIVE_UP_S after a check began.
     """
 
     def __init__(self, ctx, curve, poller, ping_ours, abandon):
@@ -78,17 +79,22 @@ class BeaconChecks:
         self.ignored, self.said_at = 0, 0.0
 
     def check(self, beacon, now):
+        """Start checking `beacon`; False when another is being checked (this one is counted as led nowhere)."""
         if self.probe is not None:
             self._led_nowhere(beacon, "another beacon is being checked", now)
-            return
+            return False
         self.probe = Probe(self.ctx, beacon, self.curve, now)
         self.poller.register(self.probe.link.sock, zmq.POLLIN)
         self.poller.register(self.probe.link.monitor, zmq.POLLIN)
         self.ours = self.ping_ours()
+        return True
 
     def read(self, ready):
+        """Take in what the probed server sent, if `ready` says it did; whether it did (judge then)."""
         if self.probe is not None and (self.probe.link.sock in ready or self.probe.link.monitor in ready):
             self.probe.read()
+            return True
+        return False
 
     def judge(self, now):
         """The beacon to move to, once it is clear; None while checking, or when it led nowhere."""

@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 from runcontrol.control.durable import append_line, read_lines, write_durably
-from runcontrol.errors import Refused
 
 ACTIVE, CLEARED = "active", "cleared"
 SEVERITY_ORDER = {"alarm": 0, "warning": 1}
@@ -59,10 +58,11 @@ class AlarmBook:
         return record
 
     def ack(self, name, by, now):
+        """`by` acknowledged `name`; LookupError when no alarm of that name stands."""
         record = self.alarms.get(name)
         if record is None:
             known = ", ".join(sorted(self.alarms)) or "none"
-            raise Refused(f"no alarm {name!r} stands (standing: {known})", "no_such_alarm")
+            raise LookupError(f"no alarm {name!r} stands (standing: {known})")
         if record["acked"]:
             return record
         record["acked"] = {"by": by, "at": round(now, 3)}

@@ -5,7 +5,8 @@ retained ones after a start), evaluating the declared and the built-in
 conditions twice a second, turning what `conditions.Holds` decides into changes
 of the `AlarmBook` with an event each (`alarm_raised`, `alarm_cleared`,
 `alarm_acked`), the actions of a raised alarm (log, publish, end the run, send
-a command), and the commands `alarms` and `ack`. Must not spawn processes.
+a command), and the work of the commands `alarms` and `ack`. Must not spawn
+processes.
 """
 
 import logging
@@ -25,22 +26,23 @@ SEND_TIMEOUT_S = 10.0
 
 
 class AlarmDesk:
-    def __init__(self, controller, grace_s):
-        spec = controller.spec
-        self.client = controller.client
-        self.supervisor = controller.supervisor
-        self.runs = controller.runs
-        self.registered = controller.registered
-        self.waiters = controller.waiters
+    def __init__(self, client, supervisor, runs, waiters, registered, folder, alarms, grace_s):
+        """`runs`: the RunDesk (an alarm may end the run); `registered`: the set of the clients registered now;
+        `folder`: where the AlarmBook keeps them; `alarms`: the experiment's declared alarms."""
+        self.client = client
+        self.supervisor = supervisor
+        self.runs = runs
+        self.registered = registered
+        self.waiters = waiters
         self.specs = {}
         self.sources = set()   # the publishers subscribed to
-        self.book = AlarmBook(spec.paths.state)
+        self.book = AlarmBook(folder)
         self.holds = Holds()
         self.started = time.time()
         self.values = Values(self.started)
         self.grace_s = grace_s   # after a start nothing clears this long: states and values are not known yet
         self.evaluated = 0.0
-        self.use(spec.alarms)
+        self.use(alarms)
 
     def use(self, alarms):
         """Watch these declared alarms (at the start, and after the experiment is reloaded); one that is gone
@@ -151,28 +153,24 @@ class AlarmDesk:
 
     # --- commands ------------------------------------------------------------------------------
 
-    def cmd_alarms(self, msg):
-        """The standing alarms (unacknowledged first); with `log`: also that many lines of the alarm log."""
-        lines = msg.get("log", 0)
-        if isinstance(lines, bool) or not isinstance(lines, int) or not 0 <= lines <= LOG_LINES_MAX:
-            raise Refused(f"'log' must be a whole number from 0 to {LOG_LINES_MAX}", protocol.BAD_FIELD)
+    def listing(self, lines):
+        """The standing alarms (unacknowledged first); with `lines`, also that many lines of the alarm log."""
         answer = {"alarms": self.book.listing()}
         if lines:
             answer["log"] = self.book.tail(lines)
         return answer
 
-    def cmd_ack(self, msg):
-        """Acknowledge the alarm `alarm` (or every standing one: `all`), as `by` (default: the sender)."""
-        by = protocol.parse_by(msg)
-        name, everything = msg.get("alarm"), msg.get("all") is True
-        if not everything and (not isinstance(name, str) or not name):
-            raise Refused("ack needs 'alarm': the name of a standing alarm (or all: true)", protocol.BAD_FIELD)
+    def ack(self, name, by):
+        """Acknowledge the alarm `name` (None: every standing one) as `by`."""
         now = time.time()
-        names = [r["alarm"] for r in self.book.listing() if not r["acked"]] if everything else [name]
+        names = [r["alarm"] for r in self.book.listing() if not r["acked"]] if name is None else [name]
         acked = []
         for one in names:
             before = self.book.alarms.get(one, {}).get("acked")
-            record = self.book.ack(one, by, now)
+            try:
+                record = self.book.ack(one, by, now)
+            except LookupError as exc:
+                raise Refused(str(exc), protocol.NO_SUCH_ALARM) from None
             if before is None:
                 self._emit("alarm_acked", record)
                 self._publish(one, record)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from runcontrol.control.durable import append_line, read_lines, sync_folder, write_durably
-from runcontrol.errors import Refused
+from runcontrol.errors import ConfigError
 
 
 class ConfigBook:
@@ -29,8 +29,8 @@ class ConfigBook:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise Refused(f"{self.path}: unreadable ({exc}); move it away to start from the experiment's "
-                          "settings", "bad_state") from None
+            raise ConfigError(f"{self.path}: unreadable ({exc}); move it away to start from the experiment's "
+                              "settings") from None
         programs = saved.get("programs") if isinstance(saved, dict) else None
         return {n: p for n, p in programs.items() if isinstance(p, dict)} if isinstance(programs, dict) else {}
 
@@ -75,13 +75,9 @@ class ConfigBook:
         return f"run-configs/{run}.json"
 
     def run_settings(self, run):
-        try:
-            return json.loads((self.runs_folder / f"{run}.json").read_text(encoding="utf-8"))["programs"]
-        except FileNotFoundError:
-            raise Refused(f"no settings saved for run {run}: runs before settings were kept, or no such run",
-                          "no_such_run") from None
-        except (OSError, ValueError, KeyError) as exc:
-            raise Refused(f"the settings of run {run} cannot be read: {exc}", "bad_state") from None
+        """Every program's settings as run `run` began: FileNotFoundError when none were saved for it; OSError,
+        ValueError or KeyError when its file cannot be read."""
+        return json.loads((self.runs_folder / f"{run}.json").read_text(encoding="utf-8"))["programs"]
 
     def _save(self):
         write_durably(self.path, json.dumps({"programs": self.programs}, indent=1))

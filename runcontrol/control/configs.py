@@ -1,4 +1,5 @@
-"""Programs' settings, answered by the run controller: `config`, `set_config`, `config_log`, `run_config`, `config_diff`.
+"""Programs' settings, kept by the run controller; the work of `config`, `set_config`, `config_log`, `run_config`,
+`config_diff` (their payloads are checked by `commands/`).
 
 Owns learning each program's settings schema when its client registers,
 delivering its current settings (`_config`) before anything else is asked of
@@ -20,23 +21,24 @@ log = logging.getLogger("runcontrol.controller")
 
 DELIVER_WAIT_S = 10.0
 LOG_MAX = 1000
-ENVELOPE = {"cmd", "to", "id", "from", "ts", "program", "by", "values"}
 
 
 class ConfigDesk:
-    def __init__(self, controller):
-        self.controller = controller
-        self.client = controller.client
-        self.runs = controller.runs
-        self.waiters = controller.waiters
-        self.book = ConfigBook(controller.spec.paths.state)
+    def __init__(self, client, runs, waiters, experiment, folder):
+        """`runs`: the RunDesk (its state freezes settings); `experiment`: a callable, the experiment as last
+        (re)loaded; `folder`: where the ConfigBook keeps the settings."""
+        self.client = client
+        self.runs = runs
+        self.waiters = waiters
+        self.experiment = experiment
+        self.book = ConfigBook(folder)
         self.problems = {}      # program -> what is wrong with its schema or settings
         self.delivered = {}     # client -> the pid its settings went to
         self.changing = set()   # programs with a change on its way
 
     @property
     def spec(self):
-        return self.controller.spec   # the experiment as last (re)loaded
+        return self.experiment()
 
     # --- registration --------------------------------------------------------------------------
 
@@ -84,9 +86,8 @@ class ConfigDesk:
 
     # --- commands ------------------------------------------------------------------------------
 
-    def cmd_config(self, msg):
-        """The settings of `program` (or of every program that has any): values, schema, live settings, problems."""
-        program = msg.get("program")
+    def settings(self, program):
+        """The settings of `program` (None: of every program that has any): values, schema, live ones, problems."""
         if program is not None:
             return self.describe(self._known(program))
         names = sorted(set(self.book.programs) | set(self.problems))
@@ -98,21 +99,16 @@ class ConfigDesk:
                 "live": sorted(configschema.live(schema)) if schema else [], "changed": self.book.changed(program),
                 "changed_in_run": self.changed_in_run(program), "problem": self.problems.get(program)}
 
-    def cmd_set_config(self, msg):
-        """Change settings of `program`: `values` (an object), or the other fields of the request; `by` who asks.
-        Validated, delivered, applied once the program accepts; answers once it has."""
-        program = self._known(msg.get("program"))
-        values = msg.get("values", {k: v for k, v in msg.items() if k not in ENVELOPE})
-        if not isinstance(values, dict) or not values:
-            raise Refused("set_config needs 'values': an object of settings (or the settings as fields)",
-                          protocol.BAD_FIELD)
-        by = protocol.parse_by(msg)
+    def change(self, msg, program, values, by):
+        """Change settings of `program` to `values`, as `by` asks in `msg`: validated, delivered, applied once the
+        program accepts; answers `msg` once it has."""
+        program = self._known(program)
         schema, current = self._deliverable(program)
         new = {**current, **values}
         wrong = configschema.problems(new, schema)
         if wrong:
             raise Refused(f"nothing changed: {len(wrong)} problem(s) in the settings of {program}: "
-                          + "; ".join(wrong), "bad_config")
+                          + "; ".join(wrong), protocol.BAD_CONFIG)
         changes = {k: [current.get(k), v] for k, v in values.items() if current.get(k) != v}
         self._check_frozen(program, schema, changes)
         if not changes:
@@ -120,7 +116,7 @@ class ConfigDesk:
         return self._deliver(msg, program, new, changes, by)
 
     def _known(self, program):
-        if not isinstance(program, str) or not self.spec.program(program):
+        if not self.spec.program(program):
             names = ", ".join(p.name for p in self.spec.programs)
             raise Refused(f"no program {program!r} (programs: {names})", protocol.UNKNOWN_PROGRAM)
         return program
@@ -129,9 +125,10 @@ class ConfigDesk:
         schema = self.book.schema(program)
         if schema is None or self.book.values(program) is None:
             why = (self.problems.get(program) or {}).get("error") or "it has not registered with a settings schema"
-            raise Refused(f"{program} takes no settings now: {why}", "no_settings")
+            raise Refused(f"{program} takes no settings now: {why}", protocol.NO_SETTINGS)
         if program in self.changing:
-            raise Refused(f"a change of {program}'s settings is on its way; try again when it has answered", "busy")
+            raise Refused(f"a change of {program}'s settings is on its way; try again when it has answered",
+                          protocol.BUSY)
         return schema, {**configschema.defaults(schema), **configschema.known(self.book.values(program), schema)}
 
     def _check_frozen(self, program, schema, changes):
@@ -139,7 +136,7 @@ class ConfigDesk:
         if frozen and self.runs.book.state == runbook.RUN:
             raise Refused(f"{', '.join(f'{program}.{k}' for k in frozen)} cannot change during run "
                           f"{self.runs.book.run}: end the run first (only settings marked \"live\" in "
-                          f"{program}'s schema change during a run)", "bad_state")
+                          f"{program}'s schema change during a run)", protocol.BAD_STATE)
 
     def _deliver(self, msg, program, new, changes, by):
         reply = self.client.defer(msg)
@@ -161,7 +158,7 @@ class ConfigDesk:
                              "it is up", protocol.NOT_REGISTERED)
             elif not answer.ok:
                 self.book.note(self._entry(program, by, changes, accepted=False, why=answer.error))
-                reply.refuse(f"{program} refused: {answer.error}; its settings stay", "refused")
+                reply.refuse(f"{program} refused: {answer.error}; its settings stay", protocol.REFUSED)
             else:
                 entry = self._entry(program, by, changes, accepted=True)
                 self.book.accept(program, new, entry)
@@ -177,23 +174,25 @@ class ConfigDesk:
         return {"ts": round(time.time(), 3), "program": program, "by": by, "changes": changes, "accepted": accepted,
                 "run": runs.run if runs.state == runbook.RUN else None, **({"why": why} if why else {})}
 
-    def cmd_config_log(self, msg):
-        """The change log, newest last: `n` lines (default 50), of `program` when given."""
-        n = msg.get("n", 50)
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= LOG_MAX:
-            raise Refused(f"'n' must be a whole number from 1 to {LOG_MAX}", protocol.BAD_FIELD)
-        program = msg.get("program")
+    def changes(self, n, program):
+        """The change log, newest last: `n` lines, of `program` when not None."""
         return self.book.log(n, self._known(program) if program is not None else None)
 
-    def cmd_run_config(self, msg):
+    def run_settings(self, run):
         """Every program's settings as run `run` began."""
-        return self.book.run_settings(run_number(msg, "run"))
+        try:
+            return self.book.run_settings(run)
+        except FileNotFoundError:
+            raise Refused(f"no settings saved for run {run}: runs before settings were kept, or no such run",
+                          protocol.NO_SUCH_RUN) from None
+        except (OSError, ValueError, KeyError) as exc:
+            raise Refused(f"the settings of run {run} cannot be read: {exc}", protocol.BAD_STATE) from None
 
-    def cmd_config_diff(self, msg):
-        """What differs between the settings of run `a` and run `b` (default: the settings now):
+    def compare(self, a, b=None):
+        """What differs between the settings of run `a` and run `b` (None: the settings now):
         {program: {setting: [in a, in b]}}."""
-        first = self.book.run_settings(run_number(msg, "a"))
-        second = self.book.run_settings(run_number(msg, "b")) if "b" in msg else \
+        first = self.run_settings(a)
+        second = self.run_settings(b) if b is not None else \
             {name: entry["values"] for name, entry in self.book.programs.items() if "values" in entry}
         return diff(first, second)
 
@@ -221,13 +220,6 @@ def initial_problems(experiment):
             values = {**configschema.defaults(schema), **program.config}
             found += configschema.problems(values, schema, f"programs.{program.name}.config")
     return found
-
-
-def run_number(msg, field):
-    value = msg.get(field)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise Refused(f"'{field}' must be a run number", protocol.BAD_FIELD)
-    return value
 
 
 def diff(first, second):

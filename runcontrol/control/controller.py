@@ -3,9 +3,11 @@
 It has a client (its connection to the bus) and a supervisor (which spawns and
 restarts through its backends); it is neither. It joins what the server says
 (who registered, who fell silent) to the supervisor, carries the supervisor's
-events to the server as `_event`, answers operators through `ProgramCommands`
-and `RunDesk`, and records what runs so that a successor can stop it after
-a crash. Must not spawn processes itself.
+events to the server as `_event`, answers operators with the commands of
+`commands/` (each calls into the part that owns the work: `ProgramDesk`,
+`RunDesk`, `AlarmDesk`, `ConfigDesk`, or this for the status and a reload),
+and records what runs so that a successor can stop it after a crash. Must not
+spawn processes itself.
 
   python -m runcontrol.control.controller --experiment FILE [--pidfile PATH]
 """
@@ -14,20 +16,21 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 
 import experiments
 from runcontrol.client.client import Client
 from runcontrol import logsetup, pidfile, protocol
-from runcontrol.control import runbook
+from runcontrol.control import commands, runbook
 from runcontrol.control.alarms import AlarmDesk
 from runcontrol.control.configs import ConfigDesk
 from runcontrol.control.launch import take_stop_cause
-from runcontrol.control.programs import ProgramCommands
+from runcontrol.control.programs import ProgramDesk
 from runcontrol.control.runs import TRANSITION_TIMEOUT_S, RunDesk
 from runcontrol.control.waiters import Waiters
-from runcontrol.errors import ConfigError, RunControlError
+from runcontrol.errors import ConfigError, Refused, RunControlError
 from runcontrol.signals import SignalWakeup
 from runcontrol.supervision.backends.local import LocalBackend
 from runcontrol.supervision.backends.supervisord import SupervisordBackend
@@ -43,6 +46,7 @@ RECONCILE_EVERY_S = 1.0   # how often the programs are held against the server's
 SWEEP_EVERY_S = 0.5       # how often, after a program exited, what it left is looked for
 SWEEP_FOR_S = 5.0
 LIST_WAIT_S = 5.0
+STATUS_LIST_WAIT_S = 2.0  # how long `status` waits for the server's list of clients before answering without it
 
 
 class Controller:
@@ -58,17 +62,15 @@ class Controller:
         self.waiters = Waiters()
         self.runbook = runbook.RunBook(experiment.paths.state)
         self.runs = RunDesk(self.client, self.supervisor, self.runbook, self.waiters)
-        self.programs = ProgramCommands(self)
+        self.programs = ProgramDesk(self.client, self.supervisor, self.waiters, lambda: self.spec)
         self.registered = set()   # the clients registered on the server, as last listed
         # A program that did not come back to a restarted server within this is hung.
         self.missing_grace_s = experiment.server.timeout_s + 2 * experiment.server.beacon.interval_s
-        self.alarms = AlarmDesk(self, self.missing_grace_s)
-        self.configs = ConfigDesk(self)
+        self.alarms = AlarmDesk(self.client, self.supervisor, self.runs, self.waiters, self.registered,
+                                experiment.paths.state, experiment.alarms, self.missing_grace_s)
+        self.configs = ConfigDesk(self.client, self.runs, self.waiters, lambda: self.spec, experiment.paths.state)
         self.runs.begin_hooks.append(self.configs.run_begins)
-        for part in (self.programs, self.runs, self.alarms, self.configs):
-            for attr in dir(part):
-                if attr.startswith("cmd_"):
-                    self.client.add_handler(attr[4:], getattr(part, attr))
+        commands.register(self, self.client)
         self.client.watch(self.supervisor.fileno(), lambda: self.supervisor.process(0))
         self.client.subscribe("event.", self._on_server_event)
         self.client.subscribe(f"pub.{protocol.HOST_AGENT}", self._on_host_agent)
@@ -140,6 +142,47 @@ class Controller:
                 self.runs.client_joined(client["name"], client.get("meta"))
         self._listing = self.client.start({"cmd": "_list"}, on_answer=apply)
 
+    # --- what only the whole answers: the status, a reload ----------------------------------------
+
+    def answer_status(self, msg):
+        """Answer `msg` with the status once the server has listed its clients (or without them after a while)."""
+        reply = self.client.defer(msg)
+        listing = self.client.start({"cmd": "_list"})
+        self.waiters.add(lambda: listing.answer is not None, lambda: reply.resolve(self.status(listing.answer)),
+                         STATUS_LIST_WAIT_S, lambda: (self.client.abandon(listing), reply.resolve(self.status(None))))
+        return reply
+
+    def status(self, listing=None):
+        """Every program, the run, the hosts, the standing alarms; `listing`: the server's answer to `_list`."""
+        clients = {c["name"]: c for c in listing.result} if listing is not None and listing.ok else {}
+        programs = self.programs.figures(clients)
+        for name, figures in programs.items():
+            figures["config_changed"] = self.configs.changed_in_run(name)
+        return {"experiment": self.spec.name, "state": self.runbook.state, "run": self.runbook.run,
+                "current_run": self.runbook.current, "participants": self.runs.participants(),
+                "programs": programs, "hosts": self.supervisor.hosts(), "clients": sorted(clients),
+                "alarms": self.alarms.book.listing(), "controller": {"pid": os.getpid(), "host": socket.gethostname()}}
+
+    def reload(self):
+        """Re-read the experiment file and apply the difference (programs, alarms); an invalid file, or one of
+        another experiment, changes nothing."""
+        try:
+            new = experiments.load(self.spec.path)
+        except ConfigError as exc:
+            raise Refused(f"nothing changed: {exc}", protocol.BAD_EXPERIMENT) from None
+        if new.name != self.spec.name:
+            raise Refused(f"nothing changed: the file now names experiment {new.name!r}, "
+                          f"not {self.spec.name!r}; restart run.py for that", protocol.BAD_EXPERIMENT)
+        diff = self.supervisor.apply(new)
+        warnings = list(new.warnings)
+        if new.server != self.spec.server or new.paths != self.spec.paths:
+            warnings.append("server or paths settings changed: they apply when run.py is restarted")
+        self.spec = new
+        self.alarms.use(new.alarms)
+        self.alarms.seed()
+        log.info("reloaded %s: %s", new.path, json.dumps(diff))
+        return {**diff, "warnings": warnings}
+
     def _save_records(self):
         """Record what runs, so a controller started after a crash of this one can stop it."""
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
@@ -182,7 +225,7 @@ class Controller:
             pidfile.touch(self.pidfile_path)
             self._touched = time.monotonic()
 
-    def run(self, wakeup):
+    def serve(self, wakeup):
         """Start every program, keep them up until `wakeup` has a stop signal, stop them."""
         try:
             self.client.connect(CONNECT_WAIT_S)
@@ -260,7 +303,7 @@ def main(argv=None):
     stop_leftovers(controller.supervisor, controller.state_path)
     controller.client.watch(wakeup.fileno(), lambda: (wakeup.drain(), controller.supervisor.reap_orphans()))
     try:
-        controller.run(wakeup)
+        controller.serve(wakeup)
     finally:
         controller.close()
         if args.pidfile:

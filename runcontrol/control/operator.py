@@ -7,21 +7,24 @@
       for kind, data in op.stream("lta1", "status"):   # ("progress", {...}) ..., then ("result", ...)
           print(kind, data)
 
-Refusals (the other side understood and said no: a state or logic reason) raise
-`Refused`; failures (no answer, no such client, the server gone) raise
-`RequestFailed` or one of its subclasses. Replies are matched by `id`. Must not
-hold state of its own beyond the connection.
+Every command of the run controller's table (`commands/`) has a method of its
+name here, which sends that command and waits as long as the table says it may
+take (a test holds the two together). Refusals (the other side understood and
+said no: a state or logic reason) raise `Refused`; failures (no answer, no such
+client, the server gone) raise `RequestFailed` or one of its subclasses.
+Replies are matched by `id`. Must not hold state of its own beyond the
+connection.
 """
 
 import os
 import time
 
 from runcontrol.client.client import Client
+from runcontrol.control import commands
 from runcontrol.errors import NoSuchClient, RequestTimeout, RunControlError
 
 DEFAULT_TIMEOUT_S = 10.0
 HISTORIAN_ROLE = "historian"
-TRANSITION_MARGIN_S = 5.0
 RUN = "run"
 
 
@@ -40,7 +43,7 @@ class Operator:
 
     def status(self):
         """The run controller's status: run state, run number, every program."""
-        return self.request(RUN, "status")
+        return self._run("status")
 
     def programs(self):
         return self.status()["programs"]
@@ -94,81 +97,82 @@ class Operator:
     # --- programs ------------------------------------------------------------------------
 
     def start(self, program=None):
-        return self._program_command("start", program)
+        """Start `program` (None: every program); answers once each is up."""
+        return self._run("start", program=program)
 
     def stop(self, program=None):
-        return self._program_command("stop", program)
+        """Stop `program` (None: every program); answers once each has stopped."""
+        return self._run("stop", program=program)
 
     def restart(self, program):
-        return self._program_command("restart", program)
+        """Stop and start `program`; answers once the new process is up."""
+        return self._run("restart", program=program)
 
     def reload(self):
-        return self.request(RUN, "reload")
-
-    def _program_command(self, cmd, program):
-        fields = {} if program is None else {"program": program}
-        return self.request(RUN, cmd, timeout=max(self.timeout, 60.0), **fields)
+        """Re-read the experiment file and apply the difference."""
+        return self._run("reload")
 
     # --- runs ------------------------------------------------------------------------------
 
     def prepare_run(self, timeout=None):
-        return self._transition("prepare_run", timeout)
+        return self._run("prepare_run", timeout=timeout)
 
     def begin_run(self, comment="", timeout=None, **params):
-        return self._transition("begin_run", timeout, comment=comment, params=params)
+        """READY -> RUN; keyword arguments other than `comment` and `timeout` are the run's parameters."""
+        return self._run("begin_run", comment=comment, params=params, timeout=timeout)
 
     def end_run(self, timeout=None):
-        return self._transition("end_run", timeout)
+        return self._run("end_run", timeout=timeout)
 
     def abort_run(self, timeout=None):
-        return self._transition("abort_run", timeout)
+        return self._run("abort_run", timeout=timeout)
 
     def runs(self, n=20):
         """The run log: the latest record of each of the last `n` runs."""
-        return self.request(RUN, "runs", n=n)
-
-    def _transition(self, action, timeout, **fields):
-        msg = {"to": RUN, "cmd": action, **fields}
-        if timeout is not None:
-            msg["timeout"] = timeout
-        wait = (timeout or self.timeout) + TRANSITION_MARGIN_S
-        return self.call(msg, wait)
+        return self._run("runs", n=n)
 
     # --- alarms ----------------------------------------------------------------------------
 
     def alarms(self, log=0):
         """The standing alarms, unacknowledged first; with `log`, the answer also has that many lines of the
         alarm log (newest last)."""
-        answer = self.request(RUN, "alarms", log=log)
+        answer = self._run("alarms", log=log)
         return answer if log else answer["alarms"]
 
     def ack(self, alarm=None, by=None):
         """Acknowledge `alarm` (None: every standing alarm) as `by` (default: this connection's name)."""
-        fields = {"alarm": alarm} if alarm else {"all": True}
-        return self.request(RUN, "ack", **fields, **({"by": by} if by else {}))["acked"]
+        if alarm:
+            return self._run("ack", alarm=alarm, by=by)["acked"]
+        return self._run("ack", all=True, by=by)["acked"]
 
     # --- settings ----------------------------------------------------------------------------
 
     def config(self, program=None):
         """The settings of `program` (values, schema, live settings, problems), or of every program."""
-        return self.request(RUN, "config", **({"program": program} if program else {}))
+        return self._run("config", program=program)
 
     def set_config(self, program, values=None, by=None, **settings):
         """Change settings of `program` (`values`, a dict, and/or keyword arguments); answers once it took them."""
-        fields = {"by": by} if by else {}
-        return self.request(RUN, "set_config", program=program, values={**(values or {}), **settings},
-                            timeout=max(self.timeout, 20.0), **fields)
+        return self._run("set_config", program=program, values={**(values or {}), **settings}, by=by)
 
     def config_log(self, n=50, program=None):
-        return self.request(RUN, "config_log", n=n, **({"program": program} if program else {}))
+        """The settings' change log, newest last: `n` lines, of `program` when given."""
+        return self._run("config_log", n=n, program=program)
 
     def run_config(self, run):
         """Every program's settings as run `run` began."""
-        return self.request(RUN, "run_config", run=run)
+        return self._run("run_config", run=run)
 
     def config_diff(self, a, b=None):
         """{program: {setting: [in run a, in run b (or now)]}}."""
-        return self.request(RUN, "config_diff", a=a, **({"b": b} if b is not None else {}))
+        return self._run("config_diff", a=a, b=b)
+
+    def _run(self, cmd, **fields):
+        """The result of the run controller's command `cmd` (of the table in `commands/`) with the `fields` that
+        are not None, waiting as long as the table says it may take."""
+        payload = {key: value for key, value in fields.items() if value is not None}
+        wait_s = max(self.timeout, commands.wait_s(cmd, payload))
+        return self.call({"to": RUN, "cmd": cmd, **payload}, wait_s)
 
     # --- any client ------------------------------------------------------------------------
 

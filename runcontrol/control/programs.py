@@ -1,101 +1,54 @@
-"""Operators' commands on programs, answered by the run controller: status, start, stop, restart, reload.
+"""Operators' orders on programs, carried out for the run controller: start, stop, restart, and their figures.
 
-Owns turning a request into supervisor orders and answering once the order is
-done (a program up, or stopped), without blocking the loop. Must not spawn
+Owns turning an order into supervisor orders and answering once it is done (a
+program up, or stopped), without blocking the loop; and each program's figures
+as `status` shows them. The payloads are checked by `commands/`. Must not spawn
 processes: the supervisor does, through its backends.
 """
 
-import json
-import logging
-import os
-import socket
 import time
 
-import experiments
 from runcontrol import protocol
-from runcontrol.errors import ConfigError, Refused
+from runcontrol.errors import Refused
 from runcontrol.states import ChildState as S
 from runcontrol.supervision.program import describe_exit
 
-log = logging.getLogger("runcontrol.controller")
-
-LIST_WAIT_S = 2.0
 SETTLE_EXTRA_S = 5.0
 
 
-class ProgramCommands:
-    """The `cmd_*` handlers of the run controller that act on programs."""
+class ProgramDesk:
+    """Start, stop and restart programs for the run controller's commands, through its supervisor."""
 
-    def __init__(self, controller):
-        self.controller = controller
-        self.client = controller.client
-        self.supervisor = controller.supervisor
-        self.waiters = controller.waiters
+    def __init__(self, client, supervisor, waiters, experiment):
+        self.client = client
+        self.supervisor = supervisor
+        self.waiters = waiters
+        self.experiment = experiment   # a callable: the experiment as last (re)loaded
 
-    def cmd_status(self, msg):
-        """Every program: state, pid, host, uptime, restarts, last exit, CPU %, RSS, registration, heartbeat age;
-        the run, the hosts and the standing alarms."""
-        reply = self.client.defer(msg)
-        listing = self.client.start({"cmd": "_list"})
-        self.waiters.add(lambda: listing.answer is not None,
-                         lambda: reply.resolve(self.status(listing.answer)),
-                         LIST_WAIT_S, lambda: (self.client.abandon(listing), reply.resolve(self.status(None))))
-        return reply
-
-    def status(self, listing=None):
-        clients = {}
-        if listing is not None and listing.ok:
-            clients = {c["name"]: c for c in listing.result}
+    def figures(self, clients):
+        """Every program's status, with the age of its client's last sign of life (`clients`: the server's list by
+        name)."""
         programs = self.supervisor.status()
         now = time.time()
-        for name, figures in programs.items():
+        for figures in programs.values():
             seen = clients.get(figures["client"], {}).get("last_seen")
             figures["heartbeat_age"] = round(now - seen, 3) if seen else None
-            figures["config_changed"] = self.controller.configs.changed_in_run(name)
-        runs = self.controller.runbook
-        return {"experiment": self.controller.spec.name, "state": runs.state, "run": runs.run,
-                "current_run": runs.current, "participants": self.controller.runs.participants(),
-                "programs": programs, "hosts": self.supervisor.hosts(), "clients": sorted(clients),
-                "alarms": self.controller.alarms.book.listing(),
-                "controller": {"pid": os.getpid(), "host": socket.gethostname()}}
+        return programs
 
-    def cmd_start(self, msg):
-        """Start a program (`program`), or every program when none is named; answers once it is up."""
-        return self._act(msg, self.supervisor.start, until_up=True)
+    def start(self, msg, program):
+        """Start `program` (None: every program); answer `msg` once each is up."""
+        return self._act(msg, program, self.supervisor.start, until_up=True)
 
-    def cmd_stop(self, msg):
-        """Stop a program (`program`), or every program when none is named; answers once it has stopped."""
-        return self._act(msg, self.supervisor.stop, until_up=False)
+    def stop(self, msg, program):
+        """Stop `program` (None: every program); answer `msg` once each has stopped."""
+        return self._act(msg, program, self.supervisor.stop, until_up=False)
 
-    def cmd_restart(self, msg):
-        """Stop and start a program (`program`) again; answers once the new one is up."""
-        if not msg.get("program"):
-            raise Refused("restart needs 'program': the name of a program", protocol.BAD_FIELD)
-        return self._act(msg, self.supervisor.restart, until_up=True)
+    def restart(self, msg, program):
+        """Stop and start `program`; answer `msg` once a new process is up."""
+        return self._act(msg, program, self.supervisor.restart, until_up=True, new_process=True)
 
-    def cmd_reload(self, msg):
-        """Re-read the experiment file and apply the difference (programs, alarms, first settings of programs new
-        to it); an invalid file changes nothing."""
-        spec = self.controller.spec
-        try:
-            new = experiments.load(spec.path)
-        except ConfigError as exc:
-            raise Refused(f"nothing changed: {exc}", protocol.BAD_EXPERIMENT) from None
-        if new.name != spec.name:
-            raise Refused(f"nothing changed: the file now names experiment {new.name!r}, "
-                          f"not {spec.name!r}; restart run.py for that", protocol.BAD_EXPERIMENT)
-        diff = self.supervisor.apply(new)
-        warnings = list(new.warnings)
-        if new.server != spec.server or new.paths != spec.paths:
-            warnings.append("server or paths settings changed: they apply when run.py is restarted")
-        self.controller.spec = new
-        self.controller.alarms.use(new.alarms)
-        self.controller.alarms.seed()
-        log.info("reloaded %s: %s", new.path, json.dumps(diff))
-        return {**diff, "warnings": warnings}
-
-    def _act(self, msg, action, until_up):
-        names = self._program_names(msg.get("program"))
+    def _act(self, msg, program, action, until_up, new_process=False):
+        names = self._program_names(program)
         if not names:
             return {}
         programs = [self.supervisor.programs[name] for name in names]
@@ -105,7 +58,7 @@ class ProgramCommands:
             action(name)
         if until_up:
             def done(p):
-                return p.state is S.RUNNING and (p.pid != old_pids[p.name] or msg["cmd"] != "restart")
+                return p.state is S.RUNNING and (p.pid != old_pids[p.name] or not new_process)
             timeout = max(p.spec.start_timeout_s for p in programs) + SETTLE_EXTRA_S
         else:
             def done(p):
@@ -131,8 +84,8 @@ class ProgramCommands:
         programs = self.supervisor.programs
         if name is None:
             return [n for n, p in programs.items() if not p.retired]
-        if not isinstance(name, str) or name not in programs:
+        if name not in programs:
             known = ", ".join(programs) or "none"
-            raise Refused(f"no program {name!r} in experiment {self.controller.spec.name}; programs: {known}",
+            raise Refused(f"no program {name!r} in experiment {self.experiment().name}; programs: {known}",
                           protocol.UNKNOWN_PROGRAM)
         return [name]

@@ -1,12 +1,12 @@
 """Run transitions: STOP -> READY -> RUN -> STOP, driven through every participant.
 
-Owns the run commands of the run controller (`prepare_run`, `begin_run`,
-`end_run`, `abort_run`, `runs`): checking the state, asking each participant
-with `_transition` and waiting for all answers within the timeout, concluding
-(state entered and logged in the run book, `run_state` event) or refusing with
-the name of each participant that refused or stayed silent; and telling a
-participant that (re)joins during a run where the run is. Must not spawn
-processes.
+Owns the work of the run commands (`prepare_run`, `begin_run`, `end_run`,
+`abort_run`, `runs`; their payloads are checked by `commands/`): checking the
+state, asking each participant with `_transition` and waiting for all answers
+within the timeout, concluding (state entered and logged in the run book,
+`run_state` event) or refusing with the name of each participant that refused
+or stayed silent; and telling a participant that (re)joins during a run where
+the run is. Must not spawn processes.
 """
 
 import logging
@@ -20,7 +20,7 @@ log = logging.getLogger("runcontrol.controller")
 
 TRANSITION_TIMEOUT_S = 10.0
 SHUTDOWN_TIMEOUT_S = 5.0   # how long a stop of the experiment waits for the participants to end the run
-MAX_TRANSITION_TIMEOUT_S = 600.0
+MAX_TRANSITION_TIMEOUT_S = 600.0   # the most a request's `timeout` may ask for (commands/ checks it)
 WORDS = {"prepare_run": "Prepared run", "begin_run": "Beginning run", "end_run": "Ending run",
          "abort_run": "Aborted run"}
 
@@ -35,27 +35,8 @@ class RunDesk:
         self.busy = None
         self.begin_hooks = []      # each called with the run number as it begins: fields for its record
 
-    def cmd_prepare_run(self, msg):
-        """STOP -> READY: hand out the next run number; every participant prepares."""
-        return self._begin_transition(msg, "prepare_run")
-
-    def cmd_begin_run(self, msg):
-        """READY -> RUN, with an optional `comment` and run parameters (`params`)."""
-        return self._begin_transition(msg, "begin_run")
-
-    def cmd_end_run(self, msg):
-        """RUN -> STOP: every participant ends the run."""
-        return self._begin_transition(msg, "end_run")
-
-    def cmd_abort_run(self, msg):
-        """RUN or READY -> STOP whatever the participants answer, for when things went wrong."""
-        return self._begin_transition(msg, "abort_run")
-
-    def cmd_runs(self, msg):
-        """The run log: the latest record of each run (`n`: how many, newest last; default 20)."""
-        n = msg.get("n", 20)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise Refused("'n' must be a whole number >= 0", protocol.BAD_FIELD)
+    def records(self, n):
+        """The latest record of each of the last `n` runs, newest last."""
         return self.book.records()[-n:] if n else []
 
     def participants(self):
@@ -83,11 +64,14 @@ class RunDesk:
         if self.book.state not in states or self.busy:
             return None
         outcome = Outcome()
-        self._begin_transition({"timeout": timeout}, "abort_run", outcome, why, result)
+        self.transition({"timeout": timeout}, "abort_run", outcome, why, result)
         return outcome
 
-    def _begin_transition(self, msg, action, reply=None, why=None, result=None):
-        self._check(msg, action)
+    def transition(self, msg, action, reply=None, why=None, result=None):
+        """Start `action` (a run command) asked by `msg`: the answer comes when every participant has answered, or
+        the timeout; `reply` (default: a deferred answer to `msg`) takes it. Refused at once when another transition
+        is under way or the state does not allow it."""
+        self._check(action)
         timeout = msg.get("timeout", TRANSITION_TIMEOUT_S)
         fields = self._run_fields(msg, action)
         if action == "prepare_run":
@@ -114,28 +98,20 @@ class RunDesk:
         self.waiters.add(lambda: len(answers) == len(participants), finish, timeout, finish)
         return reply
 
-    def _check(self, msg, action):
+    def _check(self, action):
         state = self.book.state
         if self.busy:
-            raise Refused(f"{self.busy} is in progress; try again when it has answered", "busy")
+            raise Refused(f"{self.busy} is in progress; try again when it has answered", protocol.BUSY)
         if state not in runbook.ALLOWED_FROM[action]:
             raise Refused(f"{action} needs state {' or '.join(runbook.ALLOWED_FROM[action])}; the state is {state} "
-                          f"({runbook.HINTS[state]})", "bad_state")
-        timeout = msg.get("timeout", TRANSITION_TIMEOUT_S)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-                or not 0 < timeout <= MAX_TRANSITION_TIMEOUT_S:
-            raise Refused(f"'timeout' must be seconds, more than 0 and at most {MAX_TRANSITION_TIMEOUT_S:g}",
-                          protocol.BAD_FIELD)
+                          f"({runbook.HINTS[state]})", protocol.BAD_STATE)
 
     def _run_fields(self, msg, action):
         if action == "prepare_run":
             return {"run": None}
         fields = dict(self.book.current)
         if action == "begin_run":
-            comment, params = msg.get("comment", ""), msg.get("params", {})
-            if not isinstance(comment, str) or not isinstance(params, dict):
-                raise Refused("'comment' must be a string and 'params' an object", protocol.BAD_FIELD)
-            fields.update(comment=comment, params=params)
+            fields.update(comment=msg.get("comment", ""), params=msg.get("params", {}))
         return fields
 
     def _conclude(self, reply, action, fields, participants, answers, why=None, result=None):

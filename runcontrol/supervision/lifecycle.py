@@ -4,10 +4,11 @@ Owns what happens to a program between an order and its outcome, through the
 backend of the program's host: starting it (STARTING, then RUNNING once it
 registers or lived `START_GRACE_S`), its exit (policy, backoff, intensity,
 FATAL), killing it when it hangs (its client silent, or its liveness probe
-failing), and stopping it with SIGKILL after
-`stop_timeout`. Timers run on the injected clock. It tells its owner when a
-program settled (`settled(program)`), so the owner can start or stop the next
-ones in order. Must not decide the order itself.
+failing), and stopping it with SIGKILL after `stop_timeout`. Each program has
+one timer at a time, a handle in the supervisor's timer heap (on its injected
+clock). It tells its owner when a program settled (`settled(program)`), so that
+the order (`Order`) can start or stop the next ones. Must not decide the order
+itself.
 """
 
 import logging
@@ -25,11 +26,12 @@ TAIL_IN_EVENT = 10
 
 
 class Lifecycle:
-    def __init__(self, backends, emit, clock, settled, deps_ready, restart_dependents):
+    def __init__(self, backends, emit, timers, settled, deps_ready, restart_dependents):
         self.backends = backends
         self.deps_ready = deps_ready
         self.emit = emit
-        self.clock = clock
+        self.timers = timers
+        self.clock = timers.clock
         self.settled = settled
         self.restart_dependents = restart_dependents
         self.env = {}            # added to every program's environment
@@ -38,6 +40,14 @@ class Lifecycle:
 
     def backend(self, program):
         return self.backends[program.spec.host]
+
+    def _after(self, program, delay_s, action):
+        """`action(program)` in `delay_s` seconds: the program's one timer, in place of any it had."""
+        def due():
+            program.timer = None
+            action(program)
+        program.cancel_timer()
+        program.timer = self.timers.after(delay_s, due)
 
     # --- starting -----------------------------------------------------------------------------
 
@@ -49,14 +59,13 @@ class Lifecycle:
         except OSError as exc:
             self._start_failed(program, str(exc))
             return
-        now = self.clock()
-        program.started_at = now
+        program.started_at = self.clock()
         program.registered = False
         program.kill_reason = None
         if spec.client:
-            program.timer = (now + spec.start_timeout_s, self._start_timed_out)
+            self._after(program, spec.start_timeout_s, self._start_timed_out)
         else:
-            program.timer = (now + min(START_GRACE_S, spec.start_timeout_s), self.came_up)
+            self._after(program, min(START_GRACE_S, spec.start_timeout_s), self.came_up)
         if program.proc.pid is not None:
             self._started(program)
         # else its backend tells the pid later (another host's supervisord), with a Started event
@@ -93,7 +102,7 @@ class Lifecycle:
     def _start_failed(self, program, why):
         spec = program.spec
         program.proc = None
-        program.timer = None
+        program.cancel_timer()
         program.log.note(f"cannot start {' '.join(spec.argv)}: {why}")
         log.error("%s cannot start: %s", spec.name, why)
         program.last_exit = {"error": f"cannot start: {why}", "at": time.time()}
@@ -111,7 +120,7 @@ class Lifecycle:
 
     def came_up(self, program):
         if program.state is S.STARTING:
-            program.timer = None
+            program.cancel_timer()
             program.set(S.RUNNING)
             self.settled(program)
 
@@ -119,7 +128,7 @@ class Lifecycle:
         if program.state is not S.STARTING:
             return
         if not self.server_up:  # it cannot register while there is no server: give it the time again
-            program.timer = (self.clock() + program.spec.start_timeout_s, self._start_timed_out)
+            self._after(program, program.spec.start_timeout_s, self._start_timed_out)
             return
         self.kill_hung(program, f"did not register as {program.spec.client} "
                                 f"within its start_timeout of {program.spec.start_timeout_s:g} s")
@@ -167,7 +176,7 @@ class Lifecycle:
             return
         if program.state is S.EXITED:
             program.set(S.BACKOFF)
-        program.timer = (now + delay, self._retry)
+        self._after(program, delay, self._retry)
 
     def _retry(self, program):
         if program.state is S.BACKOFF and program.wanted:
@@ -202,13 +211,13 @@ class Lifecycle:
             program.log.note(f"stopping with SIG{program.spec.stop_signal.name.removeprefix('SIG')}")
             self._signal_with_grace(program)
         elif program.state in (S.BACKOFF, S.EXITED, S.FATAL):
-            program.timer = None
+            program.cancel_timer()
             program.set(S.STOPPED)
             self.settled(program)
 
     def _signal_with_grace(self, program):
         self.backend(program).signal(program.proc, program.spec.stop_signal)
-        program.timer = (self.clock() + program.spec.stop_timeout_s, self._kill)
+        self._after(program, program.spec.stop_timeout_s, self._kill)
 
     def _kill(self, program):
         if program.proc is None:

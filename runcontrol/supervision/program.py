@@ -1,7 +1,7 @@
 """One program as the supervisor sees it: its spec, its state, its process, and when to restart it.
 
 Owns the record of one program (state, handle of its running process, restart
-count, last exit, timer) and the restart decisions that concern it alone: the
+count, last exit, its one timer's handle) and the restart decisions that concern it alone: the
 policy, the backoff and the restart intensity. State changes go through `set`,
 which checks the transition table. Must not start or signal anything.
 """
@@ -34,7 +34,7 @@ class Program:
         self.missing_since = None  # running, but not in the server's registry since then
         self.started_at = None
         self.restarts = 0
-        self.timer = None          # (due, action): at most one per program
+        self.timer = None          # its one timer (a handle in the supervisor's timer heap), or None
         self.kill_reason = None    # why we killed it (a hang), so its exit counts as a failure
         self.last_exit = None
         self.old_pids = collections.deque(maxlen=OLD_PIDS_KEPT)
@@ -80,10 +80,15 @@ class Program:
         return (f"needed {len(self.window)} restarts within {self.spec.restart_window_s:g} s "
                 f"(at most {self.spec.max_restarts}): no more restarts")
 
+    def cancel_timer(self):
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
     def exited(self, code, sig, uptime, at):
         """Record an exit; returns how it ended, for logs and events."""
         self.proc = None
-        self.timer = None
+        self.cancel_timer()
         self.registered = False
         self.missing_since = None
         self.last_exit = {"code": code, "signal": process.signal_name(sig), "at": at,

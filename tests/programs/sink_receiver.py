@@ -37,7 +37,7 @@ def main():
     sink.listen_pull(args.pull)
     sink.add_output("local", args.pub)
     try:
-        return sink.run()
+        return sink.serve()
     finally:
         sink.close()
 
