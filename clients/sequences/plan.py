@@ -97,8 +97,9 @@ def read(path):
 def parse(raw, name, path=None, default_name=None):
     """A checked Sequence from decoded JSON; ConfigError listing every problem with its path."""
     problems = schema_problems(raw)
-    if not problems:
-        problems = variable_problems(raw.get("steps", []), set(raw.get("variables", {})), "steps")
+    if isinstance(raw, dict):
+        known = set(raw["variables"]) if isinstance(raw.get("variables"), dict) else set()
+        problems += variable_problems(raw.get("steps", []), known, "steps")
     name = name or default_name or "sequence"
     if problems:
         where = f"{path}" if path else f"sequence {name}"
@@ -125,6 +126,9 @@ def explain(error):
         return f"{', '.join(map(repr, strange))} is no kind of step ({', '.join(ACTIONS + HOLDERS)})"
     if error.validator == "additionalProperties":
         return error.message.replace("Additional properties are not allowed", "unknown key(s)")
+    if error.validator == "oneOf" and error.schema in (SCHEMA["$defs"]["seconds"], SCHEMA["$defs"]["number"]):
+        least = " >= 0" if error.schema is SCHEMA["$defs"]["seconds"] else ""
+        return f"{error.instance!r} must be a number{least}, or a variable as '{{name}}'"
     if error.validator == "required":
         return error.message.replace("is a required property", "is required")
     return error.message
@@ -133,21 +137,25 @@ def explain(error):
 def variable_problems(steps, known, where):
     """Variables named but never given, and loops over nothing, under `steps` at `where`."""
     problems = []
-    for i, step in enumerate(steps):
-        (kind, spec), here = next(iter(step.items())), f"{where}.{i}.{next(iter(step))}"
-        if kind == "repeat":
-            problems += variable_problems(spec["steps"], known | ({spec["as"]} if "as" in spec else set()),
-                                          f"{here}.steps")
-        elif kind == "for":
-            var, values = loop_of(spec)
-            if not values_of(values):
-                problems.append(f"{here}.{var}: a loop over nothing")
-            problems += variable_problems(spec["steps"], known | {var}, f"{here}.steps")
-        elif kind == "call":
-            problems += [f"{here}.with.{k}: {p}" for k, v in spec.get("with", {}).items() for p in unknown(v, known)]
-        else:
-            problems += [f"{here}: {p}" for p in unknown(spec, known)]
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
+        try:
+            problems += _step_variable_problems(step, known, f"{where}.{i}")
+        except (AttributeError, KeyError, TypeError, StopIteration, ValueError):
+            pass   # a step the schema refused: its problem is said already
     return problems
+
+
+def _step_variable_problems(step, known, where):
+    (kind, spec), here = next(iter(step.items())), f"{where}.{next(iter(step))}"
+    if kind == "repeat":
+        return variable_problems(spec["steps"], known | ({spec["as"]} if "as" in spec else set()), f"{here}.steps")
+    if kind == "for":
+        var, values = loop_of(spec)
+        empty = [f"{here}.{var}: a loop over nothing"] if not values_of(values) else []
+        return empty + variable_problems(spec["steps"], known | {var}, f"{here}.steps")
+    if kind == "call":
+        return [f"{here}.with.{k}: {p}" for k, v in spec.get("with", {}).items() for p in unknown(v, known)]
+    return [f"{here}: {p}" for p in unknown(spec, known)]
 
 
 def unknown(value, known):

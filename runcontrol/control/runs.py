@@ -25,6 +25,8 @@ WORDS = {"prepare_run": "Prepared run", "begin_run": "Beginning run", "end_run":
          "abort_run": "Aborted run"}
 
 
+TAGS = ("by", "sequence")   # what a run carries of who asked for it, into every record of the run log
+
 class RunDesk:
     def __init__(self, client, supervisor, book, waiters):
         self.client = client
@@ -107,11 +109,15 @@ class RunDesk:
                           f"({runbook.HINTS[state]})", protocol.BAD_STATE)
 
     def _run_fields(self, msg, action):
+        """The run's fields this transition carries: who asked for it (`by`, default the sender) and the step of
+        a sequence it belongs to (`sequence`), given at prepare_run or begin_run, go into the run log."""
+        tags = {key: msg[key] for key in ("by", "sequence") if msg.get(key) is not None}
         if action == "prepare_run":
-            return {"run": None}
+            return {"run": None, "by": msg.get("from"), **tags}
         fields = dict(self.book.current)
         if action == "begin_run":
-            fields.update(comment=msg.get("comment", ""), params=msg.get("params", {}))
+            fields.update(comment=msg.get("comment", ""), params=msg.get("params", {}), **tags)
+            fields.setdefault("by", msg.get("from"))
         return fields
 
     def _conclude(self, reply, action, fields, participants, answers, why=None, result=None):
@@ -122,7 +128,8 @@ class RunDesk:
             why = "; ".join(f"{name} {problem}" for name, problem in problems.items())
             log.warning("%s of run %s failed: %s", action, run, why)
             if action == "prepare_run":
-                self.book.log({"run": run, "result": "failed", "why": f"prepare: {why}"})
+                self.book.log({"run": run, "result": "failed", "why": f"prepare: {why}",
+                               **{k: fields[k] for k in TAGS if fields.get(k) is not None}})
             if action == "begin_run":
                 for name in participants:
                     if name not in problems:  # those that had begun end it, aborted
@@ -139,14 +146,16 @@ class RunDesk:
         now = time.time()
         target = runbook.TARGET[action]
         if action == "prepare_run":
-            self.book.enter(target, run=fields["run"], prepared=now, participants=participants)
+            self.book.enter(target, **{**fields, "prepared": now, "participants": participants})
         elif action == "begin_run":
             extra = {}
             for hook in self.begin_hooks:
                 extra.update(hook(fields["run"]))
             self.book.enter(target, **{**fields, "start": now, "participants": participants, **extra})
             self.book.log({k: self.book.current.get(k) for k in ("run", "comment", "params", "participants",
-                                                                  "start", *extra)} | {"result": "running"})
+                                                                  "start", *extra)}
+                          | {k: self.book.current[k] for k in TAGS if self.book.current.get(k) is not None}
+                          | {"result": "running"})
         else:
             started = fields.get("start")
             result = result or ("aborted" if action == "abort_run" else "ended")
@@ -155,7 +164,8 @@ class RunDesk:
                            "duration": round(now - started, 3) if started else None, "result": result,
                            **({"why": why} if why else {}), **({"problems": problems} if problems else {}),
                            **({"config": fields["config"]} if fields.get("config") else {}),
-                           **({"reports": reports} if reports else {})})
+                           **({"reports": reports} if reports else {}),
+                           **{k: fields[k] for k in TAGS if fields.get(k) is not None}})
             self.book.enter(target)
         message = f"Ended run {fields['run']}: {why}" if why else f"{WORDS[action]} {fields['run']}"
         log.info("%s: state %s", message, target)

@@ -6,8 +6,9 @@
         "end": 1763730600.4, "duration": 600.2, "result": "ended", "config": "run-configs/11.json"},
        {"run": 12, "comment": "dark current", "params": {"seconds": 600}, "participants": ["lta1", "lta2"],
         "start": 1763737200.1, "result": "running", "config": "run-configs/12.json"}]}
-  `n`: default 20; 0 answers []. `result`: running, ended, aborted, failed, ended by shutdown, ended by alarm; with
-  `why`, `problems`, `reports` (what participants said of the run) when there are any.
+  `n`: default 20; 0 answers []. `result`: running, ended, aborted, failed, ended by shutdown, ended by alarm; `by`:
+  who prepared or began it; with `why`, `problems`, `reports` (what participants said of the run) and `sequence`
+  (the tag of the sequence step it was taken for) when there are any.
 
 Errors: `bad_field` (`n` is not a whole number >= 0).
 """

@@ -1,0 +1,170 @@
+"""The sequencer as operators use it: a real sequencer program, run controller, server and participants; sequences
+queued and driven from the operator client, runs checked in the run log."""
+
+import json
+import os
+import signal
+
+import pytest
+
+from runcontrol.errors import Refused, RequestFailed
+from tests.helpers import helper, wait_until
+
+
+def sequencer_program(tmp_path, *extra):
+    return {"cmd": ["python", "-m", "clients.sequencer", "--name", "sequencer", "--folder", str(tmp_path / "sequences"),
+                    "--state", str(tmp_path / "seqstate"), *extra], "client": "sequencer"}
+
+
+def write_sequence(tmp_path, name, steps, **more):
+    folder = tmp_path / "sequences"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps({"name": name, "steps": steps, **more}))
+
+
+def records(record):
+    return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+
+
+@pytest.fixture
+def bench(system, tmp_path):
+    """A participant with settings (cam), a cryo publishing its temperature, and the sequencer."""
+    def make(**extra_programs):
+        s = system({"cam": helper("configurable.py", "cam", tmp_path / "cam.jsonl", client="cam"),
+                    "cryo": {"cmd": ["python", "-m", "clients.sim.cryo", "--name", "cryo", "--start", "150",
+                                     "--rate", "50"], "client": "cryo"},
+                    "sequencer": sequencer_program(tmp_path), **extra_programs})
+        for name in ("cam", "cryo", "sequencer"):
+            s.wait_state(name, "RUNNING", registered=True)
+        return s
+    return make
+
+
+def seq(s, cmd, timeout=15, **fields):
+    return s.op.call({"to": "sequencer", "cmd": cmd, **fields}, timeout)
+
+
+def wait_sequencer(s, predicate, timeout_s=90, what="the sequencer"):
+    def check():
+        try:
+            return predicate(seq(s, "status"))
+        except RequestFailed:   # a sequencer just killed, not yet replaced
+            return None
+    return wait_until(check, timeout_s, 0.2, what=what)
+
+
+def test_a_scan_sets_waits_and_takes_each_run_once_tagged_with_its_loop_values(bench, tmp_path):
+    write_sequence(tmp_path, "scan", [
+        {"for": {"gain": [2, 3], "steps": [
+            {"set": {"program": "cam", "values": {"gain": "{gain}"}}},
+            {"wait": {"value": "cryo.values.temperature", "below": 200, "for": 0.5, "timeout": 60}},
+            {"repeat": {"times": 2, "as": "n", "steps": [
+                {"run": {"comment": "gain {gain}, take {n}", "params": {"gain": "{gain}"}, "seconds": 1}}]}}]}}])
+    s = bench()
+    loaded = seq(s, "load", sequence="scan")
+    assert loaded["steps"] == 8 and loaded["name"] == "scan"
+    entry = seq(s, "queue", sequence="scan", by="alice")
+    assert entry["state"] == "waiting" and entry["steps"] == 8
+    seq(s, "start")
+    wait_sequencer(s, lambda st: st["finished"] and st["finished"][-1]["state"] == "done", what="the scan to end")
+    runs = [r for r in s.op.request("run", "runs") if r.get("sequence")]
+    assert [(r["comment"], r["result"], r["sequence"]["loop"]) for r in runs] == [
+        ("gain 2, take 1", "ended", {"gain": 2, "n": 1}), ("gain 2, take 2", "ended", {"gain": 2, "n": 2}),
+        ("gain 3, take 1", "ended", {"gain": 3, "n": 1}), ("gain 3, take 2", "ended", {"gain": 3, "n": 2})]
+    assert all(r["by"] == "sequencer" and r["sequence"]["sequence"] == "scan" for r in runs)
+    assert len({r["run"] for r in runs}) == 4
+    begun = [t for t in records(tmp_path / "cam.jsonl") if t.get("transition") == "begin"]
+    assert [t["settings"]["gain"] for t in begun] == [2, 2, 3, 3]   # each run with the setting of its step
+    sets = [e for e in s.op.request("run", "config_log", program="cam") if e["by"].startswith("sequencer:")]
+    assert [(e["changes"], e["accepted"]) for e in sets] == [({"gain": [1, 2]}, True), ({"gain": [2, 3]}, True)]
+    s.wait_event("event.sequence_done", sequence="scan")
+    steps = [obj["index"] for topic, obj in s.events.items if topic == "event.sequence_step"]
+    assert steps == list(range(8))
+
+
+def test_bad_sequences_are_refused_with_every_path(bench, tmp_path):
+    write_sequence(tmp_path, "loop_a", [{"call": {"sequence": "loop_b"}}])
+    write_sequence(tmp_path, "loop_b", [{"call": {"sequence": "loop_a"}}])
+    write_sequence(tmp_path, "broken", [{"run": {"seconds": -1}}, {"jump": {}},
+                                        {"for": {"v": [], "steps": [{"pause": {}}]}},
+                                        {"set": {"program": "cam", "values": {"gain": "{nope}"}}}])
+    write_sequence(tmp_path, "wrong", [{"set": {"program": "nobody", "values": {"x": 1}}},
+                                       {"set": {"program": "cam", "values": {"gain": 99}}},
+                                       {"wait": {"value": "cryo.values.nothing", "above": 1}}])
+    s = bench()
+    with pytest.raises(Refused) as refused:
+        seq(s, "queue", sequence="loop_a")
+    assert refused.value.code == "bad_field" and "circle: loop_a -> loop_b -> loop_a" in str(refused.value)
+    with pytest.raises(Refused) as refused:
+        seq(s, "load", sequence="broken")
+    text = str(refused.value)
+    for where in ("steps.0.run.seconds", "steps.1: 'jump' is no kind of step", "steps.2.for.v: a loop over nothing",
+                  "steps.3.set: {nope} names no variable"):
+        assert where in text, text
+    with pytest.raises(Refused) as refused:
+        seq(s, "queue", sequence="absent")
+    assert "no sequence 'absent'" in str(refused.value)
+    wait_until(lambda: s.op.request(None, "_retained", prefix="cryo."), 20, 0.2)
+    verdict = seq(s, "dry_run", sequence="wrong")
+    assert not verdict["ok"]
+    problems = "\n".join(verdict["problems"])
+    assert "wrong.steps.0.set: no program 'nobody'" in problems
+    assert "wrong.steps.1.set: cam.gain: 99 is greater than the maximum of 10" in problems
+    assert "wrong.steps.2.wait: no program has published 'cryo.values.nothing'" in problems
+    assert seq(s, "status")["queue"] == []   # nothing bad was queued
+
+
+def test_pause_at_once_ends_the_run_and_resume_takes_the_step_again_skip_and_abort(bench, tmp_path):
+    write_sequence(tmp_path, "long", [{"run": {"comment": "one", "seconds": 600}},
+                                      {"run": {"comment": "two", "seconds": 600}},
+                                      {"run": {"comment": "three", "seconds": 600}}])
+    s = bench()
+    seq(s, "queue", sequence="long")
+    seq(s, "start")
+    wait_sequencer(s, lambda st: st["current"] and st["current"]["phase"] == "running", what="the first run")
+    first = s.op.request("run", "status")["run"]
+    paused = seq(s, "pause", at_once=True, why="cryo check")
+    assert paused["state"] == "paused" and paused["paused"]["why"] == "cryo check"
+    wait_until(lambda: s.op.request("run", "status")["state"] == "STOP", 30, 0.2, what="the run to end")
+    assert s.op.request("run", "runs")[-1]["result"] == "ended"
+    with pytest.raises(Refused) as refused:
+        seq(s, "pause")
+    assert refused.value.code == "bad_state"
+    seq(s, "resume")
+    wait_sequencer(s, lambda st: st["current"]["phase"] == "running" and st["current"]["run"] != first,
+                   what="step one taken again")
+    assert s.op.request("run", "status")["current_run"]["comment"] == "one"
+    seq(s, "skip")
+    wait_sequencer(s, lambda st: st["current"]["index"] == 1 and st["current"]["phase"] == "running",
+                   what="step two")
+    seq(s, "abort", why="enough")
+    wait_sequencer(s, lambda st: st["finished"] and st["finished"][-1]["state"] == "aborted", what="the abort")
+    runs = s.op.request("run", "runs")
+    assert [(r["comment"], r["result"]) for r in runs if r.get("sequence")] == [
+        ("one", "ended"), ("one", "ended"), ("two", "aborted")]
+    assert s.op.request("run", "status")["state"] == "STOP"
+    assert seq(s, "status")["state"] == "stopped"
+
+
+def test_a_sequencer_killed_at_any_phase_takes_each_run_once(bench, tmp_path):
+    write_sequence(tmp_path, "many", [{"repeat": {"times": 6, "as": "i", "steps": [
+        {"set": {"program": "cam", "values": {"threshold": "{i}"}}},
+        {"run": {"comment": "take {i}", "seconds": 0.5}}]}}])
+    s = bench()
+    seq(s, "queue", sequence="many")
+    seq(s, "start")
+    kills = 0
+    for _ in range(8):   # a SIGKILL wherever it stands, then the supervisor starts another
+        wait_sequencer(s, lambda st: st["current"] is not None or st["finished"], what="the sequence to move")
+        if seq(s, "status")["finished"]:
+            break
+        os.kill(s.program("sequencer")["pid"], signal.SIGKILL)
+        kills += 1
+        s.wait_state("sequencer", "RUNNING", registered=True, timeout_s=30)
+    wait_sequencer(s, lambda st: st["finished"] and st["finished"][-1]["state"] == "done", 180, what="the end")
+    assert kills >= 1
+    runs = [r for r in s.op.request("run", "runs", n=100) if r.get("sequence")]
+    assert [r["comment"] for r in runs if r["result"] == "ended"] == [f"take {i}" for i in range(1, 7)]
+    assert len({r["sequence"]["step"] for r in runs}) == len(runs)   # no step took two runs
+    sets = [e for e in s.op.request("run", "config_log", program="cam", n=100) if e["by"].startswith("sequencer:")]
+    assert len(sets) == len({e["by"] for e in sets}) == 6   # each setting applied once
