@@ -6,8 +6,11 @@
 for SECONDS a random process of the experiment (the server, the run controller,
 any program) is SIGKILLed or SIGSTOPped every 2 to 5 s, while a client of the
 library sends numbered requests to the server and to every program, and another
-drives prepare/begin/end runs in a loop. Then it waits until every program is
-RUNNING and registered again, for every request's final answer, stops run.py and
+drives prepare/begin/end runs in a loop, and the sequencer takes a queued
+sequence of runs (`for` three cryocooler rates: `set` the rate, `repeat` short
+runs). The sequencer, the run controller and the server are each hit at least
+once. Then it waits until every program is RUNNING and registered again, for
+every request's final answer and for the sequence to end, stops run.py and
 looks for anything left. The seed is printed first, so a run can be replayed.
 
 What it holds the system to: no request answered twice (two different final
@@ -15,7 +18,10 @@ answers, or two from the server), no request made through the client library
 left without a final answer, no run number handed out twice, every program back
 within WHOLE_WITHIN_S of the last fault and every stopped process replaced (the
 boards, which are not bus clients, by their liveness probes), nothing left after
-the stop.
+the stop. And the sequence done within SEQUENCE_WITHIN_S of the last fault, its
+steps each in the run log once: every run step with exactly one run that ended
+(none skipped, none repeated), tagged with its loop values, and every `set` step
+accepted once in the settings log.
 """
 
 import argparse
@@ -45,7 +51,15 @@ ANSWERS_WITHIN_S = 30.0
 REQUEST_EVERY_S = 0.05
 MAX_REQUESTS = 20000
 FAULT_EVERY_S = (2.0, 5.0)
-PROGRAMS = ("spy", "cryo", "vacuum", "bias", "lta1", "lta2", "monitor", "shell")
+PROGRAMS = ("spy", "cryo", "vacuum", "bias", "lta1", "lta2", "monitor", "shell", "sequencer")
+ALWAYS_HIT = ("server", "controller", "sequencer")   # each is a victim at least once
+RUNS_CLIENT = "chaos-runs"
+RUNS_APART_S = 3.0       # after each of its runs the run loop leaves the sequencer this long alone
+SEQUENCER = "sequencer"
+SEQUENCE_WITHIN_S = 300.0
+RATES = (25, 30, 35)     # cryo's `rate` (K/s, a live setting): one `set` step each, then TAKES runs
+TAKES = 10
+RUN_S = 1.0
 
 
 class Observer(Client):
@@ -99,34 +113,60 @@ class Requests(threading.Thread):
 
 
 class Runs(threading.Thread):
-    """prepare_run, begin_run, end_run in a loop; every run number answered is kept."""
+    """prepare_run, begin_run, end_run in a loop, between the sequencer's runs; every run number answered is kept."""
 
     def __init__(self, path, stop):
         super().__init__(daemon=True)
         self.path, self.stop_event = path, stop
         self.numbers, self.failures = [], collections.Counter()
         self.error = None
+        self.stop_heard = False
 
     def run(self):
         try:
-            with Client("chaos-runs", experiment=str(self.path)) as client:
+            with Client(RUNS_CLIENT, experiment=str(self.path)) as client:
+                client.subscribe("event.run_state", self._heard)
                 client.connect(30)
                 while not self.stop_event.is_set():
                     self._cycle(client)
+                for _ in range(5):   # its own run is not left open for the sequence to wait on
+                    if self._cycle(client, end_only=True):
+                        break
         except Exception as exc:
             self.error = exc
 
-    def _cycle(self, client):
+    def _heard(self, topic, event):
+        self.stop_heard = self.stop_heard or event.get("state") == "STOP"
+
+    def _cycle(self, client, end_only=False):
+        """One run; with `end_only`, only its own open run aborted. True when it left no run of its own open."""
         try:
-            if client.request("run", "status", timeout=10)["state"] != "STOP":
+            status = client.request("run", "status", timeout=10)
+            if status["state"] != "STOP" and (status.get("current_run") or {}).get("by") != RUNS_CLIENT:
+                if end_only or not self._another_ended(client):
+                    return True
+            elif status["state"] != "STOP":
                 client.call({"to": "run", "cmd": "abort_run", "timeout": 5}, 20)
+            if end_only:
+                return True
             self.numbers.append(client.call({"to": "run", "cmd": "prepare_run", "timeout": 5}, 20)["run"])
             client.call({"to": "run", "cmd": "begin_run", "timeout": 5, "params": {"seconds": 0.2}}, 20)
             client.poll(1.0)
             client.call({"to": "run", "cmd": "end_run", "timeout": 5}, 20)
+            client.poll(RUNS_APART_S)   # the sequencer takes a few runs before this one comes between again
         except RunControlError as exc:
             self.failures[type(exc).__name__] += 1
             client.poll(0.5)
+        return False
+
+    def _another_ended(self, client):
+        """Whether the run in progress (the sequencer's) ended within 5 s: then prepare_run comes before the
+        sequencer's, which looks at the run log first."""
+        self.stop_heard = False
+        deadline = time.monotonic() + 5.0
+        while not self.stop_heard and not self.stop_event.is_set() and time.monotonic() < deadline:
+            client.poll(0.1)
+        return self.stop_heard and not self.stop_event.is_set()
 
 
 def fault_targets(state):
@@ -141,16 +181,22 @@ def fault_targets(state):
 
 
 def inject(rng, state, seconds, log):
-    """Faults every 2 to 5 s for `seconds`; returns them and the time of the last one."""
+    """Faults every 2 to 5 s for `seconds`, each of ALWAYS_HIT among them at a random turn within the faults there
+    will be at least; returns them and the time of the last one."""
     faults, last = [], time.monotonic()
     deadline = time.monotonic() + seconds
+    sure = max(len(ALWAYS_HIT), int(seconds // FAULT_EVERY_S[1]))
+    owed = sorted(zip(rng.sample(range(sure), len(ALWAYS_HIT)), rng.sample(ALWAYS_HIT, len(ALWAYS_HIT))))
     pause = threading.Event()
     while time.monotonic() < deadline and len(faults) < 1000:
         pause.wait(rng.uniform(*FAULT_EVERY_S))
         targets = fault_targets(state)
         if not targets:
             continue
-        name, pid = rng.choice(targets)
+        due = [(turn, name) for turn, name in owed if turn <= len(faults) and name in dict(targets)]
+        if due:
+            owed.remove(due[0])
+        name, pid = (due[0][1], dict(targets)[due[0][1]]) if due else rng.choice(targets)
         signum = rng.choice((signal.SIGKILL, signal.SIGSTOP))
         try:
             os.kill(pid, signum)
@@ -186,14 +232,78 @@ def still_stopped(faults):
     return found
 
 
-def chaos(seed, seconds, folder, log=print):
-    """One chaos run; returns the report (a dict) with `problems` listing what did not hold."""
+class Sequence:
+    """The sequence the sequencer takes under the faults: for each of RATES, a `set` of cryo's rate and `takes` runs
+    of RUN_S. Written beside the experiment, queued and started, waited for; what it left is read back from the run
+    controller (the run log, cryo's settings log)."""
+
+    def __init__(self, path, takes):
+        self.path, self.takes = path, takes
+        self.entry, self.status, self.runs, self.settings = None, None, [], []
+        self.pauses = {}            # (why, since) -> by: every pause seen
+        self.done_after_s = None
+        (path.parent / "sequences").mkdir(exist_ok=True)
+        (path.parent / "sequences" / "chaos.json").write_text(json.dumps({"name": "chaos", "steps": [
+            {"for": {"rate": list(RATES), "steps": [
+                {"set": {"program": "cryo", "values": {"rate": "{rate}"}}},
+                {"repeat": {"times": takes, "as": "take", "steps": [
+                    {"run": {"comment": "chaos: cryo at {rate} K/s, take {take}", "seconds": RUN_S,
+                             "params": {"rate": "{rate}", "take": "{take}"}}}]}}]}}]}))
+
+    def steps(self):
+        """Step index -> (kind, loop values), as the sequence unrolls."""
+        kinds = [(kind, loop) for rate in RATES for kind, loop in
+                 [("set", {"rate": rate}), *(("run", {"rate": rate, "take": t}) for t in range(1, self.takes + 1))]]
+        return dict(enumerate(kinds))
+
+    def start(self):
+        with Client(f"chaos-sequence-{os.getpid()}", experiment=str(self.path)) as client:
+            client.connect(30)
+            self.entry = client.request(SEQUENCER, "queue", sequence="chaos", by="chaos", timeout=20)["id"]
+            client.request(SEQUENCER, "start", by="chaos", timeout=20)
+
+    def finished(self):
+        """The sequence's entry once it has ended (done, aborted, failed), else None."""
+        finished = (self.status or {}).get("finished") or []
+        return next((e for e in finished if e["id"] == self.entry), None)
+
+    def finish(self, last_fault):
+        """Wait for the end (SEQUENCE_WITHIN_S after the last fault at most), then read the run and settings logs."""
+        with Client(f"chaos-sequence-{os.getpid()}", experiment=str(self.path)) as client:
+            client.connect(30)
+            while self.finished() is None and time.monotonic() - last_fault < SEQUENCE_WITHIN_S:
+                self.status = ask(client, SEQUENCER, "status") or self.status
+                paused = (self.status or {}).get("paused")
+                if paused:
+                    self.pauses[(paused["why"], paused["at"])] = paused["by"]
+                client.poll(1.0)
+            if self.finished() is not None:
+                self.done_after_s = round(time.monotonic() - last_fault, 1)
+            self.runs = ask(client, "run", "runs", n=1_000_000) or []
+            self.settings = ask(client, "run", "config_log", program="cryo", n=1000) or []
+
+
+def ask(client, to, cmd, **fields):
+    """`to`'s answer to `cmd`, tried for up to 30 s (a program just restarted); None when none came."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            return client.request(to, cmd, timeout=10, **fields)
+        except RunControlError:
+            client.poll(1.0)
+    return None
+
+
+def chaos(seed, seconds, folder, log=print, takes=TAKES):
+    """One chaos run (its sequence `takes` runs at each rate); returns the report (a dict) with `problems` listing
+    what did not hold."""
     rng = random.Random(seed)
     log(f"chaos seed {seed}, {seconds:g} s of faults")
     path = damicm_copy(folder)
     description = json.loads(path.read_text())
     description["server"]["stale_after"] = 4.0
     path.write_text(json.dumps(description))
+    sequence = Sequence(path, takes)
     state = folder / "var" / "run"
     with open(folder / "run.log", "wb") as out:
         launcher = subprocess.Popen([sys.executable, "run.py", str(path), "--headless"], cwd=ROOT,
@@ -207,6 +317,7 @@ def chaos(seed, seconds, folder, log=print):
         while not whole(path):
             if time.monotonic() - started > WHOLE_WITHIN_S:
                 raise AssertionError("damicm did not come up")
+        sequence.start()
         requests.start()
         runs.start()
         faults, last_fault = inject(rng, state, seconds, log)
@@ -222,6 +333,7 @@ def chaos(seed, seconds, folder, log=print):
         stop.set()
         requests.done.wait(ANSWERS_WITHIN_S + WHOLE_WITHIN_S + 10)
         runs.join(60)
+        sequence.finish(last_fault)
     finally:
         stop.set()
         code, killed = process.stop_group(launcher, 60)
@@ -230,6 +342,7 @@ def chaos(seed, seconds, folder, log=print):
             requests.done.wait(5)
             requests.client.close()
     judge(report, requests, runs, state)
+    judge_sequence(report, sequence)
     report["leftovers"] = [f"{p.pid} {p.name()}" for p in tagged_processes()
                            if p.pid != os.getpid() and launcher.pid != p.pid]
     if report["leftovers"]:
@@ -272,6 +385,62 @@ def judge(report, requests, runs, state):
     missing = sorted(set(runs.numbers) - set(groups))
     if missing:
         report["problems"].append(f"run(s) {missing} prepared but not in the run log")
+
+
+def judge_sequence(report, sequence):
+    """Each run step of the sequence has exactly one run that ended, with its loop values; each `set` step was
+    accepted once. A step's attempts that failed at prepare_run or were aborted are counted apart, not as repeats:
+    they took no data for the step (the sequencer takes it again under a new attempt)."""
+    problems, steps, entry = report["problems"], sequence.steps(), sequence.entry
+    finished = sequence.finished()
+    if finished is None or finished["state"] != "done":
+        current = (sequence.status or {}).get("current") or {}
+        problems.append(f"the sequence did not end done within {SEQUENCE_WITHIN_S:g} s of the last fault: "
+                        f"{finished or {k: current.get(k) for k in ('index', 'phase', 'waiting_for')}}, "
+                        f"paused {(sequence.status or {}).get('paused')}")
+    tagged = [r for r in sequence.runs if (r.get("sequence") or {}).get("entry") == entry]
+    by_step = collections.defaultdict(list)
+    for record in tagged:
+        by_step[record["sequence"]["step"]].append(record)
+    run_steps = [i for i, (kind, _) in steps.items() if kind == "run"]
+    ended = {i: [r for r in by_step[i] if r["result"] == "ended"] for i in run_steps}
+    skipped = [(i, [r["result"] for r in by_step[i]]) for i in run_steps if not ended[i]]
+    repeated = [(i, [r["run"] for r in ended[i]]) for i in run_steps if len(ended[i]) > 1]
+    unlooped = [r["run"] for i in run_steps for r in ended[i] if r["sequence"].get("loop") != steps[i][1]
+                or any((r.get("params") or {}).get(k) != v for k, v in steps[i][1].items())]
+    taken = sorted((r for rs in ended.values() for r in rs), key=lambda r: r["run"])
+    astray = [r["run"] for r in tagged if r["sequence"]["step"] not in run_steps or r["result"] == "running"]
+    applied = collections.defaultdict(list)
+    for change in sequence.settings:
+        parts = str(change.get("by")).split(":")   # sequencer:<book token>:<entry>:<step>:<attempt>
+        if change.get("accepted") and len(parts) == 5 and parts[0] == SEQUENCER and parts[2] == entry:
+            applied[int(parts[3])].append(change)
+    set_steps = [i for i, (kind, _) in steps.items() if kind == "set"]
+    twice = [i for i in set_steps if len(applied[i]) > 1]
+    unset = [i for i in set_steps if [c["changes"].get("rate", [None, None])[1] for c in applied[i]][:1]
+             != [steps[i][1]["rate"]]]
+    report["sequence"] = (f"{finished['state'] if finished else 'not ended'}: {len(taken)} runs taken for "
+                          f"{len(run_steps)} run steps, {len(repeated)} repeated, {len(skipped)} skipped; "
+                          f"{len(tagged) - len(taken)} attempts not taken "
+                          f"{dict(collections.Counter(r['result'] for r in tagged if r['result'] != 'ended'))}; "
+                          f"{sum(map(len, applied.values()))} settings applied for {len(set_steps)} set steps, "
+                          f"{len(twice)} applied twice; {len(sequence.pauses)} pauses")
+    report["sequence_done_after_s"] = sequence.done_after_s
+    report["sequence_pauses"] = [f"{why} (by {by})" for (why, _), by in sequence.pauses.items()]
+    for what, found in (("run step(s) with no run that ended (step, results)", skipped),
+                        ("run step(s) with more than one run that ended (step, runs)", repeated),
+                        ("run(s) without their step's loop values", unlooped),
+                        ("run(s) of the sequence of no run step, or left running", astray),
+                        ("set step(s) applied more than once", twice),
+                        ("set step(s) not applied once with their value", unset)):
+        if found:
+            problems.append(f"sequence: {what}: {found}")
+    if [r["sequence"]["step"] for r in taken] != sorted(r["sequence"]["step"] for r in taken):
+        problems.append(f"sequence: its runs in the run log are not in step order: "
+                        f"{[(r['run'], r['sequence']['step']) for r in taken]}")
+    missing = [name for name in ALWAYS_HIT if not any(key.endswith(f" {name}") for key in report.get("faults", {}))]
+    if missing:
+        problems.append(f"never hit by a fault: {missing}")
 
 
 def run_log(state, problems):

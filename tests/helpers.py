@@ -450,7 +450,7 @@ class System:
 
 
 DAMICM_PROGRAMS = {"spy", "cryo", "vacuum", "bias", "board1", "board2", "lta1", "lta2", "monitor", "historian",
-                   "shell", "web"}
+                   "sequencer", "shell", "web"}
 
 
 def damicm_copy(folder, holds=None):
@@ -471,6 +471,7 @@ def damicm_copy(folder, holds=None):
             program["liveness"]["tcp"] = boards[program["liveness"]["tcp"]]
     path = folder / "damicm.json"
     path.write_text(json.dumps(description))
+    shutil.copytree(ROOT / "sequences", folder / "sequences", dirs_exist_ok=True)   # found beside the file
     return path
 
 

@@ -114,6 +114,7 @@ def test_each_operator_method_of_a_command_sends_that_command_and_its_payload_pa
                                          ("end_run", (), {}), ("ack", (), {"by": "anna"})]:
                 assert sent(op, method, *args, **kwargs) == [method]
             run = op.runs(1)[-1]["run"]
+            wait_until(lambda: to_run()[-1]["cmd"] == "runs", 10, what="the runs request on the stream")
             assert sent(op, "run_config", run) == ["run_config"] and sent(op, "config_diff", run) == ["config_diff"]
             assert sent(op, "set_config", "echo", refused="no_settings", gain=1) == ["set_config"]  # it has no schema
             assert sent(op, "programs") == ["status"] and sent(op, "snapshot") == ["status"]

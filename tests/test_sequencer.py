@@ -4,11 +4,16 @@ queued and driven from the operator client, runs checked in the run log."""
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
+from runcontrol.control.operator import Operator
 from runcontrol.errors import Refused, RequestFailed
-from tests.helpers import helper, wait_until
+from tests.helpers import ROOT, damicm_copy, env_for_children, helper, wait_until
+from tests.test_cli import run_tool
+from tests.test_view import view_once
 
 
 def sequencer_program(tmp_path, *extra):
@@ -80,6 +85,8 @@ def test_a_scan_sets_waits_and_takes_each_run_once_tagged_with_its_loop_values(b
     s.wait_event("event.sequence_done", sequence="scan")
     steps = [obj["index"] for topic, obj in s.events.items if topic == "event.sequence_step"]
     assert steps == list(range(8))
+    view = "\n".join(view_once(s.path))   # the view's event lines
+    assert "Sequence scan (q1) done: 8 steps" in view and "scan step 8/8: run (gain=3, n=2)" in view
 
 
 def test_bad_sequences_are_refused_with_every_path(bench, tmp_path):
@@ -123,21 +130,24 @@ def test_pause_at_once_ends_the_run_and_resume_takes_the_step_again_skip_and_abo
     seq(s, "start")
     wait_sequencer(s, lambda st: st["current"] and st["current"]["phase"] == "running", what="the first run")
     first = s.op.request("run", "status")["run"]
-    paused = seq(s, "pause", at_once=True, why="cryo check")
-    assert paused["state"] == "paused" and paused["paused"]["why"] == "cryo check"
-    wait_until(lambda: s.op.request("run", "status")["state"] == "STOP", 30, 0.2, what="the run to end")
-    assert s.op.request("run", "runs")[-1]["result"] == "ended"
-    with pytest.raises(Refused) as refused:
-        seq(s, "pause")
-    assert refused.value.code == "bad_state"
-    seq(s, "resume")
+    with Operator(experiment=str(s.path)) as op:   # the operator API
+        paused = op.sequences.pause(at_once=True, why="cryo check")
+        assert paused["state"] == "paused" and paused["paused"]["why"] == "cryo check"
+        wait_until(lambda: s.op.request("run", "status")["state"] == "STOP", 30, 0.2, what="the run to end")
+        assert s.op.request("run", "runs")[-1]["result"] == "ended"
+        with pytest.raises(Refused) as refused:
+            op.sequences.pause()
+        assert refused.value.code == "bad_state" and "already paused: cryo check" in str(refused.value)
+        op.sequences.resume()
     wait_sequencer(s, lambda st: st["current"]["phase"] == "running" and st["current"]["run"] != first,
                    what="step one taken again")
     assert s.op.request("run", "status")["current_run"]["comment"] == "one"
-    seq(s, "skip")
+    skipped = run_tool("send.py", "--experiment", s.path, "sequencer", "skip")   # and send.py
+    assert skipped.returncode == 0, skipped.stderr
     wait_sequencer(s, lambda st: st["current"]["index"] == 1 and st["current"]["phase"] == "running",
                    what="step two")
-    seq(s, "abort", why="enough")
+    aborted = run_tool("send.py", "--experiment", s.path, "sequencer", "abort", "why=enough")
+    assert aborted.returncode == 0 and json.loads(aborted.stdout)["current"]["index"] == 1, aborted.stderr
     wait_sequencer(s, lambda st: st["finished"] and st["finished"][-1]["state"] == "aborted", what="the abort")
     runs = s.op.request("run", "runs")
     assert [(r["comment"], r["result"]) for r in runs if r.get("sequence")] == [
@@ -168,3 +178,88 @@ def test_a_sequencer_killed_at_any_phase_takes_each_run_once(bench, tmp_path):
     assert len({r["sequence"]["step"] for r in runs}) == len(runs)   # no step took two runs
     sets = [e for e in s.op.request("run", "config_log", program="cam", n=100) if e["by"].startswith("sequencer:")]
     assert len(sets) == len({e["by"] for e in sets}) == 6   # each setting applied once
+
+
+def test_a_sequence_cannot_change_a_frozen_setting_during_a_run_it_pauses_with_the_reason(bench, tmp_path):
+    write_sequence(tmp_path, "tune", [{"set": {"program": "cam", "values": {"gain": 3}}}])
+    s = bench()
+    s.op.request("run", "prepare_run")
+    run = s.op.request("run", "begin_run", comment="operator's own")["run"]
+    seq(s, "queue", sequence="tune")
+    seq(s, "start")
+    status = wait_sequencer(s, lambda st: st["state"] == "paused" and st, what="the refusal")
+    assert "step 1 (set) failed: set_config cam:" in status["paused"]["why"]
+    assert "gain" in status["paused"]["why"] and f"run {run}" in status["paused"]["why"]
+    assert s.op.request("run", "config", program="cam")["values"]["gain"] == 1
+    s.op.request("run", "end_run")
+    seq(s, "resume")   # the step is taken again, now between runs
+    wait_sequencer(s, lambda st: st["finished"] and st["finished"][-1]["state"] == "done", what="the setting")
+    assert s.op.request("run", "config", program="cam")["values"]["gain"] == 3
+
+
+def test_an_alarm_that_asks_for_a_retry_ends_the_run_holds_the_step_until_acknowledged_then_takes_it_again(
+        system, tmp_path):
+    write_sequence(tmp_path, "watched", [{"run": {"comment": "long", "seconds": 600}}],
+                   on_alarm={"alarms": {"hot": "retry"}, "suspend": ["hot"]})
+    s = system({"cam": helper("configurable.py", "cam", tmp_path / "cam.jsonl", client="cam"),
+                "cryo": {"cmd": ["python", "-m", "clients.sim.cryo", "--name", "cryo", "--start", "150",
+                                 "--rate", "100"], "client": "cryo"},
+                "sequencer": sequencer_program(tmp_path)},
+               alarms={"hot": {"value": "cryo.values.temperature", "above": 200, "message": "too warm",
+                               "actions": ["log"]}})
+    for name in ("cam", "cryo", "sequencer"):
+        s.wait_state(name, "RUNNING", registered=True)
+    seq(s, "queue", sequence="watched")
+    seq(s, "start")
+    first = wait_sequencer(s, lambda st: st["current"] and st["current"]["phase"] == "running" and st)["current"]
+    s.op.request("cryo", "set_point", kelvin=250)
+    wait_until(lambda: s.op.request("run", "runs")[-1]["result"] == "aborted", 60, 0.2, what="the run aborted")
+    held = wait_sequencer(s, lambda st: "hot" in (st["current"]["waiting_for"] or "") and st, what="the hold")
+    assert held["current"]["phase"] == "start" and held["current"]["attempt"] == 2
+    s.op.request("cryo", "set_point", kelvin=150)
+    wait_until(lambda: s.op.request("run", "alarms")["alarms"][0]["state"] == "cleared", 60, 0.2,
+               what="the alarm to clear")
+    assert s.op.request("run", "status")["state"] == "STOP"   # cleared, not yet acknowledged: still held
+    s.op.request("run", "ack", alarm="hot")
+    again = wait_sequencer(s, lambda st: st["current"]["phase"] == "running" and st)["current"]
+    assert again["run"] != first["run"] and again["index"] == first["index"] == 0
+    runs = [r for r in s.op.request("run", "runs") if r.get("sequence")]
+    assert [(r["run"], r["result"], r["sequence"]["step"]) for r in runs] == [
+        (first["run"], "aborted", 0), (again["run"], "running", 0)]
+
+
+def test_damicm_takes_its_bias_scan_as_the_readme_shows(tmp_path):
+    path = damicm_copy(tmp_path)
+    proc = subprocess.Popen([sys.executable, "run.py", str(path), "--headless"], cwd=ROOT, env=env_for_children(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def send(*args):
+        answer = run_tool("send.py", "--experiment", path, "sequencer", *args)
+        assert answer.returncode == 0, answer.stderr
+        return json.loads(answer.stdout)
+    try:
+        with Operator(experiment=str(path)) as op:
+            wait_until(lambda: "sequencer" in {c["name"] for c in op.clients()} and op.retained("bias."), 90, 0.5,
+                       what="damicm up")
+            assert set(send("sequences")["sequences"]) >= {"bias_scan", "darks"}
+            queued = send("queue", "sequence=bias_scan", 'variables={"seconds": 1}')
+            assert queued["steps"] == 2 + 1 + 3 * (1 + 1 + 3)
+            verdict = send("dry_run")
+            assert verdict["ok"] and verdict["steps"] == 18, verdict["problems"]
+            send("start")
+
+            def done():
+                op.ack(by="test")   # the alarms of the start (the cryostat pumping down) hold the scan until acked
+                status = op.sequences.status()
+                assert status["state"] != "paused", status["paused"]
+                return status["finished"] and status["finished"][-1]["state"] == "done"
+            wait_until(done, 240, 1, what="the bias scan to end")
+            runs = [r for r in op.runs(50) if r.get("sequence")]
+            assert [r["comment"] for r in runs] == [f"bias scan {v} V, exposure {n}" for v in (40, 50, 60)
+                                                    for n in (1, 2, 3)]
+            assert all(r["result"] == "ended" and r["by"] == "sequencer" for r in runs)
+            assert [r["params"]["volts"] for r in runs] == [40] * 3 + [50] * 3 + [60] * 3
+            assert op.config("bias")["values"]["volts"] == 60
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)

@@ -2,6 +2,7 @@
 bad input answered with a 4xx, actions only for a logged-in operator (a 12 h session; failed logins limited per
 address); and the page itself in headless Chromium."""
 
+import contextlib
 import http.client
 import json
 import os
@@ -397,8 +398,9 @@ def install_chromium():
                     f"{installed.stderr[-300:]!r}")
 
 
-@pytest.fixture(scope="module")
-def browser(site):
+@contextlib.contextmanager
+def chromium():
+    """Headless Chromium driven by selenium, quit at the end."""
     install_chromium()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -415,10 +417,32 @@ def browser(site):
         driver.quit()
 
 
+@pytest.fixture(scope="module")
+def browser(site):
+    with chromium() as driver:
+        yield driver
+
+
 def text_of(driver, selector):
     """The text of the first element `selector` finds, read in one go (the page redraws its tables every second)."""
     return driver.execute_script("const e = document.querySelector(arguments[0]); return e ? e.textContent : null",
                                  selector)
+
+
+def click(driver, selector, what):
+    """Click the first element `selector` finds, once there is one."""
+    wait_until(lambda: driver.execute_script(
+        "const e = document.querySelector(arguments[0]); if (e) e.click(); return !!e", selector), 20, 0.2, what=what)
+
+
+def log_in(driver, name, password):
+    """Log in through the page's form (the page is open), and wait until the page says who is logged in."""
+    wait_until(lambda: driver.find_elements("css selector", "#login-name"), 20, 0.2, what="the login form")
+    for field, text in (("#login-name", name), ("#login-password", password)):
+        driver.find_element("css selector", field).clear()
+        driver.find_element("css selector", field).send_keys(text)
+    click(driver, "#login button", "the login button")
+    wait_until(lambda: text_of(driver, "#user") == f"operator {name}", 20, 0.2, what="logged in")
 
 
 def setting_row(driver, program, name):
@@ -454,19 +478,12 @@ def test_the_page_follows_a_restart_live_and_offers_no_action_read_only(site, br
 
 @pytest.mark.timeout(900)
 def test_a_run_begun_from_the_page_by_a_logged_in_operator_is_in_the_run_log(site, browser):
-    def click(selector, what):
-        wait_until(lambda: browser.execute_script(
-            "const e = document.querySelector(arguments[0]); if (e) e.click(); return !!e", selector), 20, 0.2, what=what)
     browser.get(site.url + "/#status")
-    wait_until(lambda: browser.find_elements("css selector", "#login-name"), 20, 0.2)
-    browser.find_element("css selector", "#login-name").send_keys("anna")
-    browser.find_element("css selector", "#login-password").send_keys(PASSWORD)
-    click("#login button", "the login button")
-    wait_until(lambda: text_of(browser, "#user") == "operator anna", 20, 0.2, what="logged in")
-    click("#do-prepare_run", "the prepare button")
+    log_in(browser, "anna", PASSWORD)
+    click(browser, "#do-prepare_run", "the prepare button")
     comment = wait_until(lambda: browser.find_elements("css selector", "#run-comment"), 20, 0.2)[0]
     comment.send_keys("begun from the page")
-    click("#do-begin_run", "the begin button")
+    click(browser, "#do-begin_run", "the begin button")
     wait_until(lambda: text_of(browser, "#run-state") == "RUN", 30, 0.2, what="RUN on the page")
     run = site.get("/api/status")[1]["run"]["run"]
     browser.get(site.url + "/#settings")   # during the run a frozen setting is read-only, and says why
@@ -478,7 +495,7 @@ def test_a_run_begun_from_the_page_by_a_logged_in_operator_is_in_the_run_log(sit
     wait_until(lambda: "begun from the page" in (text_of(browser, "#runs tbody") or ""), 20, 0.2,
                what="the run in the page's run log")
     browser.get(site.url + "/#status")
-    click("#do-end_run", "the end button")
+    click(browser, "#do-end_run", "the end button")
     wait_until(lambda: text_of(browser, "#run-state") == "STOP", 30, 0.2, what="STOP on the page")
     assert f"STOP number {run}" in text_of(browser, "#run")   # the last run's number, kept
     assert any(e.get("kind") == "operator_action" and e["by"] == "anna" and e["action"] == "end_run"

@@ -14,6 +14,10 @@
                               the query parameters its payload
   POST /api/run/CMD {payload}  any command of the run controller that acts (prepare_run, begin_run {"comment"},
                               end_run, abort_run, start, stop, restart, reload, ack, set_config), `by` the operator
+  GET  /api/sequencer/CMD?KEY=VALUE  a command of the sequencer that only reads (status, sequences, log), the query
+                              parameters its payload
+  POST /api/sequencer/CMD {payload}  a command of the sequencer (queue, start, pause, resume, skip, abort, load,
+                              dry_run), `by` the operator
   POST /api/programs/NAME/restart
   POST /api/alarms/NAME/ack
   GET  /api/config            every program's settings (values, schema, live ones)
@@ -24,7 +28,8 @@ Errors are JSON `{"error", "code"}` with a 4xx status (a 5xx only when the bus
 does not answer). Actions need a logged-in operator and a JSON body; each is
 logged, and announced as an `operator_action` event, with who did it. The run
 controller's commands are reached from its table: one added there is served
-here. Must not block the event loop.
+here; the sequencer's (clients/sequencer.py) from SEQUENCER_COMMANDS below.
+Must not block the event loop.
 """
 
 import asyncio
@@ -39,7 +44,7 @@ from prometheus_client.exposition import choose_encoder
 from runcontrol.control import commands
 from runcontrol.control.commands.base import payload
 from web import auth
-from web.feed import BusError
+from web.feed import SEQUENCER, BusError
 from web.metrics import registry_for
 
 log = logging.getLogger("web")
@@ -47,9 +52,13 @@ log = logging.getLogger("web")
 STATIC = Path(__file__).with_name("static").resolve()
 BODY_MAX = 64 * 1024
 RUN = "run"
-COMMENT_MAX = 500
+TEXT_MAX = 500
 LIMITS = {"n": (1, 1000, 50), "log": (0, 1000, 100), "points": (1, 10000, 500)}
 KEEPALIVE_S = 15.0
+# The sequencer's commands served here, each with whether it acts (POST, operators only) or only reads (GET).
+SEQUENCER_COMMANDS = {"status": False, "sequences": False, "log": False, "queue": True, "start": True, "pause": True,
+                      "resume": True, "skip": True, "abort": True, "load": True, "dry_run": True}
+SEQUENCER_WAIT_S = 15.0   # a dry run asks the run controller before it answers
 
 
 class Problem(Exception):
@@ -70,6 +79,7 @@ def make_app(feed, client, users, secure_cookies):
         web.get("/api/alarms", alarms), web.get("/api/events", events), web.get("/api/history", history),
         web.get("/api/stream", stream), web.get("/api/whoami", whoami), web.post("/api/login", login),
         web.post("/api/logout", logout), web.get("/api/run/{cmd}", run_read), web.post("/api/run/{cmd}", run_act),
+        web.get("/api/sequencer/{cmd}", sequencer_read), web.post("/api/sequencer/{cmd}", sequencer_act),
         web.post("/api/programs/{name}/restart", restart), web.post("/api/alarms/{name}/ack", ack),
         web.get("/api/config", config), web.post("/api/programs/{name}/config", set_config),
         web.get("/metrics", metrics), web.get("/static/{path:.+}", static_file)])
@@ -137,26 +147,39 @@ async def config(request):
 async def run_read(request):
     """A command of the run controller that only reads: the query parameters are its payload."""
     module = command_of(request, acts=False)
-    return web.json_response(await ask_run(request, module.NAME, query_payload(module, request.query)))
+    fields = query_payload(module.SCHEMA.get("properties", {}), request.query)
+    return web.json_response(await ask_run(request, module.NAME, fields))
+
+
+async def sequencer_read(request):
+    """A command of the sequencer that only reads: the query parameters are its payload."""
+    name = known_command(request, SEQUENCER_COMMANDS, "the sequencer", acts=False)
+    ask = {**query_payload({}, request.query), "to": SEQUENCER, "cmd": name}
+    return web.json_response(await request.app["feed"].request(ask, SEQUENCER_WAIT_S))
 
 
 def command_of(request, acts):
-    """The run controller's command the path names; 404 when there is none, 405 when it is not for this method."""
+    """The run controller's command the path names."""
+    name = known_command(request, {name: module.ACTS for name, module in commands.COMMANDS.items()},
+                         "the run controller", acts)
+    return commands.COMMANDS[name]
+
+
+def known_command(request, known, owner, acts):
+    """The command the path names, of `known` ({name: whether it acts}); 404 when there is none, 405 when it is not
+    for this method."""
     name = request.match_info["cmd"]
-    module = commands.COMMANDS.get(name)
-    if module is None:
-        raise Problem(f"the run controller has no command {name[:40]!r}: one of {', '.join(commands.COMMANDS)}", 404,
-                      "unknown_action")
-    if module.ACTS != acts:
-        how = "POST it as a logged-in operator" if module.ACTS else "GET it"
-        raise Problem(f"{name} {'acts' if module.ACTS else 'only reads'}: {how}", 405, "method_not_allowed")
-    return module
+    if name not in known:
+        raise Problem(f"{owner} has no command {name[:40]!r}: one of {', '.join(known)}", 404, "unknown_action")
+    if known[name] != acts:
+        how = "POST it as a logged-in operator" if known[name] else "GET it"
+        raise Problem(f"{name} {'acts' if known[name] else 'only reads'}: {how}", 405, "method_not_allowed")
+    return name
 
 
-def query_payload(module, query):
-    """A payload from query parameters: a value is JSON (n=5, all=true) unless its field is text; an empty one is
-    left out (its default)."""
-    properties = module.SCHEMA.get("properties", {})
+def query_payload(properties, query):
+    """A payload from query parameters: a value is JSON (n=5, all=true) unless its field (of the JSON Schema
+    `properties`) is text; an empty one is left out (its default)."""
     fields = {}
     for key, text in query.items():
         if not text:
@@ -321,31 +344,50 @@ async def operator(request):
 
 
 async def order(request, who, name, fields):
-    """Send the run controller's command `name` for operator `who` (its `by`), log it and announce it with who asked,
-    whatever the answer."""
+    """Send the run controller's command `name` for operator `who` (its `by`), announced."""
     fields = {**payload(fields), "by": who}
     target = fields.get("program") or fields.get("alarm") or RUN
+    return await announced(request, who, name, target, ask_run(request, name, fields))
+
+
+async def announced(request, who, action, target, asking):
+    """Await `asking`, operator `who`'s `action` on `target`; log it and announce it with who asked, whatever the
+    answer."""
     client = request.app["client"]
     try:
-        result = await ask_run(request, name, fields)
+        result = await asking
     except BusError as exc:
-        log.warning("%s: %s %s refused: %s", who, name, target, exc)
-        client.send(None, "_event", kind="operator_action", by=who, action=name, target=target, ok=False,
+        log.warning("%s: %s %s refused: %s", who, action, target, exc)
+        client.send(None, "_event", kind="operator_action", by=who, action=action, target=target, ok=False,
                     error=str(exc), via="web")
         raise
-    log.info("%s: %s %s", who, name, target)
-    client.send(None, "_event", kind="operator_action", by=who, action=name, target=target, ok=True, via="web")
+    log.info("%s: %s %s", who, action, target)
+    client.send(None, "_event", kind="operator_action", by=who, action=action, target=target, ok=True, via="web")
     return web.json_response(result)
+
+
+def check_text(body, key):
+    text = body.get(key)
+    if text is not None and (not isinstance(text, str) or len(text) > TEXT_MAX):
+        raise Problem(f"'{key}' must be text of at most {TEXT_MAX} characters")
 
 
 async def run_act(request):
     """A command of the run controller that acts: the JSON body is its payload, `by` the operator."""
     who, body = await operator(request)
     module = command_of(request, acts=True)
-    comment = body.get("comment")
-    if comment is not None and (not isinstance(comment, str) or len(comment) > COMMENT_MAX):
-        raise Problem(f"'comment' must be text of at most {COMMENT_MAX} characters")
+    check_text(body, "comment")
     return await order(request, who, module.NAME, body)
+
+
+async def sequencer_act(request):
+    """A command of the sequencer that acts: the JSON body is its payload, `by` the operator; its refusal is
+    answered with its code and text."""
+    who, body = await operator(request)
+    name = known_command(request, SEQUENCER_COMMANDS, "the sequencer", acts=True)
+    check_text(body, "why")
+    ask = {**payload(body), "by": who, "to": SEQUENCER, "cmd": name}
+    return await announced(request, who, name, SEQUENCER, request.app["feed"].request(ask, SEQUENCER_WAIT_S))
 
 
 async def restart(request):

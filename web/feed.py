@@ -1,9 +1,9 @@
 """The web program's side of the bus: a snapshot of the system refreshed every second, events handed to the pages.
 
 One snapshot serves every page, `/api/status` and `/metrics`, however many ask:
-the server's status, rates, clients and retained values and the run
-controller's status, asked together each second, and the current or last run
-number (`last_run`: the status has none in STOP). Each open page has a queue;
+the server's status, rates, clients and retained values, the run controller's
+status and the sequencer's, asked together each second, and the current or last
+run number (`last_run`: the status has none in STOP). Each open page has a queue;
 the event stream and each new snapshot go into every queue as server-sent event
 frames, and a page too slow to take them is dropped (it reconnects). Must not block the event loop.
 """
@@ -23,8 +23,10 @@ log = logging.getLogger("web")
 REFRESH_S = 1.0
 ASK_TIMEOUT_S = 5.0
 QUEUE_MAX = 200
+SEQUENCER = "sequencer"   # the sequencer program's client name (clients/sequencer.py)
 ASKS = {"server": {"cmd": "_status"}, "stats": {"cmd": "_stats"}, "clients": {"cmd": "_list"},
-        "retained": {"cmd": "_retained"}, "run": {"to": "run", "cmd": "status"}}
+        "retained": {"cmd": "_retained"}, "run": {"to": "run", "cmd": "status"},
+        "sequencer": {"to": SEQUENCER, "cmd": "status"}}
 LAST_LOGGED = {"to": "run", "cmd": "runs", "n": 1}   # the run log's newest record
 
 
@@ -159,8 +161,9 @@ def sse_frame(kind, data):
 
 
 def page_status(snap):
-    """What the status page shows, from a snapshot: the server, the run, programs, hosts, alarms, rates."""
+    """What the page shows, from a snapshot: the server, the run, programs, hosts, alarms, rates, sequences."""
     stats = snap.get("stats") or {}
     return {"taken": snap["taken"], "server": snap.get("server"), "run": snap.get("run"),
             "run_error": snap.get("run_error"), "last_run": snap.get("last_run"), "rates": stats.get("total"),
-            "dropped": stats.get("dropped")}
+            "dropped": stats.get("dropped"), "sequencer": snap.get("sequencer"),
+            "sequencer_error": snap.get("sequencer_error")}

@@ -26,6 +26,7 @@ from runcontrol.errors import NoSuchClient, RequestTimeout, RunControlError
 DEFAULT_TIMEOUT_S = 10.0
 HISTORIAN_ROLE = "historian"
 RUN = "run"
+SEQUENCER = "sequencer"
 
 
 class Operator:
@@ -167,6 +168,14 @@ class Operator:
         """{program: {setting: [in run a, in run b (or now)]}}."""
         return self._run("config_diff", a=a, b=b)
 
+    # --- sequences (the sequencer program, a client named `sequencer`) ------------------------------
+
+    @property
+    def sequences(self):
+        """The sequencer's commands: `op.sequences.queue("bias_scan", seconds=30)`, `.start()`, `.pause(at_once=True)`,
+        `.resume()`, `.skip()`, `.abort(why)`, `.status()`, `.dry_run()`, `.load(name)`, `.names()`, `.log(n)`."""
+        return Sequences(self)
+
     def _run(self, cmd, **fields):
         """The result of the run controller's command `cmd` (of the table in `commands/`) with the `fields` that
         are not None, waiting as long as the table says it may take."""
@@ -225,6 +234,53 @@ class Operator:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class Sequences:
+    """The sequencer's commands, each sent to the client `sequencer` (see clients/sequencer.py)."""
+
+    def __init__(self, op, name=SEQUENCER):
+        self.op, self.name = op, name
+
+    def queue(self, sequence, by=None, **variables):
+        """Queue `sequence` (a name in the sequences folder, or a path) with its variables; the queued entry."""
+        return self._ask("queue", sequence=sequence, variables=variables, by=by)
+
+    def start(self):
+        return self._ask("start")
+
+    def pause(self, at_once=False, why=None):
+        """After the current step, or `at_once` (a run in progress ends; the step is taken again on resume)."""
+        return self._ask("pause", at_once=at_once, why=why)
+
+    def resume(self):
+        return self._ask("resume")
+
+    def skip(self):
+        return self._ask("skip")
+
+    def abort(self, why=None):
+        return self._ask("abort", why=why)
+
+    def status(self):
+        return self._ask("status")
+
+    def dry_run(self, sequence=None, **variables):
+        """The verdict on `sequence` (or the whole queue): ok, problems with their paths, steps, estimate_s."""
+        return self._ask("dry_run", sequence=sequence, variables=variables or None)
+
+    def load(self, sequence, **variables):
+        return self._ask("load", sequence=sequence, variables=variables or None)
+
+    def names(self):
+        return self._ask("sequences")["sequences"]
+
+    def log(self, n=50):
+        return self._ask("log", n=n)
+
+    def _ask(self, cmd, **fields):
+        payload = {key: value for key, value in fields.items() if value is not None}
+        return self.op.call({"to": self.name, "cmd": cmd, **payload})
 
 
 def historian_in(clients):

@@ -29,9 +29,10 @@ STATE_STYLES = {"RUNNING": "green", "REGISTERED": "green", "STARTING": "yellow",
                 "STOPPED": "dim", "EXITED": "dim", "FATAL": "bold red", "UNKNOWN": "bold magenta"}
 RUN_STYLES = {"RUN": "bold green", "READY": "bold yellow", "STOP": "bold"}
 ALARMS = {"program_fatal", "client_lost", "host_unreachable", "alarm_raised"}
+SEQUENCE_EVENTS = ("queued", "started", "step", "run", "paused", "resumed", "skipped", "aborted", "done")
 NOTABLE = {"program_restarting", "program_fatal", "program_exited", "client_lost", "run_state",
            "server_started", "client_replaced", "host_unreachable", "host_reachable", "alarm_raised",
-           "alarm_cleared", "alarm_acked"}
+           "alarm_cleared", "alarm_acked", *(f"sequence_{what}" for what in SEQUENCE_EVENTS)}
 # Program columns, most important first; the narrowest terminals keep only the first ones.
 COLUMNS = [("program", 12), ("state", 8), ("pid", 7), ("up", 5), ("rst", 3), ("reg", 3), ("hb", 4),
            ("cpu%", 5), ("rss", 5), ("host", 8)]
@@ -251,7 +252,7 @@ def retained_table(snap, width, rows):
 def event_text(event):
     """The gist of an event, most telling words first (the line may be cut at the right)."""
     kind, e = event.get("kind"), event
-    if kind == "run_state" and e.get("message"):
+    if (kind == "run_state" or str(kind).startswith("sequence_")) and e.get("message"):
         return str(e["message"])
     if kind == "program_exited":
         how = f"killed by {e['signal']}" if e.get("signal") else e.get("error") or f"exited with status {e.get('code')}"

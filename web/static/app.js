@@ -53,10 +53,12 @@ async function api(path, body) {
 async function action(label, path, body) {
   say(`${label}…`);
   try {
-    await api(path, body || {});
+    const answer = await api(path, body || {});
     say(`${label}: done`);
+    return answer;
   } catch (exc) {
     say(`${label}: ${exc.message}`, true);
+    return null;
   }
 }
 
@@ -174,6 +176,7 @@ function renderStatus(status) {
   renderHeader(status);
   renderBanner(status);
   renderControls(status);
+  renderSequencer(status);
   if (state.page === "settings" && runState() !== state.settingsDrawnIn) showSettings().catch(() => {});
   const run = status.run || {};
   fill(document.querySelector("#programs tbody"),
@@ -227,13 +230,152 @@ function renderEvents() {
 
 function eventClass(e) {
   if (e.kind === "alarm_raised") return `severity-${e.severity}`;
-  return /fatal|lost|unreachable/.test(e.kind) ? "bad" : "";
+  if (e.kind === "sequence_paused") return "paused";
+  return /fatal|lost|unreachable|sequence_aborted/.test(e.kind) ? "bad" : "";
 }
 
 async function loadEvents() {
   state.events = await api("/api/events?n=200");
   renderEvents();
+  renderSequenceEvents();
 }
+
+// --- sequences -----------------------------------------------------------------------------------------
+
+// Each button: the sequencer's command, its body, and whether it applies to the sequencer's status.
+const SEQUENCER_BUTTONS = {
+  "seq-start": ["start", () => ({}), (seq) => seq.state === "stopped" && seq.queue.length > 0],
+  "seq-pause": ["pause", () => ({ why: why() }), (seq) => seq.state === "running"],
+  "seq-pause-now": ["pause", () => ({ at_once: true, why: why() }), (seq) => seq.state === "running"],
+  "seq-resume": ["resume", () => ({}), (seq) => seq.state === "paused"],
+  "seq-skip": ["skip", () => ({}), (seq) => taking(seq)],
+  "seq-abort": ["abort", () => ({ why: why() }), (seq) => taking(seq)],
+};
+
+function taking(seq) {
+  return !!seq.current || seq.state === "running";
+}
+
+function why() {
+  return document.getElementById("sequence-why").value.trim() || undefined;
+}
+
+function loopText(loop) {
+  return Object.entries(loop || {}).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ");
+}
+
+function renderSequencer(status) {
+  const seq = status.sequencer;
+  const operator = !!state.user && !!seq;
+  document.getElementById("sequence-controls").hidden = !state.user;
+  document.getElementById("sequence-form").hidden = !state.user;
+  for (const [id, [, , applies]] of Object.entries(SEQUENCER_BUTTONS)) {
+    document.getElementById(id).disabled = !(operator && applies(seq));
+  }
+  for (const id of ["seq-queue", "seq-dry-run"]) document.getElementById(id).disabled = !operator;
+  const line = document.getElementById("sequencer");
+  if (!seq) {
+    line.replaceChildren(el("span", { class: "lost" }, `no sequencer: ${status.sequencer_error || "not registered"}`));
+    renderStep(null);
+    fill(document.querySelector("#sequence-queue tbody"), []);
+    return;
+  }
+  const paused = seq.paused;
+  line.replaceChildren("sequencer ", el("span", { class: `seq-${seq.state}`, id: "sequencer-state" }, seq.state),
+    paused ? el("span", { class: "paused", id: "sequencer-paused" },
+      ` ${paused.at_once ? "at once" : "after its step"}: ${paused.why} (by ${paused.by}, ${clock(paused.at)})`) : "");
+  renderStep(seq.current);
+  fill(document.querySelector("#sequence-queue tbody"), seq.queue.map((e) => el("tr", { "data-entry": e.id },
+    el("td", {}, e.id), el("td", {}, e.sequence), el("td", {}, String(e.steps)),
+    el("td", { class: `state seq-${e.state}` }, e.state), el("td", { class: "detail" }, loopText(e.given)),
+    el("td", {}, clock(e.queued)), el("td", {}, e.by || ""))));
+  document.getElementById("sequence-queue-left").textContent = seq.queue_left_s
+    ? `the sequences waiting: about ${age(seq.queue_left_s)}` : "";
+  fill(document.querySelector("#sequence-finished tbody"), seq.finished.slice().reverse().map((e) =>
+    el("tr", { "data-entry": e.id }, el("td", {}, e.id), el("td", {}, e.sequence), el("td", {}, String(e.steps)),
+      el("td", { class: `state seq-${e.state}` }, e.state), el("td", {}, clock(e.ended)),
+      el("td", { class: "detail" }, e.why || ""))));
+}
+
+function renderStep(current) {
+  const bar = document.getElementById("sequence-progress");
+  bar.hidden = !current;
+  if (!current) {
+    fill(document.querySelector("#sequence-step tbody"), [el("tr", {}, el("td", {}, "no step running"))]);
+    return;
+  }
+  bar.max = current.steps;
+  bar.value = current.index;
+  const run = current.run === null || current.run === undefined ? "" :
+    `${current.run}${current.attempt > 1 ? ` (attempt ${current.attempt})` : ""}`;
+  const rows = [
+    ["sequence", `${current.sequence} (${current.id})`],
+    ["step", `${Math.min(current.index + 1, current.steps)}/${current.steps}`],
+    ["kind", current.kind || ""], ["where", current.where || ""], ["loop", loopText(current.loop)],
+    ["run", run], ["phase", current.phase], ["waiting for", current.waiting_for || ""],
+    ["spent", `${age(current.elapsed_s)} in this step`], ["left", `about ${age(current.left_s)}`],
+  ];
+  fill(document.querySelector("#sequence-step tbody"), rows.map(([name, text]) =>
+    el("tr", { "data-field": name }, el("th", {}, name), el("td", {}, text))));
+}
+
+function renderSequenceEvents() {
+  fill(document.querySelector("#sequence-events tbody"), state.events.filter((e) => String(e.kind).startsWith("sequence_"))
+    .slice(0, 50).map((e) => el("tr", {}, el("td", {}, clock(e.ts)), el("td", { class: eventClass(e) }, e.kind),
+      el("td", { class: "detail" }, eventText(e)))));
+}
+
+async function showSequences() {
+  renderSequenceEvents();
+  const select = document.getElementById("sequence-name");
+  const chosen = select.value;
+  const names = (await api("/api/sequencer/sequences")).sequences;
+  select.replaceChildren(...names.map((n) => el("option", { value: n }, n)));
+  if (names.includes(chosen)) select.value = chosen;
+}
+
+function sequenceOrder() {
+  const sequence = document.getElementById("sequence-name").value;
+  let variables;
+  try {
+    variables = JSON.parse(document.getElementById("sequence-variables").value || "{}");
+  } catch (exc) {
+    say(`variables: not JSON: ${exc.message}`, true);
+    return null;
+  }
+  if (!variables || typeof variables !== "object" || Array.isArray(variables)) {
+    say('variables: give a JSON object, e.g. {"seconds": 30}', true);
+    return null;
+  }
+  if (!sequence) {
+    say("choose a sequence", true);
+    return null;
+  }
+  return { sequence, variables };
+}
+
+for (const [id, [command, body]] of Object.entries(SEQUENCER_BUTTONS)) {
+  const button = document.getElementById(id);
+  button.addEventListener("click", () => action(`sequences: ${button.textContent.toLowerCase()}`,
+                                                `/api/sequencer/${command}`, body()));
+}
+
+document.getElementById("sequence-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const order = sequenceOrder();
+  if (order) action(`queue ${order.sequence}`, "/api/sequencer/queue", order);
+});
+
+document.getElementById("seq-dry-run").addEventListener("click", async () => {
+  const order = sequenceOrder();
+  const node = document.getElementById("sequence-verdict");
+  node.replaceChildren();
+  const verdict = order && await action(`dry run of ${order.sequence}`, "/api/sequencer/dry_run", order);
+  if (!verdict) return;
+  node.className = verdict.ok ? "" : "bad";
+  node.textContent = verdict.ok ? `ok: ${verdict.steps} steps, about ${age(verdict.estimate_s)}`
+    : verdict.problems.join("; ");
+});
 
 // --- settings ----------------------------------------------------------------------------------------
 
@@ -340,7 +482,7 @@ function showPage() {
   for (const section of document.querySelectorAll("main > section")) section.hidden = section.id !== `page-${state.page}`;
   for (const link of document.querySelectorAll("nav a")) link.classList.toggle("current", link.hash === `#${state.page}`);
   const loaders = { runs: showRuns, alarms: showAlarms, events: loadEvents, history: showHistoryNames,
-                    settings: showSettings };
+                    settings: showSettings, sequences: showSequences };
   if (loaders[state.page]) loaders[state.page]().catch((exc) => say(exc.message, true));
 }
 
@@ -355,6 +497,7 @@ function connect() {
     state.events.unshift(event);
     state.events.length = Math.min(state.events.length, 500);
     if (state.page === "events") renderEvents();
+    if (state.page === "sequences" && String(event.kind).startsWith("sequence_")) renderSequenceEvents();
     if (state.page === "runs" && event.kind === "run_state") showRuns().catch(() => {});
     if (state.page === "alarms" && String(event.kind).startsWith("alarm_")) showAlarms().catch(() => {});
     if (state.page === "settings" && String(event.kind).startsWith("config_")) showSettings().catch(() => {});
