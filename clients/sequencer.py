@@ -147,6 +147,7 @@ class Sequencer(Client):
         if self.book.state["paused"] and not self._cut_pending(entry):
             return
         if entry["position"] is None:
+            entry["started_at"] = round(time.time(), 3)
             self.book.move(entry, 0)
             self._emit("sequence_started", entry=entry["id"], sequence=entry["sequence"],
                        message=f"Sequence {entry['sequence']} ({entry['id']}) started: {entry['steps']} steps")
@@ -215,10 +216,19 @@ class Sequencer(Client):
     def cmd_queue(self, msg):
         sequence = self._sequence(msg)
         steps = self._expand(sequence, msg)
-        entry = self.book.add(sequence.name, msg.get("variables") or {}, steps, self._by(msg), sequence.on_alarm)
-        self._emit("sequence_queued", entry=entry["id"], sequence=sequence.name, steps=len(steps),
-                   by=entry["by"], message=f"Queued {sequence.name} ({entry['id']}, {len(steps)} steps)")
-        return self._entry(entry)
+        reply = self.defer(msg)
+
+        def checked(verdict):
+            if verdict["problems"]:
+                listing = "\n".join(f"  - {p}" for p in verdict["problems"])
+                return reply.refuse(f"sequence {sequence.name} does not fit the experiment, nothing queued: "
+                                    f"{len(verdict['problems'])} problem(s):\n{listing}", protocol.BAD_FIELD)
+            entry = self.book.add(sequence.name, msg.get("variables") or {}, steps, self._by(msg), sequence.on_alarm)
+            self._emit("sequence_queued", entry=entry["id"], sequence=sequence.name, steps=len(steps),
+                       by=entry["by"], message=f"Queued {sequence.name} ({entry['id']}, {len(steps)} steps)")
+            reply.resolve(self._entry(entry))
+        self._against_experiment([(sequence.name, steps)], checked, hard_only=True)
+        return reply
 
     def cmd_start(self, msg):
         if self.book.state["paused"]:
@@ -286,17 +296,21 @@ class Sequencer(Client):
             queued = [(e["sequence"], self.book.steps(e["id"])) for e in self.book.state["entries"]
                       if e["state"] not in B.FINISHED]
         reply = self.defer(msg)
+        self._against_experiment(queued, reply.resolve)
+        return reply
+
+    def _against_experiment(self, queued, then, hard_only=False):
+        """`then(verdict)` once the run controller has said what the experiment holds (checks.dry_run)."""
         answers = {}
 
-        def then(key):
-            def took(answer):
+        def took(key):
+            def answered(answer):
                 answers[key] = answer
                 if len(answers) == 2:
-                    reply.resolve(dry_run(queued, answers["status"], answers["config"], self.values))
-            return took
-        self.start({"to": CONTROLLER, "cmd": "status"}, on_answer=then("status"))
-        self.start({"to": CONTROLLER, "cmd": "config"}, on_answer=then("config"))
-        return reply
+                    then(dry_run(queued, answers["status"], answers["config"], self.values, hard_only))
+            return answered
+        self.start({"to": CONTROLLER, "cmd": "status"}, on_answer=took("status"))
+        self.start({"to": CONTROLLER, "cmd": "config"}, on_answer=took("config"))
 
     # --- helpers of the commands ------------------------------------------------------------------
 

@@ -118,6 +118,11 @@ def test_bad_sequences_are_refused_with_every_path(bench, tmp_path):
     assert "wrong.steps.0.set: no program 'nobody'" in problems
     assert "wrong.steps.1.set: cam.gain: 99 is greater than the maximum of 10" in problems
     assert "wrong.steps.2.wait: no program has published 'cryo.values.nothing'" in problems
+    with pytest.raises(Refused) as refused:   # what cannot come right by itself is refused at once
+        seq(s, "queue", sequence="wrong")
+    text = str(refused.value)
+    assert "does not fit the experiment, nothing queued: 2 problem(s)" in text and "cam.gain: 99" in text
+    assert "wrong.steps.0.set: no program 'nobody'" in text and "cryo.values.nothing" not in text
     assert seq(s, "status")["queue"] == []   # nothing bad was queued
 
 
