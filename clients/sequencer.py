@@ -144,7 +144,9 @@ class Sequencer(Client):
         if entry is None or not (self.book.state["started"] or self._cut_pending(entry)):
             self.runner.waiting = ""
             return
-        if self.book.state["paused"] and not self._cut_pending(entry):
+        in_step = entry["position"] is not None and entry["position"]["phase"] != "start"
+        if self.book.state["paused"] and not in_step:   # a pause takes effect between steps
+            self.runner.waiting = ""
             return
         if entry["position"] is None:
             entry["started_at"] = round(time.time(), 3)
@@ -365,8 +367,11 @@ class Sequencer(Client):
                        "elapsed_s": round(now - (entry.get("started_at") or position.get("since") or now), 1),
                        "left_s": round(sum(estimate_s(s) for s in steps[index:]), 1),
                        "waiting_for": self.runner.waiting or None}
-        state = "paused" if paused else "running" if self.book.state["started"] and entry else "idle" \
-            if self.book.state["started"] else "stopped"
+        if paused:
+            state = "pausing" if current and current["phase"] != "start" else "paused"
+        else:
+            state = "running" if self.book.state["started"] and entry else "idle" if self.book.state["started"] \
+                else "stopped"
         waiting = [e for e in entries if e["state"] == B.WAITING]
         return {"state": state, "paused": paused, "current": current,
                 "queue": [self._entry(e) for e in entries if e["state"] not in B.FINISHED],

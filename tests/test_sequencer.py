@@ -137,7 +137,7 @@ def test_pause_at_once_ends_the_run_and_resume_takes_the_step_again_skip_and_abo
     first = s.op.request("run", "status")["run"]
     with Operator(experiment=str(s.path)) as op:   # the operator API
         paused = op.sequences.pause(at_once=True, why="cryo check")
-        assert paused["state"] == "paused" and paused["paused"]["why"] == "cryo check"
+        assert paused["state"] in ("pausing", "paused") and paused["paused"]["why"] == "cryo check"
         wait_until(lambda: s.op.request("run", "status")["state"] == "STOP", 30, 0.2, what="the run to end")
         assert s.op.request("run", "runs")[-1]["result"] == "ended"
         with pytest.raises(Refused) as refused:
@@ -268,3 +268,21 @@ def test_damicm_takes_its_bias_scan_as_the_readme_shows(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+
+
+def test_a_pause_lets_the_step_in_progress_finish_and_starts_no_other(bench, tmp_path):
+    write_sequence(tmp_path, "short", [{"run": {"comment": "first", "seconds": 8}},
+                                       {"run": {"comment": "second", "seconds": 2}}])
+    s = bench()
+    seq(s, "queue", sequence="short")
+    seq(s, "start")
+    wait_sequencer(s, lambda st: st["current"] and st["current"]["phase"] == "running", what="the first run")
+    pausing = seq(s, "pause", why="coffee")
+    assert pausing["state"] == "pausing" and s.op.request("run", "status")["state"] == "RUN"
+    paused = wait_sequencer(s, lambda st: st["state"] == "paused" and st, what="the pause")
+    assert paused["current"]["index"] == 1 and paused["current"]["phase"] == "start"
+    assert [(r["comment"], r["result"]) for r in s.op.request("run", "runs") if r.get("sequence")] == [
+        ("first", "ended")]
+    assert seq(s, "status")["state"] == "paused" and s.op.request("run", "status")["state"] == "STOP"
+    seq(s, "resume")
+    wait_sequencer(s, lambda st: st["finished"] and st["finished"][-1]["state"] == "done", what="the second run")
