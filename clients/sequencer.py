@@ -34,6 +34,7 @@ log = logging.getLogger("clients.sequencer")
 
 TICK_S = 0.5               # how often the step in progress is looked at when nothing else wakes the sequencer
 ASK_TIMEOUT_S = 60.0       # a request unanswered this long is given up (and the step looks again)
+ALARMS_EVERY_S = 30.0      # how often the standing alarms are read again, beside their events
 POLICIES = ("ignore", "pause", "retry", "abort")
 
 ACTIONS = {
@@ -67,13 +68,18 @@ class Sequencer(Client):
         self.subscribe("event.alarm_", self._on_alarm)
         self.subscribe("event.run_state", self._on_run_state)
         self.timers.every(TICK_S, self.advance)
+        self.timers.every(ALARMS_EVERY_S, self._ask_alarms)   # an alarm event missed while away is learnt again
 
     # --- what the sequencer hears --------------------------------------------------------------
 
     def _on_registered(self, welcome, was_registered):
         super()._on_registered(welcome, was_registered)
         self.start({"cmd": "_retained", "prefix": ""}, on_answer=self._take_retained)
-        self.start({"to": CONTROLLER, "cmd": "alarms"}, on_answer=self._take_alarms)
+        self._ask_alarms()
+
+    def _ask_alarms(self):
+        if self.registered:
+            self.start({"to": CONTROLLER, "cmd": "alarms"}, on_answer=self._take_alarms)
 
     def _take_retained(self, answer):
         if answer.ok and isinstance(answer.result, dict):
@@ -167,11 +173,12 @@ class Sequencer(Client):
     def _ask(self, msg, then):
         """Send `msg`, call `then(answer)` when it comes; one request at a time, given up after ASK_TIMEOUT_S."""
         timeout = ASK_TIMEOUT_S + float(msg.get("timeout", 0))
-        pending = None
+        request = {}    # its Pending, and whether it is over (answered or given up)
 
         def answered(answer):
-            if self.in_flight is not pending:
+            if request.get("over"):
                 return
+            request["over"] = True
             self.in_flight = None
             guard.cancel()
             try:
@@ -180,12 +187,15 @@ class Sequencer(Client):
                 self.timers.after(0, self.advance)
 
         def given_up():
-            if self.in_flight is pending:
-                self.abandon(pending)
+            if not request.get("over"):
+                request["over"] = True
+                self.abandon(request["pending"])
                 self.in_flight = None
                 log.warning("no answer to %s %s within %g s: looking again", msg.get("to"), msg["cmd"], timeout)
         guard = self.timers.after(timeout, given_up)
-        pending = self.in_flight = self.start(msg, on_answer=answered)
+        request["pending"] = self.start(msg, on_answer=answered)
+        if not request.get("over"):   # an answer may come at once (no server to send it to)
+            self.in_flight = request["pending"]
 
     def _emit(self, kind, **fields):
         self.send(None, "_event", kind=kind, **fields)

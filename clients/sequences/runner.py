@@ -146,7 +146,10 @@ class Runner:
         mine = [r for r in runs if isinstance(r, dict) and (r.get("sequence") or {}).get("id") == tag["id"]]
         ended = [r for r in mine if r.get("result") != "running"]
         state, current = status.get("state"), status.get("current_run") or {}
-        ours = (current.get("sequence") or {}).get("id") == tag["id"]
+        current_id = str((current.get("sequence") or {}).get("id"))
+        ours = current_id.rsplit(":", 1)[0] == tag["id"].rsplit(":", 1)[0]   # this step's, of any attempt
+        if ours and current_id != tag["id"] and state == RUN:   # begun by an earlier attempt: that attempt it is
+            data["attempt"] = int(current_id.rsplit(":", 1)[1])
         if ended:
             record = ended[-1]
             if data.get("cut"):
