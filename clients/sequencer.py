@@ -21,6 +21,8 @@ from pathlib import Path
 
 import experiments
 from clients.sequences import book as B
+from clients.sequences import report
+from clients.sequences.alarms import ABORT, PAUSE, RETRY, AlarmRules
 from clients.sequences.book import QueueBook
 from clients.sequences.checks import dry_run
 from clients.sequences.plan import Library, expand
@@ -35,7 +37,6 @@ log = logging.getLogger("clients.sequencer")
 TICK_S = 0.5               # how often the step in progress is looked at when nothing else wakes the sequencer
 ASK_TIMEOUT_S = 60.0       # a request unanswered this long is given up (and the step looks again)
 ALARMS_EVERY_S = 30.0      # how often the standing alarms are read again, beside their events
-POLICIES = ("ignore", "pause", "retry", "abort")
 
 ACTIONS = {
     "sequences": "the sequences known (files of the sequences folder and those loaded)",
@@ -58,7 +59,7 @@ class Sequencer(Client):
         self.library = Library(folder)
         self.book = QueueBook(state)
         self.values = Values(time.time())
-        self.standing = {}       # alarm name -> its record, as the run controller last said
+        self.alarms = AlarmRules()
         self.in_flight = None
         self.runner = Runner(self.book, self._ask, self.values, self._emit, name)
         for entry in self.book.state["entries"]:   # what ran when the last sequencer died is looked at again
@@ -87,8 +88,8 @@ class Sequencer(Client):
                 self.values.take(key, kept.get("data"), kept.get("ts") or time.time())
 
     def _take_alarms(self, answer):
-        if answer.ok and isinstance(answer.result, dict):
-            self.standing = {a["alarm"]: a for a in answer.result.get("alarms", []) if isinstance(a, dict)}
+        if answer.ok and isinstance(answer.result, dict) and isinstance(answer.result.get("alarms"), list):
+            self.alarms.take_listing(answer.result["alarms"])
 
     def _on_published(self, topic, event):
         ts = event.get("ts")
@@ -102,44 +103,21 @@ class Sequencer(Client):
             self.runner.run_ended(entry)
 
     def _on_alarm(self, topic, event):
-        name = event.get("alarm")
-        if not isinstance(name, str):
-            return
-        if event.get("kind") == "alarm_raised" or event.get("state") == "active" or not event.get("acked"):
-            self.standing[name] = event
-        else:
-            self.standing.pop(name, None)
-        if event.get("kind") == "alarm_raised":
-            self._alarm_raised(name, event)
-
-    def _alarm_raised(self, name, event):
+        raised = self.alarms.take_event(event)
         entry = self.book.current()
-        if entry is None or entry["state"] != B.RUNNING or not self.book.state["started"]:
+        if raised is None or entry is None or entry["state"] != B.RUNNING or not self.book.state["started"]:
             return
         position = entry["position"]
         step = self.book.steps(entry["id"])[position["index"]] if position["index"] < entry["steps"] else None
-        policy = self._policy(entry, name)
-        if step is not None and step.kind == "run" and name in step.spec.get("abort_on", ()) and policy == "ignore":
-            policy = "pause"
-        why = f"alarm {name}: {event.get('message', '')}".strip()
+        policy = self.alarms.policy(entry, raised, step)
+        why = f"alarm {raised}: {event.get('message', '')}".strip()
         log.warning("%s: %s (%s)", entry["sequence"], why, policy)
-        if policy == "pause":
+        if policy == PAUSE:
             self._pause_now(entry, why, "alarm")
-        elif policy == "retry":
-            if position["phase"] in ("running", "look") and step is not None and step.kind == "run":
-                self.book.advance(entry, "look", alarm=name)
-        elif policy == "abort":
+        elif policy == RETRY and step is not None and step.kind == "run" and position["phase"] != "start":
+            self.book.advance(entry, "look", alarm=raised)
+        elif policy == ABORT:
             self.book.advance(entry, "look", cut="abort", why=why)
-
-    def _policy(self, entry, alarm):
-        on_alarm = entry.get("on_alarm") or {}
-        return on_alarm.get("alarms", {}).get(alarm, on_alarm.get("default", "ignore"))
-
-    def _held_by(self, entry):
-        """The standing alarms the sequence waits on before a step: its suspenders, and those it retries after."""
-        on_alarm = entry.get("on_alarm") or {}
-        holding = set(on_alarm.get("suspend", ())) | {a for a in self.standing if self._policy(entry, a) == "retry"}
-        return sorted(a for a in holding if a in self.standing)
 
     # --- taking steps ---------------------------------------------------------------------------
 
@@ -160,7 +138,7 @@ class Sequencer(Client):
             self._emit("sequence_started", entry=entry["id"], sequence=entry["sequence"],
                        message=f"Sequence {entry['sequence']} ({entry['id']}) started: {entry['steps']} steps")
         if entry["position"]["phase"] == "start":
-            held = self._held_by(entry)
+            held = self.alarms.holding(entry)
             if held:
                 self.runner.waiting = f"alarm(s) {', '.join(held)} to clear and be acknowledged"
                 return
@@ -238,7 +216,7 @@ class Sequencer(Client):
             entry = self.book.add(sequence.name, msg.get("variables") or {}, steps, self._by(msg), sequence.on_alarm)
             self._emit("sequence_queued", entry=entry["id"], sequence=sequence.name, steps=len(steps),
                        by=entry["by"], message=f"Queued {sequence.name} ({entry['id']}, {len(steps)} steps)")
-            reply.resolve(self._entry(entry))
+            reply.resolve(report.entry_summary(entry))
         self._against_experiment([(sequence.name, steps)], checked, hard_only=True)
         return reply
 
@@ -358,35 +336,8 @@ class Sequencer(Client):
         by = msg.get("by") or msg.get("from") or "someone"
         return str(by)[:protocol.BY_MAX]
 
-    def _entry(self, entry):
-        return {k: entry.get(k) for k in ("id", "sequence", "given", "steps", "by", "queued", "state", "ended", "why")}
-
     def status(self):
-        entries = self.book.state["entries"]
-        entry, paused = self.book.current(), self.book.state["paused"]
-        current = None
-        if entry is not None and entry.get("position"):
-            position, steps = entry["position"], self.book.steps(entry["id"])
-            index = position["index"]
-            step = steps[index] if index < len(steps) else None
-            now = time.time()
-            current = {**self._entry(entry), "index": index, "phase": position["phase"],
-                       "kind": step and step.kind, "where": step and step.where, "loop": step and step.loop,
-                       "run": position["data"].get("run"), "attempt": position["data"].get("attempt", 1),
-                       "step_since": position.get("since"),
-                       "elapsed_s": round(now - (entry.get("started_at") or position.get("since") or now), 1),
-                       "left_s": round(sum(estimate_s(s) for s in steps[index:]), 1),
-                       "waiting_for": self.runner.waiting or None}
-        if paused:
-            state = "pausing" if current and current["phase"] != "start" else "paused"
-        else:
-            state = "running" if self.book.state["started"] and entry else "idle" if self.book.state["started"] \
-                else "stopped"
-        waiting = [e for e in entries if e["state"] == B.WAITING]
-        return {"state": state, "paused": paused, "current": current,
-                "queue": [self._entry(e) for e in entries if e["state"] not in B.FINISHED],
-                "finished": [self._entry(e) for e in entries if e["state"] in B.FINISHED][-10:],
-                "queue_left_s": round(sum(sum(estimate_s(s) for s in self.book.steps(e["id"])) for e in waiting), 1)}
+        return report.status(self.book, self.runner.waiting)
 
 
 def main(argv=None):
