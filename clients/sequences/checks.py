@@ -24,7 +24,8 @@ def dry_run(queued, status, config, values, hard_only=False):
         programs, clients, settings = {}, set(), {}
     else:
         programs = status.result.get("programs", {})
-        clients = set(status.result.get("clients", [])) | {p.get("client") for p in programs.values() if p.get("client")}
+        clients = set(status.result.get("clients", []))
+        clients |= {p.get("client") for p in programs.values() if p.get("client")}
         settings = config.result if isinstance(config.result, dict) else {}
     checked = {}
     steps_total, estimate = 0, 0.0

@@ -31,6 +31,7 @@ import logging
 import time
 
 from clients.sequences import book as B
+from runcontrol import protocol
 
 log = logging.getLogger("clients.sequencer")
 
@@ -38,6 +39,11 @@ CONTROLLER = "run"
 RUN, READY, STOP = "RUN", "READY", "STOP"
 RECENT_RUNS = 50         # runs read back to find this step's own
 IMAGES_EVERY_S = 2.0     # how often a reader is asked for its images during a run step that counts them
+
+
+def unanswered(answer):
+    """No usable answer came (the receiver or the server was away, or it took too long): ask again, never a failure."""
+    return answer.from_server or answer.code in protocol.LOCAL_CODES
 
 
 def tag_of(book, entry, step, attempt):
@@ -199,7 +205,7 @@ class Runner:
         self.ask({"to": CONTROLLER, "cmd": cmd}, lambda answer: None)   # what came of it is looked at next
 
     def _refused(self, entry, step, data, cmd, answer):
-        if answer.code in ("busy", "bad_state"):   # someone else moved the state meanwhile: look again
+        if unanswered(answer) or answer.code in (protocol.BUSY, protocol.BAD_STATE):   # look again
             return
         self.fail(entry, step, data, f"{cmd}: {answer.error}")
 
@@ -263,8 +269,7 @@ class Runner:
         # the same id when sent again: one still being applied is answered once, from the run controller's memory
         self.ask({"to": CONTROLLER, "cmd": "set_config", "program": program, "values": step.spec["values"], "by": by,
                   "id": by},
-                 lambda answer: self.done(entry, step, changes=answer.result.get("changes")) if answer.ok
-                 else self.fail(entry, step, data, f"set_config {program}: {answer.error}"))
+                 lambda answer: self._step_answered(entry, step, data, answer, f"set_config {program}"))
 
     def _command(self, entry, step, position, data):
         spec = step.spec
@@ -275,8 +280,14 @@ class Runner:
             self.book.advance(entry, "look", sent=True)
         self.waiting = f"{spec['to']} to answer {spec['cmd']}"
         self.ask({**spec.get("args", {}), "to": spec["to"], "cmd": spec["cmd"], "id": request_id},
-                 lambda answer: self.done(entry, step, result=answer.result) if answer.ok
-                 else self.fail(entry, step, data, f"{spec['to']} {spec['cmd']}: {answer.error}"))
+                 lambda answer: self._step_answered(entry, step, data, answer, f"{spec['to']} {spec['cmd']}"))
+
+    def _step_answered(self, entry, step, data, answer, what):
+        """A set's or a command's answer: done, failed, or (nothing usable came) asked again at the next look."""
+        if answer.ok:
+            self.done(entry, step, result=answer.result)
+        elif not unanswered(answer):
+            self.fail(entry, step, data, f"{what}: {answer.error}")
 
     def _wait(self, entry, step, position, data):
         spec, now = step.spec, self.clock()
