@@ -231,8 +231,9 @@ class Sequencer(Client):
 
     def cmd_pause(self, msg):
         entry = self._running_entry("pause")
-        if self.book.state["paused"]:
-            raise Refused(f"already paused: {self.book.state['paused']['why']}", protocol.BAD_STATE)
+        paused = self.book.state["paused"]
+        if paused and (paused["at_once"] or not msg.get("at_once")):
+            raise Refused(f"already paused: {paused['why']}", protocol.BAD_STATE)
         why = msg.get("why") or "paused by an operator"
         if msg.get("at_once"):
             self._pause_now(entry, why, self._by(msg))

@@ -272,7 +272,7 @@ def test_damicm_takes_its_bias_scan_as_the_readme_shows(tmp_path):
 
 def test_a_pause_lets_the_step_in_progress_finish_and_starts_no_other(bench, tmp_path):
     write_sequence(tmp_path, "short", [{"run": {"comment": "first", "seconds": 8}},
-                                       {"run": {"comment": "second", "seconds": 2}}])
+                                       {"run": {"comment": "second", "seconds": 8}}])
     s = bench()
     seq(s, "queue", sequence="short")
     seq(s, "start")
@@ -285,4 +285,12 @@ def test_a_pause_lets_the_step_in_progress_finish_and_starts_no_other(bench, tmp
         ("first", "ended")]
     assert seq(s, "status")["state"] == "paused" and s.op.request("run", "status")["state"] == "STOP"
     seq(s, "resume")
+    wait_sequencer(s, lambda st: st["current"]["phase"] == "running", what="the second run")
+    assert seq(s, "pause", why="coffee")["state"] == "pausing"
+    now = seq(s, "pause", at_once=True, why="now")   # a pause after the step made one at once
+    assert now["paused"]["why"] == "now" and now["paused"]["at_once"]
+    paused = wait_sequencer(s, lambda st: st["state"] == "paused" and st, what="the pause at once")
+    assert (paused["current"]["index"], paused["current"]["attempt"]) == (1, 2)   # taken again on resume
+    seq(s, "resume")
     wait_sequencer(s, lambda st: st["finished"] and st["finished"][-1]["state"] == "done", what="the second run")
+    assert [r["comment"] for r in s.op.request("run", "runs") if r.get("sequence")] == ["first", "second", "second"]

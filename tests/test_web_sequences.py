@@ -10,15 +10,16 @@ import re
 import pytest
 
 from tests.helpers import ControllerProcess, ServerProcess, WebSite, free_port, helper, wait_until, write_experiment
-from tests.test_web import chromium, click, log_in, text_of
+from tests.test_web import ARTIFACTS, chromium, click, log_in, text_of
 from web.auth import Users
 
 pytestmark = pytest.mark.xdist_group(name="web-sequences")
 
 PASSWORD = "correct horse battery"
-LONG = {"name": "long", "steps": [{"run": {"comment": comment, "seconds": 600}} for comment in ("one", "two", "three")]}
-SHORT = {"name": "short", "variables": {"seconds": 1},
-         "steps": [{"repeat": {"times": 2, "as": "i", "steps": [{"run": {"comment": "short {i}", "seconds": "{seconds}"}}]}}]}
+LONG = {"name": "long", "steps": [{"for": {"take": ["one", "two", "three"],
+                                            "steps": [{"run": {"comment": "{take}", "seconds": 600}}]}}]}
+SHORT = {"name": "short", "variables": {"seconds": 1}, "steps": [
+    {"repeat": {"times": 2, "as": "i", "steps": [{"run": {"comment": "short {i}", "seconds": "{seconds}"}}]}}]}
 
 Bench = collections.namedtuple("Bench", "site readonly")
 
@@ -143,8 +144,9 @@ def running_step(driver, site, number, after=0):
     runs it."""
     def shown():
         run = step(driver, "run")
-        return step(driver, "step") == f"{number}/3" and (run or "").isdigit() and int(run) > after and \
-            site.get("/api/status")[1]["run"]["run"] == int(run) and int(run)
+        return step(driver, "step") == f"{number}/3" and step(driver, "phase") == "running" and \
+            (run or "").isdigit() and int(run) > after and site.get("/api/status")[1]["run"]["run"] == int(run) and \
+            int(run)
     return wait_until(shown, 60, 0.2, what=f"step {number}/3 and a run past {after} on the page")
 
 
@@ -169,7 +171,15 @@ def test_an_operator_takes_a_sequence_through_the_page_and_an_observer_only_watc
         assert enabled_buttons(browser) == set()   # not logged in
         log_in(browser, "anna", PASSWORD)
         wait_until(lambda: browser.find_elements("css selector", '#sequence-name option[value="long"]'), 20, 0.2)
+        Select(browser.find_element("css selector", "#sequence-name")).select_by_value("short")
+        variables = browser.find_element("css selector", "#sequence-variables")
+        variables.clear()
+        variables.send_keys('{"seconds": 5}')
+        press(browser, "seq-dry-run")
+        wait_until(lambda: text_of(browser, "#sequence-verdict") == "ok: 2 steps, about 14s", 20, 0.2,
+                   what="the dry run's verdict on the page")
         Select(browser.find_element("css selector", "#sequence-name")).select_by_value("long")
+        variables.clear()
         press(browser, "seq-queue")
         entry = wait_until(lambda: browser.execute_script(
             "const row = [...document.querySelectorAll('#sequence-queue tr[data-entry]')]"
@@ -179,15 +189,19 @@ def test_an_operator_takes_a_sequence_through_the_page_and_an_observer_only_watc
 
         press(browser, "seq-start")
         first = running_step(browser, site, 1)
-        assert (step(browser, "kind"), step(browser, "where"), sequencer_state(browser)) == (
-            "run", "long.steps.0.run", "running")
+        assert (step(browser, "kind"), step(browser, "loop")) == ("run", "take=one")
+        assert sequencer_state(browser) == "running"
+        assert step(browser, "where").startswith("long.steps.0.for")
         assert re.fullmatch(rf"run {first}: \d+ s left", step(browser, "waiting for"))
+        assert re.fullmatch(r"\d+s in this sequence, \d+s in this step", step(browser, "spent"))
+        assert step(browser, "left") == "about 30m of this sequence"   # three runs of 600 s
         assert enabled_buttons(browser) == {"Pause", "Pause now", "Skip", "Abort", "queue", "dry run"}
 
         press(browser, "seq-pause")   # after its step: the run goes on
-        wait_until(lambda: sequencer_state(browser) == "paused", 20, 0.2, what="paused on the page")
+        wait_until(lambda: sequencer_state(browser) == "pausing", 20, 0.2, what="pausing on the page")
         assert "after its step: paused by an operator (by anna" in text_of(browser, "#sequencer-paused")
-        assert site.get("/api/status")[1]["run"]["state"] == "RUN"
+        assert site.get("/api/status")[1]["run"]["run"] == first
+        assert enabled_buttons(browser) == {"Pause now", "Resume", "Skip", "Abort", "queue", "dry run"}
         press(browser, "seq-resume")
         wait_until(lambda: sequencer_state(browser) == "running", 20, 0.2, what="running again on the page")
 
@@ -203,9 +217,14 @@ def test_an_operator_takes_a_sequence_through_the_page_and_an_observer_only_watc
 
         press(browser, "seq-resume")
         again = running_step(browser, site, 1, after=first)   # the step taken again: a new run
+        assert step(browser, "attempt") == "2"
         press(browser, "seq-skip")
         second = running_step(browser, site, 2, after=again)
-        assert step(browser, "where") == "long.steps.1.run"
+        assert step(browser, "loop") == "take=two"
+        assert browser.execute_script("const bar = document.getElementById('sequence-progress');"
+                                      "return [bar.value, bar.max]") == [1, 3]
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "web-sequences.png"))
 
         click(browser, "#logout", "the logout button")   # an observer watches
         wait_until(lambda: enabled_buttons(browser) == set(), 20, 0.2, what="no button for an observer")
@@ -223,13 +242,18 @@ def test_an_operator_takes_a_sequence_through_the_page_and_an_observer_only_watc
         wait_until(lambda: sequencer_state(browser) == "stopped" and step(browser, "step") is None, 20, 0.2,
                    what="no step running")
         sequence_events = text_of(browser, "#sequence-events tbody")
+        aborted = f"Sequence long ({entry}) aborted: enough"
         browser.get(site.url + "/#events")
-        wait_until(lambda: f"Sequence long ({entry}) aborted: enough" in (text_of(browser, "#events tbody") or ""),
-                   20, 0.2, what="the abort in the page's event lines")
+        wait_until(lambda: aborted in (text_of(browser, "#events tbody") or ""), 20, 0.2,
+                   what="the abort in the page's event lines")
         events = text_of(browser, "#events tbody")
-    for line in (f"Queued long ({entry}, 3 steps)", f"Sequence long ({entry}) started: 3 steps",
-                 "long step 1/3: run", f"long step 1: run {first}", "long paused by anna: cryo check",
-                 "Sequences resumed by anna", "long: step 1 skipped", "long step 2/3: run", f"long step 2: run {second}"):
+        browser.get(site.url + "/#sequences")
+        browser.refresh()   # a page opened afterwards lists them too
+        wait_until(lambda: aborted in (text_of(browser, "#sequence-events tbody") or ""), 20, 0.2,
+                   what="the abort among the Sequences page's events, after a reload")
+    for line in (f"Queued long ({entry}, 3 steps)", f"Sequence long ({entry}) started: 3 steps", "long step 1/3: run",
+                 f"long step 1: run {first}", "long paused by anna: cryo check", "Sequences resumed by anna",
+                 "long: step 1 skipped", "long step 2/3: run", f"long step 2: run {second}"):
         assert line in events and line in sequence_events, line
     runs = [(r["comment"], r["result"]) for r in reversed(site.get("/api/runs?n=3")[1])]
     assert runs == [("one", "ended"), ("one", "ended"), ("two", "aborted")]

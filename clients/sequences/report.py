@@ -28,7 +28,9 @@ def status(book, waiting, now=None):
                    "run": position["data"].get("run"), "attempt": position["data"].get("attempt", 1),
                    "step_since": position.get("since"),
                    "elapsed_s": round(now - (entry.get("started_at") or position.get("since") or now), 1),
-                   "left_s": round(sum(estimate_s(s) for s in steps[index:]), 1),
+                   "left_s": round(max(0.0, sum(estimate_s(s) for s in steps[index:])
+                                       - (now - position["since"] if step is not None and position.get("since")
+                                          and position["phase"] != "start" else 0.0)), 1),
                    "waiting_for": waiting or None}
     if paused:
         state = "pausing" if current and current["phase"] != "start" else "paused"

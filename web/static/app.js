@@ -246,8 +246,9 @@ async function loadEvents() {
 const SEQUENCER_BUTTONS = {
   "seq-start": ["start", () => ({}), (seq) => seq.state === "stopped" && seq.queue.length > 0],
   "seq-pause": ["pause", () => ({ why: why() }), (seq) => seq.state === "running"],
-  "seq-pause-now": ["pause", () => ({ at_once: true, why: why() }), (seq) => seq.state === "running"],
-  "seq-resume": ["resume", () => ({}), (seq) => seq.state === "paused"],
+  "seq-pause-now": ["pause", () => ({ at_once: true, why: why() }),
+                    (seq) => seq.state === "running" || (seq.state === "pausing" && !seq.paused.at_once)],
+  "seq-resume": ["resume", () => ({}), (seq) => !!seq.paused],   // paused, or pausing after its step
   "seq-skip": ["skip", () => ({}), (seq) => taking(seq)],
   "seq-abort": ["abort", () => ({ why: why() }), (seq) => taking(seq)],
 };
@@ -277,14 +278,15 @@ function renderSequencer(status) {
   if (!seq) {
     line.replaceChildren(el("span", { class: "lost" }, `no sequencer: ${status.sequencer_error || "not registered"}`));
     renderStep(null);
-    fill(document.querySelector("#sequence-queue tbody"), []);
+    for (const table of ["#sequence-queue", "#sequence-finished"]) fill(document.querySelector(`${table} tbody`), []);
+    document.getElementById("sequence-queue-left").textContent = "";
     return;
   }
   const paused = seq.paused;
   line.replaceChildren("sequencer ", el("span", { class: `seq-${seq.state}`, id: "sequencer-state" }, seq.state),
     paused ? el("span", { class: "paused", id: "sequencer-paused" },
       ` ${paused.at_once ? "at once" : "after its step"}: ${paused.why} (by ${paused.by}, ${clock(paused.at)})`) : "");
-  renderStep(seq.current);
+  renderStep(seq.current, status.taken);
   fill(document.querySelector("#sequence-queue tbody"), seq.queue.map((e) => el("tr", { "data-entry": e.id },
     el("td", {}, e.id), el("td", {}, e.sequence), el("td", {}, String(e.steps)),
     el("td", { class: `state seq-${e.state}` }, e.state), el("td", { class: "detail" }, loopText(e.given)),
@@ -297,7 +299,7 @@ function renderSequencer(status) {
       el("td", { class: "detail" }, e.why || ""))));
 }
 
-function renderStep(current) {
+function renderStep(current, taken) {
   const bar = document.getElementById("sequence-progress");
   bar.hidden = !current;
   if (!current) {
@@ -306,14 +308,15 @@ function renderStep(current) {
   }
   bar.max = current.steps;
   bar.value = current.index;
-  const run = current.run === null || current.run === undefined ? "" :
-    `${current.run}${current.attempt > 1 ? ` (attempt ${current.attempt})` : ""}`;
+  bar.title = `${current.index} of ${current.steps} steps done`;
   const rows = [
     ["sequence", `${current.sequence} (${current.id})`],
     ["step", `${Math.min(current.index + 1, current.steps)}/${current.steps}`],
     ["kind", current.kind || ""], ["where", current.where || ""], ["loop", loopText(current.loop)],
-    ["run", run], ["phase", current.phase], ["waiting for", current.waiting_for || ""],
-    ["spent", `${age(current.elapsed_s)} in this step`], ["left", `about ${age(current.left_s)}`],
+    ["run", String(current.run ?? "")], ["attempt", String(current.attempt ?? "")], ["phase", current.phase],
+    ["waiting for", current.waiting_for || ""],
+    ["spent", `${age(current.elapsed_s)} in this sequence, ${age(taken - current.step_since)} in this step`],
+    ["left", `about ${age(current.left_s)} of this sequence`],
   ];
   fill(document.querySelector("#sequence-step tbody"), rows.map(([name, text]) =>
     el("tr", { "data-field": name }, el("th", {}, name), el("td", {}, text))));
@@ -336,6 +339,10 @@ async function showSequences() {
 
 function sequenceOrder() {
   const sequence = document.getElementById("sequence-name").value;
+  if (!sequence) {
+    say("choose a sequence", true);
+    return null;
+  }
   let variables;
   try {
     variables = JSON.parse(document.getElementById("sequence-variables").value || "{}");
@@ -347,17 +354,16 @@ function sequenceOrder() {
     say('variables: give a JSON object, e.g. {"seconds": 30}', true);
     return null;
   }
-  if (!sequence) {
-    say("choose a sequence", true);
-    return null;
-  }
   return { sequence, variables };
 }
 
 for (const [id, [command, body]] of Object.entries(SEQUENCER_BUTTONS)) {
   const button = document.getElementById(id);
-  button.addEventListener("click", () => action(`sequences: ${button.textContent.toLowerCase()}`,
-                                                `/api/sequencer/${command}`, body()));
+  button.addEventListener("click", async () => {
+    if (await action(`sequences: ${button.textContent.toLowerCase()}`, `/api/sequencer/${command}`, body())) {
+      document.getElementById("sequence-why").value = "";   // said once, with that action
+    }
+  });
 }
 
 document.getElementById("sequence-form").addEventListener("submit", (event) => {
