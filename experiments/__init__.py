@@ -175,6 +175,43 @@ class AlarmSpec:
 
 
 @dataclass(frozen=True)
+class NotifyRule:
+    route: str
+    severity: object = None       # "warning", "alarm", or None: both
+    alarms: tuple = ()            # names, or prefixes ending in *; empty: every alarm
+    escalate_after_s: object = None
+    escalate_to: object = None
+    repeat_s: object = None
+    clear: bool = True
+
+    def matches(self, alarm, severity):
+        if self.severity is not None and severity != self.severity:
+            return False
+        return not self.alarms or any(alarm == a or (a.endswith("*") and alarm.startswith(a[:-1]))
+                                      for a in self.alarms)
+
+
+@dataclass(frozen=True)
+class NotifySpec:
+    """Who is told of alarms: routes of Apprise URLs (with ${NAME}s from the secrets file), rules, retries, the
+    web page's address for links, and the dead man's switch."""
+    routes: MappingProxyType      # name -> tuple of URL templates
+    rules: tuple                  # NotifyRules
+    secrets: object = None        # a Path, or None
+    link: str = "http://127.0.0.1:8080"
+    client: str = "notifier"
+    retry_first_s: float = 2.0
+    retry_max_s: float = 300.0
+    alarm_after: int = 5
+    heartbeat_url: object = None
+    heartbeat_s: float = 60.0
+    heartbeat_quiet_only: bool = True
+
+
+DELIVERY_ALARM = "notify.delivery"
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     path: Path
@@ -186,6 +223,7 @@ class Experiment:
     warnings: tuple = ()
     history: HistorySpec = HistorySpec()
     alarms: tuple = ()       # AlarmSpecs
+    notify: object = None    # NotifySpec, or None
 
     def program(self, name):
         return next((p for p in self.programs if p.name == name), None)
@@ -264,6 +302,8 @@ def from_dict(raw, path):
     if libabcd.is_libabcd(raw):
         raw = libabcd.convert(raw)
     problems = validate(raw)
+    if not problems and isinstance(raw.get("notify"), dict):
+        problems = checks.notify_problems(raw["notify"], path.resolve().parent)
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"{path}: {len(problems)} problem(s):\n{listing}", problems)
@@ -357,9 +397,28 @@ def freeze(raw, path):
         hosts=MappingProxyType({name: host_spec(name, host, folder) for name, host in raw["hosts"].items()}),
         logs=LogRotation(raw["logs"]["max_bytes"], raw["logs"]["keep"]),
         history=HistorySpec(float(raw["history"]["retention_days"])),
-        alarms=tuple(alarm_spec(name, alarm) for name, alarm in raw["alarms"].items()),
+        alarms=tuple(alarm_spec(name, alarm) for name, alarm in raw["alarms"].items())
+        + ((delivery_alarm(raw["notify"]),) if "notify" in raw else ()),
+        notify=notify_spec(raw["notify"], folder) if "notify" in raw else None,
         warnings=tuple(checks.missing_commands(programs) + checks.renamed_keys(raw)),
     )
+
+
+def notify_spec(notify, folder):
+    rules = tuple(NotifyRule(r["route"], r.get("severity"), tuple(r.get("alarms", ())), r.get("escalate_after"),
+                             r.get("escalate_to"), r.get("repeat"), r.get("clear", True)) for r in notify["rules"])
+    heartbeat, retry = notify.get("heartbeat") or {}, notify["retry"]
+    return NotifySpec(MappingProxyType({k: tuple(v) for k, v in notify["routes"].items()}), rules,
+                      folder / notify["secrets"] if notify.get("secrets") else None, notify["link"], notify["client"],
+                      float(retry["first"]), float(retry["max"]), int(retry["alarm_after"]),
+                      heartbeat.get("url"), float(heartbeat.get("every", 60)), bool(heartbeat.get("quiet_only", True)))
+
+
+def delivery_alarm(notify):
+    """The alarm of notifications that cannot be delivered: the notifier publishes how many are failing."""
+    return AlarmSpec(DELIVERY_ALARM, f"{notify['client']}.delivery.failing", "above", 0.0, None, 0.0, "alarm",
+                     "notifications cannot be delivered (send.py run notifications: what failed, and why)",
+                     ("log", "publish"))
 
 
 def alarm_spec(name, alarm):

@@ -1,8 +1,13 @@
 """Checks a schema cannot express: dependencies, cycles, shared client names, hosts, alarms; start order."""
 
+import json
+import re
 import shutil
+import stat
 import urllib.parse
 from pathlib import Path
+
+SECRET = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def cross_check(raw):
@@ -202,3 +207,39 @@ def missing_commands(specs):
         if not found:
             warnings.append(f"programs.{spec.name}.cmd: {command!r} is not found on this host")
     return warnings
+
+
+def notify_problems(notify, folder):
+    """Rules naming routes that do not exist; a secrets file that is missing, readable by others, or lacks a
+    ${NAME} a URL uses."""
+    routes = notify.get("routes", {})
+    problems = []
+    for i, rule in enumerate(notify.get("rules", [])):
+        for key in ("route", "escalate_to"):
+            if key in rule and rule[key] not in routes:
+                problems.append(f"notify.rules.{i}.{key}: {rule[key]!r} is not a route ({', '.join(routes)})")
+        if ("escalate_after" in rule) != ("escalate_to" in rule):
+            problems.append(f"notify.rules.{i}: escalate_after and escalate_to go together")
+    wanted = {name for urls in routes.values() for url in urls for name in SECRET.findall(url)}
+    if "secrets" not in notify:
+        return problems + [f"notify.routes: ${{{name}}} needs notify.secrets, a file that holds it"
+                           for name in sorted(wanted)]
+    path = folder / notify["secrets"]
+    try:
+        mode = path.stat().st_mode
+        secrets = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return problems + [f"notify.secrets: cannot read {path}: {exc.strerror}"]
+    except ValueError as exc:
+        return problems + [f"notify.secrets: {path} is not valid JSON: {exc}"]
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        problems.append(f"notify.secrets: {path} can be read by others (mode {stat.S_IMODE(mode):o}): "
+                        f"chmod 600 {path}")
+    if not isinstance(secrets, dict) or not all(isinstance(v, str) for v in secrets.values()):
+        return problems + [f"notify.secrets: {path} must hold one JSON object of strings {{NAME: value}}"]
+    return problems + [f"notify.routes: ${{{name}}} is not in {path}" for name in sorted(wanted - set(secrets))]
+
+
+def fill_secrets(url, secrets):
+    """`url` with each ${NAME} taken from `secrets`."""
+    return SECRET.sub(lambda m: secrets[m[1]], url)

@@ -160,9 +160,9 @@ def echo(echo_program):
 def system(tmp_path):
     made = []
 
-    def make(programs, alarms=None, **server):
+    def make(programs, alarms=None, notify=None, **server):
         server.setdefault("timeout", 5.0)
-        path = write_experiment(tmp_path, "ctl", programs=programs, alarms=alarms, **server)
+        path = write_experiment(tmp_path, "ctl", programs=programs, alarms=alarms, notify=notify, **server)
         made.append(System(path))
         return made[-1]
     yield make

@@ -108,7 +108,7 @@ def apt_install(packages, commands):
 
 
 def write_experiment(folder, name, router="tcp://127.0.0.1:0", events="tcp://127.0.0.1:0",
-                     beacon_port=None, heartbeat=0.5, timeout=3.0, programs=None, alarms=None, **server):
+                     beacon_port=None, heartbeat=0.5, timeout=3.0, programs=None, alarms=None, notify=None, **server):
     path = Path(folder) / f"{name}.json"
     description = {
         "name": name,
@@ -118,6 +118,7 @@ def write_experiment(folder, name, router="tcp://127.0.0.1:0", events="tcp://127
         "paths": {"logs": "log", "data": "data", "state": "state"},
         "programs": programs or {},
         **({"alarms": alarms} if alarms else {}),
+        **({"notify": notify} if notify else {}),
     }
     path.write_text(json.dumps(description), encoding="utf-8")
     return path
@@ -450,7 +451,7 @@ class System:
 
 
 DAMICM_PROGRAMS = {"spy", "cryo", "vacuum", "bias", "board1", "board2", "lta1", "lta2", "monitor", "historian",
-                   "sequencer", "shell", "web"}
+                   "sequencer", "notifier", "shell", "web"}
 
 
 def damicm_copy(folder, holds=None):

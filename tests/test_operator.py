@@ -117,6 +117,9 @@ def test_each_operator_method_of_a_command_sends_that_command_and_its_payload_pa
             wait_until(lambda: to_run()[-1]["cmd"] == "runs", 10, what="the runs request on the stream")
             assert sent(op, "run_config", run) == ["run_config"] and sent(op, "config_diff", run) == ["config_diff"]
             assert sent(op, "set_config", "echo", refused="no_settings", gain=1) == ["set_config"]  # it has no schema
+            for method, kwargs in [("notify_test", {"route": "shift"}), ("notifications", {"n": 5}),   # no notify
+                                   ("maintenance", {"minutes": 5, "reason": "test"})]:                # section
+                assert sent(op, method, refused="refused", **kwargs) == [method]
             assert sent(op, "programs") == ["status"] and sent(op, "snapshot") == ["status"]
     finally:
         seen.close()

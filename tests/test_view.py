@@ -135,7 +135,7 @@ def test_live_view_in_a_terminal_shows_a_restart_and_ctrl_c_stops_everything(tmu
     path = damicm_copy(tmp_path)
     env = " ".join(f"{k}={v}" for k, v in (("PYTHONPATH", ROOT),))
     command = f"cd {ROOT} && {env} {sys.executable} run.py {path}; echo EXIT=$?; sleep 60"
-    assert tmux("new-session", "-d", "-s", "view", "-x", "80", "-y", "24", command).returncode == 0
+    assert tmux("new-session", "-d", "-s", "view", "-x", "80", "-y", "28", command).returncode == 0
 
     def screen():
         return tmux("capture-pane", "-p", "-t", "view").stdout
@@ -147,11 +147,11 @@ def test_live_view_in_a_terminal_shows_a_restart_and_ctrl_c_stops_everything(tmu
     assert "run STOP" in text and all(len(line) <= 80 for line in text.splitlines())
     lta1 = all_registered(path)["lta1"]["pid"]
     os.kill(lta1, signal.SIGKILL)
-    def restarted():   # its row counts one restart; the event is among the two lines 24 leave to events
+    def restarted():   # its row counts one restart; the event is among the lines 28 leave to events
         text = screen()
         row = next((line.split() for line in text.splitlines() if line.split()[:1] == ["lta1"]), [])
         return len(row) > 4 and row[4] == "1" and "program_restarting" in text
-    wait_until(restarted, 20, 0.3, what="the restart in the view")
+    wait_until(restarted, 60, 0.3, what="the restart in the view")
     instance = screen().split()[2]
     os.kill(int((tmp_path / "var" / "run" / "server.pid").read_text().split()[0]), signal.SIGKILL)
     wait_until(lambda: screen().startswith("damicm  server") and screen().split()[2] != instance, 30, 0.3,

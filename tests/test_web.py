@@ -224,6 +224,9 @@ REACH = {
     "abort_run": ({"timeout": "soon"}, 400, "bad_field"),
     "ack": ({"alarm": "nothing"}, 404, "no_such_alarm"),
     "set_config": ({"program": "nosuch", "values": {"volts": 1}}, 404, "unknown_program"),
+    "notifications": ("?n=2000", 400, "bad_field"),
+    "notify_test": ({"route": 7}, 400, "bad_field"),
+    "maintenance": ({"minutes": 0, "reason": "cryostat"}, 400, "bad_field"),
 }
 
 

@@ -168,6 +168,21 @@ class Operator:
         """{program: {setting: [in run a, in run b (or now)]}}."""
         return self._run("config_diff", a=a, b=b)
 
+    # --- notifications (through the notifier program) ---------------------------------------------
+
+    def notify_test(self, route, by=None):
+        """A test message to every URL of `route`: {"route", "sent": [{"url", "ok", "error"}]}."""
+        return self._run("notify_test", route=route, by=by)
+
+    def notifications(self, n=50):
+        """What was sent, to whom, and what failed; deliveries waiting; maintenance windows."""
+        return self._run("notifications", n=n)
+
+    def maintenance(self, minutes=None, reason=None, alarms=None, programs=None, end=None, by=None):
+        """Hold notifications back for `minutes` with a `reason` (all, or of `alarms`/`programs`); `end=True` ends it."""
+        return self._run("maintenance", minutes=minutes, reason=reason, alarms=alarms, programs=programs, end=end,
+                         by=by)
+
     # --- sequences (the sequencer program, a client named `sequencer`) ------------------------------
 
     @property

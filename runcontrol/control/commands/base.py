@@ -78,3 +78,20 @@ def sentence(error):
 def shown(value):
     text = json.dumps(value, default=str)
     return text if len(text) <= SHOWN_MAX else text[:SHOWN_MAX - 3] + "..."
+
+
+def forward(ctl, msg, cmd, **fields):
+    """Ask the notifier program `cmd` with `fields` (and who asks); answer `msg` with what it answers."""
+    notify = ctl.spec.notify
+    if notify is None:
+        raise Refused("the experiment has no notify section: nobody is notified", protocol.REFUSED)
+    reply = ctl.client.defer(msg)
+
+    def answered(answer):
+        if answer.ok:
+            reply.resolve(answer.result)
+        else:
+            reply.refuse(f"{notify.client}: {answer.error}", answer.code)
+    ctl.client.start({"to": notify.client, "cmd": cmd, "by": protocol.parse_by(msg), **fields},
+                     on_answer=answered)
+    return reply
