@@ -133,9 +133,9 @@ def tmux(tmp_path):
 @pytest.mark.timeout(900)   # tmux may wait for apt-get, one installation at a time
 def test_live_view_in_a_terminal_shows_a_restart_and_ctrl_c_stops_everything(tmux, tmp_path):
     path = damicm_copy(tmp_path)
-    env = " ".join(f"{k}={v}" for k, v in (("PYTHONPATH", ROOT),))
+    env = " ".join(f"{k}={v}" for k, v in (("PYTHONPATH", ROOT), ("COLUMNS", 80), ("LINES", 30)))
     command = f"cd {ROOT} && {env} {sys.executable} run.py {path}; echo EXIT=$?; sleep 60"
-    assert tmux("new-session", "-d", "-s", "view", "-x", "80", "-y", "28", command).returncode == 0
+    assert tmux("new-session", "-d", "-s", "view", "-x", "80", "-y", "30", command).returncode == 0
 
     def screen():
         return tmux("capture-pane", "-p", "-t", "view").stdout
@@ -147,7 +147,7 @@ def test_live_view_in_a_terminal_shows_a_restart_and_ctrl_c_stops_everything(tmu
     assert "run STOP" in text and all(len(line) <= 80 for line in text.splitlines())
     lta1 = all_registered(path)["lta1"]["pid"]
     os.kill(lta1, signal.SIGKILL)
-    def restarted():   # its row counts one restart; the event is among the lines 28 leave to events
+    def restarted():   # its row counts one restart; the event is among the lines 30 leave to events
         text = screen()
         row = next((line.split() for line in text.splitlines() if line.split()[:1] == ["lta1"]), [])
         return len(row) > 4 and row[4] == "1" and "program_restarting" in text
