@@ -47,7 +47,8 @@ class Intake:
                 self.take(conn, frames)
             except Exception:  # one bad message must not stop the server
                 log.exception("internal error handling a message")
-                self.routing.answer(conn, protocol.make_error(protocol.INTERNAL, "internal server error"))
+                self.routing.answer(conn, protocol.make_error(protocol.INTERNAL, "internal server error",
+                                                              id_of(frames)))
 
     def take(self, conn, frames):
         """Take in one message (its frames) from `conn`: check it, then route it or serve it."""
@@ -130,3 +131,12 @@ class Intake:
             log.warning("unregistered connections send more than allowed: %d message(s) dropped", dropped)
             self.publish_event("anonymous_throttled", dropped=dropped, total=self.anonymous.dropped_total)
         return False
+
+
+def id_of(frames):
+    """The `id` of a message, if its one frame decodes to an object that has one (an answer names what it answers)."""
+    try:
+        msg = protocol.decode(frames[0]) if len(frames) == 1 else None
+    except Exception:   # whatever the frames hold: no id to name
+        return None
+    return msg.get("id") if isinstance(msg, dict) else None
