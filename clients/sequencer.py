@@ -61,6 +61,7 @@ class Sequencer(Client):
         self.values = Values(time.time())
         self.alarms = AlarmRules()
         self.in_flight = None
+        self._last_where = None
         self.runner = Runner(self.book, self._ask, self.values, self._emit, name)
         for entry in self.book.state["entries"]:   # what ran when the last sequencer died is looked at again
             if entry["state"] == B.RUNNING and entry["position"] and entry["position"]["phase"] == "running":
@@ -162,7 +163,8 @@ class Sequencer(Client):
             try:
                 then(answer)
             finally:
-                self.timers.after(0, self.advance)
+                if self.in_flight is None and self._moved():   # else the next tick looks again: no busy loop
+                    self.timers.after(0, self.advance)
 
         def given_up():
             if not request.get("over"):
@@ -174,6 +176,14 @@ class Sequencer(Client):
         request["pending"] = self.start(msg, on_answer=answered)
         if not request.get("over"):   # an answer may come at once (no server to send it to)
             self.in_flight = request["pending"]
+
+    def _moved(self):
+        """Whether the queue's position changed since the last look (a step done, begun or cut)."""
+        entry = self.book.current()
+        where = entry and entry.get("position") and (entry["id"], entry["position"]["index"],
+                                                      entry["position"]["phase"])
+        moved, self._last_where = where != self._last_where, where
+        return moved
 
     def _emit(self, kind, **fields):
         self.send(None, "_event", kind=kind, **fields)

@@ -1,14 +1,14 @@
 """Chaos: the damicm experiment under random SIGKILLs and SIGSTOPs, with requests and runs going on.
 
-  python -m tests.chaos [--seconds 60] [--seed N] [--runs 1]      (make chaos)
+  python -m tests.chaos [--seconds 60] [--seed N] [--runs 1] [--takes 10]      (make chaos)
 
 `run.py damicm --headless` (a copy on its own ports, in a temporary folder), then
 for SECONDS a random process of the experiment (the server, the run controller,
 any program) is SIGKILLed or SIGSTOPped every 2 to 5 s, while a client of the
 library sends numbered requests to the server and to every program, and another
-drives prepare/begin/end runs in a loop, and the sequencer takes a queued
-sequence of runs (`for` three cryocooler rates: `set` the rate, `repeat` short
-runs). The sequencer, the run controller and the server are each hit at least
+drives prepare/begin/end runs in a loop between the runs of a sequence the
+sequencer takes (`for` three cryocooler rates: `set` the rate, `repeat` runs of
+1 s). The sequencer, the run controller and the server are each hit at least
 once. Then it waits until every program is RUNNING and registered again, for
 every request's final answer and for the sequence to end, stops run.py and
 looks for anything left. The seed is printed first, so a run can be replayed.
@@ -18,10 +18,11 @@ answers, or two from the server), no request made through the client library
 left without a final answer, no run number handed out twice, every program back
 within WHOLE_WITHIN_S of the last fault and every stopped process replaced (the
 boards, which are not bus clients, by their liveness probes), nothing left after
-the stop. And the sequence done within SEQUENCE_WITHIN_S of the last fault, its
-steps each in the run log once: every run step with exactly one run that ended
-(none skipped, none repeated), tagged with its loop values, and every `set` step
-accepted once in the settings log.
+the stop. And the sequence done within SEQUENCE_WITHIN_S of the last fault (a
+pause nobody resumes is a stop), its steps each taken once: every run step with
+exactly one run that ended in the run log (none skipped, none repeated), tagged
+with its loop values, in step order, and every `set` step accepted once in the
+settings log.
 """
 
 import argparse
@@ -56,10 +57,12 @@ ALWAYS_HIT = ("server", "controller", "sequencer")   # each is a victim at least
 RUNS_CLIENT = "chaos-runs"
 RUNS_APART_S = 3.0       # after each of its runs the run loop leaves the sequencer this long alone
 SEQUENCER = "sequencer"
-SEQUENCE_WITHIN_S = 300.0
+SEQUENCE_WITHIN_S = (60.0, 8.0)   # the sequence ends this long after the last fault: 60 s, and 8 s a run
+PAUSED_FOR_S = 30.0      # a pause nobody resumes: the sequence is stuck
 RATES = (25, 30, 35)     # cryo's `rate` (K/s, a live setting): one `set` step each, then TAKES runs
 TAKES = 10
 RUN_S = 1.0
+ENDED = ("ended", "ended by alarm")   # a run of the sequence that took its data
 
 
 class Observer(Client):
@@ -139,7 +142,7 @@ class Runs(threading.Thread):
         self.stop_heard = self.stop_heard or event.get("state") == "STOP"
 
     def _cycle(self, client, end_only=False):
-        """One run; with `end_only`, only its own open run aborted. True when it left no run of its own open."""
+        """One run; with `end_only`, only its own open run aborted (True once none of its own is open)."""
         try:
             status = client.request("run", "status", timeout=10)
             if status["state"] != "STOP" and (status.get("current_run") or {}).get("by") != RUNS_CLIENT:
@@ -240,8 +243,7 @@ class Sequence:
     def __init__(self, path, takes):
         self.path, self.takes = path, takes
         self.entry, self.status, self.runs, self.settings = None, None, [], []
-        self.pauses = {}            # (why, since) -> by: every pause seen
-        self.done_after_s = None
+        self.log, self.done_after_s = [], None
         (path.parent / "sequences").mkdir(exist_ok=True)
         (path.parent / "sequences" / "chaos.json").write_text(json.dumps({"name": "chaos", "steps": [
             {"for": {"rate": list(RATES), "steps": [
@@ -262,25 +264,32 @@ class Sequence:
             self.entry = client.request(SEQUENCER, "queue", sequence="chaos", by="chaos", timeout=20)["id"]
             client.request(SEQUENCER, "start", by="chaos", timeout=20)
 
+    def within_s(self):
+        """How long after the last fault the sequence must have ended."""
+        return SEQUENCE_WITHIN_S[0] + SEQUENCE_WITHIN_S[1] * len(RATES) * self.takes
+
     def finished(self):
         """The sequence's entry once it has ended (done, aborted, failed), else None."""
         finished = (self.status or {}).get("finished") or []
         return next((e for e in finished if e["id"] == self.entry), None)
 
     def finish(self, last_fault):
-        """Wait for the end (SEQUENCE_WITHIN_S after the last fault at most), then read the run and settings logs."""
+        """Wait for the end (`within_s()` after the last fault at most; a pause nobody resumes ends the wait too),
+        then read the run log, cryo's settings log and the sequencer's log."""
         with Client(f"chaos-sequence-{os.getpid()}", experiment=str(self.path)) as client:
             client.connect(30)
-            while self.finished() is None and time.monotonic() - last_fault < SEQUENCE_WITHIN_S:
+            paused_since = None
+            while self.finished() is None and time.monotonic() - last_fault < self.within_s():
                 self.status = ask(client, SEQUENCER, "status") or self.status
-                paused = (self.status or {}).get("paused")
-                if paused:
-                    self.pauses[(paused["why"], paused["at"])] = paused["by"]
+                paused_since = (paused_since or time.monotonic()) if (self.status or {}).get("paused") else None
+                if paused_since is not None and time.monotonic() - paused_since > PAUSED_FOR_S:
+                    break
                 client.poll(1.0)
             if self.finished() is not None:
                 self.done_after_s = round(time.monotonic() - last_fault, 1)
             self.runs = ask(client, "run", "runs", n=1_000_000) or []
             self.settings = ask(client, "run", "config_log", program="cryo", n=1000) or []
+            self.log = ask(client, SEQUENCER, "log", n=1000) or []
 
 
 def ask(client, to, cmd, **fields):
@@ -331,7 +340,8 @@ def chaos(seed, seconds, folder, log=print, takes=TAKES):
                                       f"replaced, {WHOLE_WITHIN_S:g} s after the last fault (still stopped: "
                                       f"{still_stopped(faults) or 'none'})")
         stop.set()
-        requests.done.wait(ANSWERS_WITHIN_S + WHOLE_WITHIN_S + 10)
+        if requests.done.wait(ANSWERS_WITHIN_S + WHOLE_WITHIN_S + 10) and requests.client is not None:
+            requests.client.close()   # not polled any more: it would only complain of a silent server
         runs.join(60)
         sequence.finish(last_fault)
     finally:
@@ -388,59 +398,71 @@ def judge(report, requests, runs, state):
 
 
 def judge_sequence(report, sequence):
-    """Each run step of the sequence has exactly one run that ended, with its loop values; each `set` step was
-    accepted once. A step's attempts that failed at prepare_run or were aborted are counted apart, not as repeats:
-    they took no data for the step (the sequencer takes it again under a new attempt)."""
-    problems, steps, entry = report["problems"], sequence.steps(), sequence.entry
+    """The sequence done; each run step with exactly one run that ended, with its loop values, in step order; each
+    `set` step accepted once. A run an alarm ended (`ended by alarm`) is its step's run: the sequence ignores alarms,
+    so the sequencer goes on from it. A step's attempts that failed at prepare_run or were aborted are counted apart,
+    not as repeats: the sequencer takes the step again under a new attempt (and only an operator's skip, abort or
+    pause at once, or an alarm the sequence retries after, aborts a run it took)."""
+    problems, steps = report["problems"], sequence.steps()
     finished = sequence.finished()
     if finished is None or finished["state"] != "done":
         current = (sequence.status or {}).get("current") or {}
-        problems.append(f"the sequence did not end done within {SEQUENCE_WITHIN_S:g} s of the last fault: "
+        problems.append(f"the sequence did not end done within {sequence.within_s():g} s of the last fault: "
                         f"{finished or {k: current.get(k) for k in ('index', 'phase', 'waiting_for')}}, "
-                        f"paused {(sequence.status or {}).get('paused')}")
-    tagged = [r for r in sequence.runs if (r.get("sequence") or {}).get("entry") == entry]
-    by_step = collections.defaultdict(list)
-    for record in tagged:
-        by_step[record["sequence"]["step"]].append(record)
+                        f"paused: {(sequence.status or {}).get('paused')}")
+    tagged = [r for r in sequence.runs if (r.get("sequence") or {}).get("entry") == sequence.entry]
     run_steps = [i for i, (kind, _) in steps.items() if kind == "run"]
-    ended = {i: [r for r in by_step[i] if r["result"] == "ended"] for i in run_steps}
-    skipped = [(i, [r["result"] for r in by_step[i]]) for i in run_steps if not ended[i]]
-    repeated = [(i, [r["run"] for r in ended[i]]) for i in run_steps if len(ended[i]) > 1]
-    unlooped = [r["run"] for i in run_steps for r in ended[i] if r["sequence"].get("loop") != steps[i][1]
-                or any((r.get("params") or {}).get(k) != v for k, v in steps[i][1].items())]
+    ended = {i: [r for r in tagged if r["sequence"]["step"] == i and r["result"] in ENDED] for i in run_steps}
     taken = sorted((r for rs in ended.values() for r in rs), key=lambda r: r["run"])
-    astray = [r["run"] for r in tagged if r["sequence"]["step"] not in run_steps or r["result"] == "running"]
-    applied = collections.defaultdict(list)
-    for change in sequence.settings:
-        parts = str(change.get("by")).split(":")   # sequencer:<book token>:<entry>:<step>:<attempt>
-        if change.get("accepted") and len(parts) == 5 and parts[0] == SEQUENCER and parts[2] == entry:
-            applied[int(parts[3])].append(change)
-    set_steps = [i for i, (kind, _) in steps.items() if kind == "set"]
-    twice = [i for i in set_steps if len(applied[i]) > 1]
-    unset = [i for i in set_steps if [c["changes"].get("rate", [None, None])[1] for c in applied[i]][:1]
-             != [steps[i][1]["rate"]]]
-    report["sequence"] = (f"{finished['state'] if finished else 'not ended'}: {len(taken)} runs taken for "
-                          f"{len(run_steps)} run steps, {len(repeated)} repeated, {len(skipped)} skipped; "
-                          f"{len(tagged) - len(taken)} attempts not taken "
-                          f"{dict(collections.Counter(r['result'] for r in tagged if r['result'] != 'ended'))}; "
-                          f"{sum(map(len, applied.values()))} settings applied for {len(set_steps)} set steps, "
-                          f"{len(twice)} applied twice; {len(sequence.pauses)} pauses")
-    report["sequence_done_after_s"] = sequence.done_after_s
-    report["sequence_pauses"] = [f"{why} (by {by})" for (why, _), by in sequence.pauses.items()]
-    for what, found in (("run step(s) with no run that ended (step, results)", skipped),
-                        ("run step(s) with more than one run that ended (step, runs)", repeated),
-                        ("run(s) without their step's loop values", unlooped),
-                        ("run(s) of the sequence of no run step, or left running", astray),
-                        ("set step(s) applied more than once", twice),
-                        ("set step(s) not applied once with their value", unset)):
+    disordered = [] if taken == sorted(taken, key=lambda r: r["sequence"]["step"]) else \
+        [(r["run"], r["sequence"]["step"]) for r in taken]
+    skipped = [(i, [r["result"] for r in tagged if r["sequence"]["step"] == i]) for i in run_steps if not ended[i]]
+    repeated = [(i, [r["run"] for r in ended[i]]) for i in run_steps if len(ended[i]) > 1]
+    applied = settings_applied(sequence)
+    twice = [i for i, changes in applied.items() if len(changes) > 1]
+    unset = [(i, [c["changes"] for c in changes]) for i, changes in applied.items()
+             if not changes or changes[0]["changes"].get("rate", [None, None])[1] != steps[i][1]["rate"]]
+    others = collections.Counter(r["result"] for r in tagged if r["result"] not in ENDED)
+    pauses = [f"{e.get('why')} (by {e.get('by')})" for e in sequence.log if e.get("event") == "paused"]
+    report["sequence"] = (f"{finished['state'] if finished else 'not ended'}: {len(taken)} runs taken "
+                          f"({sum(r['result'] != 'ended' for r in taken)} ended by an alarm) for "
+                          f"{len(run_steps)} run steps, {len(repeated)} repeated, {len(skipped)} skipped, "
+                          f"{sum(others.values())} other attempts {dict(others)}; "
+                          f"{sum(map(len, applied.values()))} settings applied for {len(applied)} set steps, "
+                          f"{len(twice)} applied twice; {len(pauses)} pauses")
+    report.update(sequence_done_after_s=sequence.done_after_s, sequence_pauses=pauses)
+    for what, found in (
+            ("run step(s) with no run that ended (step, results)", skipped),
+            ("run step(s) with more than one run that ended (step, runs)", repeated),
+            ("run(s) without their step's loop values", [r["run"] for r in taken if not looped(r, steps)]),
+            ("run(s) of no run step, or left running",
+             [r["run"] for r in tagged if r["sequence"]["step"] not in run_steps or r["result"] == "running"]),
+            ("run(s) not in step order (run, step)", disordered),
+            ("set step(s) applied more than once", twice),
+            ("set step(s) not applied with their value (step, changes)", unset)):
         if found:
             problems.append(f"sequence: {what}: {found}")
-    if [r["sequence"]["step"] for r in taken] != sorted(r["sequence"]["step"] for r in taken):
-        problems.append(f"sequence: its runs in the run log are not in step order: "
-                        f"{[(r['run'], r['sequence']['step']) for r in taken]}")
-    missing = [name for name in ALWAYS_HIT if not any(key.endswith(f" {name}") for key in report.get("faults", {}))]
-    if missing:
-        problems.append(f"never hit by a fault: {missing}")
+    spared = [name for name in ALWAYS_HIT if not any(key.endswith(f" {name}") for key in report.get("faults", {}))]
+    if spared:
+        problems.append(f"never hit by a fault: {spared}")
+
+
+def looped(record, steps):
+    """Whether a run record carries the loop values of its step, in its tag and in its params."""
+    loop = steps[record["sequence"]["step"]][1]
+    return record["sequence"].get("loop") == loop and all((record.get("params") or {}).get(k) == v
+                                                          for k, v in loop.items())
+
+
+def settings_applied(sequence):
+    """Set step index -> the accepted changes of cryo's settings log made for it (by `sequencer:<tag id>`)."""
+    applied = {i: [] for i, (kind, _) in sequence.steps().items() if kind == "set"}
+    for change in sequence.settings:
+        parts = str(change.get("by")).split(":")   # sequencer:<book token>:<entry>:<step>:<attempt>
+        if change.get("accepted") and len(parts) == 5 and parts[0] == SEQUENCER and parts[2] == sequence.entry \
+                and parts[3].isdigit():
+            applied.setdefault(int(parts[3]), []).append(change)
+    return applied
 
 
 def run_log(state, problems):
@@ -465,12 +487,13 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--runs", type=int, default=1, help="chaos runs in a row, each with its own seed")
+    parser.add_argument("--takes", type=int, default=TAKES, help="the sequence's runs at each of its three rates")
     args = parser.parse_args(argv)
     failed = 0
     for number in range(args.runs):
         seed = args.seed if args.seed is not None and number == 0 else random.randrange(1 << 30)
         folder = Path(tempfile.mkdtemp(prefix="orbit-chaos-"))
-        report = chaos(seed, args.seconds, folder, log=lambda text: print(text, flush=True))
+        report = chaos(seed, args.seconds, folder, log=lambda text: print(text, flush=True), takes=args.takes)
         problems = report.pop("problems")
         print(json.dumps(report, indent=1, default=str))
         print(f"seed {seed}: " + ("all held" if not problems else "FAILED\n  " + "\n  ".join(problems)), flush=True)

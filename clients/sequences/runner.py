@@ -46,6 +46,20 @@ def unanswered(answer):
     return answer.from_server or answer.code in protocol.LOCAL_CODES
 
 
+def absent(status):
+    """The participants of the run controller not registered now (restarting after a crash, say)."""
+    registered = {p.get("client") for p in status.get("programs", {}).values() if p.get("registered")}
+    registered |= set(status.get("clients") or [])
+    return [name for name in status.get("participants", []) if name not in registered]
+
+
+def only_absent(why):
+    """Whether a failed transition's reason names only participants that were away (silent or lost), none that
+    refused (the run controller's text: "<name> silent (...)", "<name> lost (...)", "<name> refused: ...")."""
+    why = str(why)
+    return " refused: " not in why and (" silent (" in why or " lost (" in why)
+
+
 def tag_of(book, entry, step, attempt):
     return {"id": f"{book.state['token']}:{entry['id']}:{step.index}:{attempt}", "sequence": entry["sequence"],
             "entry": entry["id"], "step": step.index, "where": step.where, "loop": step.loop}
@@ -160,6 +174,8 @@ class Runner:
             record = ended[-1]
             if data.get("cut"):
                 self.apply_cut(entry, step, data)
+            elif record.get("result") == "failed" and only_absent(record.get("why")):
+                self.retake(entry, step, data)   # a participant was away (restarting): take the step again
             elif record.get("result") == "failed":
                 self.fail(entry, step, data, record.get("why") or "the run failed")
             elif data.get("alarm"):   # ended because of an alarm that asks for the step again
@@ -177,12 +193,16 @@ class Runner:
         elif state == READY and ours:
             if data.get("cut") or data.get("alarm"):
                 self._end(entry, data, "abort_run")
+            elif absent(status):
+                self.waiting = f"participant(s) {', '.join(absent(status))} to register"
             else:
                 self._begin(entry, step, data, tag)
         elif data.get("cut"):
             self.apply_cut(entry, step, data)
         elif state in (RUN, READY):
             self.waiting = f"run {current.get('run')} ({state}, not this sequence's) to end"
+        elif state == STOP and absent(status):
+            self.waiting = f"participant(s) {', '.join(absent(status))} to register"
         elif state == STOP:
             self._prepare(entry, step, data, tag)
 
@@ -207,6 +227,8 @@ class Runner:
     def _refused(self, entry, step, data, cmd, answer):
         if unanswered(answer) or answer.code in (protocol.BUSY, protocol.BAD_STATE):   # look again
             return
+        if answer.code == protocol.FAILED and only_absent(answer.error):
+            return   # a participant was away: looked at again (a failed prepare is retaken, READY begun) once back
         self.fail(entry, step, data, f"{cmd}: {answer.error}")
 
     def _watch_run(self, entry, step, data):
@@ -286,7 +308,9 @@ class Runner:
         """A set's or a command's answer: done, failed, or (nothing usable came) asked again at the next look."""
         if answer.ok:
             self.done(entry, step, result=answer.result)
-        elif not unanswered(answer):
+        elif unanswered(answer) or answer.code in (protocol.NOT_REGISTERED, protocol.NO_SETTINGS, protocol.BUSY):
+            self.waiting = f"{what}: {answer.error}"   # the program is away or restarting: asked again
+        else:
             self.fail(entry, step, data, f"{what}: {answer.error}")
 
     def _wait(self, entry, step, position, data):

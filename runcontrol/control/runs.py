@@ -128,7 +128,7 @@ class RunDesk:
             why = "; ".join(f"{name} {problem}" for name, problem in problems.items())
             log.warning("%s of run %s failed: %s", action, run, why)
             if action == "prepare_run":
-                self.book.log({"run": run, "result": "failed", "why": f"prepare: {why}",
+                self.book.log({"run": run, "result": "failed", "why": f"prepare: {why}", "problems": problems,
                                **{k: fields[k] for k in TAGS if fields.get(k) is not None}})
             if action == "begin_run":
                 for name in participants:
