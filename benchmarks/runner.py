@@ -39,6 +39,7 @@ SCRIPTS = (
     ("datapath", 1200, ["--seconds", "0.5"]),
     ("history", 900, ["--seconds-per-step", "1", "--days", "3"]),
     ("web", 600, ["--requests", "300", "--cpu-seconds", "2"]),
+    ("notify", 600, ["--alarms", "5", "--direct", "20"]),
 )
 KILL_AFTER_S = 60   # after SIGTERM, what a script has not stopped is killed
 

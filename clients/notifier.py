@@ -51,6 +51,7 @@ class Notifier(Client):
                                         "maintenance": "hold messages back for a time (minutes, reason, alarms, "
                                                        "programs), or end it (end: true)"}, **kwargs)
         self.spec, self.notify = spec, spec.notify
+        self.watched = {alarm.name: alarm.value for alarm in spec.alarms}   # so a program's alarms are known
         self.book = NotifyBook(state)
         self.deliverer = Deliverer()
         self.watch(self.deliverer.fileno(), self._take_results)
@@ -85,7 +86,8 @@ class Notifier(Client):
         now = time.time()
         self._expire_maintenance(now)
         before = {k: (dict(v["told"]), v["cleared_told"]) for k, v in self.book.occurrences.items()}
-        messages = rules.due(self.book.occurrences, self.standing, self.notify.rules, self.book.maintenance, now)
+        messages = rules.due(self.book.occurrences, self.standing, self.notify.rules, self.book.maintenance, now,
+                             self.watched)
         after = {k: (dict(v["told"]), v["cleared_told"]) for k, v in self.book.occurrences.items()}
         if messages:
             self.book.accept([item for message in messages for item in self._items(message)])
@@ -155,8 +157,8 @@ class Notifier(Client):
 
     def _heartbeat(self):
         if self.well():
-            url = self._url(self.notify.heartbeat_url)
-            threading.Thread(target=call, args=(url,), daemon=True).start()
+            threading.Thread(target=call, args=(self._url(self.notify.heartbeat_url), self.notify.heartbeat_url),
+                             daemon=True).start()
 
     # --- maintenance --------------------------------------------------------------------------------
 
@@ -215,9 +217,10 @@ class Notifier(Client):
         by = str(msg.get("by") or msg.get("from"))
         if msg.get("end"):
             ended, self.book.state["maintenance"] = self.book.maintenance, []
-            self.book.save()
-            self._said("maintenance_ended", f"maintenance ended by {by}", by=by)
-            self._publish_maintenance()
+            if ended:
+                self.book.save()
+                self._said("maintenance_ended", f"maintenance ended by {by}", by=by)
+                self._publish_maintenance()
             self._look()
             return {"ended": ended}
         minutes, reason = required(msg, "minutes"), required(msg, "reason")
@@ -246,12 +249,13 @@ class Notifier(Client):
         super().close()
 
 
-def call(url):
+def call(url, shown):
+    """Call the heartbeat `url`; a failure is logged with `shown` (the URL as written, without its secrets)."""
     try:
         with urllib.request.urlopen(url, timeout=HEARTBEAT_TIMEOUT_S) as answer:
             answer.read(1024)
     except OSError as exc:
-        log.warning("heartbeat %s: %s", url.split("?")[0], exc)
+        log.warning("heartbeat %s: %s", shown, str(exc).replace(url, shown))
 
 
 def main(argv=None):

@@ -220,10 +220,12 @@ def notify_problems(notify, folder):
                 problems.append(f"notify.rules.{i}.{key}: {rule[key]!r} is not a route ({', '.join(routes)})")
         if ("escalate_after" in rule) != ("escalate_to" in rule):
             problems.append(f"notify.rules.{i}: escalate_after and escalate_to go together")
-    wanted = {name for urls in routes.values() for url in urls for name in SECRET.findall(url)}
+    heartbeat = notify.get("heartbeat") if isinstance(notify.get("heartbeat"), dict) else {}
+    wanted = {(name, "notify.routes") for urls in routes.values() for url in urls for name in SECRET.findall(url)}
+    wanted |= {(name, "notify.heartbeat.url") for name in SECRET.findall(str(heartbeat.get("url", "")))}
     if "secrets" not in notify:
-        return problems + [f"notify.routes: ${{{name}}} needs notify.secrets, a file that holds it"
-                           for name in sorted(wanted)]
+        return problems + [f"{where}: ${{{name}}} needs notify.secrets, a file that holds it"
+                           for name, where in sorted(wanted)]
     path = folder / notify["secrets"]
     try:
         mode = path.stat().st_mode
@@ -237,7 +239,8 @@ def notify_problems(notify, folder):
                         f"chmod 600 {path}")
     if not isinstance(secrets, dict) or not all(isinstance(v, str) for v in secrets.values()):
         return problems + [f"notify.secrets: {path} must hold one JSON object of strings {{NAME: value}}"]
-    return problems + [f"notify.routes: ${{{name}}} is not in {path}" for name in sorted(wanted - set(secrets))]
+    return problems + [f"{where}: ${{{name}}} is not in {path}" for name, where in sorted(wanted)
+                       if name not in secrets]
 
 
 def fill_secrets(url, secrets):

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import experiments
+from experiments import NotifyRule
 from runcontrol.errors import ConfigError
 from tests.helpers import ROOT
 
@@ -276,3 +277,60 @@ def test_the_earlier_name_of_participant_still_loads_with_a_warning(tmp_path):
     assert [p.participant for p in exp.programs] == [True, True, False]
     assert "programs.a.run: now called participant (read as such)" in exp.warnings
     assert not [w for w in exp.warnings if w.startswith(("programs.b", "programs.c"))]
+
+
+def secrets_file(tmp_path, secrets, mode=0o600):
+    path = tmp_path / "notify-secrets.json"
+    path.write_text(json.dumps(secrets))
+    path.chmod(mode)
+    return path
+
+
+def test_notify_loads_with_its_rules_retries_heartbeat_and_the_delivery_alarm(tmp_path):
+    secrets = secrets_file(tmp_path, {"MAIL_PASSWORD": "s3cret"})
+    exp = experiments.load(write(tmp_path, {"notify": {
+        "routes": {"shift": ["mailto://orbit:${MAIL_PASSWORD}@mail.example.org?to=shift@example.org"],
+                   "experts": ["json://127.0.0.1:8090/hook", "orbitfile://experts.jsonl"]},
+        "secrets": secrets.name,
+        "rules": [{"route": "shift", "severity": "alarm", "escalate_after": 900, "escalate_to": "experts",
+                   "repeat": 3600},
+                  {"route": "shift", "alarms": ["program.*"], "clear": False}],
+        "retry": {"first": 1, "alarm_after": 3},
+        "heartbeat": {"url": "https://hc.example.org/ping/abc", "every": 30}}}))
+    notify = exp.notify
+    assert dict(notify.routes) == {"shift": ("mailto://orbit:${MAIL_PASSWORD}@mail.example.org?to=shift@example.org",),
+                                   "experts": ("json://127.0.0.1:8090/hook", "orbitfile://experts.jsonl")}
+    assert notify.secrets == secrets   # the URL keeps its ${NAME}: the secret is read only when sending
+    assert notify.rules == (NotifyRule("shift", "alarm", (), 900, "experts", 3600, True),
+                            NotifyRule("shift", None, ("program.*",), None, None, None, False))
+    assert (notify.link, notify.client) == ("http://127.0.0.1:8080", "notifier")
+    assert (notify.retry_first_s, notify.retry_max_s, notify.alarm_after) == (1.0, 300.0, 3)
+    assert (notify.heartbeat_url, notify.heartbeat_s, notify.heartbeat_quiet_only) == \
+        ("https://hc.example.org/ping/abc", 30.0, True)
+    delivery = next(a for a in exp.alarms if a.name == "notify.delivery")
+    assert (delivery.value, delivery.kind, delivery.limit, delivery.severity) == \
+        ("notifier.delivery.failing", "above", 0.0, "alarm")
+    assert experiments.load(write(tmp_path, {})).notify is None
+
+
+def test_notify_rules_naming_no_route_and_a_secrets_file_others_can_read_are_refused_with_their_paths(tmp_path):
+    secrets = secrets_file(tmp_path, {"TOKEN": "abc"}, mode=0o644)
+    with pytest.raises(ConfigError) as info:
+        experiments.load(write(tmp_path, {"notify": {
+            "routes": {"shift": ["ntfy://${TOKEN}@ntfy.example.org/orbit", "json://${HOOK_KEY}@127.0.0.1/hook"]},
+            "secrets": secrets.name,
+            "rules": [{"route": "night"}, {"route": "shift", "escalate_after": 600},
+                      {"route": "shift", "escalate_after": 600, "escalate_to": "boss"}]}}))
+    assert sorted(info.value.problems) == sorted([
+        "notify.rules.0.route: 'night' is not a route (shift)",
+        "notify.rules.1: escalate_after and escalate_to go together",
+        "notify.rules.2.escalate_to: 'boss' is not a route (shift)",
+        f"notify.secrets: {secrets} can be read by others (mode 644): chmod 600 {secrets}",
+        f"notify.routes: ${{HOOK_KEY}} is not in {secrets}"])
+
+
+def test_notify_secrets_in_a_url_without_a_secrets_file_are_refused_with_their_path(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        experiments.load(write(tmp_path, {"notify": {"routes": {"shift": ["tgram://${BOT_TOKEN}/${CHAT_ID}"]}}}))
+    assert info.value.problems == ["notify.routes: ${BOT_TOKEN} needs notify.secrets, a file that holds it",
+                                   "notify.routes: ${CHAT_ID} needs notify.secrets, a file that holds it"]

@@ -1,7 +1,9 @@
 """The status view: --once and --json against a live damicm, and the live view in a real terminal (tmux)."""
 
+import calendar
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -69,6 +71,24 @@ def test_status_once_and_json_against_a_live_damicm(damicm):
     for name in DAMICM_PROGRAMS:
         assert any(line.split()[:2] == [name, "RUNNING"] for line in lines), name
 
+    def maintenance(*fields):
+        return tool("send.py", "--experiment", damicm, "run", "maintenance", *fields, "by=anna").returncode
+    assert maintenance("minutes=120", "reason=warming up", 'programs=["cryo"]') == 0
+    lines = view_once(damicm, 100, 40)
+    assert re.fullmatch(r"MAINTENANCE until (\d{4}-\d\d-\d\d )?\d\d:\d\d UTC \(anna\): warming up; alarms of cryo held "
+                        r"back *", lines[0]), lines[0]
+    assert event_rows(lines)[0] == ["maintenance", "maintenance by anna for 120 min (cryo): warming up"]
+    assert maintenance("end=true") == 0
+    lines = view_once(damicm, 100, 40)
+    assert lines[0].startswith("damicm  server"), lines[0]
+    assert event_rows(lines)[0] == ["maintenance_ended", "maintenance ended by anna"]
+
+
+def event_rows(lines):
+    """The view's event lines, newest first: [kind, detail] each."""
+    below = lines[next(i for i, line in enumerate(lines) if line.split() == ["events"]) + 2:]
+    return [line.rstrip().split(maxsplit=2)[1:] for line in below if line.strip()]
+
 
 def test_the_view_puts_alarms_on_top_and_marks_a_program_whose_settings_changed_in_the_run():
     now = time.time()
@@ -87,9 +107,42 @@ def test_the_view_puts_alarms_on_top_and_marks_a_program_whose_settings_changed_
     assert any(line.split()[:2] == ["cryo", "RUNNING"] for line in lines)
 
 
-def view_once(path):
+def test_the_view_shows_open_maintenance_windows_under_the_alarms_and_the_notifiers_events():
+    taken = calendar.timegm((2026, 3, 1, 12, 0, 0))
+    windows = [{"from": taken - 60, "until": taken + 9000, "reason": "warming up", "by": "anna", "alarms": [],
+                "programs": ["cryo"]},
+               {"from": taken - 60, "until": taken + 2 * 86400, "reason": "pump service", "by": "bob",
+                "alarms": ["vacuum_high", "program.vacuum.*"], "programs": []},
+               {"from": taken - 7200, "until": taken - 60, "reason": "over", "by": "eve", "alarms": [], "programs": []}]
+    events = [{"kind": "alarm_raised", "ts": taken - 1, "alarm": "notify.delivery", "severity": "alarm",
+               "message": "notifications cannot be delivered (send.py run notifications: what failed, and why)"},
+              {"kind": "maintenance_ended", "ts": taken - 60, "from": "notifier", "message": "maintenance ended: over"},
+              {"kind": "maintenance", "ts": taken - 61, "from": "notifier",
+               "message": "maintenance by anna for 150 min (cryo): warming up"}]
+    snap = {"taken": taken, "server": {"experiment": "demo", "instance": "abc", "uptime": 60, "clients": 2},
+            "stats": {}, "clients": [], "events": events,
+            "retained": {"notifier.maintenance": {"data": {"active": 3, "windows": windows}, "ts": taken - 60}},
+            "run": {"state": "STOP", "programs": {"cryo": {"state": "RUNNING"}},
+                    "alarms": [{"alarm": "hot", "severity": "alarm", "message": "too hot", "state": "active",
+                                "raised": taken - 5, "acked": None}]}}
+    console = Console(record=True, width=120, height=30)
+    console.print(render(snap, 120, 30))
+    lines = console.export_text().splitlines()
+    assert [line.rstrip() for line in lines[:4]] == [
+        "ALARM   too hot  [hot]  5s ago",
+        "MAINTENANCE until 14:30 UTC (anna): warming up; alarms of cryo held back",
+        "MAINTENANCE until 2026-03-03 12:00 UTC (bob): pump service; vacuum_high, program.vacuum.* held back",
+        "demo  server abc up 60s  2 clients  0 msg/s"]
+    assert not any("notifier.maintenance" in line for line in lines)   # no monitored number
+    (raised, delivery), *rest = event_rows(lines)
+    assert raised == "alarm_raised" and delivery.startswith("notify.delivery: notifications cannot be delivered")
+    assert rest == [["maintenance_ended", "maintenance ended: over"],
+                    ["maintenance", "maintenance by anna for 150 min (cryo): warming up"]]
+
+
+def view_once(path, columns=80, rows=24):
     once = subprocess.run([sys.executable, "status.py", "--experiment", str(path), "--once"], cwd=ROOT,
-                          env={**env_for_children(), "COLUMNS": "80", "LINES": "24"}, capture_output=True,
+                          env={**env_for_children(), "COLUMNS": str(columns), "LINES": str(rows)}, capture_output=True,
                           text=True, timeout=60)
     assert once.returncode == 0, once.stderr
     return once.stdout.splitlines()

@@ -1,6 +1,6 @@
 """The web program against a live `run.py damicm --headless`: its JSON API, live stream and /metrics over plain HTTP,
 bad input answered with a 4xx, actions only for a logged-in operator (a 12 h session; failed logins limited per
-address); and the page itself in headless Chromium."""
+address); and the page itself in headless Chromium, notifications and maintenance windows included."""
 
 import contextlib
 import http.client
@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from runcontrol.control import commands
 from tests.helpers import DAMICM_PROGRAMS, ROOT, WebSite, apt_install, damicm_copy, env_for_children, wait_until
+from tests.test_notify import Hook
 
 pytestmark = pytest.mark.xdist_group(name="web")   # one damicm for the whole module, on one worker
 
@@ -29,16 +30,32 @@ STANDING = {name: {"value": "cryo.values.temperature", "above": -1000, "severity
                    "actions": ["log", "publish"], "message": f"a standing {severity}, as the page shows it"}
             for name, severity in (("standing_warning", "warning"), ("standing_alarm", "alarm"))}   # always hold
 TO_ACK = "standing_to_acknowledge"
+LINKED = "standing_linked"   # its message's link is followed in the browser
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("web")
-    path = damicm_copy(folder)
+def pager():
+    """A chat service's webhook (an HTTP receiver on loopback): the route `pager`, refusing when a test says so."""
+    hook = Hook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture(scope="module")
+def site_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("web")
+
+
+@pytest.fixture(scope="module")
+def site(site_folder, pager):
+    path = damicm_copy(site_folder)
     description = json.loads(path.read_text())
-    description["alarms"].update(STANDING, **{TO_ACK: {**STANDING["standing_warning"], "message": "acknowledge me"}})
-    path.write_text(json.dumps(description))
+    description["alarms"].update(STANDING, **{TO_ACK: {**STANDING["standing_warning"], "message": "acknowledge me"},
+                                              LINKED: {**STANDING["standing_alarm"], "message": "follow my link"}})
     listen = description["programs"]["web"]["cmd"][-1]
+    description["notify"]["routes"]["pager"] = [pager.url()]
+    description["notify"].update(link=f"http://{listen}", retry={"first": 0.5, "max": 1, "alarm_after": 2})
+    path.write_text(json.dumps(description))
     made = subprocess.run([sys.executable, "-m", "web.users", "--experiment", str(path), "add", "anna"],
                           input=PASSWORD + "\n", cwd=ROOT, env=env_for_children(), capture_output=True, text=True,
                           timeout=60)
@@ -535,3 +552,110 @@ def test_a_warning_on_the_banner_looks_unlike_an_alarm(site, browser):
     browser.save_screenshot(str(ARTIFACTS / "web-alarms.png"))
     assert alarm[0] > 2 * max(alarm[1:]), alarm   # red
     assert warning[1] > 2 * warning[2] and warning[1] > 0.4 * warning[0], warning   # amber: red and green, no blue
+
+
+def open_logged_out(driver, url):
+    """Open `url` afresh (loaded again, not only a new fragment) with no session, as a link followed on a phone."""
+    driver.delete_all_cookies()
+    driver.get("about:blank")
+    driver.get(url)
+
+
+def marked_alarms(driver):
+    return driver.execute_script("return [...document.querySelectorAll('#alarms tr.focus')].map(r => r.dataset.alarm)")
+
+
+@pytest.mark.timeout(900)
+def test_a_messages_link_opens_the_alarms_page_with_its_alarm_marked_to_acknowledge_after_logging_in(
+        site, site_folder, browser):
+    sink = site_folder / "var" / "run" / "notifications.jsonl"   # damicm's shift route
+
+    def message():
+        told = [json.loads(line) for line in sink.read_text().splitlines()] if sink.exists() else []
+        return next((m for m in told if m["title"] == f"[damicm] ALARM {LINKED}"), None)
+    body = wait_until(message, 60, 0.5, what="the standing alarm's message to the shift")["body"]
+    link = re.search(r"acknowledge it \(after logging in\): (\S+)", body)[1]
+    assert link == f"{site.url}/#alarms/{LINKED}"
+    open_logged_out(browser, link)
+    wait_until(lambda: marked_alarms(browser) == [LINKED], 30, 0.2, what="the alarm marked on the alarms page")
+    assert browser.execute_script("return document.getElementById('page-alarms').hidden") is False
+    assert text_of(browser, "nav a.current") == "Alarms"
+    assert browser.find_elements("css selector", "#alarms tr.focus button") == []   # read-only until logged in
+    log_in(browser, "anna", PASSWORD)
+    click(browser, "#alarms tr.focus button", "the marked alarm's acknowledge button")
+    wait_until(lambda: ({a["alarm"]: a for a in site.get("/api/alarms")[1]["alarms"]}[LINKED]["acked"] or {})
+               .get("by") == "anna", 30, 0.2, what="the alarm acknowledged by anna")
+    wait_until(lambda: browser.execute_script(
+        "return [...document.querySelectorAll('#notify-sent tr')].some(r => r.cells[3].textContent === arguments[0]"
+        " && r.cells[2].textContent === 'raised' && r.cells[6].textContent === 'sent')", LINKED), 30, 0.2,
+        what="the message among the notifications sent")
+
+
+def maintenance_banner(driver):
+    return driver.execute_script("return [...document.querySelectorAll('#maintenance-banner div')]"
+                                 ".map(e => e.textContent)")
+
+
+@pytest.mark.timeout(900)
+def test_an_operator_starts_and_ends_maintenance_on_the_page_and_every_page_shows_it(site, browser):
+    open_logged_out(browser, site.url + "/#alarms")
+    log_in(browser, "anna", PASSWORD)
+    wait_until(lambda: browser.find_element("css selector", "#maintenance-controls").is_displayed(), 20, 0.2,
+               what="the maintenance form, for an operator")
+    for field, text in (("#maintenance-reason", "warming up"), ("#maintenance-programs", "cryo")):
+        browser.find_element("css selector", field).send_keys(text)
+    try:
+        click(browser, "#maintenance-start", "the button that starts maintenance")
+        banner = wait_until(lambda: maintenance_banner(browser), 30, 0.2, what="the maintenance banner")
+        assert len(banner) == 1 and re.fullmatch(r"MAINTENANCE until (\d{4}-\d\d-\d\d )?\d\d:\d\d UTC \(anna\): "
+                                                 r"warming up; alarms of cryo held back notifications", banner[0])
+        windows = site.get("/api/run/notifications?n=1")[1]["maintenance"]
+        assert [(w["by"], w["reason"], w["programs"], round((w["until"] - w["from"]) / 60)) for w in windows] == \
+            [("anna", "warming up", ["cryo"], 120)]
+        browser.get(site.url + "/#status")
+        assert maintenance_banner(browser) == banner
+        browser.get(site.url + "/#alarms")
+        click(browser, "#maintenance-end", "the button that ends maintenance")
+        wait_until(lambda: maintenance_banner(browser) == [], 30, 0.2, what="the banner gone")
+        said = [(e["kind"], e["message"]) for e in site.get("/api/events?n=200")[1]
+                if e["kind"] in ("maintenance", "maintenance_ended")]
+        assert said[:2] == [("maintenance_ended", "maintenance ended by anna"),
+                            ("maintenance", "maintenance by anna for 120 min (cryo): warming up")]
+        assert {("maintenance", "run", True)} <= operator_actions(site)
+    finally:   # whatever failed, no window is left to hold back the other tests' messages
+        site.post("/api/run/maintenance", {"end": True}, cookie=site.login("anna", PASSWORD))
+
+
+def notifications_summary(driver):
+    return text_of(driver, "#notify-summary")
+
+
+@pytest.mark.timeout(900)
+def test_a_route_that_refuses_shows_as_failing_on_the_alarms_page_with_its_alarm_until_it_takes_messages_again(
+        site, browser, pager):
+    cookie = site.login("anna", PASSWORD)
+    pager.status = 500
+    try:
+        status, answer, _ = site.post("/api/run/notify_test", {"route": "pager"}, cookie=cookie)
+        assert status == 200 and [(r["url"], r["ok"]) for r in answer["sent"]] == [(0, False)], answer
+        browser.get(site.url + "/#alarms")
+        wait_until(lambda: notifications_summary(browser) == "1 waiting to be sent, 1 failing", 60, 0.2,
+                   what="the failing delivery counted on the page")
+        waiting = browser.execute_script("return [...document.querySelectorAll('#notify-pending tbody tr')]"
+                                         ".map(r => [...r.cells].map(c => c.textContent))")
+        assert [(row[1], row[2]) for row in waiting] == [("pager", "test")] and int(waiting[0][5]) >= 2, waiting
+        assert waiting[0][7], "the last error"
+        wait_until(lambda: browser.find_elements("css selector", '#alarms tr[data-alarm="notify.delivery"]'), 30,
+                   0.2, what="the notify.delivery alarm standing on the page")
+    finally:
+        pager.status = 200
+    wait_until(lambda: notifications_summary(browser) == "0 waiting to be sent, 0 failing", 60, 0.2,
+               what="the delivery made once the route takes messages again")
+    assert pager.titles() == ["[damicm] test: WARNING test"]
+    sent = browser.execute_script("return [...document.querySelectorAll('#notify-sent tbody tr')]"
+                                  ".map(r => [...r.cells].map(c => c.textContent))")
+    tries = [row[6] for row in sent if row[1:4] == ["pager", "test", "test"]]   # newest first
+    assert tries[0] == "sent" and len(tries) >= 3 and "sent" not in tries[1:], tries   # failed twice at least
+    wait_until(lambda: {a["alarm"]: a["state"] for a in site.get("/api/alarms")[1]["alarms"]}
+               .get("notify.delivery") == "cleared", 30, 0.2, what="the notify.delivery alarm cleared")
+    assert site.post("/api/alarms/notify.delivery/ack", cookie=cookie)[0] == 200

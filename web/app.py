@@ -10,10 +10,11 @@
   GET  /api/stream            server-sent events: `status` each second, `event` for each event
   GET  /api/whoami            {"user", "can_act"}
   POST /api/login {"name", "password"}, POST /api/logout
-  GET  /api/run/CMD?KEY=VALUE  any command of the run controller that only reads (runcontrol/control/commands/),
-                              the query parameters its payload
+  GET  /api/run/CMD?KEY=VALUE  any command of the run controller that only reads (runcontrol/control/commands/:
+                              status, runs, alarms, config, ..., notifications), the query parameters its payload
   POST /api/run/CMD {payload}  any command of the run controller that acts (prepare_run, begin_run {"comment"},
-                              end_run, abort_run, start, stop, restart, reload, ack, set_config), `by` the operator
+                              end_run, abort_run, start, stop, restart, reload, ack, set_config, notify_test,
+                              maintenance), `by` the operator
   GET  /api/sequencer/CMD?KEY=VALUE  a command of the sequencer that only reads (status, sequences, log), the query
                               parameters its payload
   POST /api/sequencer/CMD {payload}  a command of the sequencer (queue, start, pause, resume, skip, abort, load,
@@ -376,7 +377,8 @@ async def run_act(request):
     """A command of the run controller that acts: the JSON body is its payload, `by` the operator."""
     who, body = await operator(request)
     module = command_of(request, acts=True)
-    check_text(body, "comment")
+    for key in ("comment", "reason"):   # a run's comment, a maintenance window's reason: shown on every page
+        check_text(body, key)
     return await order(request, who, module.NAME, body)
 
 

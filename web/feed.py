@@ -1,9 +1,10 @@
 """The web program's side of the bus: a snapshot of the system refreshed every second, events handed to the pages.
 
 One snapshot serves every page, `/api/status` and `/metrics`, however many ask:
-the server's status, rates, clients and retained values, the run controller's
-status and the sequencer's, asked together each second, and the current or last
-run number (`last_run`: the status has none in STOP). Each open page has a queue;
+the server's status, rates, clients and retained values (the notifier's
+maintenance windows among them), the run controller's status and the
+sequencer's, asked together each second, and the current or last run number
+(`last_run`: the status has none in STOP). Each open page has a queue;
 the event stream and each new snapshot go into every queue as server-sent event
 frames, and a page too slow to take them is dropped (it reconnects). Must not block the event loop.
 """
@@ -17,6 +18,7 @@ import orjson
 from runcontrol.client.aio import ask
 from runcontrol import protocol
 from runcontrol.control.operator import historian_in
+from runcontrol.control.view import maintenance_text, maintenance_windows
 
 log = logging.getLogger("web")
 
@@ -161,9 +163,11 @@ def sse_frame(kind, data):
 
 
 def page_status(snap):
-    """What the page shows, from a snapshot: the server, the run, programs, hosts, alarms, rates, sequences."""
+    """What the page shows, from a snapshot: the server, the run, programs, hosts, alarms, rates, sequences, and the
+    notifier's open maintenance windows (each with its line as the live view says it)."""
     stats = snap.get("stats") or {}
+    maintenance = [{**window, "text": maintenance_text(window, snap["taken"])} for window in maintenance_windows(snap)]
     return {"taken": snap["taken"], "server": snap.get("server"), "run": snap.get("run"),
             "run_error": snap.get("run_error"), "last_run": snap.get("last_run"), "rates": stats.get("total"),
             "dropped": stats.get("dropped"), "sequencer": snap.get("sequencer"),
-            "sequencer_error": snap.get("sequencer_error")}
+            "sequencer_error": snap.get("sequencer_error"), "maintenance": maintenance}

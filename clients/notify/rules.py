@@ -28,9 +28,11 @@ def occurrence(record):
     return f"{record.get('alarm')}@{record.get('raised')}"
 
 
-def silenced(record, maintenance, now):
-    """Whether a maintenance window that is open holds back messages about this alarm."""
+def silenced(record, maintenance, now, watched=None):
+    """Whether a maintenance window that is open holds back messages about this alarm; `watched`: alarm name ->
+    the published number it watches (`cryo.values.temperature` is an alarm of program cryo)."""
     name = str(record.get("alarm"))
+    value = str((watched or {}).get(name, ""))
     for window in maintenance:
         if not window["from"] <= now < window["until"]:
             continue
@@ -39,24 +41,28 @@ def silenced(record, maintenance, now):
             return True
         if any(name == a or (a.endswith("*") and name.startswith(a[:-1])) for a in alarms):
             return True
-        if any(name.startswith(f"program.{p}.") or name.startswith(f"{p}.") for p in programs):
+        if any(name.startswith(f"program.{p}.") or name.startswith(f"{p}.") or value.startswith(f"{p}.")
+               for p in programs):
             return True
     return False
 
 
-def due(state, standing, rules, maintenance, now):
-    """The messages due now; `state` (occurrence -> what it caused) is updated as if they were sent."""
+def due(state, standing, rules, maintenance, now, watched=None):
+    """The messages due now; `state` (occurrence -> what it caused) is updated as if they were sent. `watched`: as
+    for `silenced`."""
     messages = []
     current = {occurrence(r): r for r in standing if isinstance(r, dict) and r.get("alarm")}
     for key, record in current.items():
-        if silenced(record, maintenance, now):
+        if silenced(record, maintenance, now, watched):
             continue
+        new = key not in state
         told = state.setdefault(key, {"alarm": record["alarm"], "told": {}, "cleared_told": False})
         told["record"] = record
         matching = [r for r in rules if r.matches(record["alarm"], record.get("severity"))]
         unacked = not record.get("acked")
         for rule in matching:
-            if rule.route not in told["told"] and record.get("state") == "active":
+            if rule.route not in told["told"] and (record.get("state") == "active" or new):   # new: it rose and
+                # cleared while nobody looked (the notifier restarting): told once, its clearing in the message
                 messages.append(Message(rule.route, RAISED, record))
                 told["told"][rule.route] = now
             first = told["told"].get(rule.route)
@@ -69,6 +75,8 @@ def due(state, standing, rules, maintenance, now):
                     and now - last >= rule.repeat_s:
                 messages.append(Message(rule.route, REPEAT, record))
                 told.setdefault("repeated", {})[rule.route] = now
+        if new and record.get("state") == "cleared":
+            told["cleared_told"] = True
         if record.get("state") == "cleared" and not told["cleared_told"]:
             messages += clear_messages(told, record, rules)
     for key in [k for k in state if k not in current]:   # cleared and acknowledged since: gone from the list
@@ -80,7 +88,8 @@ def due(state, standing, rules, maintenance, now):
 
 def clear_messages(told, record, rules):
     told["cleared_told"] = True
-    wanting = {r.route for r in rules if r.clear} | {r.escalate_to for r in rules if r.clear and r.escalate_to}
+    clearing = [r for r in rules if r.clear and r.matches(record.get("alarm"), record.get("severity"))]
+    wanting = {r.route for r in clearing} | {r.escalate_to for r in clearing if r.escalate_to}
     return [Message(route, CLEARED, record) for route in told["told"] if route in wanting]
 
 
@@ -94,7 +103,7 @@ def text(message, link, experiment):
              f"raised: {stamp(record.get('raised'))}"]
     if record.get("value") is not None:
         lines.append(f"value: {record.get('value')}")
-    if message.kind == CLEARED:
+    if message.kind == CLEARED or record.get("state") == "cleared":
         lines.append(f"cleared: {stamp(record.get('cleared'))}")
     if record.get("acked"):
         lines.append(f"acknowledged by {record['acked'].get('by')}")

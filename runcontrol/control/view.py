@@ -1,8 +1,9 @@
 """The live view of a running system: what `status.py` and `run.py` show in a terminal.
 
-Renders a snapshot (`Operator.snapshot()`) into a screen that never wraps: a
-header with the server and the run, the program table whose columns drop from
-the right to fit, monitoring values and notable events; the live loop keeps the
+Renders a snapshot (`Operator.snapshot()`) into a screen that never wraps: the
+standing alarms and the notifier's open maintenance windows on top, a header
+with the server and the run, the program table whose columns drop from the
+right to fit, monitoring values and notable events; the live loop keeps the
 last snapshot while the server is away. Must not change anything it shows.
 """
 
@@ -30,9 +31,11 @@ STATE_STYLES = {"RUNNING": "green", "REGISTERED": "green", "STARTING": "yellow",
 RUN_STYLES = {"RUN": "bold green", "READY": "bold yellow", "STOP": "bold"}
 ALARMS = {"program_fatal", "client_lost", "host_unreachable", "alarm_raised"}
 SEQUENCE_EVENTS = ("queued", "started", "step", "run", "paused", "resumed", "skipped", "aborted", "done")
+MAINTENANCE_EVENTS = ("maintenance", "maintenance_ended")   # the notifier's (clients/notifier.py)
 NOTABLE = {"program_restarting", "program_fatal", "program_exited", "client_lost", "run_state",
            "server_started", "client_replaced", "host_unreachable", "host_reachable", "alarm_raised",
-           "alarm_cleared", "alarm_acked", *(f"sequence_{what}" for what in SEQUENCE_EVENTS)}
+           "alarm_cleared", "alarm_acked", *(f"sequence_{what}" for what in SEQUENCE_EVENTS), *MAINTENANCE_EVENTS}
+MAINTENANCE_ROWS = 2   # lines for open maintenance windows at most; more are counted on the last
 # Program columns, most important first; the narrowest terminals keep only the first ones.
 COLUMNS = [("program", 12), ("state", 8), ("pid", 7), ("up", 5), ("rst", 3), ("reg", 3), ("hb", 4),
            ("cpu%", 5), ("rss", 5), ("host", 8)]
@@ -91,6 +94,40 @@ def alarms_block(snap, width, rows):
     lines = [alarm_line(a, snap["taken"], width) for a in alarms[:rows]]
     if len(alarms) > rows:
         lines[-1] = Text(f"... and {len(alarms) - rows + 1} more alarms (send.py run alarms)", style="red")
+    return Group(*lines)
+
+
+def maintenance_held(snap):
+    """(name, windows) of the notifier's retained `<notifier>.maintenance` {"active", "windows"}, whatever its
+    client name; (None, []) without one."""
+    for key, held in as_dict(snap.get("retained")).items():
+        data = as_dict(as_dict(held).get("data"))
+        if str(key).endswith(".maintenance") and isinstance(data.get("windows"), list):
+            return key, data["windows"]
+    return None, []
+
+
+def maintenance_windows(snap):
+    """The notifier's maintenance windows still open at the snapshot's time."""
+    return [w for w in maintenance_held(snap)[1] if isinstance(w, dict) and isinstance(w.get("until"), (int, float))
+            and w["until"] > snap["taken"]]
+
+
+def maintenance_text(window, now):
+    """One open window: until when (UTC), who, why, and what it holds back."""
+    until, names = window["until"], {k: [str(n) for n in as_list(window.get(k))] for k in ("alarms", "programs")}
+    shown = "%H:%M" if time.gmtime(until)[:3] == time.gmtime(now)[:3] else "%Y-%m-%d %H:%M"
+    held = " and ".join(filter(None, [", ".join(names["alarms"]),
+                                      names["programs"] and "alarms of " + ", ".join(names["programs"])]))
+    return (f"MAINTENANCE until {time.strftime(shown, time.gmtime(until))} UTC ({window.get('by')}): "
+            f"{window.get('reason')}; {held or 'all notifications'} held back")
+
+
+def maintenance_block(windows, now, width, rows):
+    lines = [Text(short(maintenance_text(w, now), width), style="bold black on yellow") for w in windows[:rows]]
+    if len(windows) > rows:
+        lines[-1] = Text(f"... and {len(windows) - rows + 1} more maintenance windows (send.py run notifications)",
+                         style="bold yellow")
     return Group(*lines)
 
 
@@ -196,11 +233,12 @@ def hosts_table(snap, width):
 
 
 def monitored(snap):
-    """Each published number the server retains, as (name, value, ts); hosts and alarms have places of their own."""
-    found = []
+    """Each published number the server retains, as (name, value, ts); hosts, alarms and maintenance windows have
+    places of their own."""
+    found, maintenance = [], maintenance_held(snap)[0]
     for key, held in sorted(as_dict(snap.get("retained")).items()):
         held = as_dict(held)
-        if str(key).startswith(("host.", "run.alarm.")):
+        if str(key).startswith(("host.", "run.alarm.")) or key == maintenance:
             continue
         found += [(name, value, held.get("ts")) for name, value in protocol.published_numbers(str(key), held.get("data"),
                                                                                               [])]
@@ -252,7 +290,7 @@ def retained_table(snap, width, rows):
 def event_text(event):
     """The gist of an event, most telling words first (the line may be cut at the right)."""
     kind, e = event.get("kind"), event
-    if (kind == "run_state" or str(kind).startswith("sequence_")) and e.get("message"):
+    if (kind == "run_state" or kind in MAINTENANCE_EVENTS or str(kind).startswith("sequence_")) and e.get("message"):
         return str(e["message"])
     if kind == "program_exited":
         how = f"killed by {e['signal']}" if e.get("signal") else e.get("error") or f"exited with status {e.get('code')}"
@@ -295,11 +333,15 @@ def render(snap, width=80, height=24, note=None):
     """The whole view for a terminal of `width` x `height`: nothing wraps, lower parts shrink first."""
     programs, hosts = len(rows_of(snap)), len(hosts_of(snap))
     alarm_rows = min(len(standing_alarms(snap)), max(1, height // 4))
-    spare = max(0, height - 2 - (programs + 2) - (hosts + 2 if hosts else 0) - (1 if note else 0) - alarm_rows)
+    windows = maintenance_windows(snap)
+    maintenance_rows = min(len(windows), MAINTENANCE_ROWS)
+    spare = max(0, height - 2 - (programs + 2) - (hosts + 2 if hosts else 0) - (1 if note else 0) - alarm_rows
+                - maintenance_rows)
     retained_rows = min(len(monitored(snap)), max(0, (spare - 4) // 2))
     event_rows = max(0, spare - 4 - retained_rows)
     parts = [Text(note, style="bold yellow")] if note else []
     parts += [alarms_block(snap, width, alarm_rows)] if alarm_rows else []
+    parts += [maintenance_block(windows, snap["taken"], width, maintenance_rows)] if maintenance_rows else []
     parts += [header(snap), programs_table(snap, width)]
     parts += [hosts_table(snap, width)] if hosts else []
     parts += [retained_table(snap, width, retained_rows), events_table(snap, width, event_rows)]

@@ -1,7 +1,9 @@
 // The status page: renders what /api/stream sends, asks the JSON API for the rest; actions for a logged-in operator.
 "use strict";
 
-const state = { user: null, canAct: false, status: null, events: [], page: "status", plot: null };
+const state = { user: null, canAct: false, status: null, events: [], page: "status", plot: null, focus: null,
+                scrolledTo: null, notificationsAsked: 0 };
+const NOTIFICATIONS_EVERY_S = 5;   // how often the alarms page asks again what the notifier sent and what waits
 
 // --- small helpers -------------------------------------------------------------------------------
 
@@ -78,6 +80,7 @@ async function whoami() {
   document.getElementById("logout").hidden = !me.user;
   if (state.status) renderStatus(state.status);
   if (state.page === "settings") showSettings().catch(() => {});
+  if (state.page === "alarms") showAlarms().catch(() => {});   // its acknowledge buttons are an operator's
 }
 
 document.getElementById("login").addEventListener("submit", async (event) => {
@@ -130,6 +133,14 @@ function renderBanner(status) {
   }));
 }
 
+function renderMaintenance(status) {
+  const windows = status.maintenance || [];
+  fill(document.getElementById("maintenance-banner"), windows.map((window) =>
+    el("div", {}, `${window.text} `, el("a", { href: "#alarms" }, "notifications"))));
+  document.getElementById("maintenance-controls").hidden = !state.user;
+  document.getElementById("maintenance-end").disabled = windows.length === 0;
+}
+
 function renderControls(status) {
   const node = document.getElementById("run-controls");
   if (!state.user || !status.run) {
@@ -175,7 +186,11 @@ function renderStatus(status) {
   state.status = status;
   renderHeader(status);
   renderBanner(status);
+  renderMaintenance(status);
   renderControls(status);
+  if (state.page === "alarms" && status.taken - state.notificationsAsked >= NOTIFICATIONS_EVERY_S) {
+    showNotifications().catch(() => {});
+  }
   renderSequencer(status);
   if (state.page === "settings" && runState() !== state.settingsDrawnIn) showSettings().catch(() => {});
   const run = status.run || {};
@@ -211,10 +226,75 @@ async function showAlarms() {
     el("td", {}, state.user && !a.acked ? el("button", { class: "action", on: { click: () =>
       action(`ack ${a.alarm}`, `/api/alarms/${encodeURIComponent(a.alarm)}/ack`).then(showAlarms) } },
       "acknowledge") : ""))));
-  fill(document.querySelector("#alarm-log tbody"), (answer.log || []).slice().reverse().map((e) => el("tr", {},
-    el("td", {}, clock(e.ts)), el("td", {}, e.change), el("td", {}, e.alarm),
-    el("td", { class: "detail" }, e.message || (e.acked ? `by ${e.acked.by}` : JSON.stringify(e.result ?? e.why ?? ""))))));
+  fill(document.querySelector("#alarm-log tbody"), (answer.log || []).slice().reverse().map((e) =>
+    el("tr", { "data-alarm": e.alarm },
+      el("td", {}, clock(e.ts)), el("td", {}, e.change), el("td", {}, e.alarm),
+      el("td", { class: "detail" }, e.message || (e.acked ? `by ${e.acked.by}` : JSON.stringify(e.result ?? e.why ?? ""))))));
+  focusAlarm(answer.alarms.some((a) => a.alarm === state.focus));
+  await showNotifications();
 }
+
+// The alarm a message's link names (#alarms/NAME): its row marked, and scrolled to once.
+function focusAlarm(standing) {
+  const note = document.getElementById("alarm-focus");
+  const rows = [...document.querySelectorAll("#alarms tr[data-alarm], #alarm-log tr[data-alarm]")];
+  for (const row of rows) row.classList.toggle("focus", row.dataset.alarm === state.focus);
+  note.hidden = !state.focus || standing;
+  note.textContent = state.focus && !standing
+    ? `no alarm ${state.focus} stands now (cleared and acknowledged); its changes, if any, are marked in the log` : "";
+  const first = rows.find((row) => row.dataset.alarm === state.focus);
+  if (first && state.scrolledTo !== state.focus) {
+    first.scrollIntoView({ block: "center" });
+    state.scrolledTo = state.focus;
+  }
+}
+
+async function showNotifications() {
+  state.notificationsAsked = state.status ? state.status.taken : 0;
+  const summary = document.getElementById("notify-summary");
+  let answer;
+  try {
+    answer = await api("/api/run/notifications?n=20");
+  } catch (exc) {
+    summary.textContent = `notifications: ${exc.message}`;
+    summary.className = "bad";
+    for (const table of ["#notify-pending", "#notify-sent"]) fill(document.querySelector(`${table} tbody`), []);
+    return;
+  }
+  summary.textContent = `${answer.pending.length} waiting to be sent, ${answer.failing} failing` +
+    (answer.maintenance.length ? `; maintenance: ${answer.maintenance.length} window(s) open` : "");
+  summary.className = answer.failing ? "bad" : "";
+  fill(document.querySelector("#notify-pending tbody"), answer.pending.map((d) => el("tr", { "data-delivery": d.id },
+    el("td", {}, String(d.id)), el("td", {}, d.route), el("td", {}, d.kind), el("td", {}, d.alarm),
+    el("td", {}, clock(d.created)), el("td", {}, String(d.attempts)), el("td", {}, clock(d.next_at)),
+    el("td", { class: "detail bad" }, d.error || ""))));
+  fill(document.querySelector("#notify-sent tbody"), answer.sent.slice().reverse().map((e) => el("tr", { "data-delivery": e.id },
+    el("td", {}, clock(e.ts)), el("td", {}, e.route), el("td", {}, e.kind), el("td", {}, e.alarm),
+    el("td", { class: "detail" }, e.title), el("td", {}, String(e.attempt)),
+    el("td", { class: e.ok ? "up" : "detail bad" }, e.ok ? "sent" : e.error || "failed"))));
+}
+
+function namesIn(id) {
+  return document.getElementById(id).value.split(",").map((name) => name.trim()).filter((name) => name);
+}
+
+document.getElementById("maintenance-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const body = { minutes: Number(document.getElementById("maintenance-minutes").value),
+                 reason: document.getElementById("maintenance-reason").value.trim() };
+  for (const [key, id] of [["alarms", "maintenance-alarms"], ["programs", "maintenance-programs"]]) {
+    const names = namesIn(id);
+    if (names.length) body[key] = names;
+  }
+  if (await action("start maintenance", "/api/run/maintenance", body)) {
+    document.getElementById("maintenance-reason").value = "";
+    showNotifications().catch(() => {});
+  }
+});
+
+document.getElementById("maintenance-end").addEventListener("click", async () => {
+  if (await action("end maintenance", "/api/run/maintenance", { end: true })) showNotifications().catch(() => {});
+});
 
 function eventText(e) {
   const skip = new Set(["kind", "ts", "from", "tail", "actions", "meta"]);
@@ -230,7 +310,7 @@ function renderEvents() {
 
 function eventClass(e) {
   if (e.kind === "alarm_raised") return `severity-${e.severity}`;
-  if (e.kind === "sequence_paused") return "paused";
+  if (e.kind === "sequence_paused" || e.kind === "maintenance") return "paused";
   return /fatal|lost|unreachable|sequence_aborted/.test(e.kind) ? "bad" : "";
 }
 
@@ -483,8 +563,18 @@ document.getElementById("history-form").addEventListener("submit", (event) => {
 
 // --- pages and the live stream ---------------------------------------------------------------------
 
+function fragmentName(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch (exc) {   // not percent-encoding: taken as it is
+    return text;
+  }
+}
+
 function showPage() {
-  state.page = (location.hash || "#status").slice(1);
+  const [page, ...rest] = (location.hash || "#status").slice(1).split("/");
+  state.page = page || "status";
+  state.focus = page === "alarms" && rest.length ? fragmentName(rest.join("/")) : null;
   for (const section of document.querySelectorAll("main > section")) section.hidden = section.id !== `page-${state.page}`;
   for (const link of document.querySelectorAll("nav a")) link.classList.toggle("current", link.hash === `#${state.page}`);
   const loaders = { runs: showRuns, alarms: showAlarms, events: loadEvents, history: showHistoryNames,
@@ -506,6 +596,7 @@ function connect() {
     if (state.page === "sequences" && String(event.kind).startsWith("sequence_")) renderSequenceEvents();
     if (state.page === "runs" && event.kind === "run_state") showRuns().catch(() => {});
     if (state.page === "alarms" && String(event.kind).startsWith("alarm_")) showAlarms().catch(() => {});
+    if (state.page === "alarms" && String(event.kind).startsWith("maintenance")) showNotifications().catch(() => {});
     if (state.page === "settings" && String(event.kind).startsWith("config_")) showSettings().catch(() => {});
   });
 }
