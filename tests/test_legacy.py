@@ -21,7 +21,9 @@ from tests.helpers import (PROGRAMS, ROOT, EventWatcher, RawClient, ServerProces
 def records(path, cmd=None):
     if not path.exists():
         return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line]
+    text = path.read_text()
+    whole = text[:text.rfind("\n") + 1]   # a line still being written is read next time
+    lines = [json.loads(line) for line in whole.splitlines() if line]
     return [m for m in lines if cmd is None or m.get("cmd") == cmd]
 
 
