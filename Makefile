@@ -16,7 +16,7 @@ run: $(STAMP)
 	$(PY) run.py $(EXPERIMENT)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 6 --dist loadgroup
+	$(PY) -m pytest -q -n 8 --dist loadgroup
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[fast]'

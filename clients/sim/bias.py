@@ -8,7 +8,8 @@ goes bad while on, the supply switches itself off. It follows the retained
 values the cryo controller and the vacuum gauge publish. Commands: `on`, `off`,
 `status`, `monitor`. Settings: `volts` (the voltage it ramps to when on; frozen
 during a run) and `ramp_rate` (V/s, live); it ramps down at the same rate when
-switched off, and drops at once when the interlock trips.
+switched off, and drops at once when the interlock trips. While it ramps it
+publishes its values at every tick (each second), not only every 5 s.
 """
 
 from clients.instrument import Instrument, serve_instrument
@@ -33,6 +34,7 @@ class Bias(Instrument):
         self.limits = {"temperature": max_temperature_k, "pressure": max_pressure_mbar}
         self.readings = {"temperature": None, "pressure": None}
         self.output = 0.0
+        self._said_output = 0.0   # the output last published
         self.on = False
         self.tripped = None
         for source in self.sources:
@@ -77,6 +79,10 @@ class Bias(Instrument):
     def _source_of(self, quantity):
         return next(s for s, q in self.sources.items() if q == quantity)
 
+    def publish_values(self):
+        super().publish_values()
+        self._said_output = self.output
+
     def values(self):
         return {"on": self.on, "volts": round(self.output, 3), "set_volts": self.config["volts"],
                 "interlock": self.interlock(), "tripped": self.tripped, **self.readings}
@@ -84,7 +90,10 @@ class Bias(Instrument):
     def tick(self, dt):
         target = self.config["volts"] if self.on else 0.0
         step = self.config["ramp_rate"] * dt
+        before = self.output
         self.output = min(target, self.output + step) if target >= self.output else max(target, self.output - step)
+        if self.output != before or before != self._said_output:   # a ramp is told each tick, and where it ends
+            self.publish_values()
 
     def cmd_on(self, msg):
         """Switch the bias on (refused while the CCDs are warm or the vacuum is poor)."""
