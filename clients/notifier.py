@@ -112,9 +112,14 @@ class Notifier(Client):
             if delivery["index"] >= len(urls):   # the route changed since: nothing to send it to
                 self.book.delivered(delivery, True, None, 0)
                 continue
+            try:
+                url = self._url(urls[delivery["index"]])
+            except (OSError, ValueError, KeyError) as exc:   # the secrets file changed since the experiment loaded
+                retry_s = min(self.notify.retry_first_s * 2 ** delivery["attempts"], self.notify.retry_max_s)
+                self.book.delivered(delivery, False, f"secrets {self.notify.secrets}: {exc!r}", retry_s)
+                continue
             self.sending.add(delivery["id"])
-            self.deliverer.send(delivery["id"], self._url(urls[delivery["index"]]), delivery["title"],
-                                delivery["body"])
+            self.deliverer.send(delivery["id"], url, delivery["title"], delivery["body"])
 
     def _url(self, template):
         if self.notify.secrets is None:

@@ -21,7 +21,30 @@ from aiosmtpd.controller import Controller
 from clients.notify import rules
 from experiments import NotifyRule
 from runcontrol.errors import Refused, RunControlError
-from tests.helpers import ROOT, ControllerProcess, damicm_copy, env_for_children, free_port, wait_until
+from tests import helpers
+from tests.helpers import ROOT, ControllerProcess, damicm_copy, env_for_children, free_port
+
+OPERATORS = []   # the operator clients of this test's systems: kept answering their server's pings while we wait
+
+
+def wait_until(predicate, timeout_s=10.0, interval_s=0.02, what=None):
+    """helpers.wait_until; meanwhile the test's operator clients answer their server's pings (a client silent for
+    the server's timeout is dropped, and its next request would wait for it to register again)."""
+    def polled():
+        for op in OPERATORS:
+            op.poll(0)
+        return predicate()
+    return helpers.wait_until(polled, timeout_s, interval_s, what)
+
+
+@pytest.fixture
+def system(system):
+    def make(*args, **kwargs):
+        made = system(*args, **kwargs)
+        OPERATORS.append(made.op)
+        return made
+    yield make
+    OPERATORS.clear()
 
 COLD, WARM = 150, 250
 
@@ -128,7 +151,7 @@ def test_an_alarm_is_mailed_escalates_unacknowledged_and_its_clearing_follows(sy
                        "link": "http://127.0.0.1:8080"})
     for name in ("cryo", "notifier"):
         s.wait_state(name, "RUNNING", registered=True)
-    s.op.request("cryo", "set_point", kelvin=WARM)
+    set_point(s, WARM)
     wait_until(lambda: mail.messages, 60, 0.2, what="the alarm's mail")
     first = mail.messages[0]
     assert first["Subject"] == "[ctl] ALARM warm" and first["To"] == "shift@example.org"
@@ -138,7 +161,7 @@ def test_an_alarm_is_mailed_escalates_unacknowledged_and_its_clearing_follows(sy
     wait_until(lambda: hook.bodies, 60, 0.2, what="the escalation to the experts' hook")
     assert hook.titles() == ["[ctl] unacknowledged: ALARM warm"]
     s.op.request("run", "ack", alarm="warm", by="anna")
-    s.op.request("cryo", "set_point", kelvin=COLD)
+    set_point(s, COLD)
     wait_until(lambda: len(mail.messages) == 2 and len(hook.bodies) == 2, 60, 0.2, what="the clearing follow-ups")
     assert mail.subjects()[1] == "[ctl] cleared: ALARM warm" and hook.titles()[1] == "[ctl] cleared: ALARM warm"
     sent = s.op.request("run", "notifications")["sent"]
@@ -170,6 +193,12 @@ FATAL_WHEN_TOLD = ("import os, sys, time\nwhile not os.path.exists(sys.argv[1]):
                    "sys.exit(3)")
 
 
+def set_point(s, kelvin):
+    """The cryocooler's set point, as a setting: a `set_point` command would last only until the run controller
+    delivers its settings (at each registration), which may come just after it."""
+    s.op.call({"to": "run", "cmd": "set_config", "program": "cryo", "values": {"set_point": kelvin}}, 30)
+
+
 def standing(s):
     return {a["alarm"]: a for a in s.op.request("run", "alarms")["alarms"]}
 
@@ -188,13 +217,14 @@ def test_maintenance_of_an_alarm_and_of_a_program_holds_their_messages_until_it_
     by_alarm = s.op.request("run", "maintenance", minutes=30, reason="cryostat warm-up", alarms=["warm"], by="anna")
     by_program = s.op.request("run", "maintenance", minutes=30, reason="board swap", programs=["board"], by="anna")
     assert (by_alarm["alarms"], by_program["programs"], by_alarm["by"]) == (["warm"], ["board"], "anna")
-    s.wait_event("event.maintenance", window=by_alarm)
-    s.wait_event("event.maintenance", window=by_program)
+    def announced():   # the events, as the server's log of events keeps them
+        return [e.get("window") for e in s.op.request(None, "_logs", n=200) if e.get("kind") == "maintenance"]
+    wait_until(lambda: by_alarm in announced() and by_program in announced(), 60, 0.2, what="both windows announced")
     crash.touch()
     wait_until(lambda: standing(s).get("program.board.fatal"), 30, 0.2, what="the board FATAL")
-    s.op.request("cryo", "set_point", kelvin=WARM)
+    set_point(s, WARM)
     wait_until(lambda: hook.bodies, 60, 0.2, what="the message of the alarm not held back")
-    assert {"warm", "program.board.fatal"} <= set(standing(s))
+    wait_until(lambda: {"warm", "program.board.fatal"} <= set(standing(s)), 30, 0.2, what="both alarms standing")
     assert hook.titles() == ["[ctl] ALARM hot"]   # the look that told `hot` saw the others: held back
     assert s.op.request("run", "notifications")["maintenance"] == [by_alarm, by_program]
     assert s.op.request("run", "maintenance", end=True, by="anna") == {"ended": [by_alarm, by_program]}
@@ -210,7 +240,7 @@ def test_a_short_maintenance_ends_by_itself_and_a_standing_alarm_is_told_then(sy
                notify={"routes": {"shift": [hook.url()]}, "rules": [{"route": "shift"}]})
     s.wait_state("notifier", "RUNNING", registered=True)
     window = s.op.request("run", "maintenance", minutes=0.25, reason="calibration")
-    s.op.request("cryo", "set_point", kelvin=WARM)
+    set_point(s, WARM)
     raised = s.wait_event("event.alarm_raised", alarm="warm")
     assert raised["raised"] < window["until"]   # raised inside the window
     wait_until(lambda: hook.bodies, 60, 0.2, what="the alarm, once the window ended")
@@ -245,12 +275,12 @@ def test_messages_waiting_in_the_outbox_of_a_killed_notifier_are_sent_after_its_
     s = system(cryo_and_notifier(tmp_path), alarms=alarms,
                notify={"routes": {"shift": [hook.url()]}, "rules": [{"route": "shift"}], "retry": {"first": 0.5}})
     s.wait_state("notifier", "RUNNING", registered=True)
-    s.op.request("cryo", "set_point", kelvin=WARM)
+    set_point(s, WARM)
     wait_until(lambda: hook.bodies, 60, 0.2, what="the first alarm's message")
     wait_until(lambda: [e["ok"] for e in s.op.request("run", "notifications")["sent"]] == [True], 30, 0.2,
                what="its delivery recorded")
     hook.status = 500
-    s.op.request("cryo", "set_point", kelvin=290)
+    set_point(s, 290)
     wait_until(lambda: [(p["alarm"], p["attempts"] >= 1) for p in s.op.request("run", "notifications")["pending"]]
                == [("hot", True)], 60, 0.2, what="the second alarm's message waiting in the outbox")
     killed = s.program("notifier")["pid"]
@@ -258,7 +288,7 @@ def test_messages_waiting_in_the_outbox_of_a_killed_notifier_are_sent_after_its_
     wait_until(lambda: restarted(s, "notifier", killed), 60, 0.2, what="the notifier restarted")
     hook.status = 200
     wait_until(lambda: len(hook.bodies) == 2, 60, 0.2, what="the waiting message, sent by the new notifier")
-    s.op.request("cryo", "set_point", kelvin=COLD)   # both clear: their follow-ups come after anything resent
+    set_point(s, COLD)   # both clear: their follow-ups come after anything resent
     wait_until(lambda: len(hook.bodies) >= 4, 60, 0.2, what="the clearing follow-ups")
     assert sorted(hook.titles()) == ["[ctl] ALARM hot", "[ctl] ALARM warm", "[ctl] cleared: ALARM hot",
                                      "[ctl] cleared: ALARM warm"]
@@ -312,7 +342,7 @@ def test_a_refusing_receiver_is_retried_raises_the_delivery_alarm_told_elsewhere
                                  {"route": "backup", "alarms": ["notify.delivery"]}],
                        "retry": {"first": 0.2, "max": 1, "alarm_after": 3}})
     s.wait_state("notifier", "RUNNING", registered=True)
-    s.op.request("cryo", "set_point", kelvin=WARM)
+    set_point(s, WARM)
 
     def tries():
         pending = s.op.request("run", "notifications")["pending"]
@@ -365,7 +395,7 @@ def test_the_dead_mans_calls_stop_while_an_alarm_stands_unacknowledged_and_resum
         system, tmp_path, receivers):
     _, hook = receivers
     s = beating(system, tmp_path, hook)
-    s.op.request("cryo", "set_point", kelvin=WARM)
+    set_point(s, WARM)
     s.wait_event("event.alarm_raised", alarm="warm")
     stops_growing(lambda: len(hook.beats), "the calls to stop while the alarm stands unacknowledged")
     s.op.request("run", "ack", alarm="warm", by="anna")
