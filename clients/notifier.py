@@ -41,6 +41,7 @@ CONTROLLER = "run"
 LOOK_EVERY_S = 1.0        # the standing alarms are asked this often (and at once on an alarm event)
 HEARTBEAT_TIMEOUT_S = 10.0
 MAX_MINUTES = 7 * 24 * 60
+REASON_MAX = 500
 TEST = "test"
 
 
@@ -187,7 +188,7 @@ class Notifier(Client):
 
     def cmd_test(self, msg):
         route = required(msg, "route")
-        if route not in self.notify.routes:
+        if not isinstance(route, str) or route not in self.notify.routes:
             raise Refused(f"no route {route!r} (routes: {', '.join(self.notify.routes)})", protocol.BAD_FIELD)
         by = str(msg.get("by") or msg.get("from"))
         message = rules.Message(route, TEST, {"alarm": "test", "severity": "warning", "state": "active",
@@ -232,8 +233,9 @@ class Notifier(Client):
         if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 < minutes <= MAX_MINUTES:
             raise Refused(f"'minutes': {minutes!r} must be a number of minutes, more than 0 and at most "
                           f"{MAX_MINUTES}", protocol.BAD_FIELD)
-        if not isinstance(reason, str) or not reason.strip():
-            raise Refused("'reason': say why notifications are held back", protocol.BAD_FIELD)
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > REASON_MAX:
+            raise Refused(f"'reason': say why notifications are held back, in at most {REASON_MAX} characters",
+                          protocol.BAD_FIELD)
         lists = {key: msg.get(key) or [] for key in ("alarms", "programs")}
         for key, value in lists.items():
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):

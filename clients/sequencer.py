@@ -36,6 +36,7 @@ log = logging.getLogger("clients.sequencer")
 
 TICK_S = 0.5               # how often the step in progress is looked at when nothing else wakes the sequencer
 ASK_TIMEOUT_S = 60.0       # a request unanswered this long is given up (and the step looks again)
+WHY_MAX = 500              # characters of an operator's reason
 ALARMS_EVERY_S = 30.0      # how often the standing alarms are read again, beside their events
 
 ACTIONS = {
@@ -240,11 +241,13 @@ class Sequencer(Client):
         return self.status()
 
     def cmd_pause(self, msg):
+        why = self._why(msg, "paused by an operator")
+        if not isinstance(msg.get("at_once", False), bool):
+            raise Refused(f"'at_once': {msg['at_once']!r} must be true or false", protocol.BAD_FIELD)
         entry = self._running_entry("pause")
         paused = self.book.state["paused"]
         if paused and (paused["at_once"] or not msg.get("at_once")):
             raise Refused(f"already paused: {paused['why']}", protocol.BAD_STATE)
-        why = msg.get("why") or "paused by an operator"
         if msg.get("at_once"):
             self._pause_now(entry, why, self._by(msg))
         else:
@@ -272,8 +275,8 @@ class Sequencer(Client):
         return self.status()
 
     def cmd_abort(self, msg):
+        why = self._why(msg, f"aborted by {self._by(msg)}")
         entry = self._running_entry("abort")
-        why = msg.get("why") or f"aborted by {self._by(msg)}"
         if entry["position"] is None:
             self.book.move(entry, 0)
         self.book.advance(entry, "look", cut="abort", why=why)
@@ -341,6 +344,16 @@ class Sequencer(Client):
         if entry is None or (entry["state"] != B.RUNNING and not self.book.state["started"]):
             raise Refused(f"no sequence is being taken: nothing to {what}", protocol.BAD_STATE)
         return entry
+
+    @staticmethod
+    def _why(msg, default):
+        """The reason an operator gave (`why`: text of at most WHY_MAX characters), or `default`."""
+        why = msg.get("why")
+        if why is None or why == "":
+            return default
+        if not isinstance(why, str) or len(why) > WHY_MAX:
+            raise Refused(f"'why' must be text of at most {WHY_MAX} characters", protocol.BAD_FIELD)
+        return why
 
     @staticmethod
     def _by(msg):

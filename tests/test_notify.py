@@ -176,6 +176,10 @@ def test_notify_test_reaches_every_url_of_a_route_and_says_which_failed(system, 
     hook.status = 500
     s = system(cryo_and_notifier(tmp_path), notify={"routes": {"shift": [mail.url(), hook.url()]}})
     s.wait_state("notifier", "RUNNING", registered=True)
+    for route in (["shift"], "night"):   # not a name, or no route of that name: said, and nothing sent
+        with pytest.raises(Refused) as refused:
+            s.op.call({"to": "notifier", "cmd": "test", "route": route}, 20)
+        assert refused.value.code == "bad_field" and "routes: shift" in str(refused.value)
     answer = s.op.call({"to": "run", "cmd": "notify_test", "route": "shift", "by": "anna"}, 40)
     assert [(r["url"], r["ok"]) for r in answer["sent"]] == [(0, True), (1, False)]
     assert mail.subjects() == ["[ctl] test: WARNING test"]

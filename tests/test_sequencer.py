@@ -124,6 +124,12 @@ def test_bad_sequences_are_refused_with_every_path(bench, tmp_path):
     assert "does not fit the experiment, nothing queued: 2 problem(s)" in text and "cam.gain: 99" in text
     assert "wrong.steps.0.set: no program 'nobody'" in text and "cryo.values.nothing" not in text
     assert seq(s, "status")["queue"] == []   # nothing bad was queued
+    for cmd, fields, field in [("pause", {"at_once": "yes"}, "'at_once'"), ("pause", {"why": 7}, "'why'"),
+                               ("abort", {"why": "x" * 501}, "'why'"), ("log", {"n": -1}, "'n'"),
+                               ("queue", {"sequence": "wrong", "variables": [1]}, "'variables'")]:
+        with pytest.raises(Refused) as refused:
+            seq(s, cmd, **fields)
+        assert refused.value.code == "bad_field" and field in str(refused.value), (cmd, str(refused.value))
 
 
 def test_pause_at_once_ends_the_run_and_resume_takes_the_step_again_skip_and_abort(bench, tmp_path):
