@@ -8,6 +8,10 @@
 Values of key=value are JSON when they parse as JSON (40, true, [1,2]), else strings;
 key=@FILE takes the value from a JSON file:
   python send.py run set_config program=bias values=@bias-settings.json
+key=@@FILE adds the file, as an attachment {"name", "base64"}, to the list `key` (the logbook's notes):
+  python send.py logbook note text="cold again" run=12 attachments=@@plot.png attachments=@@cryo.log
+KEY<VALUE (also <=, >, >=, != and ~) is a condition, collected in `where` (the run catalog's find):
+  python send.py --csv run find flag=good bias.volts=60 'temperature.max<140' 
 Exit status: 0 ok answer (or sent, with --no-wait), 1 error answer, 2 bad usage or
 bad JSON, 3 no answer (no server found, or no reply within --wait).
 """
@@ -17,15 +21,17 @@ import csv
 import json
 import logging
 import os
+import re
 import sys
 
 from runcontrol import logsetup, protocol
 from runcontrol.bus import commands as server_commands
 from runcontrol.control import commands as run_commands
-from runcontrol.control.operator import Operator
+from runcontrol.control.operator import Operator, attachment
 from runcontrol.errors import ConfigError, Refused, RequestFailed, RequestTimeout, ServerUnavailable
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
+CONDITION = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*(!=|<=|>=|<|>|~)")
 DEFAULT_WAIT_S = 5.0
 CONNECT_TIMEOUT_S = 3.0
 
@@ -73,13 +79,29 @@ def build_message(words):
     to, cmd, pairs = words[0], words[1], words[2:]
     msg = {"cmd": cmd} if to == protocol.SERVER else {"to": to, "cmd": cmd}
     for pair in pairs:
+        if CONDITION.match(pair):   # KEY<VALUE and the like: a condition of the run catalog's `find`
+            msg.setdefault("where", []).append(pair)
+            continue
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"argument {pair!r} is not KEY=VALUE")
         if key in ("to", "cmd", "from", "ts", "re"):
             raise UsageError(f"{key!r} is reserved and cannot be given as KEY=VALUE")
-        msg[key] = read_json_file(value[1:]) if value.startswith("@") else parse_value(value)
+        if value.startswith("@@"):   # a file's bytes as an attachment; each one more in the list
+            attached = msg.setdefault(key, [])
+            if not isinstance(attached, list):
+                raise UsageError(f"{key!r} is given both as a value and as @@FILE")
+            attached.append(read_attachment(value[2:]))
+        else:
+            msg[key] = read_json_file(value[1:]) if value.startswith("@") else parse_value(value)
     return msg
+
+
+def read_attachment(path):
+    try:
+        return attachment(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def read_json_file(path):
@@ -123,15 +145,20 @@ HISTORY_COLUMNS = ["name", "ts", "min", "max", "mean"]
 
 
 def write_csv(result, out):
-    """A table answer as CSV: {name: [[...], ...]} (a row per inner list, the name first), or [{...}, ...]."""
+    """A table answer as CSV: {name: [[...], ...]} (a row per inner list, the name first), or [{...}, ...] (also
+    inside an answer that holds one such list beside single figures, as find's `runs`)."""
     writer = csv.writer(out)
-    if isinstance(result, dict) and all(isinstance(rows, list) and all(isinstance(r, list) for r in rows)
-                                        for rows in result.values()):
+    history = isinstance(result, dict) and all(isinstance(rows, list) and all(isinstance(r, list) for r in rows)
+                                               for rows in result.values())
+    tables = [v for v in result.values() if is_rows(v)] if isinstance(result, dict) and not history else []
+    if len(tables) == 1 and all(not isinstance(v, (dict, list)) or v is tables[0] for v in result.values()):
+        result = tables[0]
+    if history:
         widths = {len(r) for rows in result.values() for r in rows}
         writer.writerow(HISTORY_COLUMNS if widths <= {4} else ["name", *(f"c{i}" for i in range(max(widths)))])
         for name, rows in result.items():
             writer.writerows([name, *row] for row in rows)
-    elif isinstance(result, list) and all(isinstance(r, dict) for r in result):
+    elif is_rows(result):
         columns = list(dict.fromkeys(key for row in result for key in row))
         writer.writerow(columns)
         writer.writerows([json.dumps(v) if isinstance(v, (dict, list)) else v for v in (row.get(c) for c in columns)]
@@ -139,6 +166,10 @@ def write_csv(result, out):
     else:
         raise UsageError("the answer is not a table (an object of lists of rows, or a list of objects): "
                          "ask without --csv")
+
+
+def is_rows(value):
+    return isinstance(value, list) and all(isinstance(r, dict) for r in value)
 
 
 def main(argv=None):

@@ -1,46 +1,70 @@
-"""The data path: UDP packets into files, through a bare asyncio loop and through our receiver and acquisition loop.
+"""The data path: board packets into FITS images through damicm's reader, against a bare asyncio receiver that counts.
 
-For packets of 1 KiB and 8 KiB, a sender process sends 2 s worth at each of a
-ladder of rates; the receiver appends every packet to a file. (a) bare: an
-asyncio datagram protocol that writes each packet; (b) orbit: a `Receiver`
-feeding an `Acquisition` whose writer appends the same bytes (the queue, the
-counters, the run folder and file rotation on the way), on asyncio's own loop;
-(c) the same on uvloop (when installed). Both get the same 16 MB kernel buffer.
-Reported: the highest rate with no loss (packets/s, MB/s), and the loss at the
-next step up. Target: (b) at least 70 % of (a) at both sizes.
+For packets of 1 KiB and 8 KiB, the benchmark sends 2 s worth of valid board
+packets (`clients.sim.ccdpackets`) at each step of a ladder of rates, to:
+(a) bare: an asyncio datagram protocol on asyncio's own loop that only counts
+them, the reference; (b) orbit: damicm's reader (`clients.sim.lta.CcdReader`,
+as it runs: on uvloop where installed), its UDP listener, assembler, FITS
+writer, acquisition loop and counters, in a run; only the board's control link
+is left out (a stub that holds). Images of 1024 rows: 1980 columns in packets
+of 495 samples (1 KiB, 4 a row, 4,096 packets an image, 4 MB), or 4079 columns
+in packets of 4079 samples (8 KiB, one a row, 1,024 packets, 8.4 MB). Both get
+the same 16 MB kernel buffer. A step is lossless when every packet sent is
+counted: by (a), or by (b) in the pixels of the FITS files it wrote (images
+read back, less what their MISSING keys say). Reported: the highest lossless
+rate (packets/s, MB/s), the loss at the next step up and where it happened, and
+the receiver's CPU time per packet at its highest lossless step. Target: (b) at
+least 70 % of (a) at both sizes.
 
-Run: python benchmarks/bench_datapath.py [--seconds 2]
+Run: python benchmarks/bench_datapath.py [--seconds 2] [--sizes 1024,8192]
 """
 
 import argparse
 import asyncio
-import importlib.util
+import json
 import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
+
+import numpy
+import psutil
 
 import common
 from figures import Report
 
-RATES = {1024: [10000, 15000, 20000, 25000, 30000, 35000, 40000, 50000, 60000, 80000, 100000, 120000],
-         8192: [5000, 7500, 10000, 12500, 15000, 17500, 20000, 25000, 30000]}
-SETTLE_S = 1.0
+GEOMETRY = {1024: (1024, 1980, 495), 8192: (1024, 4079, 4079)}   # packet bytes -> rows, columns, samples a packet
+RATES = {1024: [40000, 60000, 80000, 100000, 115000, 130000, 145000, 160000, 175000, 190000, 210000, 230000,
+                250000, 275000, 300000],
+         8192: [20000, 30000, 40000, 50000, 60000, 70000, 80000, 90000, 100000, 115000, 130000, 145000, 160000,
+                180000, 200000]}
+BURST = 16              # packets sent between two looks at the clock
+SEQ_IMAGE = struct.Struct("<II")   # a packet's sequence and image numbers, bytes 6..13
+# asyncio's datagram transport reads each datagram into a new 256 KiB buffer, cut down to its size: glibc serves it by
+# mmap, or from the heap trimmed after each (14 us of kernel time a packet), until its sliding thresholds happen to
+# move (1.5 us). Both receivers get them fixed where they end up once warm (32 MiB, glibc's highest), the reference
+# its best case every time.
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
+SETTLE_S = 10.0         # at most, for the receiver to empty its kernel buffer after the last packet
+BEHIND = 0.97           # a sender that kept less than this of the asked rate: its own limit
 
 
-def serve_bare(port, path):
-    from clients.kit.receiver import enlarge_receive_buffer
+# --- the receivers, each in a process of its own -------------------------------------------------------
 
-    class Append(asyncio.DatagramProtocol):
-        def __init__(self, out):
-            self.out = out
+def serve_bare(port):
+    from clients.kit.datagrams import enlarge_receive_buffer
+
+    class Count(asyncio.DatagramProtocol):
+        packets = 0
 
         def datagram_received(self, data, addr):
-            self.out.write(data)
+            Count.packets += 1
 
     async def run():
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -48,72 +72,107 @@ def serve_bare(port, path):
         enlarge_receive_buffer(sock)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        with open(path, "ab") as out:
-            await asyncio.get_running_loop().create_datagram_endpoint(lambda: Append(out), sock=sock)
-            print("ready", flush=True)
-            await stop.wait()
+        await asyncio.get_running_loop().create_datagram_endpoint(Count, sock=sock)
+        print("ready", flush=True)
+        await stop.wait()
     asyncio.run(run())
+    print(json.dumps({"packets": Count.packets}), flush=True)
 
 
-def serve_kit(port, folder, use_uvloop, nowhere, beacon_port):
-    from clients.kit.acquisition import Acquisition, Source, Writer
-    from clients.kit.receiver import Receiver
+def serve_reader(port, folder, size, nowhere, beacon_port):
+    from clients.kit.acquisition import Source
+    from clients.sim.lta import CcdReader
 
-    class Append(Writer):
-        suffix = ".bin"
+    class Holds(Source):
+        """A board that is always there: its stream is the benchmark's."""
 
-        def open(self, path, run):
-            self.out = open(path, "ab")
+        async def open(self):
+            pass
 
-        def write(self, item):
-            self.out.write(item)
-            return len(item)
+        async def configure(self, settings):
+            pass
 
-        def close(self):
-            self.out.close()
+        async def start(self):
+            pass
 
-    class Bench(Receiver):
-        async def handle_packet(self, data, source):
-            self.acquisition.feed(data)
+        async def lost(self):
+            await asyncio.Event().wait()
 
+        async def stop(self):
+            pass
+
+    class Bench(CcdReader):
         async def main(self):
-            print("ready", flush=True)   # listening: main() runs once every listener is open
-            self.acquisition.begin(1, {})
-            await self.stopping.wait()
-            self.acquisition.end()
+            rows, cols, _ = GEOMETRY[size]
+            self.on_begin(types.SimpleNamespace(number=1, params={"rows": rows, "cols": cols}))
+            print("ready", flush=True)
+            return await super().main()
 
     # No server: the data path alone. Its bus address is a port of the benchmark's block where nothing listens.
-    bench = Bench(f"bench-kit-{os.getpid()}", server=f"tcp://127.0.0.1:{nowhere}", beacon_port=beacon_port)
-    bench.acquisition = Acquisition(Source(), Append(), lambda data: [data], Path(folder), per_file=10 ** 9)
-    bench.listen_udp("127.0.0.1", port)
+    reader = Bench(f"bench-lta-{os.getpid()}", ("127.0.0.1", nowhere), ("127.0.0.1", port), Path(folder),
+                   per_file=10, tries=5, silence_s=3600.0, window=1024, server=f"tcp://127.0.0.1:{nowhere}",
+                   beacon_port=beacon_port)
+    reader.acquisition.source = Holds()
     try:
-        bench.serve(use_uvloop=use_uvloop)
+        reader.serve()
     finally:
-        bench.close()
+        reader.close()
 
 
-def send(port, size, rate, seconds):
-    """Send `rate` packets a second for `seconds`, in bursts of 100; the count sent."""
-    payload = b"x" * size
-    target = ("127.0.0.1", port)
-    count = int(rate * seconds)
+# --- the sender: this process ------------------------------------------------------------------------------
+
+def one_image(size):
+    """The packets of one image, back to back in one buffer: board-like pixels (a baseline and noise)."""
+    from clients.sim.ccdpackets import pack
+    rows, cols, per = GEOMETRY[size]
+    pixels = (1000 + numpy.random.default_rng(7).normal(0, 5, (rows, cols))).astype("<u2")
+    packets = [pack(1, 0, 0, time.time(), row, col, rows, cols, 1, pixels[row, col:col + per])
+               for row in range(rows) for col in range(0, cols, per)]
+    assert {len(packet) for packet in packets} == {size}
+    return bytearray(b"".join(packets)), len(packets)
+
+
+def send(port, size, rate, seconds, image):
+    """Whole images at `rate` packets a second for about `seconds` (each packet numbered, the sequence going on
+    across images), in bursts of BURST; (packets sent, images sent, seconds it took). Gives up, counting what it
+    sent, at 3 times the time it should take."""
+    buffer, per_image = image
+    view = memoryview(buffer)
+    packets = [view[at:at + size] for at in range(0, len(buffer), size)]
+    images = max(1, round(rate * seconds / per_image))
+    patch = SEQ_IMAGE.pack_into
+    seq = 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+        out.connect(("127.0.0.1", port))
+        send_one = out.send
         start = time.perf_counter()
-        for n in range(0, count, 100):
-            for _ in range(min(100, count - n)):
-                out.sendto(payload, target)
-            ahead = start + (n + 100) / rate - time.perf_counter()
-            if ahead > 0:
-                time.sleep(ahead)
-    return count
+        give_up = start + 3 * seconds + 5
+        for number in range(images):
+            for first in range(0, per_image, BURST):
+                for at in range(first, min(first + BURST, per_image)):
+                    patch(buffer, at * size + 6, seq, number)
+                    send_one(packets[at])
+                    seq += 1
+                now = time.perf_counter()
+                ahead = start + seq / rate - now
+                if ahead > 0:
+                    time.sleep(ahead)
+                elif now > give_up:
+                    return seq, number, now - start
+        return seq, images, time.perf_counter() - start
 
 
-def received(path, size):
-    files = [path] if path.is_file() else list(path.rglob("*.bin"))
-    return sum(f.stat().st_size for f in files) // size
+def queued_bytes(port):
+    """What the kernel holds for the UDP socket bound to 127.0.0.1:`port` (bytes), from /proc/net/udp."""
+    local = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local:
+            return int(fields[4].split(":")[1], 16)
+    return 0
 
 
-def wait_ready(proc, timeout_s=20):
+def wait_ready(proc, timeout_s=30):
     """Until the receiver says it listens."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -126,77 +185,139 @@ def wait_ready(proc, timeout_s=20):
     raise RuntimeError(f"the receiver did not start listening (exit status {proc.poll()})")
 
 
-def measure(kind, size, seconds, nowhere):
+def accounted(folder, size):
+    """(packets in the FITS images written, what the reader's run record says)."""
+    from astropy.io import fits
+    rows, cols, per = GEOMETRY[size]
+    per_image = rows * -(-cols // per)
+    packets = 0
+    for path in sorted(folder.rglob("file_*.fits")):
+        with fits.open(path) as hdus:
+            packets += sum(per_image - hdu.header["MISSING"] for hdu in hdus[1:])
+    records = list(folder.rglob("run.json"))
+    return packets, (json.loads(records[0].read_text()) if records else {})
+
+
+def step(kind, size, rate, seconds, image, nowhere):
+    """One step of the ladder: a fresh receiver, the packets, its count; a dict of what happened."""
+    port = common.free_port()
     folder = common.scratch(f"orbit-bench-data-{kind}-")
-    results = []
+    argv = ["--serve-bare", str(port)] if kind == "bare" else \
+        ["--serve-reader", str(port), str(folder), str(size), *nowhere]
+    proc = subprocess.Popen([sys.executable, __file__, *argv], cwd=common.ROOT, start_new_session=True,
+                            env={**os.environ, **MALLOC, "PYTHONPATH": str(common.ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(proc)
+        cpu = psutil.Process(proc.pid)
+        before = sum(cpu.cpu_times()[:2])
+        sent, _, took = send(port, size, rate, seconds, image)
+        deadline = time.monotonic() + SETTLE_S
+        while queued_bytes(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)   # the last batch through the reader's hands
+        cpu_s = sum(cpu.cpu_times()[:2]) - before
+    finally:
+        common.stop_group(proc, 60)
+        output = proc.stdout.read()
+        proc.stdout.close()
+    if kind == "bare":
+        got, record = json.loads(output.splitlines()[-1])["packets"], {}
+    else:
+        got, record = accounted(folder, size)
+    for path in folder.rglob("*"):   # several GB over a ladder: not kept until the end
+        if path.is_file():
+            path.unlink()
+    return {"rate": rate, "sent": sent, "got": got, "kept": sent / took, "cpu_us": 1e6 * cpu_s / max(got, 1),
+            "record": record}
+
+
+def climb(kind, size, seconds, nowhere):
+    """The ladder from its foot until the first step that lost a packet, or the sender's own limit."""
+    image = one_image(size)
+    steps = []
     for rate in RATES[size]:
-        port = common.free_port()
-        target = folder / f"{rate}" if kind != "bare" else folder / f"{rate}.bin"
-        argv = {"bare": ["--serve-bare", str(port), str(target)],
-                "orbit": ["--serve-kit", str(port), str(target), *nowhere],
-                "orbit+uvloop": ["--serve-kit", str(port), str(target), *nowhere, "--uvloop"]}[kind]
-        proc = subprocess.Popen([sys.executable, __file__, *argv], cwd=common.ROOT, start_new_session=True,
-                                env={**os.environ, "PYTHONPATH": str(common.ROOT)}, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL)
-        try:
-            wait_ready(proc)
-            sent = send(port, size, rate, seconds)
-            time.sleep(SETTLE_S)
-        finally:
-            common.stop_group(proc)
-            proc.stdout.close()
-        got = received(target, size)
-        results.append((rate, sent, got))
-        if got < sent * 0.999:
-            break  # lost above this: the next steps only lose more
-    return results
+        steps.append(step(kind, size, rate, seconds, image, nowhere))
+        last = steps[-1]
+        print(f"  {size // 1024} KiB {kind:6s} {rate:>7,}/s: sent {last['sent']:,} at {last['kept']:,.0f}/s, "
+              f"counted {last['got']:,}, {last['cpu_us']:.2f} us CPU a packet {where_lost(last)}", flush=True)
+        if not lossless(last):
+            break
+    return steps
 
 
-def best_rate(results):
-    """(the highest rate with no loss, (rate, loss) at the first step that lost, or None)."""
-    clean = [r for r in results if r[2] >= r[1] * 0.999]
-    lossy = next((r for r in results if r[2] < r[1] * 0.999), None)
-    return (clean[-1][0] if clean else 0), (None if lossy is None else (lossy[0], 1 - lossy[2] / lossy[1]))
+def lossless(result):
+    """Every packet counted, the sender keeping the rate asked."""
+    return result["got"] >= result["sent"] and result["kept"] >= BEHIND * result["rate"]
 
 
-def cell(size, best, lossy):
-    text = f"{best:,}/s ({best * size / 1e6:.0f} MB/s)"
-    return text + (f"; {100 * lossy[1]:.1f} % lost at {lossy[0]:,}" if lossy else ", the top of the ladder")
+def where_lost(result):
+    record = result["record"]
+    if not record or result["got"] >= result["sent"]:
+        return ""
+    return "(" + ", ".join(f"{key} {record[key]:,}" for key in ("lost_packets", "late_packets", "duplicate_packets",
+                                                                "kernel_dropped", "writer_waits")
+                           if key in record) + ")"
+
+
+def best(steps, size):
+    """(the highest lossless rate, the text of the table's cell)."""
+    clean = [s for s in steps if lossless(s)]
+    rate = clean[-1]["rate"] if clean else 0
+    text = f"{rate:,}/s ({rate * size / 1e6:.0f} MB/s)"
+    last = steps[-1]
+    if last["got"] < last["sent"]:
+        text += f"; {100 * (1 - last['got'] / last['sent']):.2f} % lost at {last['rate']:,}"
+        text += f" {where_lost(last)}" if last["record"] else ""
+    elif last["kept"] < BEHIND * last["rate"]:
+        text += f"; the sender's limit ({last['kept']:,.0f}/s asked {last['rate']:,})"
+    else:
+        text += ", the top of the ladder"
+    return rate, text
+
+
+def cpu_side_by_side(bare, ours):
+    """(rate, bare's CPU us a packet, ours) at the highest rate both took whole, or None."""
+    ours = {s["rate"]: s["cpu_us"] for s in ours if lossless(s)}
+    both = [s for s in bare if lossless(s) and s["rate"] in ours]
+    return (both[-1]["rate"], both[-1]["cpu_us"], ours[both[-1]["rate"]]) if both else None
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--serve-bare", nargs=2)
-    parser.add_argument("--serve-kit", nargs=4)
-    parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--sizes", default="1024,8192")
+    parser.add_argument("--serve-bare", nargs=1)
+    parser.add_argument("--serve-reader", nargs=5)
     args = parser.parse_args()
     if args.serve_bare:
-        return serve_bare(int(args.serve_bare[0]), args.serve_bare[1])
-    if args.serve_kit:
-        port, folder, nowhere, beacon = args.serve_kit
-        return serve_kit(int(port), folder, True if args.uvloop else False, int(nowhere), int(beacon))
+        return serve_bare(int(args.serve_bare[0]))
+    if args.serve_reader:
+        port, folder, size, nowhere, beacon = args.serve_reader
+        return serve_reader(int(port), folder, int(size), int(nowhere), int(beacon))
     common.exit_on_sigterm()
-    report = Report("datapath", seconds=args.seconds)
-    nowhere = [str(common.free_port()), str(common.free_port())]   # the kit's bus address and beacon port: unused
-    kinds = ("bare", "orbit", "orbit+uvloop") if importlib.util.find_spec("uvloop") else ("bare", "orbit")
-    rows, best = [], {}
-    for size in (1024, 8192):
-        cells = []
-        for kind in kinds:
-            best[size, kind], lossy = best_rate(measure(kind, size, args.seconds, nowhere))
-            cells.append(cell(size, best[size, kind], lossy))
-            print(f"{size // 1024} KiB {kind:13s}: {cells[-1]}", flush=True)
-        rows.append((f"{size // 1024} KiB", *cells, *(["uvloop not installed"] if len(kinds) == 2 else [])))
-    report.table(("packets", "(a) bare asyncio", "(b) receiver + acquisition", "(c) the same on uvloop"), rows,
-                 title=f"The highest rate with no loss, {args.seconds:g} s at each step")
-    for size in (1024, 8192):
-        report.figure(f"(b) receiver + acquisition, {size // 1024} KiB packets", best[size, "orbit"], "{:,}/s",
-                      best[size, "bare"], "(a) bare asyncio", target=(">=", 0.7), on="ratio")
-        if "orbit+uvloop" in kinds:
-            report.figure(f"(c) the same on uvloop, {size // 1024} KiB packets", best[size, "orbit+uvloop"],
-                          "{:,}/s", best[size, "bare"], "(a) bare asyncio")
+    sizes = [int(size) for size in args.sizes.split(",")]
+    report = Report("datapath", seconds=args.seconds, sizes=sizes)
+    nowhere = [str(common.free_port()), str(common.free_port())]   # the reader's bus address and beacon port: unused
+    rows, found, cpu = [], {}, {}
+    for size in sizes:
+        steps = {kind: climb(kind, size, args.seconds, nowhere) for kind in ("bare", "orbit")}
+        found.update({(size, kind): best(steps[kind], size) for kind in steps})
+        cpu[size] = cpu_side_by_side(steps["bare"], steps["orbit"])
+        rows.append((f"{size // 1024} KiB", found[size, "bare"][1], found[size, "orbit"][1],
+                     "-" if cpu[size] is None else "{1:.1f} us / {2:.1f} us at {0:,}/s".format(*cpu[size])))
+    report.table(("packets", "(a) bare asyncio, counting", "(b) damicm's reader: FITS images",
+                  "CPU time a packet, (a) / (b)"), rows,
+                 title=f"The highest rate with every packet counted, {args.seconds:g} s at each step")
+    for size in sizes:
+        report.figure(f"(b) damicm's reader, {size // 1024} KiB packets", found[size, "orbit"][0], "{:,}/s",
+                      found[size, "bare"][0], "(a) bare asyncio", target=(">=", 0.7), on="ratio")
+        if cpu[size] is not None:
+            report.figure(f"(b)'s CPU time a packet, {size // 1024} KiB at {cpu[size][0]:,}/s", cpu[size][2],
+                          "{:.1f} us", cpu[size][1], "(a) bare asyncio")
     report.note("a rate is a step of the ladder (RATES in the script): a ratio is known to about one step")
+    report.note("CPU time: the receiver's process (its threads, user and system) over the packets it counted; the "
+                "kernel's delivery over loopback counts to the sender")
     return report.finish()
 
 

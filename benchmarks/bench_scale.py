@@ -1,34 +1,70 @@
-"""How the server's cost grows with its clients, and whether it leaks.
+"""How the server's cost grows with its clients, whether it leaks, and how fast 10,000 clients are back after a SIGKILL.
 
-For 10, 100 and 1000 registered clients (many DEALER sockets in one helper process)
-at a 1 s heartbeat: the CPU share and RSS of (a) our server, which pings every client
-each second and takes their pongs, and (b) a bare pyzmq ROUTER that answers one
+For 10, 100, 1000 and 10,000 registered clients (DEALER sockets in helper processes of at
+most 2,000 each) at a 1 s heartbeat: the CPU share and RSS of (a) our server, which pings
+every client each second and takes their pongs, and (b) a bare pyzmq ROUTER that answers one
 heartbeat per client per second sent at random moments, measured in the same run.
 Then the leak check: the RSS before and after one million messages routed between two
 raw-socket clients, (a) through our server, (b) through a bare pyzmq forwarder that only
 swaps identities, the same messages on the same credit, in the same run.
-Targets, at the most clients: CPU no higher than the bare ROUTER's, RSS under 100 MB; the
-server's RSS grows by less than 5 MB more than the bare forwarder's over the million.
+Then failover: 10,000 raw clients registered with our server, kept by `python -m watchdog`
+(with its standby server, when the watchdog offers one); each round SIGKILLs the server and
+times until every client holds the new instance's welcome (each says `_hello` again when its
+connection is made again and when it hears the new instance's beacon). The reference, with
+the same clients in the same run: a bare pyzmq server, already imported (forked by the
+benchmark at the kill), that binds the same address, beacons and welcomes every hello at once.
+Targets: at 1000 clients CPU no higher than the bare ROUTER's and RSS under 100 MB; at 10,000
+CPU no higher than the bare ROUTER's; the server's RSS grows by less than 5 MB more than the
+bare forwarder's over the million; all 10,000 clients back within 2 s of the SIGKILL (median).
 
-Run: python benchmarks/bench_scale.py [--seconds 30] [--clients 10,100,1000] [--messages 1000000]
+Run: python benchmarks/bench_scale.py [--seconds 20] [--clients 10,100,1000,10000] [--messages 1000000]
+                                      [--failover-clients 10000] [--kills 3]
 """
 
 import argparse
+import collections
 import heapq
 import multiprocessing as mp
+import os
+import queue
 import random
+import resource
+import select
+import signal
+import statistics
+import subprocess
 import sys
 import time
 
 import common
+import orjson
 import psutil
 import zmq
 from figures import Report
+
+from runcontrol import discovery, pidfile, protocol
 
 NOBLOCK = int(zmq.NOBLOCK)
 PONG = b'{"cmd":"_pong"}'
 WINDOW = 5000  # below the server's per-client queue: no drops, only back-pressure
 LEAK_TX, LEAK_RX = b"leak-tx", b"leak-rx"
+LEAK_CLIENT_RATE = 10_000_000   # the leak check routes as fast as the server goes, above the default flood limit
+PER_HELPER = 2000     # DEALER sockets in one helper process (each holds two open files: its socket and its mailbox)
+REGISTER_S = 120.0    # how long the clients of one row may take to register
+HELLO_AGAIN_S = 1.0   # a raw client not welcomed this long after its hello says it again (as the client library does)
+RECONNECT_MS = 100    # how often a raw client's DEALER tries a lost connection again
+PAUSE_S = 2.0         # between one failover and the next kill (the watchdog prepares its next standby meanwhile)
+BACKLOG = 10000       # connections waiting to be accepted (as our server's router has for max_clients)
+
+
+def room(sockets):
+    """Room in this process for `sockets` DEALER sockets: its limit of open files raised to the hard limit, and a
+    ZeroMQ context that may hold them all (its default is 1023 sockets)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    ctx = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, sockets + 64)
+    return ctx
 
 
 def dealers(ctx, router, count, identity=None):
@@ -38,6 +74,7 @@ def dealers(ctx, router, count, identity=None):
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDTIMEO, 10000)
         sock.setsockopt(zmq.RCVTIMEO, 10000)
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
         if identity:
             sock.setsockopt(zmq.ROUTING_ID, identity)
         sock.connect(router)
@@ -53,22 +90,83 @@ def drain(sock):
             return
 
 
+class Crowd:
+    """`count` DEALER sockets of one helper process (`socks`), watched through one epoll set of their ZeroMQ
+    descriptors: zmq_poll looks at every socket at every call, which with thousands costs more than the clients'
+    own work. A socket's descriptor only says that something changed: `messages(i)` reads until none is left, and
+    a send may take the change of a socket it did not read (`sent` reads it afterwards)."""
+
+    def __init__(self, router, count, monitored=False):
+        self.ctx = room(3 * count if monitored else count)   # a monitor is a pair of sockets
+        self.socks = dealers(self.ctx, router, count)
+        self.monitors = [sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED) for sock in self.socks] \
+            if monitored else []
+        self.epoll = select.epoll()
+        self.watched = {}   # descriptor -> (socket index, whether it is that socket's monitor)
+        for i, sock in enumerate(self.socks):
+            self._watch(sock, (i, False))
+        for i, monitor in enumerate(self.monitors):
+            self._watch(monitor, (i, True))
+        self.pending = set()   # sockets a send may have left with messages unread
+
+    def _watch(self, sock, what):
+        fd = sock.getsockopt(zmq.FD)
+        self.epoll.register(fd, select.EPOLLIN)
+        self.watched[fd] = what
+
+    def watch_fd(self, fd):
+        self.epoll.register(fd, select.EPOLLIN)
+
+    def ready(self, timeout_s):
+        """What woke within `timeout_s`: (socket index, whether it was its monitor) or a plain descriptor watched."""
+        found = [self.watched.get(fd, fd) for fd, _ in self.epoll.poll(timeout_s)]
+        found.extend((i, False) for i in self.pending)
+        self.pending.clear()
+        return found
+
+    def messages(self, i, monitor=False):
+        return list(drain(self.monitors[i] if monitor else self.socks[i]))
+
+    def send(self, i, data):
+        self.socks[i].send(data, NOBLOCK)
+        self.pending.add(i)
+
+
+def shares(count):
+    """`count` clients as (first, how many) of each helper process."""
+    return [(first, min(PER_HELPER, count - first)) for first in range(0, count, PER_HELPER)]
+
+
+def helpers(target, count, *args):
+    """Helper processes for `count` clients, started, with the Event each sets once its clients are ready."""
+    procs, ready = [], []
+    for first, share in shares(count):
+        event = mp.Event()
+        procs.append(mp.Process(target=target, args=(*args, first, share, event), daemon=True))
+        ready.append(event)
+    for proc in procs:
+        proc.start()
+    return procs, ready
+
+
+def all_ready(events, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    return all(event.wait(max(0.0, deadline - time.monotonic())) for event in events)
+
+
 # --- clients of our server: register, then answer every ping ------------------------------
 
-def orbit_clients(router, count, ready, stop):
-    ctx = zmq.Context()
-    socks = dealers(ctx, router, count)
-    poller = zmq.Poller()
-    for i, sock in enumerate(socks):
-        sock.send(b'{"cmd":"_hello","name":"scale-%d","id":1}' % i)
-        poller.register(sock, zmq.POLLIN)
+def orbit_clients(router, stop, first, count, ready):
+    crowd = Crowd(router, count)
+    for i in range(count):
+        crowd.send(i, b'{"cmd":"_hello","name":"scale-%d","id":1}' % (first + i))
     welcomed = 0
     deadline = common.deadline()
     while not stop.is_set() and time.monotonic() < deadline:
-        for sock, _ in poller.poll(200):
-            for data in drain(sock):
+        for i, _ in crowd.ready(0.2):
+            for data in crowd.messages(i):
                 if data.startswith(b'{"cmd":"_ping"'):
-                    sock.send(PONG)
+                    crowd.send(i, PONG)
                 elif data.startswith(b'{"cmd":"_reply"'):
                     welcomed += 1
                     if welcomed == count:
@@ -89,12 +187,8 @@ def bare_router(address_out):
             router.send_multipart((ident, b"pong"))
 
 
-def bare_clients(router, count, ready, stop):
-    ctx = zmq.Context()
-    socks = dealers(ctx, router, count)
-    poller = zmq.Poller()
-    for sock in socks:
-        poller.register(sock, zmq.POLLIN)
+def bare_clients(router, stop, first, count, ready):
+    crowd = Crowd(router, count)
     now = time.monotonic()
     due = [(now + random.random(), i) for i in range(count)]
     heapq.heapify(due)
@@ -104,11 +198,10 @@ def bare_clients(router, count, ready, stop):
         now = time.monotonic()
         while due[0][0] <= now:
             _, i = heapq.heappop(due)
-            socks[i].send(b'{"cmd":"_ping"}')
+            crowd.send(i, b'{"cmd":"_ping"}')
             heapq.heappush(due, (now + 1.0, i))
-        for sock, _ in poller.poll(max(0, (due[0][0] - now) * 1000)):
-            for _ in drain(sock):
-                pass
+        for i, _ in crowd.ready(max(0.0, due[0][0] - now)):
+            crowd.messages(i)
 
 
 def measure(pid, seconds):
@@ -123,34 +216,33 @@ def measure(pid, seconds):
 
 def run_orbit(count, seconds):
     server = common.BenchServer(heartbeat=1.0, timeout=30.0).start()
-    ready, stop = mp.Event(), mp.Event()
-    helper = mp.Process(target=orbit_clients, args=(server.router, count, ready, stop), daemon=True)
+    stop = mp.Event()
+    procs = []
     try:
-        helper.start()
-        if not ready.wait(120):
+        procs, ready = helpers(orbit_clients, count, server.router, stop)
+        if not all_ready(ready, REGISTER_S):
             raise RuntimeError(f"{count} clients did not register")
         time.sleep(2)
         return measure(server.proc.pid, seconds)
     finally:
         stop.set()
-        common.stop_all([helper])
+        common.stop_all(procs)
         server.stop()
 
 
 def run_bare(count, seconds):
-    addresses, ready, stop = mp.Queue(), mp.Event(), mp.Event()
+    addresses, stop = mp.Queue(), mp.Event()
     router = mp.Process(target=bare_router, args=(addresses,), daemon=True)
-    helper = None
+    procs = []
     try:
         router.start()
-        helper = mp.Process(target=bare_clients, args=(addresses.get(timeout=10), count, ready, stop), daemon=True)
-        helper.start()
-        ready.wait(60)
+        procs, ready = helpers(bare_clients, count, addresses.get(timeout=10), stop)
+        all_ready(ready, REGISTER_S)
         time.sleep(2)
         return measure(router.pid, seconds)
     finally:
         stop.set()
-        common.stop_all([helper, router])
+        common.stop_all([*procs, router])
 
 
 # --- one million routed messages: our server, and a bare forwarder -----------------------------------
@@ -227,7 +319,7 @@ def run_leak(messages, bare):
             forwarder.start()
             router, pid = addresses.get(timeout=10), forwarder.pid
         else:
-            server = common.BenchServer(heartbeat=1.0, timeout=30.0).start()
+            server = common.BenchServer(heartbeat=1.0, timeout=30.0, client_rate=LEAK_CLIENT_RATE).start()
             router, pid = server.router, server.proc.pid
         receiver = mp.Process(target=leak_receiver, args=(router, messages, rx_ready, progress, bare), daemon=True)
         receiver.start()
@@ -252,15 +344,232 @@ def run_leak(messages, bare):
             server.stop()
 
 
+# --- failover: raw clients that say hello again to each new instance they hear of -------------------
+
+def raw_clients(router, port, experiment, reports, stop, first, count, ready):
+    """`count` raw clients (`raw-<n>`) that say `_hello` whenever their connection is made (ZeroMQ's monitor) and
+    when they hear a new instance's beacon; again every HELLO_AGAIN_S while the instance last heard of has not
+    welcomed them. Once all hold the welcome of one instance, (instance, the moment of the last welcome) goes on
+    `reports`. They answer pings meanwhile."""
+    crowd = Crowd(router, count, monitored=True)
+    hellos = [b'{"cmd":"_hello","name":"raw-%d","id":1}' % (first + i) for i in range(count)]
+    listener = discovery.BeaconListener(port, experiment=experiment)
+    crowd.watch_fd(listener.fileno())
+    held = [None] * count             # the instance whose welcome each holds
+    holding = collections.Counter()   # instance -> clients holding its welcome
+    heard, hello_at, reported = None, 0.0, set()
+
+    def hello_all():
+        for i in range(count):
+            if held[i] != heard:
+                crowd.send(i, hellos[i])
+
+    ready.set()
+    deadline = common.deadline()
+    while not stop.is_set() and time.monotonic() < deadline:
+        if heard is not None and holding[heard] < count and time.monotonic() - hello_at > HELLO_AGAIN_S:
+            hello_all()
+            hello_at = time.monotonic()
+        for item in crowd.ready(0.1):
+            if item == listener.fileno():
+                for beacon in listener.read():
+                    if beacon.instance != heard:
+                        heard, hello_at = beacon.instance, time.monotonic()
+                        hello_all()
+                continue
+            i, monitor = item
+            if monitor:
+                if crowd.messages(i, monitor=True):
+                    crowd.send(i, hellos[i])
+                continue
+            for data in crowd.messages(i):
+                if data.startswith(b'{"cmd":"_ping"'):
+                    crowd.send(i, PONG)
+                elif data.startswith(b'{"cmd":"_reply"'):
+                    instance = orjson.loads(data)["result"]["server"]
+                    if held[i] != instance:
+                        holding[held[i]] -= 1
+                        held[i] = instance
+                        holding[instance] += 1
+                        if holding[instance] == count and instance not in reported:
+                            reported.add(instance)
+                            reports.put((instance, time.monotonic()))
+    listener.close()
+
+
+def bare_server(router, port, experiment):
+    """The reference: binds `router`, beacons a new instance twice a second, welcomes every `_hello` at once."""
+    instance = os.urandom(6).hex()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.BACKLOG, BACKLOG)
+    sock.bind(router)
+    beacon = discovery.BeaconSender(protocol.DEFAULT_BEACON_ADDRESS, port,
+                                    protocol.make_beacon(experiment, instance, router, router, os.getpid(), time.time()))
+    welcome = b'{"cmd":"_reply","re":1,"ok":true,"result":{"server":"%s"}}' % instance.encode()
+    next_beacon = 0.0
+    deadline = common.deadline()
+    while time.monotonic() < deadline:
+        if time.monotonic() >= next_beacon:
+            beacon.send()
+            next_beacon = time.monotonic() + 0.5
+        if sock.poll(100):
+            for _ in range(1000):
+                try:
+                    ident, data = sock.recv_multipart(NOBLOCK)
+                except zmq.Again:
+                    break
+                if data.startswith(b'{"cmd":"_hello"'):
+                    sock.send_multipart((ident, welcome))
+
+
+class Reports:
+    """The helpers' word that all their clients hold an instance's welcome."""
+
+    def __init__(self, helpers_count):
+        self.queue = mp.Queue()
+        self.helpers = helpers_count
+        self.seen = {}   # instance -> the moments each helper's last client was welcomed
+
+    def all_back(self, instance, timeout_s):
+        """The moment the last client was welcomed by `instance`."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.seen.get(instance, ())) < self.helpers:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"{len(self.seen.get(instance, ()))} of {self.helpers} helpers' clients were "
+                                   f"all welcomed by server {instance} within {timeout_s} s")
+            try:
+                known, at = self.queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            self.seen.setdefault(known, []).append(at)
+        return max(self.seen[instance])
+
+
+def next_beacon(listener, old, timeout_s=30):
+    """The first beacon of an instance other than `old`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = listener.wait(max(0.01, deadline - time.monotonic()))
+        if found is not None and found.instance != old:
+            return found
+    raise RuntimeError(f"no new server instance within {timeout_s} s")
+
+
+def standby():
+    """The watchdog's option to keep a standby server ready, when it has one (as a server is kept in production)."""
+    usage = subprocess.run([sys.executable, "-m", "watchdog", "--help"], cwd=common.ROOT, capture_output=True,
+                           text=True, timeout=60).stdout
+    return ["--standby"] if "--standby" in usage else []
+
+
+def run_failover(count, kills):
+    """Per kill: (SIGKILL -> first beacon, SIGKILL -> all back) of our server under the watchdog, and the same of
+    the bare server."""
+    router = f"tcp://127.0.0.1:{common.free_port()}"   # fixed, as damicm's: the clients connect to it again
+    server = common.BenchServer(heartbeat=1.0, timeout=30.0, name=f"scale-failover-{os.getpid()}", router=router,
+                                events=f"tcp://127.0.0.1:{common.free_port()}", max_clients=count + 10)
+    pid_path = server.folder / "state" / "server.pid"
+    listener = discovery.BeaconListener(server.port, experiment=server.name)
+    reports = Reports(len(shares(count)))
+    stop = mp.Event()
+    procs, watchdog, bare = [], None, None
+    ours, reference = [], []
+    keeping = standby()
+    try:
+        with open(server.folder / "watchdog.log", "wb") as out:
+            watchdog = subprocess.Popen(
+                [sys.executable, "-m", "watchdog", "--pidfile", str(pid_path), "--stale-after", "10", *keeping,
+                 "--max-restarts", str(kills + 5), "--window", "600", "--",
+                 sys.executable, "-m", "runcontrol.bus.server", "--experiment", str(server.path), "--pidfile",
+                 str(pid_path), "--log-level", "WARNING"],
+                cwd=common.ROOT, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+        beacon = next_beacon(listener, None)
+        procs, ready = helpers(raw_clients, count, beacon.router, server.port, server.name, reports.queue, stop)
+        all_ready(ready, REGISTER_S)
+        reports.all_back(beacon.instance, REGISTER_S)
+        for kill in range(kills):
+            time.sleep(PAUSE_S)
+            killed_at = time.monotonic()
+            os.kill(pidfile.read(pid_path), signal.SIGKILL)
+            beacon = next_beacon(listener, beacon.instance)
+            ours.append((time.monotonic() - killed_at, reports.all_back(beacon.instance, 60) - killed_at))
+            print(f"kill {kill + 1}: first beacon after {ours[-1][0] * 1000:.0f} ms, all {count:,} clients back "
+                  f"after {ours[-1][1] * 1000:.0f} ms", flush=True)
+        common.stop_group(watchdog, 30)
+        bare = mp.Process(target=bare_server, args=(router, server.port, server.name), daemon=True)
+        bare.start()
+        beacon = next_beacon(listener, beacon.instance)
+        reports.all_back(beacon.instance, REGISTER_S)
+        for kill in range(kills):
+            time.sleep(PAUSE_S)
+            killed_at = time.monotonic()
+            os.kill(bare.pid, signal.SIGKILL)
+            bare.join()
+            bare = mp.Process(target=bare_server, args=(router, server.port, server.name), daemon=True)
+            bare.start()
+            beacon = next_beacon(listener, beacon.instance)
+            reference.append((time.monotonic() - killed_at, reports.all_back(beacon.instance, 60) - killed_at))
+            print(f"bare kill {kill + 1}: first beacon after {reference[-1][0] * 1000:.0f} ms, all {count:,} "
+                  f"clients back after {reference[-1][1] * 1000:.0f} ms", flush=True)
+    finally:
+        stop.set()
+        common.stop_all([*procs, bare])
+        if watchdog is not None:
+            common.stop_group(watchdog, 30)
+        listener.close()
+    return ours, reference, bool(keeping)
+
+
+def scale_figures(report, rows):
+    """The targets at 1000 clients (or the most clients up to 1000) and at 10,000."""
+    upto_1000 = [row for row in rows if row[0] <= 1000]
+    if upto_1000:
+        count, ours, bare = upto_1000[-1]
+        report.figure(f"server CPU, {count} clients", ours[0], "{:.1f} %", bare[0], "the bare ROUTER",
+                      target=("<=", 1.0), on="ratio")
+        report.figure(f"server RSS, {count} clients", ours[1], "{:.0f} MB", bare[1], "the bare ROUTER",
+                      target=("<", 100))
+    for count, ours, bare in rows:
+        if count > 1000:
+            report.figure(f"server CPU, {count} clients", ours[0], "{:.1f} %", bare[0], "the bare ROUTER",
+                          target=("<=", 1.0), on="ratio")
+            report.figure(f"server RSS, {count} clients", ours[1], "{:.0f} MB", bare[1], "the bare ROUTER")
+
+
+def failover_figures(report, count, ours, reference, with_standby):
+    ms = [[1000 * v for v in column] for column in (*zip(*ours), *zip(*reference))]
+    how = "the watchdog's standby taking over" if with_standby else "restarted by the watchdog"
+    to_beacon, to_all, bare_beacon, bare_all = ms
+    report.table(("interval", "median", "max"), [
+        ("SIGKILL -> the bare server's first beacon (forked by the benchmark at the kill)",
+         f"{statistics.median(bare_beacon):.0f} ms", f"{max(bare_beacon):.0f} ms"),
+        (f"SIGKILL -> all {count:,} raw clients welcomed by the bare server (the reference)",
+         f"{statistics.median(bare_all):.0f} ms", f"{max(bare_all):.0f} ms"),
+        (f"SIGKILL -> our new server's first beacon ({how})",
+         f"{statistics.median(to_beacon):.0f} ms", f"{max(to_beacon):.0f} ms"),
+        (f"SIGKILL -> all {count:,} raw clients registered again with our server",
+         f"{statistics.median(to_all):.0f} ms", f"{max(to_all):.0f} ms"),
+    ], title=f"Failover: {count:,} raw clients, {len(to_all)} kills")
+    report.figure(f"SIGKILL -> all {count:,} clients registered again (median)", statistics.median(to_all),
+                  "{:.0f} ms", statistics.median(bare_all), f"all {count:,} welcomed by the bare server",
+                  target=("<=", 2000))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--clients", default="10,100,1000")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--clients", default="10,100,1000,10000")
     parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--failover-clients", type=int, default=10000)
+    parser.add_argument("--kills", type=int, default=3)
     args = parser.parse_args()
     mp.set_start_method("fork")
     common.exit_on_sigterm()
-    report = Report("scale", seconds=args.seconds, clients=args.clients, messages=args.messages)
+    report = Report("scale", seconds=args.seconds, clients=args.clients, messages=args.messages,
+                    failover_clients=args.failover_clients, kills=args.kills)
     rows = []
     for count in map(int, args.clients.split(",")):
         ours = run_orbit(count, args.seconds)
@@ -274,6 +583,7 @@ def main():
         before, after, received, elapsed = leaks[name]
         print(f"{name}: RSS {before:.1f} MB before {args.messages:,} messages, {after:.1f} MB after; "
               f"{received:,} received in {elapsed:.1f} s", flush=True)
+    ours, reference, with_standby = run_failover(args.failover_clients, args.kills)
     report.table(("clients", "orbit server CPU", "orbit server RSS", "bare ROUTER CPU", "bare ROUTER RSS"), [
         (count, f"{ours[0]:.1f} %", f"{ours[1]:.0f} MB", f"{bare[0]:.1f} %", f"{bare[1]:.0f} MB")
         for count, ours, bare in rows])
@@ -282,11 +592,7 @@ def main():
          f"{elapsed:.1f} s", f"{received / elapsed:,.0f} msg/s")
         for name, (before, after, received, elapsed) in leaks.items()],
         title=f"Leak check: {args.messages:,} messages between two raw-socket clients")
-    count, ours, bare = rows[-1]
-    report.figure(f"server CPU, {count} clients", ours[0], "{:.1f} %", bare[0], "the bare ROUTER",
-                  target=("<=", 1.0), on="ratio")
-    report.figure(f"server RSS, {count} clients", ours[1], "{:.0f} MB", bare[1], "the bare ROUTER",
-                  target=("<", 100))
+    scale_figures(report, rows)
     (o_before, o_after, o_received, o_s), (b_before, b_after, b_received, b_s) = leaks.values()
     report.figure(f"RSS growth over {args.messages:,} messages", o_after - o_before, "{:+.1f} MB",
                   b_after - b_before, "the bare forwarder's", target=("<", 5.0), on="excess")
@@ -295,6 +601,7 @@ def main():
     if o_received < args.messages or b_received < args.messages:
         report.note(f"not every message arrived: {o_received:,} through the server, {b_received:,} through "
                     f"the bare forwarder, of {args.messages:,}")
+    failover_figures(report, args.failover_clients, ours, reference, with_standby)
     return report.finish()
 
 

@@ -40,6 +40,8 @@ SCRIPTS = (
     ("history", 900, ["--seconds-per-step", "1", "--days", "3"]),
     ("web", 600, ["--requests", "300", "--cpu-seconds", "2"]),
     ("notify", 600, ["--alarms", "5", "--direct", "20"]),
+    ("catalog", 900, ["--runs", "10000", "--repeat", "5"]),
+    ("logbook", 600, ["--entries", "10000", "--repeat", "5", "--notes", "50"]),
 )
 KILL_AFTER_S = 60   # after SIGTERM, what a script has not stopped is killed
 

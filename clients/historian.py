@@ -21,8 +21,10 @@ starts with an empty replay.
 
 `history`: `name` (or `names`, a list; prefixes), `since` and `until` (seconds
 since the epoch, or negative: that long ago; default the last hour up to now),
-`points` (at most, default 500) -> {name: [[ts, min, max, mean], ...]}. A
-program of its own, so a slow disk never touches the server.
+`points` (at most, default 500) -> {name: [[ts, min, max, mean], ...]}.
+`summary`: `names` (exact names), `since`, `until` -> each name's value in force at
+both ends, min, mean, max and count over the range, and `complete_until` (the run
+catalog asks it as a run ends). A program of its own, so a slow disk never touches the server.
 """
 
 import argparse
@@ -44,6 +46,7 @@ log = logging.getLogger("clients.historian")
 
 EXPIRE_EVERY_S = 3600.0
 MAX_POINTS = 10000
+MAX_SUMMARY = 100
 
 
 class Historian(Client):
@@ -192,6 +195,22 @@ class Historian(Client):
             raise Refused(f"'until' ({until}) must come after 'since' ({since})", protocol.BAD_FIELD)
         self.flush()
         return self.store.query(names, since, until, points)
+
+    def cmd_summary(self, msg):
+        """Each of `names` (exact names) between `since` and `until` (epoch seconds): {"values": {name: {begin, end,
+        min, mean, max, count}}, "complete_until": the time up to which the history holds every value}."""
+        names = msg.get("names")
+        if not isinstance(names, list) or not names or len(names) > MAX_SUMMARY \
+                or not all(isinstance(n, str) and n for n in names):
+            raise Refused(f"summary needs 'names': a list of 1 to {MAX_SUMMARY} names", protocol.BAD_FIELD)
+        now = time.time()
+        since, until = when(msg.get("since"), now, "since"), when(msg.get("until", now), now, "until")
+        if until < since:
+            raise Refused(f"'until' ({until}) must not come before 'since' ({since})", protocol.BAD_FIELD)
+        self.flush()
+        live = self.registered and not self.catching_up   # taking the stream as it comes: complete up to now
+        return {"values": {name: self.store.summary(name, since, until) for name in names},
+                "complete_until": now if live else self.complete_until}
 
     def cmd_status(self, msg):
         """How many values were recorded, how many names, and up to when the history is complete."""

@@ -149,6 +149,46 @@ class Store:
         width = max((until - since) / max(points, 1), 1e-6)
         return {name: self._buckets(self.ids[name], since, until, width) for name in self.names(prefixes)}
 
+    def summary(self, name, since, until):
+        """`name` over [since, until]: the value in force at each end (the last one before it, else the first
+        after `since`), min, mean, max and how many values, the one in force at `since` among them (it held
+        then); all None (count 0) when the history has none."""
+        ident = self.ids.get(name)
+        if ident is None:
+            return {"begin": None, "end": None, "min": None, "mean": None, "max": None, "count": 0}
+        split = self._fine_from(ident, since, until, MINUTE)   # where fine values are expired, the minute tier
+        low = high = total = None
+        count = 0
+        if split > since:
+            low, high, total, count = self.db.execute(
+                "SELECT min(low), max(high), sum(total), coalesce(sum(count), 0) FROM minutes "
+                "WHERE id = ? AND minute >= ? AND minute < ?",
+                (ident, int(since // MINUTE), math.ceil(split / MINUTE))).fetchone()
+        fine_low, fine_high, fine_total, fine_count = self.db.execute(
+            "SELECT min(value), max(value), sum(value), count(*) FROM fine WHERE id = ? AND ts >= ? AND ts <= ?",
+            (ident, split, until)).fetchone()
+        if fine_count:
+            low = fine_low if low is None else min(low, fine_low)
+            high = fine_high if high is None else max(high, fine_high)
+            total, count = (total or 0.0) + fine_total, count + fine_count
+        held = self._in_force(ident, since)   # the value at the start holds until the next one: it counts too
+        if held is not None and not self._holds(ident, since):
+            low = held if low is None else min(low, held)
+            high = held if high is None else max(high, held)
+            total, count = (total or 0.0) + held, count + 1
+        return {"begin": held if held is not None else self._in_force(ident, since, until),
+                "end": self._in_force(ident, until), "min": low, "mean": total / count if count else None,
+                "max": high, "count": count}
+
+    def _in_force(self, ident, ts, first_until=None):
+        """The last value at or before `ts`; without one, the first after it up to `first_until` (if given)."""
+        row = self.db.execute("SELECT value FROM fine WHERE id = ? AND ts <= ? ORDER BY ts DESC LIMIT 1",
+                              (ident, ts)).fetchone()
+        if row is None and first_until is not None:
+            row = self.db.execute("SELECT value FROM fine WHERE id = ? AND ts > ? AND ts <= ? ORDER BY ts LIMIT 1",
+                                  (ident, ts, first_until)).fetchone()
+        return None if row is None else row[0]
+
     def _buckets(self, ident, since, until, width):
         split = self._fine_from(ident, since, until, width)
         rows = []

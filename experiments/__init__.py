@@ -161,6 +161,29 @@ class HistorySpec:
 
 
 @dataclass(frozen=True)
+class CatalogValue:
+    """A published number the run catalog keeps for each run, by `name` in its queries."""
+    name: str
+    value: str
+    units: object = None
+
+
+@dataclass(frozen=True)
+class CatalogRule:
+    """Flag a complete run `flag` when every condition of `when` (the catalog's query words) holds."""
+    flag: str
+    when: tuple
+    why: object = None
+
+
+@dataclass(frozen=True)
+class CatalogSpec:
+    values: tuple = ()       # CatalogValues
+    rules: tuple = ()        # CatalogRules
+    historian: str = "historian"
+
+
+@dataclass(frozen=True)
 class AlarmSpec:
     """A condition on a published number that raises an alarm when it holds `hold_s` seconds."""
     name: str
@@ -224,6 +247,7 @@ class Experiment:
     history: HistorySpec = HistorySpec()
     alarms: tuple = ()       # AlarmSpecs
     notify: object = None    # NotifySpec, or None
+    catalog: CatalogSpec = CatalogSpec()
 
     def program(self, name):
         return next((p for p in self.programs if p.name == name), None)
@@ -304,10 +328,12 @@ def from_dict(raw, path):
     problems = validate(raw)
     if not problems and isinstance(raw.get("notify"), dict):
         problems = checks.notify_problems(raw["notify"], path.resolve().parent)
+    filled = fill_defaults(copy.deepcopy(raw), schema()) if not problems else None
+    if not problems:
+        problems = checks.catalog_problems(filled["catalog"])
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"{path}: {len(problems)} problem(s):\n{listing}", problems)
-    filled = fill_defaults(copy.deepcopy(raw), schema())
     return freeze(filled, path)
 
 
@@ -400,8 +426,17 @@ def freeze(raw, path):
         alarms=tuple(alarm_spec(name, alarm) for name, alarm in raw["alarms"].items())
         + ((delivery_alarm(raw["notify"]),) if "notify" in raw else ()),
         notify=notify_spec(raw["notify"], folder) if "notify" in raw else None,
+        catalog=catalog_spec(raw["catalog"]),
         warnings=tuple(checks.missing_commands(programs) + checks.renamed_keys(raw)),
     )
+
+
+def catalog_spec(catalog):
+    values = tuple(CatalogValue(v.rpartition(".")[2], v) if isinstance(v, str)
+                   else CatalogValue(v.get("name") or v["value"].rpartition(".")[2], v["value"], v.get("units"))
+                   for v in catalog["values"])
+    rules = tuple(CatalogRule(r["flag"], tuple(r["when"]), r.get("why")) for r in catalog["rules"])
+    return CatalogSpec(values, rules, catalog["historian"])
 
 
 def notify_spec(notify, folder):

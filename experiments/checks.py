@@ -246,3 +246,23 @@ def notify_problems(notify, folder):
 def fill_secrets(url, secrets):
     """`url` with each ${NAME} taken from `secrets`."""
     return SECRET.sub(lambda m: secrets[m[1]], url)
+
+
+CONDITION = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*(=|!=|<=|>=|<|>|~)\S.*$")
+
+
+def catalog_problems(catalog):
+    """Two catalog values of one name; a rule's condition that is no KEY OP VALUE."""
+    problems, seen = [], {}
+    for i, value in enumerate(catalog.get("values", [])):
+        name = value.rpartition(".")[2] if isinstance(value, str) else value.get("name") or value["value"].rpartition(".")[2]
+        if name in seen:
+            problems.append(f"catalog.values.{i}: the name {name!r} is taken by catalog.values.{seen[name]} "
+                            "(give one a \"name\")")
+        seen.setdefault(name, i)
+    for i, rule in enumerate(catalog.get("rules", [])):
+        for j, word in enumerate(rule["when"]):
+            if not CONDITION.match(word):
+                problems.append(f"catalog.rules.{i}.when.{j}: {word!r} is no condition KEY OP VALUE "
+                                "(OP one of = != < <= > >= ~), e.g. \"temperature.max<145\"")
+    return problems

@@ -13,7 +13,7 @@ def write(path, pid=None):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(f"{pid or os.getpid()}\n", encoding="ascii")
+    temp.write_bytes(b"%d\n" % (pid or os.getpid()))   # bytes: no codec to look up (a standby takes over faster)
     os.replace(temp, path)
 
 
@@ -29,9 +29,8 @@ def touch(path):
 def read(path):
     """The pid named by the file, or None when it is missing or holds no valid pid."""
     try:
-        first = Path(path).read_text(encoding="ascii", errors="replace").splitlines()[0]
-        pid = int(first.strip())
-    except (OSError, IndexError, ValueError):
+        pid = int(Path(path).read_bytes().split(b"\n", 1)[0])
+    except (OSError, ValueError):
         return None
     return pid if pid > 0 else None
 

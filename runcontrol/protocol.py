@@ -83,6 +83,9 @@ encode = orjson.dumps
 
 # Finds `"id": <string or integer>` near the start of a message too large to parse.
 _ID_NEAR_START = re.compile(rb'"id"\s*:\s*("(?:[^"\\]|\\.){0,64}"|-?\d{1,20})')
+# Finds `"cmd": "_hello"` in a message not yet parsed.
+_HELLO_NEAR_START = re.compile(rb'"cmd"\s*:\s*"_hello"')
+NEAR_START = 4096            # bytes of an unparsed message looked at
 
 
 def decode(data):
@@ -135,7 +138,7 @@ def request_id(msg):
     return value if value is not None and valid_id(value) else None
 
 
-def find_id_in_prefix(data, limit=4096):
+def find_id_in_prefix(data, limit=NEAR_START):
     """The `id` of a message too large to parse, when it stands near the start."""
     match = _ID_NEAR_START.search(data, 0, limit)
     if match is None:
@@ -145,6 +148,11 @@ def find_id_in_prefix(data, limit=4096):
     except orjson.JSONDecodeError:
         return None
     return value if valid_id(value) else None
+
+
+def says_hello(data, limit=NEAR_START):
+    """Whether a frame not yet parsed names the command `_hello` near its start (only parsing it tells for sure)."""
+    return _HELLO_NEAR_START.search(data, 0, limit) is not None
 
 
 # --- answers -----------------------------------------------------------------

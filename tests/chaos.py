@@ -22,7 +22,8 @@ the stop. And the sequence done within SEQUENCE_WITHIN_S of the last fault (a
 pause nobody resumes is a stop), its steps each taken once: every run step with
 exactly one run that ended in the run log (none skipped, none repeated), tagged
 with its loop values, in step order, and every `set` step accepted once in the
-settings log.
+settings log. And every run that ended in the run log recorded in the run catalog
+with the same result.
 """
 
 import argparse
@@ -43,6 +44,7 @@ from pathlib import Path
 import psutil
 
 from runcontrol.client.client import Client
+from runcontrol.control.catalogbook import CatalogBook
 from runcontrol import pidfile, process
 from runcontrol.errors import RunControlError
 from tests.helpers import ROOT, damicm_copy, env_for_children, tagged_processes
@@ -395,6 +397,23 @@ def judge(report, requests, runs, state):
     missing = sorted(set(runs.numbers) - set(groups))
     if missing:
         report["problems"].append(f"run(s) {missing} prepared but not in the run log")
+    judge_catalog(report, state)
+
+
+def judge_catalog(report, state):
+    """Every run the run log says ended has its record in the run catalog, with the same outcome."""
+    ended = {}
+    for line in (state / "runs.jsonl").read_text(encoding="utf-8").splitlines() \
+            if (state / "runs.jsonl").exists() else ():
+        record = json.loads(line)
+        ended[record["run"]] = record
+    ended = {n: r for n, r in ended.items() if r.get("result") != "running"}
+    with CatalogBook(state / "catalog.sqlite") as catalog:
+        records = {n: catalog.get(n) for n in ended}
+    wrong = sorted(n for n, r in ended.items() if records[n] is None or records[n]["result"] != r["result"])
+    report["catalog"] = f"{len(ended) - len(wrong)} of {len(ended)} ended runs recorded"
+    if wrong:
+        report["problems"].append(f"run(s) {wrong} ended in the run log but not so in the run catalog")
 
 
 def judge_sequence(report, sequence):

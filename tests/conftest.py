@@ -160,9 +160,10 @@ def echo(echo_program):
 def system(tmp_path):
     made = []
 
-    def make(programs, alarms=None, notify=None, **server):
+    def make(programs, alarms=None, notify=None, catalog=None, **server):
         server.setdefault("timeout", 5.0)
-        path = write_experiment(tmp_path, "ctl", programs=programs, alarms=alarms, notify=notify, **server)
+        path = write_experiment(tmp_path, "ctl", programs=programs, alarms=alarms, notify=notify, catalog=catalog,
+                                **server)
         made.append(System(path))
         return made[-1]
     yield make

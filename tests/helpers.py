@@ -108,7 +108,8 @@ def apt_install(packages, commands):
 
 
 def write_experiment(folder, name, router="tcp://127.0.0.1:0", events="tcp://127.0.0.1:0",
-                     beacon_port=None, heartbeat=0.5, timeout=3.0, programs=None, alarms=None, notify=None, **server):
+                     beacon_port=None, heartbeat=0.5, timeout=3.0, programs=None, alarms=None, notify=None,
+                     catalog=None, **server):
     path = Path(folder) / f"{name}.json"
     description = {
         "name": name,
@@ -119,6 +120,7 @@ def write_experiment(folder, name, router="tcp://127.0.0.1:0", events="tcp://127
         "programs": programs or {},
         **({"alarms": alarms} if alarms else {}),
         **({"notify": notify} if notify else {}),
+        **({"catalog": catalog} if catalog else {}),
     }
     path.write_text(json.dumps(description), encoding="utf-8")
     return path
@@ -417,9 +419,11 @@ class System:
     def clients(self):
         return [c["name"] for c in self.op.request(None, "_list")]
 
-    def replace_controller(self):
-        """SIGKILL the run controller and start another; wait until the new one answers."""
+    def replace_controller(self, meanwhile=None):
+        """SIGKILL the run controller and start another (`meanwhile()` called between); wait until it answers."""
         self.controller.kill()
+        if meanwhile is not None:
+            meanwhile()
         self.controller = ControllerProcess(self.path).start()
 
         def answers():
@@ -451,7 +455,7 @@ class System:
 
 
 DAMICM_PROGRAMS = {"spy", "cryo", "vacuum", "bias", "board1", "board2", "lta1", "lta2", "monitor", "historian",
-                   "sequencer", "notifier", "shell", "web"}
+                   "logbook", "sequencer", "notifier", "shell", "web"}
 
 
 def damicm_copy(folder, holds=None):

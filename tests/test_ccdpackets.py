@@ -1,15 +1,18 @@
-"""The assembler core of the CCD readers, alone: packets in any order, twice, lost, late, of any size, into images."""
+"""The assembler core of the CCD readers, alone: packets in any order, twice, lost, late, of any size, into images,
+one at a time or a receiver's batch at once."""
+
+import random
 
 import numpy
 import pytest
 
-from clients.sim.ccdpackets import SEQ_SPAN, Assembler, BadPacket, fault, pack
+from clients.sim.ccdpackets import MAX_PACKET, SEQ_SPAN, Assembler, BadPacket, fault, pack
 
 
-def stream(images=3, rows=2, cols=1024, size=256, first_seq=0):
+def stream(images=3, rows=2, cols=1024, size=256, first_seq=0, first_image=0):
     """The packets a board sends for `images` images, in sequence order; pixel values tell image, row and column."""
     packets, seq = [], first_seq
-    for image in range(images):
+    for image in range(first_image, first_image + images):
         for row in range(rows):
             for col in range(0, cols, size):
                 count = min(size, cols - col)
@@ -136,3 +139,76 @@ def test_assembler_a_packet_of_another_geometry_for_an_open_image_is_bad():
     assembler.add(stream(1)[0])
     with pytest.raises(BadPacket, match="image 0 of board 1 is 2x1024, a packet of it says 4x1024"):
         assembler.add(pack(1, 1, 0, 0.0, 0, 256, 4, 1024, 1, numpy.zeros(256, "<u2")))
+
+
+def batch_of(packets, width=MAX_PACKET):
+    """A receiver's batch of `packets`: a row of `width` bytes each (a longer one cut), and their lengths."""
+    slots = numpy.zeros((len(packets), width), numpy.uint8)
+    for row, packet in zip(slots, packets):
+        row[:min(len(packet), width)] = numpy.frombuffer(packet[:width], numpy.uint8)
+    return slots, numpy.array([len(packet) for packet in packets], numpy.int64)
+
+
+def one_by_one(packets, window):
+    assembler, images, invalid = Assembler(window), [], []
+    for packet in packets:
+        try:
+            images += assembler.add(packet)
+        except BadPacket as exc:
+            invalid.append((packet, str(exc)))
+    return images + assembler.flush(), invalid, assembler
+
+
+def in_batches(packets, window, rng):
+    assembler, images, invalid, at = Assembler(window), [], [], 0
+    while at < len(packets):
+        taken = rng.choice([1, 7, 40, 200, 500])   # below and above the size from which headers are read together
+        let_go, bad = assembler.add_batch(*batch_of(packets[at:at + taken]))
+        images, invalid, at = images + let_go, invalid + bad, at + taken
+    return images + assembler.flush(), invalid, assembler
+
+
+def messed_up(rng, packets):
+    """`packets` as UDP and a bad link deliver them: some lost, twice, garbled or cut, a few swapped."""
+    out = []
+    for packet in packets:
+        draw = rng.random()
+        if draw < 0.02:
+            continue
+        if draw < 0.04:
+            out += [packet, packet]
+        elif draw < 0.05:
+            out.append(b"XXXX" + packet[4:])
+        elif draw < 0.055:
+            out.append(packet[:-2])
+        else:
+            out.append(packet)
+    for _ in range(rng.randrange(6)):
+        one, other = rng.randrange(len(out)), rng.randrange(len(out))
+        out[one], out[other] = out[other], out[one]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_assembler_a_batch_gives_exactly_what_its_packets_give_one_by_one(seed):
+    rng = random.Random(seed)
+    for _ in range(12):
+        rows, cols, size = rng.choice([(2, 1024, 256), (3, 990, 495), (4, 1000, 256), (8, 64, 16), (16, 128, 128)])
+        images, first_seq = rng.randint(2, 8), rng.choice([0, SEQ_SPAN - 50])
+        packets = stream(images, rows, cols, size, first_seq)
+        again = stream(1, rows, cols, size, first_seq + len(packets), first_image=images - 1)
+        packets = messed_up(rng, packets[:-1]) + again   # the last image sent again, in order, on the same places
+        window = rng.choice([4, 16, 1024])
+        (alone, bad_alone, by_one), (batched, bad_batched, by_batch) = \
+            one_by_one(packets, window), in_batches(packets, window, rng)
+        assert [(i.board, i.number, i.missing, i.received) for i in batched] == \
+            [(i.board, i.number, i.missing, i.received) for i in alone]
+        assert all((one.pixels == other.pixels).all() for one, other in zip(batched, alone))
+        assert bad_batched == bad_alone and by_batch.counts() == by_one.counts()
+
+
+def test_assembler_a_datagram_longer_than_any_packet_in_a_batch_is_bad_saying_its_length():
+    assembler = Assembler()
+    images, invalid = assembler.add_batch(*batch_of([*stream(1)[:4], b"x" * 9000, *stream(1)[4:]]))
+    assert [(image.number, image.missing) for image in images] == [(0, 0)]
+    assert invalid == [(b"x" * MAX_PACKET, f"9000 bytes: longer than any packet ({MAX_PACKET})")]

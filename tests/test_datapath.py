@@ -355,3 +355,85 @@ def test_hand_fed_packets_of_495_samples_make_complete_images_and_none_outside_t
     record = json.loads((folder / "run.json").read_text())
     assert record["acquisitions"] == 3 and counts(record) == (1, 0, 0)
 
+
+
+def burst_while_frozen(s, packets, then=()):
+    """`packets` sent while the reader is frozen (SIGSTOP): they wait in its socket's kernel buffer, or are dropped
+    there when it is full, and the reader, going on, takes them in full batches; `then` sent once it took all it
+    got. The reader's status (and its status before) once every packet sent is taken or counted dropped."""
+    before = s.op.request("lta", "status")
+    udp, pid = tuple(before["udp"]), s.program("lta")["pid"]
+
+    def accounted(count):   # every packet sent taken, or dropped by the kernel (and counted)
+        def check():
+            status = s.op.request("lta", "status")
+            receiver = status["receiver"]
+            return receiver["processed"] + receiver["kernel_dropped"] >= before["receiver"]["processed"] + count \
+                and status
+        return check
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for packet in packets:
+                out.sendto(packet, udp)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_until(accounted(len(packets)), 30, 0.1, what=f"the reader to take {len(packets)} packets")
+        for packet in then:
+            out.sendto(packet, udp)
+    return wait_until(accounted(len(packets) + len(then)), 30, 0.1, what="the reader to take the last ones"), before
+
+
+def test_a_burst_out_of_order_taken_in_batches_makes_every_image_whole_with_its_pixels(system, tmp_path):
+    s = system(programs(free_port(), *HAND_FED, reader_flags=QUIET_READER))
+    run = begin_hand_fed_run(s)
+    sent = []
+    for n in range(48):   # 64 packets an image: rows of 1024 samples in 4 packets, or of 1000 (the last one short)
+        sent += board_packets(n, 16, 1000 if n % 2 else 1024, 256, len(sent))
+    order = list(range(len(sent)))
+    for at in range(0, len(order) - 8, 97):   # here and there a few reversed, a few across two images
+        order[at:at + 8] = reversed(order[at:at + 8])
+    burst = [sent[at] for at in order]
+    burst.insert(1500, b"x" * 9000)   # longer than any packet: cut to the longest, counted, kept
+    status, _ = burst_while_frozen(s, burst)
+    assert status["receiver"]["kernel_dropped"] == 0
+    s.op.request("run", "end_run")
+    folder = tmp_path / "data" / "lta" / f"run_{run:06d}"
+    images = images_of(folder)
+    assert sorted((header["IMAGE"], header["MISSING"]) for header, _ in images) == [(n, 0) for n in range(48)]
+    assert all((pixels[row] == pixels_of(header["IMAGE"], row, 0, pixels.shape[1])).all()
+               for header, pixels in images for row in range(16))
+    record = json.loads((folder / "run.json").read_text())
+    assert record["acquisitions"] == 48 and counts(record) == (0, 0, 0) and record["kernel_dropped"] == 0
+    assert record["resyncs"] == 1 and (folder / "bad.bin").stat().st_size == 4 + 8226
+    assert "9000 bytes: longer than any packet (8226)" in (tmp_path / "log" / "lta.log").read_text()
+
+
+def test_a_writer_slower_than_the_packets_holds_the_reader_counted_and_writes_every_image(system, tmp_path):
+    s = system(programs(free_port(), *HAND_FED, per_file=50, reader_flags=(*QUIET_READER, "--write-queue", "1")))
+    run = begin_hand_fed_run(s)
+    status, _ = burst_while_frozen(s, [packet for n in range(200) for packet in board_packets(n, 2, 1024, 256, 8 * n)])
+    assert status["run"]["writer_waits"] > 0   # 200 images at once, one waiting for the writer at most
+    s.op.request("run", "end_run")
+    folder = tmp_path / "data" / "lta" / f"run_{run:06d}"
+    record = json.loads((folder / "run.json").read_text())
+    images = images_of(folder)
+    assert sorted(header["IMAGE"] for header, _ in images) == list(range(200)) and record["acquisitions"] == 200
+    assert record["writer_waits"] >= status["run"]["writer_waits"] and record["unwritten"] == 0
+    assert {header["MISSING"] for header, _ in images} == {0} and counts(record) == (0, 0, 0)
+
+
+def test_packets_the_kernel_had_no_room_for_are_counted_in_status_rates_and_the_record(system, tmp_path):
+    s = system(programs(free_port(), *HAND_FED, reader_flags=QUIET_READER))
+    run = begin_hand_fed_run(s)
+    sent = [packet for n in range(1000) for packet in board_packets(n, 4, 4096, 4096, 4 * n)]   # 33 MB of 8 KiB
+    status, before = burst_while_frozen(s, sent[:-4], then=sent[-4:])   # the last image after: the gap shows
+    receiver = status["receiver"]
+    dropped = receiver["kernel_dropped"] - before["receiver"]["kernel_dropped"]
+    assert dropped > 0 and receiver["packets"] - before["receiver"]["packets"] + dropped == len(sent)
+    wait_until(lambda: (s.op.request(None, "_retained").get("lta.rates") or {}).get("data", {}).get(
+        "kernel_dropped") == receiver["kernel_dropped"], 30, 0.2, what="the kernel's drops in the reader's rates")
+    assert status["run"]["kernel_dropped"] == dropped
+    s.op.request("run", "end_run")
+    record = json.loads((tmp_path / "data" / "lta" / f"run_{run:06d}" / "run.json").read_text())
+    assert record["kernel_dropped"] == dropped == record["lost_packets"]   # each counted where it was lost, once

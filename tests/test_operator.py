@@ -120,6 +120,8 @@ def test_each_operator_method_of_a_command_sends_that_command_and_its_payload_pa
             for method, kwargs in [("notify_test", {"route": "shift"}), ("notifications", {"n": 5}),   # no notify
                                    ("maintenance", {"minutes": 5, "reason": "test"})]:                # section
                 assert sent(op, method, refused="refused", **kwargs) == [method]
+            assert sent(op, "record", run) == ["record"] and sent(op, "flag", run, "good", why="seen") == ["flag"]
+            assert sent(op, "find", "run>0", flag="good", limit=5) == ["find"]
             assert sent(op, "programs") == ["status"] and sent(op, "snapshot") == ["status"]
     finally:
         seen.close()

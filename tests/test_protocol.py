@@ -89,6 +89,19 @@ def test_find_id_in_prefix(data, expected):
     assert protocol.find_id_in_prefix(data) == expected
 
 
+@pytest.mark.parametrize("data,expected", [
+    (protocol.encode(protocol.make_hello("lta1", 42, "daq1", {"expose": "take one"}, {}, "h-1")), True),
+    (b'{"name": "lta1", "id": 1, "cmd" : "_hello"}', True),
+    (b'{"cmd": "_ping", "id": 1}', False),
+    (b'{"cmd": "_hellos", "name": "lta1"}', False),
+    (b'{"cmd": "note", "text": "say \\"cmd\\": \\"_hello\\""}', False),
+    (b'{"cmd": "note", "blob": "' + b"x" * protocol.NEAR_START + b'", "x": {"cmd": "_hello"}}', False),
+    (b"\xff not json", False),
+])
+def test_says_hello_reads_the_command_from_the_bytes_near_the_start(data, expected):
+    assert protocol.says_hello(data) is expected
+
+
 @given(st.binary(max_size=200))
 def test_decode_never_raises_anything_but_protocol_error(data):
     try:

@@ -61,9 +61,10 @@ def test_packets_from_udp_tcp_and_pull_are_counted_and_the_rates_published(sink)
         push.send(b"z" * 100)
     push.close()
     rates = pump([op], lambda: (r := op.request("sink", "rates"))["bytes"] >= 500 * 1024 + 10000 + 100 * 100 and r, 20)
-    assert rates["dropped"] == 0 and rates["processed"] == rates["packets"]
+    assert rates["dropped"] == rates["kernel_dropped"] == 0 and rates["processed"] == rates["packets"]
     retained = pump([op], lambda: op.request(None, "_retained").get("sink.rates"), 20)["data"]
     assert retained["packets"] >= 601 and "packets_per_s" in retained and "queue" in retained
+    assert retained["kernel_dropped"] == 0 and "kernel_dropped_per_s" in retained
 
 
 def test_a_subscriber_that_does_not_read_never_stalls_the_receiver(sink):

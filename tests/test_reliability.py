@@ -1,14 +1,21 @@
 """What survives a crash: a request made through the client library is executed once and answered once; a foreign
 client that sends a request again with its `id` gets the answer again, and the handler never runs twice; an idle
-client answers the server's pings and keeps its registration."""
+client answers the server's pings and keeps its registration; clients find the server that takes over (a standby at
+the address they know, or the one a beacon names) by the quickest way open to them."""
 
 import json
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 
-from tests.helpers import RawClient, pump, registered_names, wait_until
+import pytest
+
+from runcontrol import discovery
+from runcontrol.client.client import Client
+from tests.helpers import (RawClient, ServerProcess, Watchdog, free_beacon_port, free_port, pump, registered_names,
+                           start_program, stop_process, wait_until, write_experiment)
 
 BALLAST = 8192   # bytes a request carries so that its arrival in the server's socket shows
 
@@ -151,3 +158,115 @@ def client_entry(server, name):
     finally:
         raw.send({"cmd": "_bye"})
         raw.close()
+
+
+# --- failover ---------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def standby_kept(tmp_path):
+    """A server on fixed ports kept by a watchdog with a standby ready, and an echo program registered with it."""
+    path = write_experiment(tmp_path, "failover", router=f"tcp://127.0.0.1:{free_port()}",
+                            events=f"tcp://127.0.0.1:{free_port()}")
+    server = ServerProcess(path)
+    dog = Watchdog(server, "--standby", "--grace", "2").start()
+    echo = None
+    try:
+        listener = discovery.BeaconListener(server.beacon_port, experiment=server.name)
+        try:
+            server.beacon = wait_until(lambda: listener.wait(0.2), 20, what="the first beacon")
+        finally:
+            listener.close()
+        wait_until(lambda: " ready\n" in dog.output(), 20, what="the standby to be ready")
+        echo = start_program("echo_client.py", "echo", "--experiment", path, log=tmp_path / "echo.log")
+        wait_until(lambda: "echo" in registered_names(server.router), 15, interval_s=0.1, what="echo")
+        yield dog
+    finally:
+        if echo is not None:
+            stop_process(echo)
+        assert dog.stop() == 0
+
+
+def test_clients_come_back_to_the_standby_that_took_over_and_what_was_in_flight_is_answered_once(standby_kept,
+                                                                                                 tmp_path):
+    server = standby_kept.server
+    # One client knows only the address (it hears no beacon); the other finds the server by its beacons.
+    fixed = Client("fixed", server=server.router, beacon_port=free_beacon_port())
+    found = Client("found", experiment=str(server.path))
+    try:
+        for client in (fixed, found):
+            client.connect(10)
+        old = server.beacon.instance
+        pending = fixed.start({"to": "echo", "cmd": "tally", "seconds": 1.5})
+        pump([fixed, found], lambda: f"tally fixed/{pending.id} started" in (tmp_path / "echo.log").read_text(), 10)
+        os.kill(standby_kept.server_pid(), signal.SIGKILL)   # the answer has nowhere to go
+        pump([fixed, found], lambda: all(c.registered and c.instance not in (None, old) for c in (fixed, found)), 15)
+        assert fixed.instance == found.instance and fixed.router == found.router == server.router
+        assert fixed.wait(pending, timeout=30).value() == 1
+        wait_until(lambda: "echo" in registered_names(server.router), 15, interval_s=0.1)
+        assert found.request("echo", "tallies", timeout=10) == {f"fixed/{pending.id}": 1}   # run once
+    finally:
+        fixed.close()
+        found.close()
+
+
+def test_a_client_whose_way_back_is_stuck_connects_anew_when_a_server_is_announced_at_its_address(tmp_path):
+    port = free_port()
+    server = ServerProcess(write_experiment(tmp_path, "stuck", router=f"tcp://127.0.0.1:{port}",
+                                            events=f"tcp://127.0.0.1:{free_port()}")).start()
+    client = Client("stuck", experiment=str(server.path))
+    decoy = socket.socket()
+    held = []
+    try:
+        client.connect(10)
+        server.kill()
+        pump([client], lambda: not client.registered, 10)
+        # Something else takes the address: ZeroMQ's next try reaches it and waits there for a handshake that never
+        # comes (for 30 s). The address is then free again, that connection left open.
+        decoy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        decoy.bind(("127.0.0.1", port))
+        decoy.listen()
+        decoy.setblocking(False)
+
+        def caught():
+            try:
+                held.append(decoy.accept()[0])
+            except BlockingIOError:
+                pass
+            return held
+        pump([client], caught, 10)
+        decoy.close()
+        server.start()   # a new instance at the address, announced by its beacon
+        pump([client], lambda: client.registered and client.instance == server.beacon.instance, 10)
+        assert client.request(None, "_status")["pid"] == server.proc.pid
+    finally:
+        for sock in held:
+            sock.close()
+        decoy.close()
+        client.close()
+        server.stop()
+
+
+def test_a_client_that_loses_its_server_while_checking_the_beacon_of_another_follows_that_beacon(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="runcontrol.client.client")
+    beacon_port = free_beacon_port()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = ServerProcess(write_experiment(tmp_path / "a", "moving", beacon_port=beacon_port)).start()
+    second = ServerProcess(write_experiment(tmp_path / "b", "moving", beacon_port=beacon_port))
+    client = Client("mover", experiment=str(first.path))
+    try:
+        client.connect(10)
+        first.signal(signal.SIGSTOP)    # hung: it answers no ping
+        second.start()                  # another instance at another address: heard while registered with the first
+        second.signal(signal.SIGSTOP)   # nor does this one, so the check of its beacon stays open (up to 5 s)
+        pump([client], lambda: client._checks.probe is not None, 10)
+        first.kill()
+        pump([client], lambda: not client.registered, 10)
+        second.signal(signal.SIGCONT)
+        pump([client], lambda: client.registered and client.instance == second.beacon.instance, 10)
+        assert f"following the beacon of server {second.beacon.instance}" in caplog.text
+        assert "moving to it" not in caplog.text and "led nowhere" not in caplog.text
+    finally:
+        client.close()
+        second.stop()
+        first.kill()

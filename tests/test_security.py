@@ -340,6 +340,102 @@ def test_unregistered_connections_share_one_budget_and_registered_clients_are_se
             raw.close()
 
 
+HELLO_BURST = 2000   # more than the 1,000 messages a second that strangers share for all but hellos
+
+
+def waiting(sock):
+    """The messages waiting on `sock`, decoded."""
+    found = []
+    while sock.poll(0):
+        found.append(json.loads(sock.recv()))
+    return found
+
+
+def test_a_burst_of_hellos_from_2000_connections_registers_every_one_at_once(server):
+    """After a restart every client says hello at once: hellos have a budget as large as the registry
+    (server.max_clients a second, 10,000 here), so none is dropped for the budget the rest shares."""
+    ctx = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, HELLO_BURST + 100)
+    quiet = RawClient(server.router)
+    crowd = []
+    try:
+        for _ in range(HELLO_BURST):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)   # writable once connected: then all the hellos go at once
+            sock.connect(server.router)
+            crowd.append(sock)
+        quiet.hello("quiet")
+        wait_until(lambda: all(sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT for sock in crowd), 60, 0.1,
+                   what=f"{HELLO_BURST} connections")
+        for n, sock in enumerate(crowd):
+            sock.send(protocol.encode({"cmd": "_hello", "name": f"crowd-{n}", "id": n}))
+        welcomed = [0]
+
+        def all_accounted_for():   # every hello welcomed or counted as dropped (the figures come once a second)
+            welcomed[0] += sum(msg.get("ok") is True for sock in crowd for msg in waiting(sock))
+            dropped = quiet.request({"cmd": "_stats"}, 10)["result"].get("anonymous_dropped", 0)
+            return welcomed[0] + dropped == HELLO_BURST and [dropped]
+        dropped = wait_until(all_accounted_for, 60, 0.2, what="a welcome or a drop for every hello")[0]
+        assert (welcomed[0], dropped) == (HELLO_BURST, 0)
+        names = {c["name"] for c in quiet.request({"cmd": "_list"}, 10)["result"]}
+        assert names >= {f"crowd-{n}" for n in range(HELLO_BURST)}
+    finally:
+        quiet.close()
+        for sock in crowd:
+            sock.close(linger=0)
+        ctx.term()
+
+
+@pytest.mark.parametrize("frame", [b'{"cmd": "_ping", "x": {"cmd": "_hello"}}', b'{"cmd": "_hello", "name": '],
+                         ids=["a ping naming _hello inside", "a hello that is no JSON"])
+def test_what_only_looks_like_a_hello_is_throttled_with_the_rest_strangers_send(server, echo, frame):
+    """Two hundred connections that never register send 20 frames each at once whose bytes name `_hello`: let in
+    on the hellos' budget, read, found to be no hello, then charged to the 1,000 a second the rest shares."""
+    quiet = RawClient(server.router)
+    crowd = [RawClient(server.router) for _ in range(200)]
+    try:
+        quiet.hello("quiet")
+        started = time.monotonic()
+        for _ in range(20):
+            for raw in crowd:
+                raw.send(frame)
+        assert quiet.request({"to": "echo", "cmd": "echo", "n": 1}, 30)["result"] == {"n": 1}
+        dropped = wait_until(lambda: quiet.request({"cmd": "_stats"}, 10)["result"].get("anonymous_dropped", 0),
+                             30, 0.3, what="the frames beyond the budget dropped")
+        pongs = sum(msg["cmd"] == "_pong" for raw in crowd for msg in waiting(raw.sock))
+        assert dropped > 0 and pongs <= 1000 * (1 + time.monotonic() - started)
+    finally:
+        for raw in [quiet, *crowd]:
+            raw.close()
+
+
+def test_a_connection_with_a_listed_key_is_no_stranger_before_it_registers(keyed):
+    """Twenty connections with the operator's key, not registered, send 150 pings each at once: over what one
+    stranger may send (100 a second) and what all strangers share (1,000): every one is answered."""
+    keys = keyed.path.parent / "keys"
+    server_public, _ = zmq.auth.load_certificate(keys / "server.key")
+    operator = zmq.auth.load_certificate(keys / "clients" / "operator.key_secret")
+    socks = [bare_dealer(keyed.router, operator, server_public) for _ in range(20)]
+    try:
+        for n in range(150):
+            for sock in socks:
+                sock.send(protocol.encode({"cmd": "_ping", "id": n}))
+        pongs = [0]
+
+        def all_answered():
+            pongs[0] += sum(msg["cmd"] == "_pong" for sock in socks for msg in waiting(sock))
+            return pongs[0] == 150 * len(socks)
+        wait_until(all_answered, 30, 0.1, what=f"a pong for each of {150 * len(socks)} pings")
+        with client(keyed, "op") as op:
+            op.connect(10)
+            wait_until(lambda: op.request(None, "_stats").get("updated"), 10, 0.2, what="the server's figures")
+            assert op.request(None, "_stats")["anonymous_dropped"] == 0
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def test_a_storm_of_forged_beacons_never_takes_a_client_off_its_server_and_is_said_every_10_s(server, echo,
                                                                                                make_client, caplog):
     """Without CURVE, and a rogue that even answers pings: the client stays while its own server answers, and

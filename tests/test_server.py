@@ -2,6 +2,7 @@
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -10,7 +11,9 @@ import time
 import pytest
 import zmq
 
-from tests.helpers import (ROOT, EventWatcher, RawClient, ServerProcess, env_for_children, wait_until, write_experiment)
+from runcontrol import discovery
+from tests.helpers import (ROOT, EventWatcher, RawClient, ServerProcess, env_for_children, stop_process, wait_until,
+                           write_experiment)
 
 
 @pytest.fixture
@@ -122,6 +125,15 @@ def test_too_large_message_refused_with_re_and_server_serves_on(raw):
     error = client.recv_until(lambda m: m["cmd"] == "_error")
     assert error["code"] == "too_large" and error["re"] == "huge-1"
     assert other.request({"cmd": "_ping"})["cmd"] == "_pong"
+
+
+def test_a_message_of_300_kib_is_routed_whole_and_stamped(raw):
+    """From 64 KiB up the server reads and sends a message without copying it: it arrives as it was sent."""
+    alice, bob = raw("alice"), raw("bob")
+    blob = "".join(chr(ord("a") + n % 26) for n in range(300_000))
+    alice.send({"to": "bob", "cmd": "data", "blob": blob})
+    got = bob.recv_until(lambda m: m.get("cmd") == "data", 10)
+    assert (got["blob"], got["from"], type(got["ts"])) == (blob, "alice", float)
 
 
 def test_unregistered_connection_may_only_hello_ping_bye(raw):
@@ -343,6 +355,37 @@ def test_clients_beyond_max_clients_are_refused(tmp_path):
         server.stop()
 
 
+ROOMY_CLIENTS = 600   # connections beyond what a limit of 256 open files holds
+
+
+def test_a_server_makes_room_among_its_open_files_for_a_connection_from_each_of_max_clients(tmp_path):
+    """Started with a limit of 256 open files, a server for 1,000 clients raises it: 600 connections all register."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2 * 1000 + 2 * ROOMY_CLIENTS:
+        pytest.skip(f"the hard limit of open files ({hard}) leaves no room for the test")
+    path = write_experiment(tmp_path, "roomy", max_clients=1000)
+    listener = discovery.BeaconListener(json.loads(path.read_text())["server"]["beacon"]["port"], experiment="roomy")
+    with open(tmp_path / "roomy.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "runcontrol.bus.server", "--experiment", str(path)], cwd=ROOT,
+                                env=env_for_children(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)))
+    ctx = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, ROOMY_CLIENTS + 100)
+    clients = []
+    try:
+        beacon = wait_until(lambda: listener.wait(0.2), 15, 0, what="the server's beacon")
+        clients = [RawClient(beacon.router, ctx) for _ in range(ROOMY_CLIENTS)]
+        for n, client in enumerate(clients):
+            assert client.request({"cmd": "_hello", "name": f"c{n}"}, 15)["ok"] is True
+        assert len(clients[0].request({"cmd": "_list"})["result"]) == ROOMY_CLIENTS
+    finally:
+        listener.close()
+        for client in clients:
+            client.close()
+        ctx.term()
+        assert stop_process(proc) == 0
+
+
 def test_second_server_on_same_ports_is_refused(server, tmp_path):
     (tmp_path / "other").mkdir()
     second = ServerProcess(write_experiment(tmp_path / "other", "other", router=server.router,
@@ -360,6 +403,33 @@ def test_server_refuses_unwritable_pid_file_with_message(tmp_path):
                             cwd=ROOT, env=env_for_children(), capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert f"cannot write the pid file {tmp_path / 'file' / 'server.pid'}" in result.stderr
+
+
+def test_just_after_a_start_messages_wait_for_their_target_in_order_and_the_rest_are_refused_at_the_end(tmp_path):
+    """For clients still registering again after a restart: held until the target is back, in the order they came;
+    what is held for a name nobody takes is refused `no_such_client` when the window ends."""
+    path = write_experiment(tmp_path, "fresh")
+    description = json.loads(path.read_text())
+    description["server"]["beacon"]["interval"] = 1.0   # a settling window of 2 intervals and a second: 3 s
+    path.write_text(json.dumps(description))
+    server = ServerProcess(path).start()
+    alice, bob = RawClient(server.router), RawClient(server.router)
+    try:
+        alice.hello("alice")
+        for n in range(3):
+            alice.send({"to": "bob", "cmd": "note", "n": n})
+            alice.send({"to": "carol", "cmd": "note", "n": n, "id": f"c{n}"})
+        assert alice.request({"cmd": "_status"})["result"]["settling"]
+        bob.send({"cmd": "_hello", "name": "bob", "id": "h"})   # what waited for it comes before its welcome
+        seen = [bob.recv(10) for _ in range(4)]
+        assert [m.get("n") for m in seen if m["cmd"] == "note"] == [0, 1, 2] and seen[-1]["re"] == "h"
+        refused = [alice.recv_until(lambda m: m.get("cmd") == "_error", 15) for _ in range(3)]
+        assert [(e["code"], e["re"]) for e in refused] == [("no_such_client", f"c{n}") for n in range(3)]
+        assert not alice.request({"cmd": "_status"})["result"]["settling"]
+    finally:
+        alice.close()
+        bob.close()
+        server.stop()
 
 
 def test_a_reply_to_a_request_never_sent_is_refused_and_a_real_one_passes(server):

@@ -1,16 +1,23 @@
-"""The pid-file watchdog keeping a real server alive, and the system recovering by itself."""
+"""The pid-file watchdog keeping a real server alive (alone, or with a standby started ahead), and the system
+recovering by itself."""
 
+import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
 
 from runcontrol import pidfile
 from runcontrol import discovery
-from tests.helpers import ROOT, ServerProcess, Watchdog, env_for_children, pump, registered_names, wait_until
+from runcontrol.client.client import Client
+from tests.helpers import (ROOT, RawClient, ServerProcess, Watchdog, env_for_children, free_port, pump,
+                           registered_names, wait_until, write_experiment)
 
 
 @pytest.fixture
@@ -91,6 +98,18 @@ def test_pid_file_naming_another_pid_or_garbage_counts_as_hang(kept, content):
     wait_until(lambda: kept.server_pid() == kept.server.beacon.pid, 10)
 
 
+@pytest.mark.parametrize("keeper", ["kept", "with_standby"])
+def test_the_last_touch_of_a_killed_server_is_not_taken_for_a_hang_of_its_successor(keeper, request):
+    dog = request.getfixturevalue(keeper)
+    first = dog.server_pid()
+    just_now = time.time() + 5   # the killed one touched its pid file as it died (a clock step made it later still)
+    os.utime(dog.pidfile, (just_now, just_now))
+    os.kill(first, signal.SIGKILL)
+    dog.server.beacon = next_beacon(dog.server, dog.server.beacon.instance)
+    wait_until(lambda: dog.server_pid() == dog.server.beacon.pid, 10, what="the successor's pid in the file")
+    assert "is hung" not in dog.output() and "(restart 2 within" not in dog.output()
+
+
 def test_command_that_exits_at_once_backs_off_then_gives_up(experiment_path):
     dog = Watchdog(ServerProcess(experiment_path), command=[sys.executable, "-c", "raise SystemExit(3)"]).start()
     try:
@@ -148,3 +167,144 @@ def test_unusable_pid_file_folder_is_refused(tmp_path):
     result = subprocess.run([sys.executable, "-m", "watchdog", "--pidfile", str(tmp_path / "file" / "p.pid"), "--",
                              "true"], cwd=ROOT, env=env_for_children(), capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "cannot create the lock file" in result.stderr
+
+
+# --- with a standby (--standby) -----------------------------------------------------------------------------------
+
+def standbys_ready(dog):
+    """The pids of the standbys the watchdog said are ready, in order."""
+    return [int(line.split("standby pid ")[1].split()[0]) for line in dog.output().splitlines()
+            if line.endswith(" ready") and "standby pid " in line]
+
+
+def listening_ports(pid):
+    return {c.laddr.port for c in psutil.Process(pid).net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+
+
+@pytest.fixture
+def fixed_ports_path(tmp_path, request):
+    """An experiment whose router and event stream are on fixed ports, as a deployed one's are."""
+    return write_experiment(tmp_path, "standby-" + re.sub(r"[^A-Za-z0-9]+", "-", request.node.name[-24:]).strip("-"),
+                            router=f"tcp://127.0.0.1:{free_port()}", events=f"tcp://127.0.0.1:{free_port()}")
+
+
+@pytest.fixture
+def with_standby(fixed_ports_path):
+    """A watchdog keeping the experiment's server with a standby, once the standby is ready."""
+    server = ServerProcess(fixed_ports_path)
+    dog = Watchdog(server, "--stale-after", "5", "--grace", "2", "--standby")
+    listener = discovery.BeaconListener(server.beacon_port, experiment=server.name)
+    try:
+        dog.start()
+        server.beacon = wait_until(lambda: listener.wait(0.2), 20, what="the first beacon")
+    finally:
+        listener.close()
+    wait_until(lambda: standbys_ready(dog), 20, what="the standby to be ready")
+    yield dog
+    assert dog.stop() == 0
+    assert not dog.pidfile.exists()
+
+
+def test_a_killed_server_is_replaced_by_its_standby_and_a_new_standby_is_prepared(with_standby):
+    dog, server = with_standby, with_standby.server
+    first = dog.server_pid()
+    standby = standbys_ready(dog)[0]
+    assert standby != first and psutil.Process(standby).ppid() == dog.proc.pid
+    assert listening_ports(standby) == set()   # waiting, it holds none of the bus's ports
+    router_port = int(server.router.rsplit(":", 1)[1])
+    assert router_port in listening_ports(first)
+    client = Client("returner", experiment=str(server.path))
+    try:
+        client.connect(10)
+        old_instance = client.instance
+        os.kill(first, signal.SIGKILL)
+        server.beacon = next_beacon(server, server.beacon.instance)
+        assert server.beacon.pid == standby and dog.server_pid() == standby   # the pid file names the one serving
+        assert f"standby pid {standby} takes over" in dog.output()
+        assert router_port in listening_ports(standby)
+        pump([client], lambda: client.registered and client.instance == server.beacon.instance, 15)
+        assert client.instance != old_instance and client.router == server.router
+        assert client.request(None, "_status")["pid"] == standby
+        successor = wait_until(lambda: [p for p in standbys_ready(dog) if p != standby], 20,
+                               what="a new standby")[0]
+        assert successor not in (first, standby) and psutil.Process(successor).ppid() == dog.proc.pid
+        assert listening_ports(successor) == set()
+    finally:
+        client.close()
+    assert "restarting in 0.0 s (restart 1 within" in dog.output()
+
+
+def test_the_standby_serves_the_experiment_as_its_file_is_at_its_turn(with_standby):
+    dog, server = with_standby, with_standby.server
+    server.description["server"]["heartbeat"] = 0.7   # changed after the standby loaded it
+    server.path.write_text(json.dumps(server.description))
+    os.kill(dog.server_pid(), signal.SIGKILL)
+    server.beacon = next_beacon(server, server.beacon.instance)
+    raw = RawClient(server.router)
+    try:
+        raw.hello("looker")
+        assert raw.request({"cmd": "_status"})["result"]["heartbeat"] == 0.7
+    finally:
+        raw.close()
+    assert "changed since the standby loaded it: loading it again" in dog.output()
+
+
+def test_a_killed_standby_is_replaced_and_counts_as_no_restart(with_standby):
+    dog = with_standby
+    serving, standby = dog.server_pid(), standbys_ready(dog)[0]
+    os.kill(standby, signal.SIGKILL)
+    successor = wait_until(lambda: [p for p in standbys_ready(dog) if p != standby], 20, what="a new standby")[0]
+    assert f"standby pid {standby} killed by SIGKILL before its turn" in dog.output()
+    assert dog.server_pid() == serving and "restarting in" not in dog.output()
+    assert not psutil.pid_exists(standby) and psutil.Process(successor).ppid() == dog.proc.pid
+
+
+def test_the_standby_is_stopped_with_its_watchdog(with_standby):
+    dog = with_standby
+    serving, standby = dog.server_pid(), standbys_ready(dog)[0]
+    assert dog.stop() == 0
+    assert not psutil.pid_exists(standby) and not psutil.pid_exists(serving)
+    assert f"stopping standby pid {standby}" in dog.output()
+
+
+def test_a_standby_whose_watchdog_is_killed_ends_by_itself_and_never_serves(fixed_ports_path):
+    dog = Watchdog(ServerProcess(fixed_ports_path), "--standby").start()
+    try:
+        standby = wait_until(lambda: standbys_ready(dog), 20, what="the standby to be ready")[0]
+        serving = dog.server_pid()
+    finally:
+        os.kill(dog.proc.pid, signal.SIGKILL)   # no chance to stop anything
+        dog.proc.wait()
+    server = psutil.Process(serving)
+    try:
+        wait_until(lambda: not psutil.pid_exists(standby), 10, what="the orphaned standby to end")
+        assert server.is_running() and pidfile.read(dog.pidfile) == serving   # the server goes on alone
+    finally:
+        os.killpg(serving, signal.SIGTERM)
+        server.wait(10)
+
+
+def test_the_crash_loop_limit_still_ends_a_server_that_keeps_failing_with_a_standby(fixed_ports_path):
+    server = ServerProcess(fixed_ports_path)
+    taken = socket.socket()
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    taken.bind(("127.0.0.1", int(server.description["server"]["router"].rsplit(":", 1)[1])))
+    taken.listen()   # every server, started or promoted, fails to bind its router
+    dog = Watchdog(server, "--standby").start()
+    try:
+        assert dog.proc.wait(60) == 1
+    finally:
+        dog.stop()
+        taken.close()
+    out = dog.output()
+    assert "takes over" in out and "cannot bind the server's sockets" in out
+    assert "needed 6 restarts within 30 s (at most 5): giving up" in out
+
+
+def test_a_server_told_it_is_a_standby_by_a_garbage_descriptor_says_so_and_serves_nothing(experiment_path):
+    for value, says in (("seven", "ORBIT_STANDBY_FD='seven' is no file descriptor"),
+                        ("1000", "ORBIT_STANDBY_FD=1000 names no socket of a watchdog")):
+        result = subprocess.run([sys.executable, "-m", "runcontrol.bus.server", "--experiment", str(experiment_path)],
+                                cwd=ROOT, env={**env_for_children(), "ORBIT_STANDBY_FD": value}, capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode == 2 and says in result.stderr

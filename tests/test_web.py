@@ -244,6 +244,9 @@ REACH = {
     "notifications": ("?n=2000", 400, "bad_field"),
     "notify_test": ({"route": 7}, 400, "bad_field"),
     "maintenance": ({"minutes": 0, "reason": "cryostat"}, 400, "bad_field"),
+    "record": ("?number=999999", 404, "no_such_run"),
+    "find": ("?limit=0", 400, "bad_field"),
+    "flag": ({"number": 999999, "flag": "maybe"}, 400, "bad_field"),
 }
 
 

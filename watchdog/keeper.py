@@ -6,9 +6,11 @@ by SIGCHLD, never by a polling sleep), or when the pid file it must touch goes
 stale, names another process, or holds garbage (a hang). A child that had come up
 (it wrote its pid file) is restarted at once; a hung one is killed (SIGKILL) and
 replaced; failed starts back off from 100 ms;
-too many restarts within a window end the watchdog with an error. One watchdog per pid file (a lock
-beside it). Reads the pid file only; must not import the internals of what it keeps (the bus, the
-client library, the supervision, the run control).
+too many restarts within a window end the watchdog with an error. With a standby (for a command
+that can wait as one: the server), a copy of the command is started ahead and told to take over
+when the one serving is gone, instead of starting anew; a new standby follows. One watchdog per pid
+file (a lock beside it). Reads the pid file only; must not import the internals of what it keeps
+(the bus, the client library, the supervision, the run control).
 """
 
 import fcntl
@@ -24,6 +26,7 @@ from runcontrol import pidfile, process
 from runcontrol.errors import RunControlError
 from runcontrol.restarts import Backoff, RestartWindow
 from runcontrol.signals import SignalWakeup
+from watchdog.standby import StandbyProcess
 
 log = logging.getLogger("watchdog")
 
@@ -34,6 +37,10 @@ DEFAULT_WINDOW_S = 30.0
 BACKOFF_INITIAL_S = 0.1
 BACKOFF_MAX_S = 3.0
 CHECK_INTERVAL_S = 1.0
+# A standby is started this long after the command (its imports would take the CPU the clients need to register
+# again), and again after each failure of its own, the delay doubling up to STANDBY_MAX_S.
+STANDBY_DELAY_S = 0.5
+STANDBY_MAX_S = 30.0
 
 
 class WatchdogError(RunControlError):
@@ -42,7 +49,7 @@ class WatchdogError(RunControlError):
 
 class Keeper:
     def __init__(self, argv, pidfile_path, stale_after_s=DEFAULT_STALE_AFTER_S, grace_s=DEFAULT_GRACE_S,
-                 max_restarts=DEFAULT_MAX_RESTARTS, window_s=DEFAULT_WINDOW_S):
+                 max_restarts=DEFAULT_MAX_RESTARTS, window_s=DEFAULT_WINDOW_S, standby=False):
         self.argv = list(argv)
         self.pidfile = Path(pidfile_path)
         self.lockfile = self.pidfile.with_name(self.pidfile.name + ".lock")
@@ -53,11 +60,16 @@ class Keeper:
         self.check_interval_s = min(CHECK_INTERVAL_S, stale_after_s / 4)
         self.child = None
         self.last_pid = None
+        self.replaced_pid = None     # the one before the child: its last touch of the pid file may look fresh
         self.started_wall = 0.0
         self.started_mono = 0.0
         self.restarts = RestartWindow(max_restarts, window_s)
         self.backoff = Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S)
         self.restart_at = None
+        self.keeps_standby = standby
+        self.standby = None          # a StandbyProcess
+        self.standby_at = None       # when to start the next one
+        self.standby_backoff = Backoff(STANDBY_DELAY_S, STANDBY_MAX_S)
         self._lock_fd = None
         self._wakeup = None
 
@@ -112,13 +124,16 @@ class Keeper:
                 if self._wakeup.stop_signal is not None:
                     break
                 self._reap()
+                self._reap_standby()
                 if self.child is None and self.restart_at is not None and time.monotonic() >= self.restart_at:
                     self._start()
                 if self.child is not None:
                     self._check_health()
+                self._prepare_standby()
             log.info("stopping on %s", signal.Signals(self._wakeup.stop_signal).name)
             return 0
         finally:
+            self._stop_standby()
             self._stop_child("the watchdog is stopping")
             if self.last_pid is not None:
                 pidfile.remove(self.pidfile, self.last_pid)
@@ -129,21 +144,85 @@ class Keeper:
         deadline = now + self.check_interval_s
         if self.child is None and self.restart_at is not None:
             deadline = min(deadline, self.restart_at)
+        if self.standby_at is not None:
+            deadline = min(deadline, self.standby_at)
         if self.child is not None and self.child.poll() is not None:
             return  # exited between checks: no need to sleep
-        select.select([self._wakeup], [], [], max(0.0, deadline - now))
+        heard = [self._wakeup]
+        if self.standby is not None and not self.standby.heard_all:
+            heard.append(self.standby)
+        readable, _, _ = select.select(heard, [], [], max(0.0, deadline - now))
         self._wakeup.drain()
+        if self.standby is not None and self.standby in readable and self.standby.read():
+            log.info("standby pid %d ready", self.standby.pid)
+            self.standby_backoff.reset()
 
     def _start(self):
+        """The command serving again: the standby told to take over, or else started anew."""
         self.restart_at = None
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
+        self.child = self._promote_standby() or self._spawn()
+        self.replaced_pid, self.last_pid = self.last_pid, self.child.pid
+        if self.keeps_standby and self.standby is None and self.standby_at is None:
+            self.standby_at = self.started_mono + STANDBY_DELAY_S
+
+    def _spawn(self):
         try:
-            self.child = subprocess.Popen(self.argv, start_new_session=True)
+            child = subprocess.Popen(self.argv, start_new_session=True)
         except OSError as exc:
             raise WatchdogError(f"cannot start {self.argv[0]!r}: {exc.strerror}") from None
-        self.last_pid = self.child.pid
-        log.info("started pid %d: %s", self.child.pid, " ".join(self.argv))
+        log.info("started pid %d: %s", child.pid, " ".join(self.argv))
+        return child
+
+    # --- the standby ---------------------------------------------------------------------------
+
+    def _promote_standby(self):
+        """The standby's Popen, told to take over (the one it replaces has been reaped); None without one."""
+        standby, self.standby = self.standby, None
+        if standby is None:
+            return None
+        child = standby.promote()
+        if child is None:
+            log.warning("standby pid %d %s: starting the command anew", standby.pid,
+                        process.describe_returncode(standby.stop(self.grace_s)))
+            return None
+        log.info("standby pid %d takes over%s", child.pid, "" if standby.ready else " (still preparing)")
+        return child
+
+    def _prepare_standby(self):
+        if self.standby_at is None or time.monotonic() < self.standby_at:
+            return
+        self.standby_at = None
+        try:
+            self.standby = StandbyProcess(self.argv)
+        except OSError as exc:
+            delay = self.standby_backoff.next_delay(good=False, came_up=False)
+            log.warning("cannot start a standby: %s; trying again in %.1f s", exc.strerror, delay)
+            self.standby_at = time.monotonic() + delay
+            return
+        log.info("standby pid %d started", self.standby.pid)
+
+    def _reap_standby(self):
+        """A standby that ended before its turn is replaced (later each time it keeps ending); not a restart."""
+        standby = self.standby
+        if standby is None or standby.proc.poll() is None:
+            return
+        self.standby = None
+        standby.stop(self.grace_s)
+        delay = self.standby_backoff.next_delay(good=False, came_up=False)
+        log.warning("standby pid %d %s before its turn: another in %.1f s", standby.pid,
+                    process.describe_returncode(standby.proc.returncode), delay)
+        self.standby_at = time.monotonic() + delay
+
+    def _stop_standby(self):
+        self.standby_at = None
+        if self.standby is not None:
+            log.info("stopping standby pid %d", self.standby.pid)
+            self.standby.stop(self.grace_s)
+            self.standby = None
+
+    # --- the command serving ----------------------------------------------------------------------
 
     def _reap(self):
         if self.child is None or self.child.poll() is None:
@@ -195,9 +274,11 @@ class Keeper:
             pid = pidfile.read(self.pidfile)
             if pid is None:
                 return f"pid file {self.pidfile} holds garbage"
-            if pid != self.child.pid:
+            if pid == self.child.pid:
+                last_sign = mtime
+            # Naming the predecessor, it is the file that one touched just before it died: not written anew yet.
+            elif pid != self.replaced_pid:
                 return f"pid file {self.pidfile} names pid {pid}, not the server's {self.child.pid}"
-            last_sign = mtime
         silent_s = time.time() - last_sign
         if silent_s > self.stale_after_s:
             what = "touched" if last_sign != self.started_wall else "written since the start"

@@ -87,7 +87,8 @@ async def run(args, host, port, users, tls):
         loop.add_signal_handler(signum, stop.set)
     with Client(args.name, experiment=args.experiment, meta={"role": "web", "listen": f"{host}:{port}"}) as client:
         feed = Feed(client)
-        runner = web_runner(feed, client, users, tls is not None or not is_loopback_host(host))
+        data = experiments.load(args.experiment).paths.data if args.experiment else None
+        runner = web_runner(feed, client, users, tls is not None or not is_loopback_host(host), data)
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port, ssl_context=tls).start()
@@ -104,8 +105,8 @@ async def run(args, host, port, users, tls):
             await runner.cleanup()
 
 
-def web_runner(feed, client, users, secure_cookies):
-    return web.AppRunner(make_app(feed, client, users, secure_cookies), access_log=None)
+def web_runner(feed, client, users, secure_cookies, data=None):
+    return web.AppRunner(make_app(feed, client, users, secure_cookies, data), access_log=None)
 
 
 def main(argv=None):

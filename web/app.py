@@ -23,20 +23,41 @@
   POST /api/alarms/NAME/ack
   GET  /api/config            every program's settings (values, schema, live ones)
   POST /api/programs/NAME/config {"values": {...}}    change settings (validated, delivered, logged with who)
+  GET  /api/catalog?q=CONDITIONS&limit=50&offset=0    runs of the run catalog (`find`; q: `flag=good
+                              bias.volts=60 temperature.max<140`, quoted words as a shell takes them)
+  GET  /api/catalog.csv?q=, /api/catalog.json?q=      the same query as a download, every page up to EXPORT_MAX runs
+  GET  /api/catalog/N/files/I the I-th file of run N's record (`record`), when it is under the experiment's
+                              paths.data; a run's record is GET /api/run/record?number=N, its flag POST /api/run/flag
+  GET  /api/logbook?limit=20&offset=0&run=N           the logbook's entries, newest first (of run N alone)
+  GET  /api/logbook/search?text=WORDS&limit=&offset=  full-text search of the logbook
+  GET  /api/logbook/entries/ID?version=V              an entry with its older versions
+  GET  /api/logbook/attachments/SHA256                an attachment's bytes (pictures inline, anything else a download)
+  POST /api/logbook/notes     multipart/form-data: text, runs ("12, 13"), attachments (files): a note, `by` the
+                              operator; the body may be as large as the bus carries to the logbook (NOTE_BODY_*)
+  POST /api/logbook/entries/ID  multipart/form-data: text, attachments: a new version of a note
   GET  /metrics               OpenMetrics (or Prometheus text, as the scraper asks)
 
 Errors are JSON `{"error", "code"}` with a 4xx status (a 5xx only when the bus
-does not answer). Actions need a logged-in operator and a JSON body; each is
+does not answer). Actions need a logged-in operator and a JSON body (a note: a
+form, from this page's origin); each is
 logged, and announced as an `operator_action` event, with who did it. The run
 controller's commands are reached from its table: one added there is served
-here; the sequencer's (clients/sequencer.py) from SEQUENCER_COMMANDS below.
-Must not block the event loop.
+here; the sequencer's (clients/sequencer.py) from SEQUENCER_COMMANDS below; the
+logbook's (clients/logbook.py) by the routes above, its limits and refusals its
+own. Files are served only as a run's record names them or as the logbook
+holds them, never from a path the browser gives. Must not block the event loop.
 """
 
 import asyncio
+import base64
+import csv
+import io
 import json
 import logging
 import math
+import re
+import shlex
+import urllib.parse
 from pathlib import Path
 
 from aiohttp import web
@@ -44,6 +65,7 @@ from prometheus_client.exposition import choose_encoder
 
 from runcontrol.control import commands
 from runcontrol.control.commands.base import payload
+from runcontrol.control.operator import LOGBOOK
 from web import auth
 from web.feed import SEQUENCER, BusError
 from web.metrics import registry_for
@@ -54,7 +76,24 @@ STATIC = Path(__file__).with_name("static").resolve()
 BODY_MAX = 64 * 1024
 RUN = "run"
 TEXT_MAX = 500
-LIMITS = {"n": (1, 1000, 50), "log": (0, 1000, 100), "points": (1, 10000, 500)}
+LIMITS = {"n": (1, 1000, 50), "log": (0, 1000, 100), "points": (1, 10000, 500), "limit": (1, 100, 20),
+          "offset": (0, 10 ** 9, 0), "run": (0, 10 ** 12, None), "version": (1, 10 ** 9, None)}
+CATALOG_LIMITS = {"limit": (1, 1000, 50), "offset": (0, 10 ** 9, 0)}
+QUERY_MAX = 2000          # characters of a catalog query
+EXPORT_MAX = 10000        # runs in one export of a query
+EXPORT_PAGE = 100         # runs asked of find at once: a page with every setting of every program fits a message
+LOGBOOK_WAIT_S = 15.0     # a note is on disk before the logbook answers
+LOGBOOK_READ_S = 10.0
+# A note travels to the logbook in one bus message, its attachments in base64: the body of an upload may be as
+# large as that message carries (the server's max_message_bytes, less room for the envelope and the text's escapes).
+NOTE_BODY_HEADROOM = 64 * 1024
+NOTE_BODY_DEFAULT = 1024 * 1024   # the server's default message limit, until a snapshot tells the server's own
+CHUNK = 64 * 1024
+SHA256 = re.compile(r"[0-9a-f]{64}")
+INLINE_TYPES = {"image/png", "image/jpeg", "image/gif", "text/plain"}   # an attachment shown in the page
+# A file served from a run or the logbook is data, never a page of this origin: no script, no sniffing.
+FILE_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox",
+                "Cache-Control": "no-store"}
 KEEPALIVE_S = 15.0
 # The sequencer's commands served here, each with whether it acts (POST, operators only) or only reads (GET).
 SEQUENCER_COMMANDS = {"status": False, "sequences": False, "log": False, "queue": True, "start": True, "pause": True,
@@ -70,9 +109,10 @@ class Problem(Exception):
         self.status, self.code = status, code
 
 
-def make_app(feed, client, users, secure_cookies):
+def make_app(feed, client, users, secure_cookies, data=None):
+    """`data`: the experiment's paths.data, where a run's files must be to be served (None: none is served)."""
     app = web.Application(client_max_size=BODY_MAX, middlewares=[errors_as_json])
-    app["feed"], app["client"], app["users"] = feed, client, users
+    app["feed"], app["client"], app["users"], app["data"] = feed, client, users, data
     app["sessions"], app["secure_cookies"] = auth.Sessions(), secure_cookies
     app["metrics"], app["metrics_made"] = registry_for(feed), {}
     app.add_routes([
@@ -83,6 +123,11 @@ def make_app(feed, client, users, secure_cookies):
         web.get("/api/sequencer/{cmd}", sequencer_read), web.post("/api/sequencer/{cmd}", sequencer_act),
         web.post("/api/programs/{name}/restart", restart), web.post("/api/alarms/{name}/ack", ack),
         web.get("/api/config", config), web.post("/api/programs/{name}/config", set_config),
+        web.get("/api/catalog", catalog), web.get("/api/catalog.{kind:csv|json}", catalog_export),
+        web.get("/api/catalog/{run}/files/{index}", run_file), web.get("/api/logbook", logbook_entries),
+        web.get("/api/logbook/search", logbook_search), web.get("/api/logbook/entries/{entry}", logbook_entry),
+        web.get("/api/logbook/attachments/{sha256}", logbook_attachment), web.post("/api/logbook/notes", note),
+        web.post("/api/logbook/entries/{entry}", edit_note),
         web.get("/metrics", metrics), web.get("/static/{path:.+}", static_file)])
     return app
 
@@ -226,12 +271,12 @@ def given(request, key):
     return request.query.get(key) or None
 
 
-def whole(request, key):
-    low, high, default = LIMITS[key]
+def whole(request, key, limits=LIMITS):
+    low, high, default = limits[key]
     text = given(request, key)
     if text is None:
         return default
-    if not (text.isdecimal() and len(text) <= 6) or not low <= int(text) <= high:
+    if not (text.isdecimal() and len(text) <= len(str(high))) or not low <= int(text) <= high:
         raise Problem(f"'{key}' must be a whole number from {low} to {high}, not {text[:20]!r}")
     return int(text)
 
@@ -338,10 +383,14 @@ async def operator(request):
     if not request.app["users"].exists():
         raise Problem("this page is read-only: no operator file (python -m web.users add NAME)", 403, "read_only")
     body = await json_body(request)
+    return logged_in(request), body
+
+
+def logged_in(request):
     who = user_of(request)
     if who is None:
         raise Problem("log in first: actions need an operator", 401, "not_logged_in")
-    return who, body
+    return who
 
 
 async def order(request, who, name, fields):
@@ -405,3 +454,241 @@ async def ack(request):
 async def set_config(request):
     who, body = await operator(request)
     return await order(request, who, "set_config", {"program": request.match_info["name"], "values": body.get("values")})
+
+
+# --- the run catalog ---------------------------------------------------------------------------------
+
+
+def conditions(request):
+    """The catalog query `q` as find's `where`: its words as a shell splits them (`comment~"first light"`)."""
+    text = request.query.get("q", "")
+    if len(text) > QUERY_MAX:
+        raise Problem(f"'q' is {len(text)} characters: a query holds at most {QUERY_MAX}")
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise Problem(f"'q': {exc} (a quote is not closed): {text[:200]!r}") from None
+
+
+async def catalog(request):
+    """A page of the runs the query finds, newest first: find's answer, with the conditions as it took them."""
+    where = conditions(request)
+    fields = {"where": where, "limit": whole(request, "limit", CATALOG_LIMITS),
+              "offset": whole(request, "offset", CATALOG_LIMITS)}
+    return web.json_response({**await ask_run(request, "find", fields), "where": where})
+
+
+async def catalog_export(request):
+    """The query's runs as a file to download, CSV (a column per key, as `send.py --csv run find`) or JSON: every
+    page of them, the newest EXPORT_MAX at most (`X-Orbit-Total` says how many the query finds)."""
+    where, kind = conditions(request), request.match_info["kind"]
+    rows, total = await every_page(request, where)
+    # thousands of rows: made off the event loop
+    body = await asyncio.get_running_loop().run_in_executor(None, export_body, kind, where, rows, total)
+    return web.Response(body=body, headers={
+        "Content-Type": "text/csv; charset=utf-8" if kind == "csv" else "application/json",
+        "X-Orbit-Total": str(total), "Content-Disposition": f'attachment; filename="runs.{kind}"'})
+
+
+def export_body(kind, where, rows, total):
+    if kind == "csv":
+        return runs_csv(rows).encode("utf-8")
+    return json.dumps({"where": where, "total": total, "runs": rows}).encode()
+
+
+async def every_page(request, where):
+    """(rows, total) of find for `where`, asked a page at a time (an answer must fit one bus message), the pages
+    after the first held to the runs it saw (a run ending meanwhile shifts nothing)."""
+    found = await ask_run(request, "find", {"where": where, "limit": EXPORT_PAGE, "offset": 0})
+    rows, total = found["runs"], found["total"]
+    if rows:
+        held = [*where, f"run<={rows[0]['run']}"]
+        while len(rows) < min(total, EXPORT_MAX) and len(rows) % EXPORT_PAGE == 0:
+            page = await ask_run(request, "find", {"where": held, "limit": EXPORT_PAGE, "offset": len(rows)})
+            if not page["runs"]:
+                break
+            rows += page["runs"]
+    return rows[:EXPORT_MAX], total
+
+
+def runs_csv(rows):
+    """Rows of find as CSV: a column per key any row has, objects and lists in JSON."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    columns = list(dict.fromkeys(["run", *(key for row in rows for key in row)])) if rows else []
+    writer.writerow(columns)
+    writer.writerows([json.dumps(v) if isinstance(v, (dict, list)) else v for v in (row.get(c) for c in columns)]
+                     for row in rows)
+    return out.getvalue()
+
+
+def data_folder(app):
+    """The experiment's paths.data, resolved; Problem when the web program does not know its experiment."""
+    if app["data"] is None:
+        raise Problem("the web program does not know its experiment's data folder (it was started without "
+                      "--experiment or $ORBIT_EXPERIMENT): no run's file is served", 404, "not_found")
+    return Path(app["data"]).resolve()
+
+
+def path_number(request, key):
+    text = request.match_info[key]
+    if not (text.isdecimal() and len(text) <= 12):
+        raise Problem(f"{key} {text[:20]!r} is not a whole number", 404, "not_found")
+    return int(text)
+
+
+async def run_file(request):
+    """A file of a run, as its record in the catalog names it (by its place in `files`): only one under the
+    experiment's data folder, sent as a download."""
+    run, index = path_number(request, "run"), path_number(request, "index")
+    files = (await ask_run(request, "record", {"number": run})).get("files") or []
+    if index >= len(files) or not isinstance(files[index], dict) or not isinstance(files[index].get("path"), str):
+        raise Problem(f"run {run}'s record names {len(files)} file(s): there is no file {index}", 404, "not_found")
+    named = files[index]["path"]
+    data = data_folder(request.app)
+    path = (data / named).resolve()
+    if not path.is_relative_to(data):
+        log.warning("run %s's record names %s, outside the data folder %s: not served", run, named, data)
+        raise Problem(f"run {run}'s file {named} is not under the experiment's data folder: not served", 404,
+                      "not_found")
+    if not path.is_file():
+        raise Problem(f"run {run}'s file {named} is no longer there", 404, "not_found")
+    return web.FileResponse(path, headers={**FILE_HEADERS, "Content-Type": "application/octet-stream",
+                                           "Content-Disposition": disposition("attachment", path.name)})
+
+
+def disposition(how, name):
+    return f"{how}; filename*=UTF-8''{urllib.parse.quote(name, safe='')}"
+
+
+# --- the logbook ------------------------------------------------------------------------------------
+
+
+async def ask_logbook(request, cmd, fields, timeout=LOGBOOK_READ_S):
+    """The result of the logbook's command `cmd`."""
+    return await request.app["feed"].request({**fields, "to": LOGBOOK, "cmd": cmd}, timeout)
+
+
+async def logbook_entries(request):
+    fields = {"limit": whole(request, "limit"), "offset": whole(request, "offset")}
+    run = whole(request, "run")
+    if run is not None:
+        fields["run"] = run
+    return web.json_response(await ask_logbook(request, "entries", fields))
+
+
+async def logbook_search(request):
+    text = request.query.get("text", "")
+    if not text.strip() or len(text) > QUERY_MAX:
+        raise Problem(f"search needs 'text': words, \"a phrase\", pre*, OR, NOT (at most {QUERY_MAX} characters)")
+    fields = {"text": text, "limit": whole(request, "limit"), "offset": whole(request, "offset")}
+    return web.json_response(await ask_logbook(request, "search", fields))
+
+
+async def logbook_entry(request):
+    fields = {"entry": path_number(request, "entry")}
+    version = whole(request, "version")
+    if version is not None:
+        fields["version"] = version
+    return web.json_response(await ask_logbook(request, "entry", fields))
+
+
+async def logbook_attachment(request):
+    """An attachment as the logbook holds it: a picture or plain text shown in the page, anything else a download."""
+    digest = request.match_info["sha256"]
+    if not SHA256.fullmatch(digest):
+        raise Problem("an attachment is named by its sha256: 64 lowercase hexadecimal digits", 404, "not_found")
+    held = await ask_logbook(request, "attachment", {"sha256": digest})
+    kind = held.get("type") or "application/octet-stream"
+    inline = kind in INLINE_TYPES
+    headers = {**FILE_HEADERS, "Content-Type": (kind + "; charset=utf-8" if kind == "text/plain" else kind) if inline
+               else "application/octet-stream",
+               "Content-Disposition": disposition("inline" if inline else "attachment", held.get("name") or digest)}
+    return web.Response(body=base64.b64decode(held["base64"]), headers=headers)
+
+
+async def note(request):
+    """A note from an operator's form: its text, the runs it is on, its attachments, handed to the logbook."""
+    who = uploader(request)
+    form = await note_form(request)
+    fields = {"text": form["text"], "by": who, "attachments": form["attachments"]}
+    if form["runs"]:
+        fields["runs"] = form["runs"]
+    asking = ask_logbook(request, "note", fields, LOGBOOK_WAIT_S)
+    return await announced(request, who, "note", LOGBOOK, asking)
+
+
+async def edit_note(request):
+    """A new version of a note, from an operator's form (its text, and attachments added to those it had)."""
+    who = uploader(request)
+    entry = path_number(request, "entry")
+    form = await note_form(request)
+    fields = {"entry": entry, "text": form["text"], "by": who, "attachments": form["attachments"]}
+    return await announced(request, who, "edit", LOGBOOK, ask_logbook(request, "edit", fields, LOGBOOK_WAIT_S))
+
+
+def uploader(request):
+    """The logged-in operator sending a form. A form is what another site's page may post as well: its Origin
+    must be this page's."""
+    if not request.app["users"].exists():
+        raise Problem("this page is read-only: no operator file (python -m web.users add NAME)", 403, "read_only")
+    origin = request.headers.get("Origin")
+    if origin is not None and urllib.parse.urlsplit(origin).netloc != request.host:
+        raise Problem(f"a form from {origin[:100]} is not this page's", 403, "foreign_origin")
+    return logged_in(request)
+
+
+def note_body_max(request):
+    server = (request.app["feed"].snapshot or {}).get("server") or {}
+    message_max = server.get("max_message_bytes") or NOTE_BODY_DEFAULT
+    return max(BODY_MAX, (message_max - NOTE_BODY_HEADROOM) * 3 // 4)
+
+
+async def note_form(request):
+    """{text, runs, attachments: [{name, base64}]} of a multipart/form-data body, read a chunk at a time: 413 past
+    what one message to the logbook carries. The logbook checks the rest (its own limits, in its refusals)."""
+    if request.content_type != "multipart/form-data":
+        raise Problem("send a note as multipart/form-data (text, runs, attachments)", 415, "not_multipart")
+    most = note_body_max(request)
+    too_big = Problem(f"the note with its attachments is over {most:,} bytes, the most one message to the logbook "
+                      "carries: attach fewer or smaller files", 413, "request_entity_too_large")
+    if request.content_length is not None and request.content_length > most:
+        raise too_big
+    form, read = {"text": None, "runs": "", "attachments": []}, 0
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            data = bytearray()
+            while chunk := await part.read_chunk(CHUNK):
+                read += len(chunk)
+                if read > most:
+                    raise too_big
+                data.extend(chunk)
+            take_part(form, part, bytes(data))
+    except (ValueError, AssertionError, KeyError) as exc:
+        raise Problem(f"the form is not multipart/form-data as a browser sends it: {exc}", 400, "bad_form") from None
+    if form["text"] is None:
+        raise Problem("a note needs 'text'")
+    return {**form, "runs": run_numbers(form["runs"])}
+
+
+def take_part(form, part, data):
+    name = part.name
+    if name == "attachments":
+        if part.filename or data:   # a file input left empty sends an empty part without a name
+            form["attachments"].append({"name": part.filename or "attachment",
+                                        "base64": base64.b64encode(data).decode("ascii")})
+    elif name in ("text", "runs"):
+        try:   # a browser's form sends every line break as CRLF
+            form[name] = data.decode("utf-8").replace("\r\n", "\n")
+        except UnicodeDecodeError:
+            raise Problem(f"'{name}' is not UTF-8 text") from None
+
+
+def run_numbers(text):
+    """The runs of a note's `runs` field: whole numbers apart by commas or spaces."""
+    words = [w for w in re.split(r"[\s,]+", text) if w]
+    for word in words:
+        if not (word.isdecimal() and len(word) <= 12):
+            raise Problem(f"'runs': {word[:20]!r} is not a run number; write them apart by commas: 12, 13")
+    return sorted({int(w) for w in words})

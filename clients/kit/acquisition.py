@@ -10,21 +10,31 @@ most `tries` times in a row before it gives up (`GaveUp`: its receiver exits
 non-zero and the supervisor's restart policy takes over). `feed(data)` takes
 the packets: only in RUN; invalid data is logged, kept in a side file for
 trouble shooting (`bad.bin` in the run's folder), counted, and the next frame
-taken. Files go into `<data>/<program>/run_NNNNNN/`, `per_file` items each, and
-every file is closed and complete when the run ends, on `stop`, SIGTERM or
-Ctrl-C; the run's counters (files, acquisitions, bytes, resyncs, reconnects,
-and the reader's own from `more_counters`) are written beside them (`run.json`)
-and returned by `end()`. A reader restarted into a run it took part in goes on
+taken. `feed_batch(batch)` takes a receiver's batch of packets the same way,
+through `parse_batch(batch)` -> (items, [(packet, why) of the invalid ones]); a
+reader gives the one of `parse` and `parse_batch` it feeds. Items are written
+off the event loop (`clients.kit.spool`: a thread behind a queue of
+`write_queue` items; a full queue holds the loop until there is room, counted as
+`writer_waits`; an item that could not be written is logged and counted,
+`unwritten`). Files go into `<data>/<program>/run_NNNNNN/`, `per_file` items
+each, and every file is closed and complete when the run ends, on `stop`,
+SIGTERM or Ctrl-C, every queued item written first; the run's counters (files,
+acquisitions, bytes, resyncs, reconnects, writer_waits, unwritten, and the
+reader's own from `more_counters`) and each file closed (`files_written`: path,
+size, SHA-256 read back, items) are written beside them (`run.json`) and
+returned by `end()`. A reader restarted into a run it took part in goes on
 from that record, and counts the items of the files the record does not cover
 (open at a crash) from the files themselves (`Writer.count`). Knows nothing of
 any device's or file's format.
 """
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
 
+from clients.kit.spool import SIZE as SPOOL_SIZE, Spool
 from runcontrol.restarts import Backoff
 
 log = logging.getLogger("clients.kit")
@@ -85,21 +95,33 @@ class Writer:
 
 
 class RunCounters:
-    FIELDS = ("files", "acquisitions", "bytes", "resyncs", "reconnects", "ignored")
+    FIELDS = ("files", "acquisitions", "bytes", "resyncs", "reconnects", "ignored", "writer_waits", "unwritten")
 
     def __init__(self, run):
         self.run = run
         for field in self.FIELDS:
             setattr(self, field, 0)
+        self.written = []   # each closed file: {"path", "size", "sha256", "images"}
 
     def record(self):
-        return {"run": self.run, **{field: getattr(self, field) for field in self.FIELDS}}
+        return {"run": self.run, **{field: getattr(self, field) for field in self.FIELDS},
+                "files_written": list(self.written)}   # a copy: the writer's thread appends to it
+
+
+def describe_file(path, images):
+    """A closed file for the run's record: where, how big, its SHA-256 (read back from the disk), how many items."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as data:
+        while chunk := data.read(1 << 20):
+            digest.update(chunk)
+    return {"path": str(path), "size": path.stat().st_size, "sha256": digest.hexdigest(), "images": images}
 
 
 class Acquisition:
     def __init__(self, source, writer, parse, data_folder, per_file=10, tries=TRIES, silence_s=2.0,
-                 backoff=BACKOFF, more_counters=dict):
-        self.source, self.writer, self.parse = source, writer, parse
+                 backoff=BACKOFF, more_counters=dict, parse_batch=None, write_queue=SPOOL_SIZE):
+        self.source, self.writer, self.parse, self.parse_batch = source, writer, parse, parse_batch
+        self.spool = Spool(self._store, write_queue)   # the files are written in its thread
         self.more_counters = more_counters   # the reader's own counters of the run, for its record
         self.data_folder = data_folder
         self.per_file, self.tries, self.silence_s = per_file, tries, silence_s
@@ -124,6 +146,7 @@ class Acquisition:
         """Take data for `run`; a reader that joins a run it took part in before (it was restarted) goes on
         counting from that run's record and after its files. Returns that record ({} for a new run): the reader's
         own counters go on from it."""
+        self.spool.drain()   # what is still being written belongs to the files of the run before
         self.run = RunCounters(run)
         self.settings = dict(settings)
         self.folder = self.data_folder / f"run_{run:06d}"
@@ -143,6 +166,8 @@ class Acquisition:
         for field in RunCounters.FIELDS:
             if isinstance(before.get(field), int):
                 setattr(self.run, field, before[field])
+        if isinstance(before.get("files_written"), list):
+            self.run.written = [f for f in before["files_written"] if isinstance(f, dict)]
         self._count_unrecorded()
         return before
 
@@ -160,6 +185,7 @@ class Acquisition:
             items = sum(items for items, _ in held)
             self.run.acquisitions += items
             self.run.bytes += sum(size for _, size in held)
+            self.run.written += [describe_file(path, images) for path, (images, _) in zip(unrecorded, held)]
             log.info("run %d: %d acquisitions in %d files after its record", self.run.run, items, len(unrecorded))
         self.run.files = max([self.run.files, *numbered])
 
@@ -173,6 +199,7 @@ class Acquisition:
             return None
         self.in_run.clear()
         self.changed.set()
+        self.spool.drain()
         self._close_file()
         record = self._write_record()
         self.run = None
@@ -187,16 +214,45 @@ class Acquisition:
         try:
             items = self.parse(data)
         except BadData as exc:
-            self.run.resyncs += 1
-            log.warning("invalid data (%d bytes): %s; taking the next frame", len(data), exc)
-            self._keep_bad(data)
+            self._invalid(data, exc)
             return
         if self.linked:
             self.failures = 0  # data flows over a link that holds: it is good again (not data from before it fell)
         for item in items:
             self.save(item)
 
+    def feed_batch(self, batch):
+        """The packets of a receiver's batch, as `feed` takes each."""
+        if self.run is None:
+            return
+        self.last_data = time.monotonic()
+        items, invalid = self.parse_batch(batch)
+        for data, why in invalid:
+            self._invalid(data, why)
+        if self.linked and len(invalid) < len(batch):
+            self.failures = 0
+        for item in items:
+            self.save(item)
+
+    def _invalid(self, data, why):
+        self.run.resyncs += 1
+        log.warning("invalid data (%d bytes): %s; taking the next frame", len(data), why)
+        self._keep_bad(data)
+
     def save(self, item):
+        """Queue `item` for the writer's thread (waiting for room, counted, when its queue is full)."""
+        if self.spool.put(item):
+            self.run.writer_waits += 1
+
+    def _store(self, item):
+        """Write `item` into the open file (opened if need be), in the writer's thread."""
+        try:
+            self._write(item)
+        except Exception:  # the thread goes on with the next item: this one is counted, with why in the log
+            self.run.unwritten += 1
+            log.exception("run %d: an acquisition could not be written to %s", self.run.run, self.path)
+
+    def _write(self, item):
         if not self.file_open:
             self.run.files += 1
             self.path = self.folder / f"file_{self.run.files:04d}{self.writer.suffix}"
@@ -212,6 +268,7 @@ class Acquisition:
         if self.file_open:
             self.writer.close()
             self.file_open = False
+            self.run.written.append(describe_file(self.path, self.in_file))
             log.info("wrote %s: %d acquisitions", self.path, self.in_file)
             self._write_record()
 
@@ -228,7 +285,7 @@ class Acquisition:
             return
         self.bad_kept += len(data)
         with open(self.folder / "bad.bin", "ab") as side:
-            side.write(len(data).to_bytes(4, "little") + data)
+            side.write(len(data).to_bytes(4, "little") + bytes(data))
 
     # --- the link -----------------------------------------------------------------------------------
 

@@ -3,12 +3,17 @@
 Subclass `Receiver`, write `async def handle_packet(self, data, source)`, add
 listeners, and `run()`. Each packet goes into one bounded queue (a full queue
 drops and counts it: memory never grows without limit) and from there to
-`handle_packet`, one at a time. `publish_data(...)` sends what was processed on
+`handle_packet`, one at a time. A UDP listener opened with `batches=True` takes
+instead every datagram its socket holds at each wake-up into a buffer
+allocated once (`clients.kit.datagrams.Batch`) and hands them to
+`handle_batch(batch)` in one call, without a queue: the socket's kernel buffer
+is the queue, and what it had no room for is counted (`kernel_dropped`, for
+every UDP listener). `publish_data(...)` sends what was processed on
 the receiver's ZeroMQ PUB outputs, in the three modes: `local` (bind on
 loopback), `outbound` (bind on an interface: the experiment's exposure rules and
 CURVE keys apply), `remote` (connect to a subscriber elsewhere); a subscriber
 too slow to keep up loses messages (counted), never stalls the receiver. Once a
-second the rates (packets, bytes, drops, queue depth) are published as
+second the rates (packets, bytes, drops, kernel drops, queue depth) are published as
 `pub.<name>.rates` (retained). Commands are `cmd_*` methods and run hooks work
 as for any client; the client is served by the asyncio driver. uvloop is used
 where installed.
@@ -23,6 +28,7 @@ import time
 
 import zmq
 
+from clients.kit.datagrams import MAX_DATAGRAM, Batch, enlarge_receive_buffer, kernel_drops
 from runcontrol.client.aio import serve
 from runcontrol.client.client import Client
 from runcontrol.client.link import apply_curve
@@ -35,14 +41,12 @@ QUEUE_SIZE = 10000
 PUB_HWM = 1000
 RATES_EVERY_S = 1.0
 TCP_READ = 65536
-UDP_BUFFER = 16 << 20
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
 class Counters:
     """What a receiver counts; `rates()` turns the last second's growth into rates."""
 
-    FIELDS = ("packets", "bytes", "dropped", "processed", "errors", "published", "unpublished")
+    FIELDS = ("packets", "bytes", "dropped", "kernel_dropped", "processed", "errors", "published", "unpublished")
 
     def __init__(self):
         for field in self.FIELDS:
@@ -59,7 +63,8 @@ class Counters:
         span = max(now - then, 1e-6)
         return {**current, "queue": depth, "packets_per_s": round((current["packets"] - before["packets"]) / span, 1),
                 "bytes_per_s": round((current["bytes"] - before["bytes"]) / span, 1),
-                "dropped_per_s": round((current["dropped"] - before["dropped"]) / span, 1)}
+                "dropped_per_s": round((current["dropped"] - before["dropped"]) / span, 1),
+                "kernel_dropped_per_s": round((current["kernel_dropped"] - before["kernel_dropped"]) / span, 1)}
 
 
 class Receiver(Client):
@@ -74,6 +79,7 @@ class Receiver(Client):
         self._arrived = None                 # an asyncio.Event: the worker waits on it when the queue is empty
         self._listeners = []          # coroutine functions that open a listener in the loop
         self._closers = []
+        self._udp = []                # the UDP listeners' sockets, for what the kernel dropped
         self.outputs = []
 
     # --- what a subclass writes ----------------------------------------------------------------
@@ -86,20 +92,34 @@ class Receiver(Client):
         """One packet (bytes) from `source` (an address, or the listener's name)."""
         raise NotImplementedError
 
+    def handle_batch(self, batch):
+        """The datagrams a UDP listener opened with `batches=True` read at one wake-up (a
+        `clients.kit.datagrams.Batch`, whose buffer is reused at the next: copy what must outlive the call). Runs in
+        the event loop and must not wait; what takes long goes to a thread (as `Acquisition` writes its files)."""
+        raise NotImplementedError
+
     async def main(self):
         """What runs beside the listeners until the receiver stops (the acquisition loop, say); by default nothing."""
         await self.stopping.wait()
 
     # --- listeners -------------------------------------------------------------------------------
 
-    def listen_udp(self, host, port):
-        """Take datagrams on host:port; each is a packet."""
+    def listen_udp(self, host, port, batches=False, max_size=MAX_DATAGRAM):
+        """Take datagrams on host:port; each is a packet, for `handle_packet`, or with `batches` all those that
+        came since the last look, for `handle_batch` (a datagram longer than `max_size` is cut there, its
+        length kept)."""
         async def start():
+            loop = asyncio.get_running_loop()
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.bind((host, port))
             enlarge_receive_buffer(sock)
-            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-                lambda: _Datagrams(self), sock=sock)
+            self._udp.append(sock)
+            if batches:
+                sock.setblocking(False)
+                loop.add_reader(sock.fileno(), self._drain, sock, Batch(max_size))
+                self._closers.append(lambda: (loop.remove_reader(sock.fileno()), sock.close()))
+                return sock.getsockname()
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), sock=sock)
             self._closers.append(transport.close)
             return transport.get_extra_info("sockname")
         self._listeners.append(start)
@@ -140,6 +160,24 @@ class Receiver(Client):
         self._queue.append((data, source))
         if len(self._queue) == 1:
             self._arrived.set()
+
+    def _drain(self, sock, batch):
+        try:
+            count = batch.fill(sock)
+        except OSError as exc:   # an ICMP error a datagram socket reports, say: the next read goes on
+            log.warning("%s: reading UDP at %s: %s", self.name, sock.getsockname(), exc)
+            return
+        if not count:
+            return
+        counters = self.counters
+        counters.packets += count
+        counters.bytes += batch.total()
+        try:
+            self.handle_batch(batch)
+            counters.processed += count
+        except Exception:  # one bad batch must not stop the receiver
+            counters.errors += count
+            log.exception("%s: a batch of %d packets could not be handled", self.name, count)
 
     async def _serve_stream(self, reader, writer):
         source = writer.get_extra_info("peername")
@@ -192,8 +230,21 @@ class Receiver(Client):
 
     # --- running ---------------------------------------------------------------------------------
 
+    def counts(self):
+        """The receiver's counters now (`Counters.FIELDS`), what the kernel dropped read afresh."""
+        self._count_kernel_drops()
+        return self.counters.snapshot()
+
+    def kernel_dropped(self):
+        """Datagrams the kernel dropped for want of room, all UDP listeners together, since they were opened."""
+        return sum(kernel_drops(sock) for sock in self._udp if sock.fileno() != -1)
+
+    def _count_kernel_drops(self):
+        self.counters.kernel_dropped = self.kernel_dropped()
+
     def cmd_rates(self, msg):
-        """Packets, bytes, drops and queue depth: totals and the last second's rates."""
+        """Packets, bytes, drops (ours and the kernel's) and queue depth: totals and the last second's rates."""
+        self._count_kernel_drops()
         return self.counters.rates(len(self._queue))
 
     def serve(self, use_uvloop=None):
@@ -259,15 +310,8 @@ class Receiver(Client):
                 while sock.poll(0):
                     sock.recv()
             if self.registered:
+                self._count_kernel_drops()
                 self.publish("rates", {**self.counters.rates(len(self._queue)), **self.more_rates()}, retain=True)
-
-
-def enlarge_receive_buffer(sock, size=UDP_BUFFER):
-    """A large kernel buffer, so a burst waits there rather than being lost; beyond net.core.rmem_max only as root."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
-    except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 class _Datagrams(asyncio.DatagramProtocol):

@@ -184,7 +184,8 @@ class Runner:
                 self.done(entry, step, run=record.get("run"), result=record.get("result"))
         elif state == RUN and ours:
             if data.get("cut") or data.get("alarm"):
-                self._end(entry, data, "abort_run" if data.get("cut") == "abort" or data.get("alarm") else "end_run")
+                cmd = "abort_run" if data.get("cut") == "abort" or data.get("alarm") else "end_run"
+                self._end(entry, data, cmd, tag)
             else:
                 self.book.advance(entry, "running", run=current.get("run"), begun=current.get("start"))
                 self.emit("sequence_run", entry=entry["id"], sequence=entry["sequence"], index=step.index,
@@ -192,7 +193,7 @@ class Runner:
                                                           f"{current.get('run')}")
         elif state == READY and ours:
             if data.get("cut") or data.get("alarm"):
-                self._end(entry, data, "abort_run")
+                self._end(entry, data, "abort_run", tag)
             elif absent(status):
                 self.waiting = f"participant(s) {', '.join(absent(status))} to register"
             else:
@@ -220,9 +221,10 @@ class Runner:
                              **step.loop}, "timeout": step.spec.get("timeout", 10)},
                  lambda answer: answer.ok or self._refused(entry, step, data, "begin_run", answer))
 
-    def _end(self, entry, data, cmd):
+    def _end(self, entry, data, cmd, tag):
         self.waiting = cmd
-        self.ask({"to": CONTROLLER, "cmd": cmd}, lambda answer: None)   # what came of it is looked at next
+        self.ask({"to": CONTROLLER, "cmd": cmd, "by": self.name, "sequence": tag},
+                 lambda answer: None)   # what came of it is looked at next
 
     def _refused(self, entry, step, data, cmd, answer):
         if unanswered(answer) or answer.code in (protocol.BUSY, protocol.BAD_STATE):   # look again
@@ -239,16 +241,16 @@ class Runner:
             left = begun + spec["seconds"] - now
             reasons.append(f"{max(0.0, left):.0f} s left")
             if left <= 0:
-                return self._end_of_run(entry, data, f"{spec['seconds']:g} s")
+                return self._end_of_run(entry, step, data, f"{spec['seconds']:g} s")
         if "until" in spec:
             until = spec["until"]
             if self._held(until, now):
-                return self._end_of_run(entry, data, f"{until['value']} reached")
+                return self._end_of_run(entry, step, data, f"{until['value']} reached")
             reasons.append(f"{until['value']} = {self.values.value(until['value'])}")
         if "images" in spec:
             wanted = spec["images"]
             if self.images is not None and self.images >= wanted["count"]:
-                return self._end_of_run(entry, data, f"{self.images} images")
+                return self._end_of_run(entry, step, data, f"{self.images} images")
             if now - self._images_asked >= IMAGES_EVERY_S:
                 self._images_asked = now
                 self.ask({"to": wanted["reader"], "cmd": "status"}, lambda answer: self._count_images(answer, data))
@@ -260,9 +262,9 @@ class Runner:
         if isinstance(run, dict) and run.get("run") == data.get("run"):
             self.images = run.get("acquisitions", 0)
 
-    def _end_of_run(self, entry, data, why):
+    def _end_of_run(self, entry, step, data, why):
         self.book.advance(entry, "look", ending=why)
-        self._end(entry, data, "end_run")
+        self._end(entry, data, "end_run", tag_of(self.book, entry, step, data.get("attempt", 1)))
 
     def run_ended(self, entry):
         """The run controller says the step's run ended (or changed): look at it again."""

@@ -21,8 +21,11 @@ length is 34 + 2N and its row and columns fall inside the image. A board sends
 an image row by row in packets of N samples of its choosing (the last of a row
 may be shorter), in sequence order. UDP may reorder, duplicate and lose them:
 the `Assembler` puts each packet in its place by (board, image, row, column),
-and waits for late ones within a window of sequence numbers. Owns the packet
-format and the stream's bookkeeping; must not touch sockets or files.
+and waits for late ones within a window of sequence numbers. It takes packets
+one at a time (`add`) or a receiver's batch at once (`add_batch`: the headers
+read together, and the packets that go on the stream in order copied into
+their image together; any other one as `add` takes it, with the same result).
+Owns the packet format and the stream's bookkeeping; must not touch sockets or files.
 """
 
 import struct
@@ -31,10 +34,17 @@ import numpy
 
 MARKER = b"DMCM"
 HEADER = struct.Struct("<4sHIIdHHHHHH")
+HEADERS = numpy.dtype({"names": ["marker", "board", "seq", "image", "ts", "row", "col", "count", "rows", "cols",
+                                 "samples"],
+                       "formats": ["<u4", "<u2", "<u4", "<u4", "<f8", "<u2", "<u2", "<u2", "<u2", "<u2", "<u2"],
+                       "offsets": [0, 4, 6, 10, 14, 22, 24, 26, 28, 30, 32], "itemsize": HEADER.size})
+MARKER_WORD = int.from_bytes(MARKER, "little")
 MAX_SAMPLES = 4096
+MAX_PACKET = HEADER.size + 2 * MAX_SAMPLES
 WINDOW = 1024           # sequence numbers a gap or an incomplete image waits for late packets
 SEQ_SPAN = 1 << 32      # sequence numbers wrap around here
 NEVER = float("inf")
+BULK = 32               # packets in a batch from which reading their headers together pays
 
 
 class BadPacket(ValueError):
@@ -62,30 +72,53 @@ def fault(data):
     return None
 
 
+def new_pixels(rows, cols):
+    return numpy.zeros((rows, cols), "<u2")
+
+
 class Image:
     """An image being put together: its pixels, which places came, and where in the stream it should end."""
 
     __slots__ = ("board", "number", "rows", "cols", "samples", "started", "pixels", "_bytes", "_seen", "area",
                  "filled", "received", "size", "last_seq", "last_row", "last_col")
 
-    def __init__(self, board, number, rows, cols, samples, started):
+    def __init__(self, board, number, rows, cols, samples, started, pixels):
         self.board, self.number = board, number
         self.rows, self.cols, self.samples, self.started = rows, cols, samples, started
-        self.pixels = numpy.zeros((rows, cols), dtype="<u2")
+        self.pixels = pixels                  # rows x cols of little-endian uint16, zero
         self._bytes = memoryview(self.pixels).cast("B")   # both little-endian: a packet's samples copy as they are
-        self._seen = bytearray(rows * cols)   # 1 where a packet that came begins
+        self._seen = set()                    # the places where the packets that came begin
         self.area = rows * cols
         self.filled = 0                       # samples placed
         self.received = 0                     # packets placed
         self.size = 0                         # the largest sample count of its packets: the board's packet size
         self.last_seq = self.last_row = self.last_col = -1   # its packet latest in the stream
 
+    def filled_any(self, places):
+        """Whether a packet came already for any of `places` (a list)."""
+        return not self._seen.isdisjoint(places)
+
+    def place_many(self, slots, places, counts):
+        """Put packets in their places, none of them filled yet nor overlapping another: packet i, a row of `slots`
+        (header and samples), at `places[i]` (row x columns + column, a list), `counts[i]` samples (an array)."""
+        first, size, samples = places[0], int(counts[0]), int(counts.sum())
+        pixels = self.pixels.reshape(-1)
+        if places[-1] + int(counts[-1]) - first == samples and (counts == size).all():   # one stretch of rows
+            pixels[first:first + samples].reshape(len(places), size)[...] = \
+                slots[:, HEADER.size:HEADER.size + 2 * size].view("<u2")
+        else:
+            for packet, place, count in zip(slots, places, counts.tolist()):
+                pixels[place:place + count] = packet[HEADER.size:HEADER.size + 2 * count].view("<u2")
+        self._seen.update(places)
+        self.filled += samples
+        self.received += len(places)
+
     def place(self, seq, row, col, count, data):
         """Put a packet's samples in their place; False (nothing done) when that place was filled already."""
         at = row * self.cols + col
-        if self._seen[at]:
+        if at in self._seen:
             return False
-        self._seen[at] = 1
+        self._seen.add(at)
         self._bytes[2 * at:2 * (at + count)] = memoryview(data)[HEADER.size:]
         self.filled += count
         self.received += 1
@@ -110,6 +143,33 @@ class Image:
         return self.last_seq + max(0, after)
 
 
+class Headers:
+    """The headers of a batch's packets, read together (a numpy array a field), and what `Assembler` asks of them:
+    which are valid, and where the stream goes on in order."""
+
+    def __init__(self, slots, sizes):
+        self.slots = slots
+        heads = numpy.ndarray(len(sizes), HEADERS, slots, 0, (slots.strides[0],))
+        self.board, self.image, self.rows, self.cols = heads["board"], heads["image"], heads["rows"], heads["cols"]
+        self.seq = heads["seq"].astype(numpy.int64)
+        self.row, self.col = heads["row"].astype(numpy.int64), heads["col"].astype(numpy.int64)
+        self.counts = heads["count"].astype(numpy.int64)
+        self.places = self.row * self.cols + self.col
+        self.valid = (heads["marker"] == MARKER_WORD) & (sizes == HEADER.size + 2 * self.counts) \
+            & (self.counts > 0) & (self.counts <= MAX_SAMPLES) & (self.row < self.rows) \
+            & (self.col + self.counts <= self.cols)
+
+    def stretches(self):
+        """Where each stretch of packets ends, a packet of one following the one before it in the stream (the
+        next sequence number), in the same image, in a later place that does not overlap it."""
+        valid, places = self.valid, self.places
+        follows = valid[1:] & valid[:-1] & ((self.seq[1:] - self.seq[:-1]) % SEQ_SPAN == 1) \
+            & (self.image[1:] == self.image[:-1]) & (self.board[1:] == self.board[:-1]) \
+            & (self.rows[1:] == self.rows[:-1]) & (self.cols[1:] == self.cols[:-1]) \
+            & (places[1:] >= places[:-1] + self.counts[:-1])
+        return [*(numpy.flatnonzero(~follows) + 1).tolist(), len(valid)]
+
+
 class Assembler:
     """Images out of one board's packets, in whatever order they come.
 
@@ -117,10 +177,12 @@ class Assembler:
     `window` sequence numbers past its end (then marked with what it misses), or at `flush`. Counted:
     `lost`, sequence numbers never seen by the time the stream went `window` past them; `duplicates`, packets
     whose place was filled already (also of an image let go complete); `late`, packets more than `window`
-    behind the stream (their number was counted lost; they are dropped)."""
+    behind the stream (their number was counted lost; they are dropped). `counts`: the counters to go on from (a
+    run's record); `pixels(rows, cols)`: a new image's pixels, all zero (numpy's own by default)."""
 
-    def __init__(self, window=WINDOW, counts=None):
+    def __init__(self, window=WINDOW, counts=None, pixels=None):
         self.window = window
+        self.pixels = pixels or new_pixels   # (rows, cols) -> a new image's pixels, all zero
         counts = {name: value for name, value in (counts or {}).items() if isinstance(value, int)}
         self.lost = counts.get("lost_packets", 0)
         self.duplicates = counts.get("duplicate_packets", 0)
@@ -167,6 +229,71 @@ class Assembler:
         done = (self._let_go(image, complete=True),) if image.filled >= image.area else ()
         if self.high >= self.next_check:
             done = [*done, *self._expire()]
+        return done
+
+    def add_batch(self, slots, sizes):
+        """Take a batch of packets, packet i being `slots[i, :sizes[i]]` (a uint8 array, a row a packet, as wide as
+        the longest packet: one longer was cut, its length in `sizes`); (the images they let go, [(packet, why)] of
+        those that are no packet). The same as `add` of each in turn; in a batch of BULK packets or more, those that
+        go on the stream in order are placed together."""
+        images, invalid = [], []
+        if len(sizes) < BULK:
+            for at in range(len(sizes)):
+                self._add_one(slots, sizes, at, images, invalid)
+            return images, invalid
+        heads = Headers(slots, sizes)
+        first = 0
+        for end in heads.stretches():
+            at, by_one = first, False
+            while at < end:
+                taken = 0 if by_one else self._in_order(heads, at, end)
+                if taken > 0:
+                    images += self._place(heads, at, taken)
+                    at += taken
+                    continue
+                by_one = taken < 0   # in order, yet not placed together: the rest of the stretch one by one
+                self._add_one(slots, sizes, at, images, invalid)
+                at += 1
+            first = end
+        return images, invalid
+
+    def _add_one(self, slots, sizes, at, images, invalid):
+        """`add` packet `at` of a batch: what it lets go onto `images`, or (the packet, why) onto `invalid`."""
+        size = int(sizes[at])
+        packet = slots[at, :min(size, slots.shape[1])]
+        try:
+            if size > slots.shape[1]:
+                raise BadPacket(f"{size} bytes: longer than any packet ({slots.shape[1]})")
+            images += self.add(packet)
+        except BadPacket as exc:
+            invalid.append((bytes(packet), str(exc)))
+
+    def _in_order(self, heads, at, end):
+        """How many packets from `at` (up to `end`) go on the stream in order into the current image, where `add`
+        would only place them, one after the other: 0 when packet `at` is not the stream's next in the current
+        image, -1 when it is but the packets cannot be placed together."""
+        image = self.current
+        if image is None or not heads.valid[at] or (heads.seq[at] - self.high) % SEQ_SPAN != 1 \
+                or (heads.board[at], heads.image[at], heads.rows[at], heads.cols[at]) != \
+                (image.board, image.number, image.rows, image.cols) or self.next_check <= self.high:
+            return 0   # (a look at the window that a packet `add` left early put off: the next `add` takes it)
+        taken = int(min(end - at, self.next_check - self.high))   # the last may bring the next look at the window
+        counts = heads.counts[at:at + taken]
+        if counts.max() > image.size or image.filled + int(counts.sum()) > image.area \
+                or image.filled_any(heads.places[at:at + taken].tolist()):
+            return -1   # a larger packet than the image's, more samples than it holds, or a place filled already
+        return taken
+
+    def _place(self, heads, at, taken):
+        """Place packets `at`..`at + taken` (see `_in_order`) into the current image; the images that lets go."""
+        image, last = self.current, at + taken - 1
+        image.place_many(heads.slots[at:at + taken], heads.places[at:at + taken].tolist(),
+                         heads.counts[at:at + taken])
+        self.high += taken
+        image.last_seq, image.last_row, image.last_col = self.high, int(heads.row[last]), int(heads.col[last])
+        done = [self._let_go(image, complete=True)] if image.filled >= image.area else []
+        if self.high >= self.next_check:
+            done += self._expire()
         return done
 
     def flush(self):
@@ -217,7 +344,7 @@ class Assembler:
             if end is not None and seq <= end:
                 self.duplicates += 1
                 return None
-            image = self.open[key] = Image(board, number, rows, cols, samples, ts)
+            image = self.open[key] = Image(board, number, rows, cols, samples, ts, self.pixels(rows, cols))
         elif (image.rows, image.cols) != (rows, cols):
             raise BadPacket(f"image {number} of board {board} is {image.rows}x{image.cols}, "
                             f"a packet of it says {rows}x{cols}")

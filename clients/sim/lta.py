@@ -1,16 +1,21 @@
 """The reader of a skipper-CCD board (an LTA): a receiver with an acquisition loop, writing FITS images.
 
   python -m clients.sim.lta --name lta1 --board 127.0.0.1:7101 [--listen 127.0.0.1:0] [--per-file 10]
-      [--tries 5] [--silence 2] [--window 1024]
+      [--tries 5] [--silence 2] [--window 1024] [--write-queue 8]
 
 During a run it holds the board's control link (`clients.sim.board`), has it
-stream to its UDP port, puts images together from the packets
+stream to its UDP port, takes the packets in batches (all those its socket holds
+at each wake-up), puts images together from them
 (`clients.sim.ccdpackets`: each packet in its place whatever order it comes in,
 an incomplete image kept open for late packets until the stream is `--window`
 sequence numbers past it; duplicates, lost and late packets counted; garbled ones
 skipped and kept in the side file), and writes each image as an extension of a
 FITS file (`per_file` images a file) under `<paths.data>/<name>/run_NNNNNN/`,
-with header keys RUN, BOARD, IMAGE, EXPTIME, NSAMP, MISSING, DATE-OBS. Its
+with header keys RUN, BOARD, IMAGE, EXPTIME, NSAMP, MISSING, DATE-OBS, in a
+thread of its own behind a queue of `--write-queue` images (full: the reader
+waits, counted as `writer_waits`). What the socket's kernel buffer had no room
+for is counted too (`kernel_dropped`, in the rates, `status` and the run's
+record, beside the lost, duplicate and late packets). Its
 settings `rows`, `cols`, `samples` and `seconds` (the exposure) configure the
 board (frozen during a run); a run's parameters of the same names override them
 for that run. A dropped link is reconnected; a board that does not come back within
@@ -21,19 +26,20 @@ for that run. A dropped link is reconnected; a board that does not come back wit
 
 import argparse
 import asyncio
+import collections
 import json
 import logging
 import os
-import signal
 import sys
 import time
 import warnings
 
+import numpy
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 
 from clients.instrument import data_folder
-from clients.kit.acquisition import Acquisition, BadData, GaveUp, Source, Writer
+from clients.kit.acquisition import Acquisition, GaveUp, Source, Writer
 from clients.kit.receiver import Receiver
 from runcontrol.client.busaccess import host_port
 from clients.sim import ccdpackets
@@ -43,6 +49,9 @@ from runcontrol.errors import ConfigError, Refused
 log = logging.getLogger("clients.sim.lta")
 
 CONNECT_TIMEOUT_S = 2.0
+FITS_BLOCK = 2880
+CONVERTED = 1 << 19   # samples turned into FITS's order at a time
+WRITE_QUEUE = 8       # images waiting for the writer: some 100 ms of a fast stream while it closes a file
 DEFAULTS = {"rows": 64, "cols": 256, "samples": 1, "seconds": 0.0}
 MAX_PIXELS = 4096 * 4096
 
@@ -94,15 +103,53 @@ class BoardLink(Source):
             pass
 
 
+class PixelPool:
+    """The pixels of images written, used again for new images of the same size, and as many made ready when a run
+    begins as can be on their way to the file at once: the kernel finds (and zeroes) a new image's memory page by page
+    when it is first written, and a huge page at times only after tens of milliseconds of compaction, while packets
+    wait. `take` in the loop's thread, `give` in the writer's."""
+
+    def __init__(self, keep):
+        self.keep = keep
+        self.free = collections.deque(maxlen=keep)
+
+    def prepare(self, rows, cols):
+        """Have `keep` images of rows x cols ready, their memory found."""
+        kept = [pixels for pixels in self.free if pixels.shape == (rows, cols)]
+        self.free.clear()
+        self.free.extend(kept)
+        while len(self.free) < self.keep:
+            pixels = numpy.empty((rows, cols), "<u2")
+            pixels.fill(0)
+            self.free.append(pixels)
+
+    def take(self, rows, cols):
+        """Pixels for an image of rows x cols, all zero."""
+        while self.free:
+            pixels = self.free.pop()
+            if pixels.shape == (rows, cols):
+                pixels.fill(0)
+                return pixels
+        return numpy.zeros((rows, cols), "<u2")
+
+    def give(self, pixels):
+        self.free.append(pixels)
+
+
 class FitsWriter(Writer):
-    """Each image an extension of the file; the file complete after each (astropy appends and closes)."""
+    """Each image an extension of the file, written whole (header, data, padding) before the next is begun: the file
+    is complete after each. Pixels as FITS keeps unsigned 16-bit ones: big-endian signed, BZERO 32768. An image
+    written, its pixels are handed to `written` (to be used again)."""
 
     suffix = ".fits"
 
-    def __init__(self, exposure):
+    def __init__(self, exposure, written=lambda pixels: None):
         self.exposure = exposure   # a callable: the run's exposure, seconds
+        self.written = written
         self.path = None
         self.run = None
+        self.out = None
+        self._converted = numpy.empty(CONVERTED, ">u2")
 
     def open(self, path, run):
         self.path, self.run = path, run
@@ -111,26 +158,32 @@ class FitsWriter(Writer):
         partial = path.with_name(path.name + ".partial")
         primary.writeto(partial, overwrite=True)
         os.replace(partial, path)   # a reader killed meanwhile leaves no file, rather than an empty one
+        self.out = open(path, "ab")
 
     def write(self, image):
-        header = fits.Header()
-        header["RUN"] = (self.run, "run number")
-        header["BOARD"] = (image.board, "readout board id")
-        header["IMAGE"] = (image.number, "image number in the board's stream")
-        header["EXPTIME"] = (self.exposure(), "exposure, seconds")
-        header["NSAMP"] = (image.samples, "skipper samples per pixel")
-        header["MISSING"] = (image.missing, "packets of this image that never came")
-        header["DATE-OBS"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(image.started))
-        try:
-            fits.append(self.path, image.pixels, header)
-        except KeyboardInterrupt:
-            # astropy holds Ctrl-C until the image is whole, then raises it: the image is written; the signal goes
-            # on to the event loop, which stops the reader in order
-            os.kill(os.getpid(), signal.SIGINT)
+        header = fits.Header([
+            ("XTENSION", "IMAGE", "Image extension"), ("BITPIX", 16, "array data type"),
+            ("NAXIS", 2, "number of array dimensions"), ("NAXIS1", image.cols), ("NAXIS2", image.rows),
+            ("PCOUNT", 0, "number of parameters"), ("GCOUNT", 1, "number of groups"), ("BSCALE", 1),
+            ("BZERO", 32768), ("RUN", self.run, "run number"), ("BOARD", image.board, "readout board id"),
+            ("IMAGE", image.number, "image number in the board's stream"),
+            ("EXPTIME", self.exposure(), "exposure, seconds"), ("NSAMP", image.samples, "skipper samples per pixel"),
+            ("MISSING", image.missing, "packets of this image that never came"),
+            ("DATE-OBS", time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(image.started)))])
+        self.out.write(header.tostring().encode("ascii"))
+        pixels, converted = image.pixels.reshape(-1), self._converted
+        for at in range(0, pixels.size, CONVERTED):
+            part = converted[:min(CONVERTED, pixels.size - at)]
+            numpy.bitwise_xor(pixels[at:at + part.size], 0x8000, out=part)   # -32768, in two's complement
+            self.out.write(part)
+        self.out.write(bytes(-image.pixels.nbytes % FITS_BLOCK))
+        self.out.flush()
+        self.written(image.pixels)
         return image.pixels.nbytes
 
     def close(self):
-        self.path = None
+        self.out.close()
+        self.path = self.out = None
 
     def count(self, path):
         """Images whose data is all in the file (a reader killed while appending may have torn the last one)."""
@@ -165,38 +218,47 @@ class CcdReader(Receiver):
         },
     }
 
-    def __init__(self, name, board, listen, folder, per_file, tries, silence_s, window, **kwargs):
+    def __init__(self, name, board, listen, folder, per_file, tries, silence_s, window, write_queue=WRITE_QUEUE,
+                 **kwargs):
         super().__init__(name, meta={"participant": True, "board": "%s:%d" % board}, **kwargs)
-        self.listen_udp(*listen)
+        self.listen_udp(*listen, batches=True, max_size=ccdpackets.MAX_PACKET)
         self.window = window
-        self.assembler = ccdpackets.Assembler(window)
+        # as many as wait for the writer, the one it writes, the one being put together and one waiting for late packets
+        self.pool = PixelPool(write_queue + 3)
+        self.assembler = ccdpackets.Assembler(window, pixels=self.pool.take)
         self.settings = dict(DEFAULTS)
         link = BoardLink(board, lambda: self.addresses[0], self._stream_starts)
-        self.acquisition = Acquisition(link, FitsWriter(lambda: self.settings["seconds"]), self._parse, folder,
+        writer = FitsWriter(lambda: self.settings["seconds"], written=self.pool.give)
+        self.acquisition = Acquisition(link, writer, None, folder,
                                        per_file=per_file, tries=tries, silence_s=silence_s,
-                                       more_counters=lambda: self.assembler.counts())
+                                       more_counters=self._run_counts, parse_batch=self._parse_batch,
+                                       write_queue=write_queue)
         self.last_record = None
         self._loss_seen = (0, 0)
+        self._kernel_before = 0  # what the kernel dropped before this run (less what a record of it counted)
         self._streamed = False   # the board streamed in this run already
 
     def more_rates(self):
-        """Packets lost, duplicated and late (in this run), and the fraction lost in the last second."""
+        """Packets lost, duplicated and late (in this run), the fraction lost in the last second, and the writer's
+        queue."""
         lost, packets = self.assembler.lost, self.counters.packets
         lost_then, packets_then = self._loss_seen
         self._loss_seen = (lost, packets)
         new_lost = max(0, lost - lost_then)
         arrived = max(0, packets - packets_then)
         return {**self.assembler.counts(),
-                "loss": round(new_lost / (new_lost + arrived), 6) if new_lost + arrived else 0.0}
+                "loss": round(new_lost / (new_lost + arrived), 6) if new_lost + arrived else 0.0,
+                "writer_queue": self.acquisition.spool.depth()}
 
-    async def handle_packet(self, data, source):
-        self.acquisition.feed(data)
+    def _run_counts(self):
+        """The reader's own counters of the run, for its record: the assembler's and what the kernel dropped."""
+        return {**self.assembler.counts(), "kernel_dropped": self.kernel_dropped() - self._kernel_before}
 
-    def _parse(self, data):
-        try:
-            return self.assembler.add(data)
-        except ccdpackets.BadPacket as exc:
-            raise BadData(str(exc)) from None
+    def handle_batch(self, batch):
+        self.acquisition.feed_batch(batch)
+
+    def _parse_batch(self, batch):
+        return self.assembler.add_batch(batch.slots(), batch.sizes())
 
     def on_begin(self, run):
         settings = {**self.config, **{k: v for k, v in run.params.items() if k in DEFAULTS}}
@@ -206,8 +268,11 @@ class CcdReader(Receiver):
                           f"{settings}", "bad_params")
         self.settings = {k: int(v) if k != "seconds" else float(v) for k, v in settings.items()}
         before = self.acquisition.begin(run.number, self.settings)
-        self.assembler = ccdpackets.Assembler(self.window, counts=before)   # a restarted reader goes on counting
+        self.pool.prepare(self.settings["rows"], self.settings["cols"])
+        self.assembler = ccdpackets.Assembler(self.window, counts=before, pixels=self.pool.take)   # counts go on
         self._loss_seen = (self.assembler.lost, self.counters.packets)
+        earlier = before.get("kernel_dropped")
+        self._kernel_before = self.kernel_dropped() - (earlier if isinstance(earlier, int) else 0)
         self._streamed = False
         return {"folder": str(self.acquisition.folder)}
 
@@ -246,7 +311,7 @@ class CcdReader(Receiver):
         acquisition = self.acquisition
         current = acquisition.record() if acquisition.run else None
         return {"run": current, "last_run": self.last_record, **self.assembler.counts(),
-                "receiver": self.counters.snapshot(), "last_error": acquisition.last_error,
+                "receiver": self.counts(), "last_error": acquisition.last_error,
                 "udp": list(self.addresses[0][:2])}
 
     async def main(self):
@@ -271,13 +336,18 @@ def main(argv=None):
     parser.add_argument("--silence", type=float, default=2.0, help="seconds without data that count as a lost link")
     parser.add_argument("--window", type=int, default=ccdpackets.WINDOW,
                         help="sequence numbers an incomplete image (and a missing packet) waits for late packets")
+    parser.add_argument("--write-queue", type=int, default=WRITE_QUEUE,
+                        help="images waiting for the writer's thread, at most; full, the reader waits (counted)")
     args = parser.parse_args(argv)
     if args.window < 1:
         parser.error(f"--window {args.window}: at least 1 sequence number")
+    if args.write_queue < 1:
+        parser.error(f"--write-queue {args.write_queue}: at least 1 image")
     logsetup.configure("INFO", sys.stderr)
     try:
         reader = CcdReader(args.name, args.board, args.listen, data_folder(args.experiment, args.name),
-                           args.per_file, args.tries, args.silence, args.window, experiment=args.experiment)
+                           args.per_file, args.tries, args.silence, args.window, args.write_queue,
+                           experiment=args.experiment)
     except ConfigError as exc:
         print(f"{args.name}: {exc}", file=sys.stderr)
         return 2

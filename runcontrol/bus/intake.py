@@ -11,14 +11,17 @@ clients or answer a command itself.
 
 import logging
 import time
+from time import monotonic
 
 from runcontrol import protocol
 from runcontrol.bus import limits
 from runcontrol.errors import ProtocolError
+from runcontrol.protocol import BROADCAST, PONG, SERVER, check_envelope, decode
 
 log = logging.getLogger("runcontrol.server")
 
 BATCH = 1000                 # messages taken in before the timers get a turn
+HELLO = "_hello"
 
 
 class Intake:
@@ -37,14 +40,15 @@ class Intake:
         self.publish_event = publish_event
 
     def drain(self, receive):
-        """Take in what `receive()` gives ((connection, frames), or None when nothing waits), BATCH at most."""
+        """Take in what `receive()` gives ((connection, frames), or None when none waits), BATCH at most."""
+        take = self.take
         for _ in range(BATCH):
             received = receive()
             if received is None:
                 return
             conn, frames = received
             try:
-                self.take(conn, frames)
+                take(conn, frames)
             except Exception:  # one bad message must not stop the server
                 log.exception("internal error handling a message")
                 self.routing.answer(conn, protocol.make_error(protocol.INTERNAL, "internal server error",
@@ -53,26 +57,34 @@ class Intake:
     def take(self, conn, frames):
         """Take in one message (its frames) from `conn`: check it, then route it or serve it."""
         peer = self.peer_of(conn)
-        self._count_in(peer, sum(len(f) for f in frames))
-        if peer is None and not self._admit_anonymous(conn):
-            return
-        if len(frames) != 1:
-            self.routing.reject(conn, protocol.BAD_FRAMES, f"a message is one frame of JSON, not {len(frames)} frames")
-            return
         data = frames[0]
-        if data == protocol.PONG:
+        one = len(frames) == 1
+        self._count_in(peer, len(data) if one else sum(map(len, frames)))
+        lane = None
+        if peer is None:
+            lane = self._admit_anonymous(conn, data if one else b"")
+            if lane is None:
+                return
+        if not one:
+            self._reject_unread(conn, lane, protocol.BAD_FRAMES,
+                                f"a message is one frame of JSON, not {len(frames)} frames")
             return
-        if peer is not None and not self._admit(peer):
+        if data == PONG:
+            return
+        if peer is not None and not limits.admit(peer, self.client_rate):
+            self._throttled(peer)
             return
         if len(data) > self.max_bytes:
-            self.routing.reject(conn, protocol.TOO_LARGE,
+            self._reject_unread(conn, lane, protocol.TOO_LARGE,
                                 f"message of {len(data)} bytes exceeds the limit of {self.max_bytes}",
                                 protocol.find_id_in_prefix(data))
             return
         try:
-            msg = protocol.decode(data)
+            msg = decode(data)
         except ProtocolError as exc:
-            self.routing.reject(conn, exc.code, str(exc))
+            self._reject_unread(conn, lane, exc.code, str(exc))
+            return
+        if lane is limits.HELLO and msg.get("cmd") != HELLO and not self._admit_not_hello():
             return
         self.take_message(conn, peer, msg)
 
@@ -80,18 +92,21 @@ class Intake:
         """Count what came in; whether it is within the flood limits (of its client, or of the unregistered)."""
         self._count_in(peer, size)
         if peer is None:
-            return self._admit_anonymous(conn)
-        return self._admit(peer)
+            return self._admit_anonymous(conn, b"") is not None
+        if limits.admit(peer, self.client_rate):
+            return True
+        self._throttled(peer)
+        return False
 
     def take_message(self, conn, peer, msg, oneway=False):
         """A decoded message of `conn`: check its envelope, then route it or serve it. `oneway`: its `id` is
         its own payload, not a request awaiting an answer (libABCD's clients)."""
-        problem = protocol.check_envelope(msg)
+        problem = check_envelope(msg)
         if problem is not None:
             self.routing.reject(conn, *problem, protocol.request_id(msg))
             return
         to = msg.get("to")
-        if to is None or to == protocol.SERVER:
+        if to is None or to == SERVER:
             self.serve(conn, peer, msg)
         elif peer is None:
             self.routing.reject(conn, protocol.NOT_REGISTERED,
@@ -99,7 +114,7 @@ class Intake:
         else:
             msg["from"] = peer.name
             msg["ts"] = time.time()
-            if to == protocol.BROADCAST:
+            if to == BROADCAST:
                 self.routing.broadcast(peer, msg, oneway)
             else:
                 self.routing.route(peer, to, msg, oneway)
@@ -107,11 +122,10 @@ class Intake:
     def _count_in(self, peer, size):
         self.traffic.count_in(peer, size)
         if peer is not None:
-            peer.last_seen_mono = time.monotonic()  # whatever it sends shows it alive, a bare pong too
+            peer.last_seen_mono = monotonic()  # whatever it sends shows it alive, a bare pong too
 
-    def _admit(self, peer):
-        if limits.admit(peer, self.client_rate):
-            return True
+    def _throttled(self, peer):
+        """`peer` sent more than its rate allows: told (and an event published) at most once a second."""
         dropped = limits.due_report(peer)
         if dropped:
             rate = self.client_rate
@@ -119,18 +133,40 @@ class Intake:
             self.publish_event("client_throttled", name=peer.name, pid=peer.pid, dropped=dropped, limit=rate)
             self.routing.answer(peer.conn, protocol.make_error(
                 protocol.THROTTLED, f"more than {rate:g} messages/s: {dropped} dropped; slow down"))
+
+    def _admit_anonymous(self, conn, data):
+        """Whether a message of a connection that has not registered may be read: the budget it was charged to
+        (limits.HELLO, when its bytes name `_hello`), or None when it is dropped unread. A connection that
+        authenticated with a key on the server's list is no stranger: nothing is charged."""
+        if conn.key is not None:
+            return limits.KNOWN
+        now = monotonic()
+        lane = limits.HELLO if protocol.says_hello(data) else limits.OTHER
+        if self.anonymous.admit(conn.identity, now, lane):
+            return lane
+        self._report_anonymous(now)
+        return None
+
+    def _admit_not_hello(self):
+        """A message charged to the hellos' budget turned out, once read, to be something else: charged to the
+        budget of everything else after all, and dropped when that has no room."""
+        now = monotonic()
+        if self.anonymous.admit_late(now):
+            return True
+        self._report_anonymous(now)
         return False
 
-    def _admit_anonymous(self, conn):
-        """The budget of connections that have not registered; a flood of them is dropped unread."""
-        now = time.monotonic()
-        if self.anonymous.admit(conn.identity, now):
-            return True
+    def _reject_unread(self, conn, lane, code, text, msg_id=None):
+        """Refuse what could not be read; one charged to the hellos' budget is no `_hello`: it is charged again."""
+        if lane is limits.HELLO and not self._admit_not_hello():
+            return
+        self.routing.reject(conn, code, text, msg_id)
+
+    def _report_anonymous(self, now):
         dropped = self.anonymous.due_report(now)
         if dropped:
             log.warning("unregistered connections send more than allowed: %d message(s) dropped", dropped)
             self.publish_event("anonymous_throttled", dropped=dropped, total=self.anonymous.dropped_total)
-        return False
 
 
 def id_of(frames):

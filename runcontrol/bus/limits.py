@@ -8,7 +8,11 @@ second, so the telling is no flood itself. Must not send anything.
 import collections
 
 ANONYMOUS_RATE = 100.0          # messages/s one unregistered connection may send (hello, ping, bye, mistakes)
-ANONYMOUS_TOTAL_RATE = 1000.0   # messages/s all unregistered connections together
+ANONYMOUS_TOTAL_RATE = 1000.0   # messages/s all unregistered connections together, `_hello` aside
+# After a server restart every client says `_hello` at once: hellos have a budget of their own, as large as the
+# registry (server.max_clients a second, a burst as large), so a full installation is back within a second or so
+# while anything else from strangers keeps the budget above.
+HELLO_MIN_RATE = ANONYMOUS_TOTAL_RATE
 ANONYMOUS_ERRORS = (5.0, 1.0)   # errors told to one unregistered connection: a burst of 5, then one a second
 ANONYMOUS_REMEMBERED = 10000    # unregistered connections whose buckets are kept (the oldest forgotten first)
 
@@ -52,11 +56,22 @@ class Bucket:
         return False
 
 
-class AnonymousBudget:
-    """What connections that have not registered may send, each and together, and how often they are told off."""
+# The budgets a message of a connection that has not registered is charged to.
+OTHER = "other"   # everything but hellos
+HELLO = "hello"   # what its bytes say is a `_hello`
+KNOWN = "known"   # none: the connection authenticated with a key on the server's list
 
-    def __init__(self, now):
+
+class AnonymousBudget:
+    """What connections that have not registered may send, each and together, and how often they are told off.
+
+    Each connection has its own budget for all it sends; together, `_hello`s have one of `max_clients` a second
+    (HELLO_MIN_RATE at least) and everything else one of ANONYMOUS_TOTAL_RATE."""
+
+    def __init__(self, now, max_clients=0):
         self.total = Bucket(ANONYMOUS_TOTAL_RATE, ANONYMOUS_TOTAL_RATE, now)
+        hello_rate = max(HELLO_MIN_RATE, float(max_clients))
+        self.hellos = Bucket(hello_rate, hello_rate, now)
         self._each = collections.OrderedDict()   # identity -> (messages bucket, errors bucket)
         self.dropped = 0           # since the last report
         self.dropped_total = 0
@@ -71,13 +86,25 @@ class AnonymousBudget:
                 self._each.popitem(last=False)
         return buckets
 
-    def admit(self, identity, now):
-        """Whether an unregistered connection's message may be looked at; counts the ones dropped."""
-        if self._buckets(identity, now)[0].take(now) and self.total.take(now):
+    def admit(self, identity, now, lane=OTHER):
+        """Whether an unregistered connection's message may be looked at, charged to `lane` (HELLO or OTHER);
+        counts the ones dropped."""
+        if self._buckets(identity, now)[0].take(now) and (self.hellos if lane is HELLO else self.total).take(now):
             return True
+        self._dropped()
+        return False
+
+    def admit_late(self, now):
+        """Whether a message let in as a hello that was none, once read, may be taken after all: charged to the
+        budget of everything else; counted when dropped."""
+        if self.total.take(now):
+            return True
+        self._dropped()
+        return False
+
+    def _dropped(self):
         self.dropped += 1
         self.dropped_total += 1
-        return False
 
     def may_tell(self, identity, now):
         """Whether an error may be sent to this unregistered connection now."""

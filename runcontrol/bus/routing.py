@@ -9,7 +9,7 @@ connections, never in socket frames. Must not register or drop clients itself:
 it asks its owner to (`drop`), when a connection is found closed.
 """
 
-import collections
+import itertools
 import logging
 import time
 
@@ -36,7 +36,9 @@ class Routing:
         self.max_pending = spec.max_pending
         self.peers, self.peer_of, self.drop = peers, peer_of, drop
         self.publish_event, self.mirror, self.may_tell, self.count_out = publish_event, mirror, may_tell, count_out
-        self.parked = collections.deque()
+        self.parked = {}           # a target's name -> what is held for it: (arrival, sender, to, msg, oneway)
+        self._held = 0
+        self._arrivals = itertools.count()
         self.settling = True       # just after a (re)start: see `route`
         self.dropped = 0           # messages a client's full queue did not take
 
@@ -47,9 +49,10 @@ class Routing:
         the target's ledger until answered."""
         target = self.peers.get(to)
         msg_id = msg.get("id")
-        if target is None and self.settling and len(self.parked) < MAX_PARKED:
+        if target is None and self.settling and self._held < MAX_PARKED:
             # Just after a (re)start the clients are registering again: hold it for them.
-            self.parked.append((peer.name, to, msg, oneway))
+            self.parked.setdefault(to, []).append((next(self._arrivals), peer.name, to, msg, oneway))
+            self._held += 1
             return
         if target is None:
             self.reject(peer.conn, protocol.NO_SUCH_CLIENT, f"no client named {to!r} is registered", msg_id)
@@ -179,22 +182,27 @@ class Routing:
     # --- held messages ------------------------------------------------------------------------------
 
     def unpark(self, matches):
-        """Route the held messages whose target `matches`, in the order they came."""
-        if not self.parked:
+        """Route the held messages whose target `matches`, in the order they came. Held by target, so that each of
+        thousands of clients registering again after a restart finds its own without a look at all the others'."""
+        names = [to for to in self.parked if matches(to)]
+        if not names:
             return
-        held, self.parked = self.parked, collections.deque()
-        for sender, to, msg, oneway in held:
+        held = sorted((entry for to in names for entry in self.parked.pop(to)), key=arrival)
+        self._held -= len(held)
+        for _, sender, to, msg, oneway in held:
             peer = self.peers.get(sender)
-            if not matches(to):
-                self.parked.append((sender, to, msg, oneway))
-            elif peer is not None:
+            if peer is not None:
                 self.route(peer, to, msg, oneway)
 
     def settled(self):
         self.settling = False
-        if self.parked:
-            log.info("%d held message(s) for clients that did not come back", len(self.parked))
+        if self._held:
+            log.info("%d held message(s) for clients that did not come back", self._held)
         self.unpark(lambda to: True)
+
+
+def arrival(entry):
+    return entry[0]
 
 
 def fits(conn, data):

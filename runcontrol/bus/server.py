@@ -10,7 +10,9 @@ in `registry`, the ledger in `routing`, the figures in `traffic`, the pid file
 and the beacon in `presence`, libABCD's clients in `legacy`. Must not start or
 kill processes.
 
-Run: python -m runcontrol.bus.server --experiment FILE [--pidfile PATH]
+Run: python -m runcontrol.bus.server --experiment FILE [--pidfile PATH]. Started by a watchdog
+as its standby (runcontrol.standby), it loads the experiment, then waits for its turn before it
+binds anything; at its turn it reads the experiment file again if it changed.
 """
 
 import collections
@@ -36,6 +38,7 @@ from runcontrol.bus.sockets import BusSockets
 from runcontrol.bus.traffic import Traffic
 from runcontrol.errors import ConfigError, ProtocolError
 from runcontrol.signals import SignalWakeup
+from runcontrol.standby import Standby
 
 log = logging.getLogger("runcontrol.server")
 
@@ -73,7 +76,7 @@ class Server:
 
     def _join_parts(self, spec):
         """The registry, routing, traffic and intake, each given what it uses of the others."""
-        self.anonymous = limits.AnonymousBudget(time.monotonic())
+        self.anonymous = limits.AnonymousBudget(time.monotonic(), spec.max_clients)
         self.registry = Registry(spec, self.loop.timers, welcome=self.welcome, answer=self.answer,
                                  send=lambda peer, data: self.routing.deliver(peer, data),
                                  publish_event=self.publish_event, joined=self._joined,
@@ -236,11 +239,52 @@ class Server:
                 "replay": self.replay.describe(time.time())}
 
 
+class Prepared:
+    """An experiment loaded ahead by a standby; `current()` is the experiment as its file is at the takeover."""
+
+    def __init__(self, name):
+        self.name = name
+        self.experiment = self.text = None
+        try:
+            path = experiments.find(str(name))
+            text = path.read_bytes()   # before loading: a change made meanwhile shows at the takeover
+            self.experiment, self.text = experiments.load(path), text
+        except (ConfigError, OSError):
+            pass   # said at the takeover, when loading it again fails the same way (or the file was mended)
+
+    def current(self):
+        if self.experiment is not None:
+            try:
+                if self.experiment.path.read_bytes() == self.text:
+                    return self.experiment
+            except OSError:
+                pass
+            log.info("experiment file %s changed since the standby loaded it: loading it again", self.experiment.path)
+        return experiments.load(self.name)
+
+
+def when_told(standby, name):
+    """As a standby: the experiment loaded ahead, then wait for the watchdog's word; the experiment as it is then,
+    or None when the watchdog went away first."""
+    prepared = Prepared(name)
+    try:
+        told = standby.ready() and standby.wait()
+    finally:
+        standby.close()
+    if not told:
+        log.info("standby pid %d: the watchdog is gone; not serving", os.getpid())
+        return None
+    return prepared.current()
+
+
 def main(argv=None):
     args = logsetup.service_arguments("python -m runcontrol.bus.server", __doc__.split("\n")[0],
                                       "pid file (default: <paths.state>/server.pid)", argv)
     try:
-        Server(experiments.load(args.experiment), args.pidfile).serve()
+        standby = Standby.from_environment()
+        experiment = experiments.load(args.experiment) if standby is None else when_told(standby, args.experiment)
+        if experiment is not None:
+            Server(experiment, args.pidfile).serve()
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

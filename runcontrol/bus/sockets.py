@@ -1,19 +1,21 @@
 """The server's ZeroMQ sockets: the ROUTER command bus, the XPUB event stream, CURVE and its ZAP handler.
 
-Owns binding (with the limits on message size and queue depth), CURVE on both
-sockets with the gatekeeper deciding which client keys get in, turning what the
-ROUTER receives into (connection, frames), publishing on the event stream, and
-following what listeners subscribe to (so routed messages are published only
+Owns binding (with the limits on message size and queue depth, and room among
+the process's open files for a connection from each of `max_clients`), CURVE on
+both sockets with the gatekeeper deciding which client keys get in, turning what
+the ROUTER receives into (connection, frames), publishing on the event stream,
+and following what listeners subscribe to (so routed messages are published only
 while somebody watches `msg.*`). Must not route or interpret messages.
 """
 
 import collections
 import logging
+import resource
 
 import zmq
 import zmq.auth
 
-from runcontrol.bus.connection import NOBLOCK, NOBLOCK_MORE, ZmqConnection
+from runcontrol.bus.connection import COPY_BELOW, NOBLOCK, NOBLOCK_MORE, ZmqConnection, send_frame
 from runcontrol.bus.zap import ZAP_ENDPOINT, Gatekeeper
 from runcontrol.errors import ConfigError
 
@@ -21,11 +23,13 @@ log = logging.getLogger("runcontrol.server")
 
 HWM = 10000
 HARD_SIZE_FACTOR = 16        # above this many times the limit zmq drops the frame unread
+OTHER_FILES = 256            # open files the server needs besides a connection per client
 ZAP_MALFORMED = [b"1.0", b"", b"400", b"malformed", b"", b""]
 
 
 class BusSockets:
     def __init__(self, spec):
+        room_for_connections(spec.max_clients)
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -33,6 +37,9 @@ class BusSockets:
         self.router.setsockopt(zmq.RCVHWM, HWM)
         self.router.setsockopt(zmq.MAXMSGSIZE, spec.max_message_bytes * HARD_SIZE_FACTOR)
         self.router.setsockopt(zmq.LINGER, 0)
+        # After a restart every client connects again at once: connections ZeroMQ has not accepted yet wait in the
+        # kernel's queue instead of being refused into TCP's retry of a second and more (ZeroMQ's default is 100).
+        self.router.setsockopt(zmq.BACKLOG, spec.max_clients)
         # XPUB tells us what listeners subscribe to: routed messages are published only
         # while someone watches msg.*, so an unwatched bus pays nothing for it.
         self.pub = self.ctx.socket(zmq.XPUB)
@@ -87,16 +94,20 @@ class BusSockets:
 
     def receive(self):
         """One message from the ROUTER as (connection, frames after the identity), or None when none waits."""
-        secure = self.gate is not None
+        recv = self.router.recv
         try:
-            frames = self.router.recv_multipart(NOBLOCK, copy=not secure)
+            identity = recv(NOBLOCK)
         except zmq.Again:
             return None
-        key = None
-        if secure:  # the key a connection authenticated with rides on its frames
-            key = frames[-1].get("User-Id")
-            frames = [frame.bytes for frame in frames]
-        return ZmqConnection(self.router, frames[0], key), frames[1:]
+        # Its frames as zmq Frames: each says whether more follow (pyzmq's recv_multipart asks the socket through
+        # an enum, costing more than the frames themselves), and carries the key a connection authenticated with.
+        frame = recv(NOBLOCK, False)
+        frames = [content(frame)]
+        while frame.more:
+            frame = recv(NOBLOCK, False)
+            frames.append(content(frame))
+        key = frame.get("User-Id") if self.gate is not None else None
+        return ZmqConnection(self.router, identity, key), frames
 
     def read_subscriptions(self):
         while True:
@@ -114,8 +125,8 @@ class BusSockets:
     def publish(self, topic, data):
         """Two frames on the event stream; dropped (and counted) rather than block on full listeners."""
         try:
-            self.pub.send(topic, NOBLOCK_MORE)
-            self.pub.send(data, NOBLOCK)
+            send_frame(self.pub, topic, NOBLOCK_MORE)
+            send_frame(self.pub, data, NOBLOCK, len(data) < COPY_BELOW)
         except zmq.Again:
             self.dropped += 1
 
@@ -124,6 +135,27 @@ class BusSockets:
             if sock is not None:
                 sock.close(linger=0)
         self.ctx.term()
+
+
+def content(frame):
+    """A frame's bytes: a copy when small, else a view of ZeroMQ's own buffer (JSON parses it the same)."""
+    return frame.bytes if len(frame) < COPY_BELOW else frame.buffer
+
+
+def room_for_connections(clients):
+    """Raise the process's limit of open files (its soft limit, up to the hard one) so that a connection from each
+    of `clients` fits beside the server's own files; else say how many fit (beyond them ZeroMQ cannot accept)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = clients + OTHER_FILES
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if raised > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    if raised < wanted:
+        log.warning("the server can hold about %d connections (its limit of open files is %d), fewer than "
+                    "server.max_clients (%d): raise the hard limit (ulimit -Hn, LimitNOFILE)", raised - OTHER_FILES,
+                    raised, clients)
 
 
 def zmq_address(address):

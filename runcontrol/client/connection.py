@@ -3,7 +3,9 @@
 Owns, for `Client`: the server's address (fixed, or from beacons), the Link and
 its monitor, hellos and their retries, the silence check (a server silent for
 its timeout is lost), the beacon checks before moving to an announced server,
-and sending what the core hands out on the link. Its deadlines are on the
+the way back after a loss (the known address tried again at once, a hello as
+soon as it connects; or where a beacon says), and sending what the core hands
+out on the link. Its deadlines are on the
 client's timers. Must not wait for what comes: the driver's loop waits and
 hands it what the sockets brought (a send may wait briefly for room, as
 `Link.send_waiting` says).
@@ -13,7 +15,7 @@ import logging
 import time
 
 from runcontrol import discovery, protocol
-from runcontrol.client.link import Link
+from runcontrol.client.link import FIRST_RETRY_S, Link
 from runcontrol.client.probe import GIVE_UP_S, VERIFY_S
 from runcontrol.errors import RequestFailed, ServerUnavailable
 
@@ -173,6 +175,7 @@ class ServerConnection:
                 log.info("connection to %s closed", self._link.router)
                 self._unregister()
                 self._hello_in(HELLO_RETRY_S)
+                self._follow_checked_beacon()
             elif change == "connected":
                 if not self.core.registered:
                     self._hello()
@@ -187,6 +190,7 @@ class ServerConnection:
             return
         if self._server_fixed and beacon.router != self._server_fixed:
             return
+        self._on_monitor()  # the connection's latest word first: a loss it reports makes this beacon the way back
         if self.core.registered and beacon.router != self.router:
             if self._checks.check(beacon, time.monotonic()):  # anybody can send one: a working connection stays
                 for delay_s in (VERIFY_S, GIVE_UP_S):
@@ -196,8 +200,23 @@ class ServerConnection:
         self._beacon_instance = beacon.instance
         if not self._server_fixed and beacon.router != self.router:
             self._open(beacon.router)
-        else:
+        elif self.core.registered:
             self._hello()  # the welcome says which instance answers at this address
+        elif not self._link.up and time.monotonic() - self._link.down_since > FIRST_RETRY_S:
+            # Lost a while ago, and ZeroMQ's tries since have not got through (refused while nobody served here, its
+            # next 20 ms or more away; or stuck): connect anew. Connected, our hello is on its way; lost just now,
+            # ZeroMQ's first try (10 to 20 ms after the loss) is still to come and finds the server.
+            self._open(self._link.router)
+
+    def _follow_checked_beacon(self):
+        """Our connection lost while a beacon of another server was being checked (it was heard before the loss was):
+        that beacon is the way back now, as it would be had it come after."""
+        probe = self._checks.probe
+        if probe is not None:
+            self._checks.close()
+            log.info("server %s at %s is gone: following the beacon of server %s at %s", self.core.instance,
+                     self.router, probe.beacon.instance, probe.beacon.router)
+            self.timers.after(0, lambda: self._on_beacon(probe.beacon))
 
     def _ping_ours(self):
         """The beacon checks' ping of our own server: its answer is worth judging on at once."""

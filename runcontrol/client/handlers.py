@@ -48,7 +48,7 @@ class Handlers:
             log.exception("handler %r failed", cmd)
             reply = protocol.make_refusal(msg_id, f"{type(exc).__name__}: {exc}", protocol.HANDLER_ERROR)
         else:
-            if isinstance(result, Deferred):
+            if msg_id is None or isinstance(result, Deferred):
                 return None
-            reply = protocol.make_reply(msg_id, result)
+            return protocol.make_reply(msg_id, result)
         return reply if msg_id is not None else None

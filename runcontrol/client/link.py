@@ -3,10 +3,12 @@
 Owns the socket options, CURVE on the client side, connecting, sending without
 blocking (with a short wait under back-pressure), receiving frames, and reading
 the monitor into plain words ("connected", "disconnected", "refused our key",
-...). Must not know what the messages mean: the client core does.
+...) and whether the connection is up (or since when it is not). Must not know
+what the messages mean: the client core does.
 """
 
 import logging
+import time
 import uuid
 
 import zmq
@@ -18,6 +20,11 @@ log = logging.getLogger("runcontrol.client.client")
 
 HWM = 10000
 SEND_WAIT_MS = 1000
+# A lost connection is tried again 10 to 20 ms later (ZeroMQ adds up to one interval at random), then
+# at doubling intervals up to once a second while nobody answers there.
+RECONNECT_MS = 10
+RECONNECT_MAX_MS = 1000
+FIRST_RETRY_S = 2 * RECONNECT_MS / 1000   # the first try after a loss has come by then
 NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's enum flag costs an enum operation per call
 MONITORED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
              | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
@@ -41,8 +48,8 @@ class Link:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, HWM)
         sock.setsockopt(zmq.RCVHWM, HWM)
-        sock.setsockopt(zmq.RECONNECT_IVL, 50)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
         apply_curve(sock, curve)
         self.monitor = sock.get_monitor_socket(MONITORED)
         try:
@@ -53,6 +60,8 @@ class Link:
             raise ConfigError(f"cannot connect to server address {router!r}: {exc}") from None
         self.sock = sock
         self.router = router
+        self.up = False   # the last word of the monitor: connected (and not disconnected since)
+        self.down_since = time.monotonic()
 
     def send_now(self, data):
         """Send if the connection takes it at once; False otherwise."""
@@ -88,8 +97,10 @@ class Link:
             except zmq.Again:
                 return seen
             if event == zmq.EVENT_DISCONNECTED:
+                self.up, self.down_since = False, time.monotonic()
                 seen.append("disconnected")
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.up = True
                 seen.append("connected")
             elif event in REFUSALS:
                 seen.append(REFUSALS[event])

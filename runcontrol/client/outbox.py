@@ -52,16 +52,27 @@ class Outbox:
                 del self._waiting[n]
                 return
 
+    def holds_any(self):
+        """Whether any frame waits, to go at once or in its turn (most frames a client takes in give it none)."""
+        return bool(self._urgent or self._waiting)
+
     def take_urgent(self):
+        if not self._urgent:
+            return []
         frames, self._urgent = self._urgent, []
         return frames
 
     def take(self):
-        """Every waiting frame, in order; says how many were dropped since the last time."""
+        """Every waiting frame, in order (a list); says how many were dropped since the last time."""
         if self.dropped:
             log.warning("dropped %d queued message(s) while the server was away (queue of %d)", self.dropped,
                         self.size)
             self.dropped = 0
-        frames = list(self._waiting)
-        self._waiting.clear()
+        waiting = self._waiting
+        if not waiting:
+            return []
+        if len(waiting) == 1:
+            return [waiting.popleft()]
+        frames = list(waiting)
+        waiting.clear()
         return frames

@@ -126,7 +126,8 @@ class Program(RunHooks):
         notice = self.core.receive(data)
         if notice is not None:
             self._on_notice(notice)
-        self._send_out()
+        if self.core.outbox.holds_any():
+            self._send_out()
 
     def _on_notice(self, notice):
         kind = type(notice)

@@ -126,7 +126,7 @@ class AlarmDesk:
 
     def _end_run(self, name, record, now):
         why = f"alarm {name}: {record['message']}"
-        ending = self.runs.end_because(why, "ended by alarm")
+        ending = self.runs.end_because(why, "ended by alarm", alarm=name)
         if ending is None:
             busy = self.runs.busy
             self.book.note(name, "end_run", now, done=False,

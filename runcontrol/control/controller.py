@@ -25,6 +25,7 @@ from runcontrol.client.client import Client
 from runcontrol import logsetup, pidfile, protocol
 from runcontrol.control import commands, runbook
 from runcontrol.control.alarms import AlarmDesk
+from runcontrol.control.catalog import CatalogDesk
 from runcontrol.control.configs import ConfigDesk
 from runcontrol.control.launch import take_stop_cause
 from runcontrol.control.programs import ProgramDesk
@@ -46,6 +47,7 @@ RECONCILE_EVERY_S = 1.0   # how often the programs are held against the server's
 SWEEP_EVERY_S = 0.5       # how often, after a program exited, what it left is looked for
 SWEEP_FOR_S = 5.0
 LIST_WAIT_S = 5.0
+CATALOG_WAIT_S = 3.0       # how long a stop waits for the history's summary of the run it ended
 STATUS_LIST_WAIT_S = 2.0  # how long `status` waits for the server's list of clients before answering without it
 
 
@@ -70,6 +72,9 @@ class Controller:
                                 experiment.paths.state, experiment.alarms, self.missing_grace_s)
         self.configs = ConfigDesk(self.client, self.runs, self.waiters, lambda: self.spec, experiment.paths.state)
         self.runs.begin_hooks.append(self.configs.run_begins)
+        self.catalog = CatalogDesk(self.client, self.waiters, self.runs, self.configs, self.alarms, lambda: self.spec,
+                                   experiment.paths.state)
+        self.runs.end_hooks.append(self.catalog.run_ended)
         commands.register(self, self.client)
         self.client.watch(self.supervisor.fileno(), lambda: self.supervisor.process(0))
         self.client.subscribe("event.", self._on_server_event)
@@ -215,6 +220,8 @@ class Controller:
         if self.client.registered and time.monotonic() - self._reconciled >= RECONCILE_EVERY_S:
             self._refresh_registrations()
         self.waiters.check()
+        if self.client.registered:
+            self.catalog.ask_pending()
         if time.monotonic() >= self.alarms.due():
             self.alarms.evaluate()
         now = time.monotonic()
@@ -233,12 +240,13 @@ class Controller:
             log.error("%s; starting the programs anyway (they find the server when it comes)", exc)
         if self.client.registered:
             self.supervisor.env["ORBIT_SERVER"] = self.client.router
+        self.catalog.catch_up()
         self.supervisor.start_all()
         while wakeup.stop_signal is None:
             self.step()
         # run.py stops us by SIGTERM whatever stopped it, and leaves the cause (SIGINT, say) for the run log.
         cause = take_stop_cause(self.spec) or signal.Signals(wakeup.stop_signal).name
-        self._end_open_run(f"the experiment was stopped ({cause})")
+        self._end_open_run(f"the experiment was stopped ({cause})", cause)
         log.info("stopping every program (%s)", cause)
         self.supervisor.stop_all()
         while not self.supervisor.all_stopped():
@@ -246,14 +254,17 @@ class Controller:
         self._save_records()
         self.client.poll(0.1)  # the last events go out
 
-    def _end_open_run(self, why):
+    def _end_open_run(self, why, cause=None):
         """An open run ends before the programs stop; a transition under way is let finish first (within the
         default transition timeout), else the run it leaves open would stay open."""
         deadline = time.monotonic() + TRANSITION_TIMEOUT_S
         while self.runs.busy and time.monotonic() < deadline:
             self.step()
-        ending = self.runs.end_for_shutdown(why)
+        ending = self.runs.end_for_shutdown(why, cause)
         while ending is not None and not ending.done:
+            self.step()
+        deadline = time.monotonic() + CATALOG_WAIT_S
+        while self.catalog.asking and time.monotonic() < deadline:   # its record completed while the historian runs
             self.step()
 
     def close(self):

@@ -28,12 +28,13 @@ STOP_CAUSE = "stop_cause"
 SIGNAL_CAUSES = {"SIGINT": "SIGINT, Ctrl-C", "SIGHUP": "SIGHUP, its terminal closed"}
 
 
-def kept(name, experiment, command, grace_s):
-    """The watchdog command that keeps `command` alive through its pid file `<state>/<name>.pid`."""
+def kept(name, experiment, command, grace_s, standby=False):
+    """The watchdog command that keeps `command` alive through its pid file `<state>/<name>.pid` (with a standby
+    copy of it started ahead, for the server)."""
     pid_path = str(experiment.paths.state / f"{name}.pid")
     return [sys.executable, "-m", "watchdog", "--pidfile", pid_path,
-            "--stale-after", f"{experiment.server.stale_after_s:g}", "--grace", f"{grace_s:g}", "--",
-            *command, "--pidfile", pid_path]
+            "--stale-after", f"{experiment.server.stale_after_s:g}", "--grace", f"{grace_s:g}",
+            *(["--standby"] if standby else []), "--", *command, "--pidfile", pid_path]
 
 
 def leave_stop_cause(experiment, cause):
@@ -115,7 +116,7 @@ class Launcher:
         (self.experiment.paths.state / STOP_CAUSE).unlink(missing_ok=True)
         server = [sys.executable, "-m", SERVER_MODULE, "--experiment", path]
         controller = [sys.executable, "-m", CONTROLLER_MODULE, "--experiment", path]
-        self.watched["server"] = self._spawn(kept("server", self.experiment, server, GRACE_S))
+        self.watched["server"] = self._spawn(kept("server", self.experiment, server, GRACE_S, standby=True))
         self.watched["run controller"] = self._spawn(kept("controller", self.experiment, controller, self.grace_s))
         if self.view_argv:
             self.viewer = subprocess.Popen(self.view_argv)

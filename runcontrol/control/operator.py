@@ -16,8 +16,10 @@ Replies are matched by `id`. Must not hold state of its own beyond the
 connection.
 """
 
+import base64
 import os
 import time
+from pathlib import Path
 
 from runcontrol.client.client import Client
 from runcontrol.control import commands
@@ -25,6 +27,7 @@ from runcontrol.errors import NoSuchClient, RequestTimeout, RunControlError
 
 DEFAULT_TIMEOUT_S = 10.0
 HISTORIAN_ROLE = "historian"
+LOGBOOK = "logbook"
 RUN = "run"
 SEQUENCER = "sequencer"
 
@@ -115,18 +118,19 @@ class Operator:
 
     # --- runs ------------------------------------------------------------------------------
 
-    def prepare_run(self, timeout=None):
-        return self._run("prepare_run", timeout=timeout)
+    def prepare_run(self, timeout=None, by=None):
+        """STOP -> READY; `by`: who asks, for the run log and the catalog (default: this connection's name)."""
+        return self._run("prepare_run", timeout=timeout, by=by)
 
-    def begin_run(self, comment="", timeout=None, **params):
-        """READY -> RUN; keyword arguments other than `comment` and `timeout` are the run's parameters."""
-        return self._run("begin_run", comment=comment, params=params, timeout=timeout)
+    def begin_run(self, comment="", timeout=None, by=None, **params):
+        """READY -> RUN; keyword arguments other than `comment`, `timeout` and `by` are the run's parameters."""
+        return self._run("begin_run", comment=comment, params=params, timeout=timeout, by=by)
 
-    def end_run(self, timeout=None):
-        return self._run("end_run", timeout=timeout)
+    def end_run(self, timeout=None, by=None):
+        return self._run("end_run", timeout=timeout, by=by)
 
-    def abort_run(self, timeout=None):
-        return self._run("abort_run", timeout=timeout)
+    def abort_run(self, timeout=None, by=None):
+        return self._run("abort_run", timeout=timeout, by=by)
 
     def runs(self, n=20):
         """The run log: the latest record of each of the last `n` runs."""
@@ -168,6 +172,20 @@ class Operator:
         """{program: {setting: [in run a, in run b (or now)]}}."""
         return self._run("config_diff", a=a, b=b)
 
+    # --- the run catalog ----------------------------------------------------------------------------
+
+    def record(self, number):
+        """Everything the run catalog keeps of run `number`."""
+        return self._run("record", number=number)
+
+    def find(self, *where, limit=None, offset=None, **equals):
+        """Runs meeting every condition, newest first: op.find("temperature.max<140", flag="good")."""
+        return self._run("find", where=list(where), limit=limit, offset=offset, **equals)
+
+    def flag(self, number, flag, why=None, by=None):
+        """Mark run `number`'s data good, bad or unknown, with why."""
+        return self._run("flag", number=number, flag=flag, why=why, by=by)
+
     # --- notifications (through the notifier program) ---------------------------------------------
 
     def notify_test(self, route, by=None):
@@ -190,6 +208,14 @@ class Operator:
         """The sequencer's commands: `op.sequences.queue("bias_scan", seconds=30)`, `.start()`, `.pause(at_once=True)`,
         `.resume()`, `.skip()`, `.abort(why)`, `.status()`, `.dry_run()`, `.load(name)`, `.names()`, `.log(n)`."""
         return Sequences(self)
+
+    # --- the logbook (the logbook program, a client named `logbook`) -----------------------------------------
+
+    @property
+    def logbook(self):
+        """The logbook's commands: `op.logbook.note("cold again", run=12, files=["plot.png"])`, `.search("bias
+        AND warm")`, `.entries(run=12)`, `.entry(7)`, `.edit(7, text)`, `.attachment(sha256)`."""
+        return Logbook(self)
 
     def _run(self, cmd, **fields):
         """The result of the run controller's command `cmd` (of the table in `commands/`) with the `fields` that
@@ -296,6 +322,52 @@ class Sequences:
     def _ask(self, cmd, **fields):
         payload = {key: value for key, value in fields.items() if value is not None}
         return self.op.call({"to": self.name, "cmd": cmd, **payload})
+
+
+class Logbook:
+    """The logbook's commands, each sent to the client `logbook` (see clients/logbook.py)."""
+
+    def __init__(self, op, name=LOGBOOK):
+        self.op, self.name = op, name
+
+    def note(self, text, run=None, runs=None, files=(), by=None):
+        """Write a note (Markdown) on `run`, on `runs` or on none, with `files` (paths) attached; the entry."""
+        return self._ask("note", text=text, run=run, runs=runs, by=by,
+                         attachments=[attachment(path) for path in files] or None)
+
+    def edit(self, entry, text, files=(), by=None):
+        """A new version of note `entry`, with `files` attached beside those it had; the entry."""
+        return self._ask("edit", entry=entry, text=text, by=by,
+                         attachments=[attachment(path) for path in files] or None)
+
+    def entry(self, entry, version=None):
+        """Entry `entry` as it stands (or as `version` was), with its older versions."""
+        return self._ask("entry", entry=entry, version=version)
+
+    def entries(self, limit=20, offset=0, run=None):
+        """The entries newest first, notes and runs' entries together (of `run` alone when given)."""
+        return self._ask("entries", limit=limit, offset=offset, run=run)
+
+    def search(self, text, limit=20, offset=0):
+        """Entries whose text matches `text` (words, "a phrase", prefix*, OR, NOT), newest first."""
+        return self._ask("search", text=text, limit=limit, offset=offset)
+
+    def attachment(self, sha256):
+        """An attachment: {"sha256", "name", "size", "type", "data"} (its bytes)."""
+        answer = dict(self._ask("attachment", sha256=sha256))
+        answer["data"] = base64.b64decode(answer.pop("base64"))
+        return answer
+
+    def _ask(self, cmd, **fields):
+        payload = {key: value for key, value in fields.items() if value is not None}
+        # at least DEFAULT_TIMEOUT_S: the live view's short timeout is no time for a note written to disk
+        return self.op.call({"to": self.name, "cmd": cmd, **payload}, max(self.op.timeout, DEFAULT_TIMEOUT_S))
+
+
+def attachment(path):
+    """A file as the logbook takes an attachment: {"name": its name, "base64": its bytes}."""
+    path = Path(path)
+    return {"name": path.name, "base64": base64.b64encode(path.read_bytes()).decode("ascii")}
 
 
 def historian_in(clients):

@@ -36,6 +36,7 @@ class RunDesk:
         self.run_clients = set()   # clients that said meta.participant (or the earlier meta.run) in their _hello
         self.busy = None
         self.begin_hooks = []      # each called with the run number as it begins: fields for its record
+        self.end_hooks = []        # each called with the run number once its outcome (ended, failed) is in the run log
 
     def records(self, n):
         """The latest record of each of the last `n` runs, newest last."""
@@ -55,27 +56,30 @@ class RunDesk:
 
     # --- one transition ---------------------------------------------------------------------
 
-    def end_for_shutdown(self, why):
-        """The experiment is being stopped: an open run ends first (participants told `end` with `why`,
-        the record saying so). Returns an Outcome to wait on, or None when no run is open."""
-        return self.end_because(why, "ended by shutdown", (runbook.READY, runbook.RUN), SHUTDOWN_TIMEOUT_S)
+    def end_for_shutdown(self, why, signal=None):
+        """The experiment is being stopped (`signal`: what stopped it, for the record): an open run ends first
+        (participants told `end` with `why`, the record saying so). Returns an Outcome to wait on, or None when no
+        run is open."""
+        return self.end_because(why, "ended by shutdown", (runbook.READY, runbook.RUN), SHUTDOWN_TIMEOUT_S,
+                                signal=signal)
 
-    def end_because(self, why, result, states=(runbook.RUN,), timeout=TRANSITION_TIMEOUT_S):
+    def end_because(self, why, result, states=(runbook.RUN,), timeout=TRANSITION_TIMEOUT_S, **cause):
         """End the run in one of `states` whatever the participants answer, `why` told to them and logged in
-        the record with `result`. An Outcome to wait on, or None when there is no such run or one is changing."""
+        the record with `result` and `cause` (alarm=NAME, signal=TEXT: what ended it). An Outcome to wait on, or
+        None when there is no such run or one is changing."""
         if self.book.state not in states or self.busy:
             return None
         outcome = Outcome()
-        self.transition({"timeout": timeout}, "abort_run", outcome, why, result)
+        self.transition({"timeout": timeout, "from": self.client.name}, "abort_run", outcome, why, result, cause)
         return outcome
 
-    def transition(self, msg, action, reply=None, why=None, result=None):
+    def transition(self, msg, action, reply=None, why=None, result=None, cause=None):
         """Start `action` (a run command) asked by `msg`: the answer comes when every participant has answered, or
         the timeout; `reply` (default: a deferred answer to `msg`) takes it. Refused at once when another transition
         is under way or the state does not allow it."""
         self._check(action)
         timeout = msg.get("timeout", TRANSITION_TIMEOUT_S)
-        fields = self._run_fields(msg, action)
+        fields = self._run_fields(msg, action, cause or {})
         if action == "prepare_run":
             fields["run"] = self.book.next_number()  # on disk before any participant hears of it
         participants = self.participants()
@@ -108,9 +112,11 @@ class RunDesk:
             raise Refused(f"{action} needs state {' or '.join(runbook.ALLOWED_FROM[action])}; the state is {state} "
                           f"({runbook.HINTS[state]})", protocol.BAD_STATE)
 
-    def _run_fields(self, msg, action):
+    def _run_fields(self, msg, action, cause):
         """The run's fields this transition carries: who asked for it (`by`, default the sender) and the step of
-        a sequence it belongs to (`sequence`), given at prepare_run or begin_run, go into the run log."""
+        a sequence it belongs to (`sequence`), given at prepare_run or begin_run, go into the run log; so does who
+        began it (`began_by`) and who or what ended it (`ended_by`: the client, the operator, the sequence step, or
+        the `cause`: an alarm, a signal)."""
         tags = {key: msg[key] for key in ("by", "sequence") if msg.get(key) is not None}
         if action == "prepare_run":
             return {"run": None, "by": msg.get("from"), **tags}
@@ -118,6 +124,12 @@ class RunDesk:
         if action == "begin_run":
             fields.update(comment=msg.get("comment", ""), params=msg.get("params", {}), **tags)
             fields.setdefault("by", msg.get("from"))
+            fields["began_by"] = {"client": msg.get("from"), "operator": msg.get("by") or fields.get("by"),
+                                  "sequence": fields.get("sequence")}
+        elif action in ("end_run", "abort_run"):
+            fields["ended_by"] = {"client": msg.get("from"), "operator": msg.get("by") if not cause else None,
+                                  "sequence": msg.get("sequence"), "alarm": cause.get("alarm"),
+                                  "signal": cause.get("signal")}
         return fields
 
     def _conclude(self, reply, action, fields, participants, answers, why=None, result=None):
@@ -130,6 +142,7 @@ class RunDesk:
             if action == "prepare_run":
                 self.book.log({"run": run, "result": "failed", "why": f"prepare: {why}", "problems": problems,
                                **{k: fields[k] for k in TAGS if fields.get(k) is not None}})
+                self._concluded(run)
             if action == "begin_run":
                 for name in participants:
                     if name not in problems:  # those that had begun end it, aborted
@@ -153,7 +166,7 @@ class RunDesk:
                 extra.update(hook(fields["run"]))
             self.book.enter(target, **{**fields, "start": now, "participants": participants, **extra})
             self.book.log({k: self.book.current.get(k) for k in ("run", "comment", "params", "participants",
-                                                                  "start", *extra)}
+                                                                  "start", "began_by", *extra)}
                           | {k: self.book.current[k] for k in TAGS if self.book.current.get(k) is not None}
                           | {"result": "running"})
         else:
@@ -165,12 +178,19 @@ class RunDesk:
                            **({"why": why} if why else {}), **({"problems": problems} if problems else {}),
                            **({"config": fields["config"]} if fields.get("config") else {}),
                            **({"reports": reports} if reports else {}),
+                           **{k: fields[k] for k in ("began_by", "ended_by") if fields.get(k)},
                            **{k: fields[k] for k in TAGS if fields.get(k) is not None}})
             self.book.enter(target)
+            self._concluded(fields["run"])
         message = f"Ended run {fields['run']}: {why}" if why else f"{WORDS[action]} {fields['run']}"
         log.info("%s: state %s", message, target)
         self.client.send(None, "_event", kind="run_state", state=target, run=fields["run"], transition=action,
                          message=message, comment=fields.get("comment"))
+
+    def _concluded(self, run):
+        """The run's outcome is in the run log: tell whoever follows outcomes (the run catalog)."""
+        for hook in self.end_hooks:
+            hook(run)
 
     def rejoin(self, name):
         """Tell a participant that (re)joined during a run where the run is, at once."""

@@ -4,11 +4,18 @@ Renders a snapshot (`Operator.snapshot()`) into a screen that never wraps: the
 standing alarms and the notifier's open maintenance windows on top, a header
 with the server and the run, the program table whose columns drop from the
 right to fit, monitoring values and notable events; the live loop keeps the
-last snapshot while the server is away. Must not change anything it shows.
+last snapshot while the server is away. Must not change anything it shows; the
+one thing it writes is an operator's note to the logbook (key `n`).
 """
 
+import contextlib
+import getpass
 import json
+import os
+import sys
+import termios
 import time
+import tty
 
 from rich.console import Group
 from rich.live import Live
@@ -17,7 +24,7 @@ from rich.text import Text
 
 from runcontrol import logsetup, protocol
 from runcontrol.control.operator import historian_in
-from runcontrol.errors import RequestFailed
+from runcontrol.errors import Refused, RequestFailed
 
 REFRESH_S = 0.5
 SPARK_SPAN_S = 3600.0
@@ -26,15 +33,19 @@ SPARK_EVERY_S = 10.0   # how often the live view asks the historian again
 HISTORY_NAMES_MAX = 60
 SPARKS = "▁▂▃▄▅▆▇█"
 LIVE_TIMEOUT_S = 2.0  # past this the view says the server is unreachable, and keeps trying
+NOTE_KEY = "n"        # in the live view: write a note to the logbook
+SAID_S = 10.0         # how long what came of a note stays on top of the view
 STATE_STYLES = {"RUNNING": "green", "REGISTERED": "green", "STARTING": "yellow", "BACKOFF": "yellow", "STOPPING": "yellow",
                 "STOPPED": "dim", "EXITED": "dim", "FATAL": "bold red", "UNKNOWN": "bold magenta"}
 RUN_STYLES = {"RUN": "bold green", "READY": "bold yellow", "STOP": "bold"}
 ALARMS = {"program_fatal", "client_lost", "host_unreachable", "alarm_raised"}
 SEQUENCE_EVENTS = ("queued", "started", "step", "run", "paused", "resumed", "skipped", "aborted", "done")
 MAINTENANCE_EVENTS = ("maintenance", "maintenance_ended")   # the notifier's (clients/notifier.py)
+LOGBOOK_EVENTS = ("logbook_entry",)                         # the logbook's (clients/logbook.py)
 NOTABLE = {"program_restarting", "program_fatal", "program_exited", "client_lost", "run_state",
            "server_started", "client_replaced", "host_unreachable", "host_reachable", "alarm_raised",
-           "alarm_cleared", "alarm_acked", *(f"sequence_{what}" for what in SEQUENCE_EVENTS), *MAINTENANCE_EVENTS}
+           "alarm_cleared", "alarm_acked", *(f"sequence_{what}" for what in SEQUENCE_EVENTS), *MAINTENANCE_EVENTS,
+           *LOGBOOK_EVENTS}
 MAINTENANCE_ROWS = 2   # lines for open maintenance windows at most; more are counted on the last
 # Program columns, most important first; the narrowest terminals keep only the first ones.
 COLUMNS = [("program", 12), ("state", 8), ("pid", 7), ("up", 5), ("rst", 3), ("reg", 3), ("hb", 4),
@@ -131,22 +142,25 @@ def maintenance_block(windows, now, width, rows):
     return Group(*lines)
 
 
-def header(snap):
+def header(snap, hint=None):
+    """The server's line, and the run's (after it `hint`, the keys the view takes)."""
     server, run = as_dict(snap.get("server")), as_dict(snap.get("run"))
     rate = as_dict(as_dict(snap.get("stats")).get("total")).get("msgs_in_per_s", 0)
     line = Text.assemble((str(server.get("experiment", "?")), "bold"), f"  server {server.get('instance', '?')} ",
                          f"up {age(server.get('uptime'))}  {server.get('clients', '?')} clients  ",
                          f"{rate if isinstance(rate, (int, float)) else 0:.0f} msg/s")
+    keys = (f"  {hint}" if hint else "", "dim")
     if not run:
         why = snap.get("run_error") or "no run controller registered"
-        return Group(line, Text(f"run: unknown ({why})", style="yellow"))
+        return Group(line, Text.assemble((f"run: unknown ({why})", "yellow"), keys, no_wrap=True, overflow="crop"))
     state, current = str(run.get("state", "?")), as_dict(run.get("current_run"))
     started = current.get("start")
     running = f"  for {age(snap['taken'] - started)}" if isinstance(started, (int, float)) and state == "RUN" else ""
     comment = f"  \"{short(current.get('comment'), 30)}\"" if current.get("comment") else ""
     number = run.get("run")
     return Group(line, Text.assemble("run ", (state, RUN_STYLES.get(state, "bold")),
-                                     f"  number {number if number is not None else '-'}{running}{comment}"))
+                                     f"  number {number if number is not None else '-'}{running}{comment}", keys,
+                                     no_wrap=True, overflow="crop"))
 
 
 def program_cells(name, info):
@@ -290,7 +304,8 @@ def retained_table(snap, width, rows):
 def event_text(event):
     """The gist of an event, most telling words first (the line may be cut at the right)."""
     kind, e = event.get("kind"), event
-    if (kind == "run_state" or kind in MAINTENANCE_EVENTS or str(kind).startswith("sequence_")) and e.get("message"):
+    if (kind == "run_state" or kind in MAINTENANCE_EVENTS or kind in LOGBOOK_EVENTS
+            or str(kind).startswith("sequence_")) and e.get("message"):
         return str(e["message"])
     if kind == "program_exited":
         how = f"killed by {e['signal']}" if e.get("signal") else e.get("error") or f"exited with status {e.get('code')}"
@@ -329,8 +344,9 @@ def events_table(snap, width, rows):
     return table
 
 
-def render(snap, width=80, height=24, note=None):
-    """The whole view for a terminal of `width` x `height`: nothing wraps, lower parts shrink first."""
+def render(snap, width=80, height=24, note=None, hint=None):
+    """The whole view for a terminal of `width` x `height`: nothing wraps, lower parts shrink first; `note` on top,
+    `hint` (the keys it takes) after the run's line."""
     programs, hosts = len(rows_of(snap)), len(hosts_of(snap))
     alarm_rows = min(len(standing_alarms(snap)), max(1, height // 4))
     windows = maintenance_windows(snap)
@@ -342,15 +358,15 @@ def render(snap, width=80, height=24, note=None):
     parts = [Text(note, style="bold yellow")] if note else []
     parts += [alarms_block(snap, width, alarm_rows)] if alarm_rows else []
     parts += [maintenance_block(windows, snap["taken"], width, maintenance_rows)] if maintenance_rows else []
-    parts += [header(snap), programs_table(snap, width)]
+    parts += [header(snap, hint), programs_table(snap, width)]
     parts += [hosts_table(snap, width)] if hosts else []
     parts += [retained_table(snap, width, retained_rows), events_table(snap, width, event_rows)]
     return Group(*parts)
 
 
-def render_safely(snap, console, note=None):
+def render_safely(snap, console, note=None, hint=None):
     try:
-        return render(snap, console.width, console.height, note)
+        return render(snap, console.width, console.height, note, hint)
     except Exception as exc:  # whatever the network sent, the view goes on
         return Text(f"cannot show this snapshot: {type(exc).__name__}: {exc}", style="red")
 
@@ -366,21 +382,120 @@ def snapshot(op, last=None):
 
 def live(op, console):
     last, lost_since, history, asked = None, None, {}, 0.0
-    with Live(console=console, refresh_per_second=4, screen=True, vertical_overflow="crop") as view:
+    said, said_until = None, 0.0
+    with Keys(sys.stdin) as keys, Live(console=console, refresh_per_second=4, screen=True,
+                                        vertical_overflow="crop") as view:
+        hint = None
+        if keys.fd is not None:
+            op.client.watch(keys.fd, lambda: keys.take() or op.client.unwatch(keys.fd))
+            hint = f"{NOTE_KEY}: write a note"
         while True:
+            if keys.pressed(NOTE_KEY) and last is not None:
+                view.stop()
+                with keys.typing():   # the client keeps answering its server while a person types
+                    said = write_note(op, last, lambda words: keys.ask(console, words, op.client.poll))
+                said_until = time.monotonic() + SAID_S
+                view.start()
+            told = said if time.monotonic() < said_until else None
             try:
                 due = last is not None and time.monotonic() - asked >= SPARK_EVERY_S
                 last, lost_since = snapshot(op, last) if due else op.snapshot(), None
                 if due:
                     history, asked = as_dict(last.get("history")), time.monotonic()
                 last["history"] = history
-                view.update(render_safely(last, console))
+                view.update(render_safely(last, console, told, hint))
             except RequestFailed as exc:
                 lost_since = lost_since or time.time()
                 note = (f"server unreachable since {logsetup.utc_stamp(lost_since)[11:19]} UTC: "
                         f"showing the last snapshot; reconnecting ({type(exc).__name__})")
-                view.update(render_safely(last, console, note) if last else Text(note, style="bold yellow"))
+                view.update(render_safely(last, console, note, hint) if last else Text(note, style="bold yellow"))
             op.client.poll(REFRESH_S)
+
+
+class Keys:
+    """Keys pressed in the terminal, one at a time (no echo, no waiting for Enter; Ctrl-C still interrupts), or
+    whole lines while `typing`; none when standard input is no terminal. `take` reads them when the terminal is
+    readable (the live loop watches it)."""
+
+    def __init__(self, stream):
+        self.fd = stream.fileno() if stream.isatty() else None
+        self.saved, self.held, self.gone = None, "", False
+
+    def __enter__(self):
+        if self.fd is not None:
+            self.saved = termios.tcgetattr(self.fd)
+            tty.setcbreak(self.fd)
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+    def take(self):
+        """Read what was typed (the terminal is readable); False when it is gone."""
+        try:
+            data = os.read(self.fd, 65536)
+        except OSError:
+            data = b""
+        self.held += data.decode(errors="replace")
+        self.gone = not data
+        return not self.gone
+
+    def pressed(self, key):
+        """Whether `key` was pressed since the last look (other keys are let go)."""
+        found, self.held = key in self.held, ""
+        return found
+
+    @contextlib.contextmanager
+    def typing(self):
+        """The terminal as it was (echo, whole lines) meanwhile: for questions."""
+        if self.saved is not None:
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+        self.held = ""
+        try:
+            yield
+        finally:
+            if self.saved is not None:
+                tty.setcbreak(self.fd)
+            self.held = ""
+
+    def ask(self, console, words, wait):
+        """The line typed after `words` (`wait(seconds)` meanwhile, which reads the terminal when it can)."""
+        console.print(words, end="", markup=False, highlight=False)
+        while "\n" not in self.held:
+            if self.gone:
+                raise EOFError("the terminal is gone")
+            wait(REFRESH_S)
+        line, _, self.held = self.held.partition("\n")
+        return line.strip()
+
+
+def write_note(op, snap, ask):
+    """Ask for a note (its text, its run, who writes it: `ask(words)` is the answer to a question) and send it to
+    the logbook; what came of it, in a line."""
+    text = ask("A note for the logbook (Markdown, one line; Enter sends it, an empty one is not sent)\nnote: ")
+    if not text:
+        return "no note written"
+    run = as_dict(snap.get("run")).get("run")
+    given = ask(f"run (Enter: {run if run is not None else 'none'}; a run number, - for none): ")
+    if given:
+        run = int(given) if given.isdigit() else None
+    by = ask(f"by (Enter: {user() or 'this view'}): ") or user()
+    try:
+        entry = op.logbook.note(text, run=run, by=by)
+    except Refused as exc:
+        return f"the logbook refused the note: {exc}"
+    except RequestFailed as exc:
+        return f"the note was not written: {exc}"
+    return f"note {entry['entry']} written to the logbook" + (f" on run {run}" if run is not None else "")
+
+
+def user():
+    """The name of who sits at this terminal, or None."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
 
 
 def plot(name, buckets, width=80, height=20):

@@ -2,7 +2,10 @@
 "use strict";
 
 const state = { user: null, canAct: false, status: null, events: [], page: "status", plot: null, focus: null,
-                scrolledTo: null, notificationsAsked: 0 };
+                scrolledTo: null, notificationsAsked: 0, catalogOffset: 0, catalogAsked: 0, run: null, runPlots: [],
+                logbookOffset: 0, logbookSearch: "", logbookAsked: 0, editing: null };
+const CATALOG_PAGE = 50;    // runs a page of the Runs page shows
+const LOGBOOK_PAGE = 20;    // entries a page of the Logbook page shows
 const NOTIFICATIONS_EVERY_S = 5;   // how often the alarms page asks again what the notifier sent and what waits
 
 // --- small helpers -------------------------------------------------------------------------------
@@ -25,6 +28,10 @@ function age(seconds) {
   return `${(seconds / 3600).toFixed(1)}h`;
 }
 
+function span(seconds) {
+  return typeof seconds === "number" && seconds < 10 ? `${seconds.toFixed(1)}s` : age(seconds);
+}
+
 function size(bytes) {
   if (typeof bytes !== "number") return "";
   for (const unit of ["B", "K", "M", "G"]) {
@@ -44,12 +51,21 @@ function say(text, bad) {
 }
 
 async function api(path, body) {
-  const options = body === undefined ? {} :
+  const options = body === undefined ? {} : body instanceof FormData ? { method: "POST", body } :
     { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
   const response = await fetch(path, options);
   const answer = await response.json().catch(() => ({ error: response.statusText }));
   if (!response.ok) throw new Error(answer.error || response.statusText);
   return answer;
+}
+
+function number(value, digits) {
+  if (typeof value !== "number") return value === undefined || value === null ? "" : String(value);
+  return Number.isInteger(value) ? String(value) : value.toPrecision(digits || 6).replace(/\.?0+(e|$)/, "$1");
+}
+
+function shown(value) {
+  return typeof value === "object" && value !== null ? JSON.stringify(value) : number(value);
 }
 
 async function action(label, path, body) {
@@ -81,6 +97,9 @@ async function whoami() {
   if (state.status) renderStatus(state.status);
   if (state.page === "settings") showSettings().catch(() => {});
   if (state.page === "alarms") showAlarms().catch(() => {});   // its acknowledge buttons are an operator's
+  for (const id of ["note-form", "run-note-form", "run-flag-form"]) document.getElementById(id).hidden = !me.user;
+  if (state.page === "logbook") showLogbook().catch(() => {});   // its edit buttons too
+  if (state.page === "run" && state.run !== null) showRunEntries().catch(() => {});
 }
 
 document.getElementById("login").addEventListener("submit", async (event) => {
@@ -207,14 +226,7 @@ function renderStatus(status) {
 
 // --- runs, alarms, events --------------------------------------------------------------------------
 
-async function showRuns() {
-  const records = await api("/api/runs?n=200");
-  fill(document.querySelector("#runs tbody"), records.map((r) => el("tr", { "data-run": r.run },
-    el("td", {}, String(r.run)), el("td", { class: "result" }, r.result), el("td", {}, clock(r.start)),
-    el("td", {}, age(r.duration ?? (r.start ? Date.now() / 1000 - r.start : null))),
-    el("td", { class: "comment" }, r.comment || ""), el("td", {}, (r.participants || []).join(", ")),
-    el("td", { class: "detail" }, r.why || ""))));
-}
+// (the Runs page, the catalog: below)
 
 async function showAlarms() {
   const answer = await api("/api/alarms?log=200");
@@ -524,42 +536,518 @@ async function showHistoryNames() {
   if (names.includes(chosen)) select.value = chosen;
 }
 
-async function plot(since, until) {
-  const name = document.getElementById("history-name").value;
-  if (!name) return;
-  const query = new URLSearchParams({ name, since: String(since), points: "500" });
-  if (until !== undefined) query.set("until", String(until));
-  let buckets;
-  try {
-    buckets = (await api(`/api/history?${query}`))[name] || [];
-    say(buckets.length ? "" : `no values of ${name} in that time`);
-  } catch (exc) {
-    say(exc.message, true);
-    return;
-  }
+// A history plot of `name` (the historian's buckets [ts, min, max, mean]) in `node`; a drag across it calls
+// `zoom(from, to)`, a double-click `unzoom()`.
+function drawHistory(node, name, buckets, zoom, unzoom, height) {
   const data = [buckets.map((b) => b[0]), buckets.map((b) => b[3]), buckets.map((b) => b[1]), buckets.map((b) => b[2])];
-  const node = document.getElementById("plot");
-  if (state.plot) state.plot.destroy();
-  state.plot = new uPlot({
-    title: name, width: Math.max(400, node.clientWidth || window.innerWidth - 40), height: 360,
+  const made = new uPlot({
+    title: name, width: Math.max(400, node.clientWidth || window.innerWidth - 40), height: height || 360,
     series: [{}, { label: "mean", stroke: "#4c4", spanGaps: false }, { label: "min", stroke: "#48f" },
              { label: "max", stroke: "#f44" }],
     axes: [{ stroke: "#aaa" }, { stroke: "#aaa" }],
     hooks: { setSelect: [(u) => {
       if (u.select.width < 5) return;
-      const from = u.posToVal(u.select.left, "x");
-      const to = u.posToVal(u.select.left + u.select.width, "x");
-      plot(from, to);   // zoomed in: asked again, in finer buckets
+      zoom(u.posToVal(u.select.left, "x"), u.posToVal(u.select.left + u.select.width, "x"));
     }] },
     cursor: { drag: { x: true, y: false, setScale: false } },
   }, data, node);
-  node.ondblclick = () => plot(-Number(document.getElementById("history-since").value));
+  node.ondblclick = unzoom;
+  return made;
+}
+
+async function history(name, since, until, points) {
+  const query = new URLSearchParams({ name, since: String(since), points: String(points || 500) });
+  if (until !== undefined) query.set("until", String(until));
+  return (await api(`/api/history?${query}`))[name] || [];
+}
+
+async function plot(since, until) {
+  const name = document.getElementById("history-name").value;
+  if (!name) return;
+  let buckets;
+  try {
+    buckets = await history(name, since, until);
+    say(buckets.length ? "" : `no values of ${name} in that time`);
+  } catch (exc) {
+    say(exc.message, true);
+    return;
+  }
+  const node = document.getElementById("plot");
+  if (state.plot) state.plot.destroy();
+  state.plot = drawHistory(node, name, buckets, (from, to) => plot(from, to),   // zoomed in: asked again, finer
+                           () => plot(-Number(document.getElementById("history-since").value)));
 }
 
 document.getElementById("history-form").addEventListener("submit", (event) => {
   event.preventDefault();
   plot(-Number(document.getElementById("history-since").value));
 });
+
+// --- Markdown, shown safely ----------------------------------------------------------------------------
+// A minimal rendering of a note's Markdown: headings, paragraphs, lists, tables, code, **bold**, *italic*, `code`
+// and http(s) links. Every piece of text goes into the page as text (textContent), never as HTML.
+
+function inline(text) {
+  const out = [];
+  const pattern = /(\*\*([^*]+)\*\*|`([^`]+)`|\*([^*\s][^*]*)\*|\[([^\]]+)\]\((https?:\/\/[^\s)]+)\))/g;
+  let at = 0;
+  for (const match of text.matchAll(pattern)) {
+    if (match.index > at) out.push(text.slice(at, match.index));
+    if (match[2] !== undefined) out.push(el("strong", {}, match[2]));
+    else if (match[3] !== undefined) out.push(el("code", {}, match[3]));
+    else if (match[4] !== undefined) out.push(el("em", {}, match[4]));
+    else out.push(el("a", { href: match[6], target: "_blank", rel: "noopener noreferrer" }, match[5]));
+    at = match.index + match[0].length;
+  }
+  if (at < text.length) out.push(text.slice(at));
+  return out;
+}
+
+function tableCells(line) {
+  return line.trim().replace(/^\||\|$/g, "").split(/(?<!\\)\|/).map((cell) => cell.trim().replace(/\\\|/g, "|"));
+}
+
+function markdown(text) {
+  const lines = String(text || "").split("\n");
+  const blocks = [];
+  let i = 0;
+  while (i < lines.length) {
+    const line = lines[i];
+    if (!line.trim()) { i += 1; continue; }
+    if (line.startsWith("```")) {
+      const code = [];
+      for (i += 1; i < lines.length && !lines[i].startsWith("```"); i += 1) code.push(lines[i]);
+      blocks.push(el("pre", {}, el("code", {}, code.join("\n"))));
+      i += 1;
+      continue;
+    }
+    const heading = /^(#{1,6})\s+(.*)$/.exec(line);
+    if (heading) {
+      blocks.push(el(`h${Math.min(6, heading[1].length + 3)}`, {}, ...inline(heading[2])));
+      i += 1;
+      continue;
+    }
+    if (line.trim().startsWith("|") && /^\s*\|?[\s:|-]*-[\s:|-]*$/.test(lines[i + 1] || "")) {
+      const head = tableCells(line);
+      const rows = [];
+      for (i += 2; i < lines.length && lines[i].trim().startsWith("|"); i += 1) rows.push(tableCells(lines[i]));
+      const cells = (tag, texts) => el("tr", {}, ...texts.map((t) => el(tag, {}, ...inline(t))));
+      blocks.push(el("table", { class: "md" }, el("thead", {}, cells("th", head)),
+        el("tbody", {}, ...rows.map((r) => cells("td", r)))));
+      continue;
+    }
+    if (/^\s*([-*+]|\d+\.)\s+/.test(line)) {
+      const ordered = /^\s*\d+\./.test(line);
+      const items = [];
+      for (; i < lines.length && /^\s*([-*+]|\d+\.)\s+/.test(lines[i]); i += 1) {
+        items.push(el("li", {}, ...inline(lines[i].replace(/^\s*([-*+]|\d+\.)\s+/, ""))));
+      }
+      blocks.push(el(ordered ? "ol" : "ul", {}, ...items));
+      continue;
+    }
+    const paragraph = [];
+    for (; i < lines.length && lines[i].trim() && !/^(```|#{1,6}\s|\s*([-*+]|\d+\.)\s|\s*\|)/.test(lines[i]); i += 1) {
+      paragraph.push(lines[i]);
+    }
+    if (!paragraph.length) paragraph.push(lines[i++]);   // a line that only looked like the start of a block
+    blocks.push(el("p", {}, ...inline(paragraph.join("\n"))));
+  }
+  return el("div", { class: "markdown" }, ...blocks);
+}
+
+// --- the Runs page: the run catalog ----------------------------------------------------------------------
+
+const CATALOG_COLUMNS = [["run", "run"], ["flag", "flag"], ["result", "result"], ["start", "started"],
+  ["duration", "duration"], ["comment", "comment"], ["began_by", "began by"], ["ended_by", "ended by"],
+  ["files", "files"], ["alarms", "alarms"]];
+
+const CONDITION = /^([A-Za-z][A-Za-z0-9_.-]*)(=|!=|<=|>=|<|>|~)/;
+
+function conditionKeys(query) {
+  return query.split(/\s+/).map((word) => CONDITION.exec(word.replace(/^["']/, ""))).filter((m) => m).map((m) => m[1]);
+}
+
+function catalogCell(key, row) {
+  const value = row[key];
+  if (key === "run") return el("td", {}, el("a", { href: `#run/${row.run}` }, String(row.run)));
+  if (key === "start") return el("td", {}, clock(value));
+  if (key === "duration") return el("td", {}, span(value));
+  if (key === "flag") return el("td", { class: `flag-${value}` }, value || "");
+  return el("td", { class: key === "comment" ? "comment" : "" }, shown(value));
+}
+
+async function showRuns() {
+  const asked = ++state.catalogAsked;   // an answer to an older query is not drawn over a newer one
+  const q = document.getElementById("catalog-query").value.trim();
+  for (const kind of ["csv", "json"]) {
+    document.getElementById(`catalog-${kind}`).href = `/api/catalog.${kind}?${new URLSearchParams({ q })}`;
+  }
+  const problem = document.getElementById("catalog-error");
+  let found, running = [];
+  try {
+    found = await api(`/api/catalog?${new URLSearchParams({ q, limit: CATALOG_PAGE, offset: state.catalogOffset })}`);
+    if (!q && !state.catalogOffset) running = (await api("/api/runs?n=3")).filter((r) => r.result === "running");
+  } catch (exc) {
+    if (asked !== state.catalogAsked) return;
+    problem.textContent = exc.message;
+    problem.hidden = false;
+    document.getElementById("catalog-summary").textContent = "";
+    fill(document.querySelector("#runs tbody"), []);
+    return;
+  }
+  if (asked !== state.catalogAsked) return;
+  problem.hidden = true;
+  const extra = [...new Set(conditionKeys(q))].filter((k) => !CATALOG_COLUMNS.some(([key]) => key === k));
+  const columns = [...CATALOG_COLUMNS, ...extra.map((k) => [k, k])];
+  fill(document.querySelector("#runs thead"), [el("tr", {}, ...columns.map(([, label]) => el("th", {}, label)))]);
+  const rows = running.map((r) => el("tr", { "data-run": r.run, class: "running" }, el("td", {}, String(r.run)),
+    el("td", {}, ""), el("td", { class: "RUN" }, "running"), el("td", {}, clock(r.start)),
+    el("td", {}, age(Date.now() / 1000 - r.start)), el("td", { class: "comment" }, r.comment || ""),
+    el("td", {}, r.by || ""), el("td", { colspan: columns.length - 7 }, "in the catalog once it ends")));
+  for (const row of found.runs) {
+    rows.push(el("tr", { "data-run": row.run }, ...columns.map(([key]) => catalogCell(key, row))));
+  }
+  fill(document.querySelector("#runs tbody"), rows);
+  const last = found.offset + found.runs.length;
+  document.getElementById("catalog-summary").textContent = found.total
+    ? `${found.total} run(s) found; ${found.offset + 1} to ${last} shown, newest first` : "no run found";
+  document.getElementById("catalog-newer").disabled = found.offset === 0;
+  document.getElementById("catalog-older").disabled = last >= found.total;
+}
+
+document.getElementById("catalog-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  state.catalogOffset = 0;
+  showRuns().catch((exc) => say(exc.message, true));
+});
+for (const [id, step] of [["catalog-newer", -CATALOG_PAGE], ["catalog-older", CATALOG_PAGE]]) {
+  document.getElementById(id).addEventListener("click", () => {
+    state.catalogOffset = Math.max(0, state.catalogOffset + step);
+    showRuns().catch((exc) => say(exc.message, true));
+  });
+}
+
+// --- a run's page: its record, plots of its values, its logbook entries --------------------------------
+
+function who(by) {
+  if (!by) return "";
+  let text = by.alarm ? `the alarm ${by.alarm}` : by.signal ? `a shutdown (${by.signal})`
+    : by.operator || by.client || "";
+  if (by.operator && by.client && by.client !== by.operator) text += ` (${by.client})`;
+  if (by.sequence) text += `, sequence ${by.sequence.sequence} step ${by.sequence.step ?? "?"}`;
+  return text;
+}
+
+function flagText(flag) {
+  if (!flag) return "";
+  return flag.value + (flag.by ? ` by ${flag.by}` : "") + (flag.at ? `, ${clock(flag.at)}` : "") +
+    (flag.why ? `: ${flag.why}` : "");
+}
+
+function table(id, header, rows) {
+  if (!rows.length) return el("p", { id, class: "none" }, "none");
+  return el("table", { id }, el("thead", {}, el("tr", {}, ...header.map((h) => el("th", {}, h)))),
+    el("tbody", {}, ...rows.map((cells) => el("tr", {},
+      ...cells.map((c) => c instanceof Node ? c : el("td", {}, c))))));
+}
+
+function part(title, node) {
+  return [el("h3", {}, title), node];
+}
+
+function recordSummary(r) {
+  const fields = [
+    ["result", r.result + (r.why ? `: ${r.why}` : "")], ["started", clock(r.start)], ["ended", clock(r.end)],
+    ["duration", span(r.duration)], ["began by", who(r.began_by)], ["ended by", who(r.ended_by)],
+    ["comment", r.comment || ""],
+    ["params", Object.entries(r.params || {}).map(([k, v]) => `${k}=${shown(v)}`).join(", ")],
+    ["participants", (r.participants || []).join(", ")],
+    ["problems", Object.entries(r.problems || {}).map(([k, v]) => `${k}: ${shown(v)}`).join("; ")],
+    ["flag", flagText(r.flag)], ["recorded", clock(r.recorded)],
+    ["pending", (r.pending || []).length ? `waiting for ${r.pending.join(", ")}` : ""],
+  ];
+  const optional = new Set(["params", "problems", "pending"]);   // a line only when there is something to say
+  const lines = fields.filter(([name, text]) => text || !optional.has(name));
+  return el("table", { id: "run-summary" }, el("tbody", {}, ...lines.map(([name, text]) =>
+    el("tr", { "data-field": name }, el("th", {}, name), el("td", { class: "detail" }, text)))));
+}
+
+function recordParts(r) {
+  const run = r.run;
+  const nodes = [recordSummary(r)];
+  if ((r.flag_history || []).length) {
+    nodes.push(...part("flag history", table("run-flag-history", ["flag", "by", "when", "why"],
+      r.flag_history.map((f) => [f.value, f.by || "", clock(f.at), f.why || ""]))));
+  }
+  const changed = [];
+  for (const [program, keys] of Object.entries(r.settings_changed || {})) {
+    for (const [key, [before, now]] of Object.entries(keys)) changed.push([program, key, shown(before), shown(now)]);
+  }
+  nodes.push(...part("settings changed since the previous run",
+    table("run-settings-changed", ["program", "setting", "before", "now"], changed)));
+  const STATS = ["begin", "end", "min", "mean", "max"];
+  const withUnits = (v, k) => number(v[k]) + (v.units && typeof v[k] === "number" ? ` ${v.units}` : "");
+  nodes.push(...part("values", table("run-values", ["name", "published as", "units", ...STATS, "count"],
+    Object.entries(r.values || {}).map(([name, v]) => [name, v.id || "", v.units || "",
+      ...STATS.map((k) => withUnits(v, k)), String(v.count ?? "")]))));
+  nodes.push(...part("files", table("run-files", ["program", "file", "size", "images", "sha256"],
+    (r.files || []).map((f, i) => [f.program || "", el("td", {}, el("a", { href: `/api/catalog/${run}/files/${i}`,
+      download: String(f.path).split("/").pop(), class: "run-file", title: f.path }, f.path)),
+    size(f.size), String(f.images ?? ""), el("td", { class: "sha256" }, f.sha256 || "")]))));
+  const counters = [];
+  for (const [reader, figures] of Object.entries(r.readers || {})) {
+    for (const [name, value] of Object.entries(figures)) counters.push([reader, name, number(value)]);
+  }
+  nodes.push(...part("readers' counters", table("run-readers", ["reader", "counter", "value"], counters)));
+  nodes.push(...part("alarms during the run", table("run-alarms", ["alarm", "severity", "raised", "cleared", "message"],
+    (r.alarms || []).map((a) => [a.name, a.severity || "", clock(a.raised),
+      a.cleared ? clock(a.cleared) : "still raised at the end", a.message || ""]))));
+  nodes.push(...part("operators' actions", table("run-actions", ["time", "by", "what", "detail"],
+    (r.actions || []).map((a) => [clock(a.ts), a.by || "", a.what || "", a.detail || ""]))));
+  const settings = [];
+  for (const [program, keys] of Object.entries(r.settings || {})) {
+    for (const [key, value] of Object.entries(keys || {})) {
+      const was = ((r.settings_changed || {})[program] || {})[key];
+      settings.push([program, key, shown(value), was ? `was ${shown(was[0])}` : ""]);
+    }
+  }
+  nodes.push(...part("settings as the run began",
+    table("run-settings", ["program", "setting", "value", "changed"], settings)));
+  return nodes;
+}
+
+async function showRun() {
+  const run = state.run;
+  const problem = document.getElementById("run-error");
+  document.getElementById("run-title").textContent = `Run ${run}`;
+  let record;
+  try {
+    record = await api(`/api/run/record?number=${run}`);
+  } catch (exc) {
+    problem.textContent = exc.message;
+    problem.hidden = false;
+    fill(document.getElementById("run-record"), []);
+    fill(document.getElementById("run-plots"), []);
+    await showRunEntries();
+    return;
+  }
+  if (run !== state.run) return;
+  problem.hidden = true;
+  document.getElementById("run-title").textContent = `Run ${run}${record.comment ? `: ${record.comment}` : ""}`;
+  fill(document.getElementById("run-record"), recordParts(record));
+  await Promise.all([showRunPlots(record), showRunEntries()]);
+}
+
+// Each catalog value's history over the run, drawn as the History page draws it.
+async function showRunPlots(record) {
+  for (const made of state.runPlots) made.destroy();
+  state.runPlots = [];
+  const node = document.getElementById("run-plots");
+  const values = Object.entries(record.values || {}).filter(([, v]) => v.id);
+  if (!values.length || !record.start || !record.end) {
+    fill(node, [el("p", {}, values.length ? "the run has no end: no plot" : "the experiment lists no catalog values")]);
+    return;
+  }
+  const margin = Math.max(5, 0.05 * (record.end - record.start));
+  const boxes = values.map(([name]) => el("div", { class: "run-plot", "data-value": name }));
+  fill(node, boxes);
+  await Promise.all(values.map(async ([name, v], i) => {
+    const draw = async (since, until) => {
+      const buckets = await history(v.id, since, until, 300);
+      if (state.run !== record.run) return;
+      const old = state.runPlots.findIndex((p) => p.root.parentNode === boxes[i]);
+      if (old >= 0) state.runPlots.splice(old, 1)[0].destroy();
+      boxes[i].replaceChildren();
+      if (!buckets.length) {
+        boxes[i].append(el("p", {}, `no history of ${v.id} over the run`));
+        return;
+      }
+      state.runPlots.push(drawHistory(boxes[i], `${name} (${v.id}${v.units ? `, ${v.units}` : ""})`, buckets,
+        (from, to) => draw(from, to), () => draw(record.start - margin, record.end + margin), 240));
+    };
+    try {
+      await draw(record.start - margin, record.end + margin);
+    } catch (exc) {
+      boxes[i].replaceChildren(el("p", { class: "bad" }, `${name}: ${exc.message}`));
+    }
+  }));
+}
+
+async function showRunEntries() {
+  if (state.editing !== null) return;   // not drawn over a note being edited
+  const run = state.run;
+  const node = document.getElementById("run-entries");
+  try {
+    const answer = await api(`/api/logbook?${new URLSearchParams({ run, limit: 100 })}`);
+    if (run === state.run) fill(node, answer.entries.map(entryNode));
+  } catch (exc) {
+    if (run === state.run) fill(node, [el("p", { class: "bad" }, `logbook: ${exc.message}`)]);
+  }
+}
+
+document.getElementById("run-flag-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const body = { number: state.run, flag: document.getElementById("run-flag").value,
+                 why: document.getElementById("run-flag-why").value.trim() };
+  if (await action(`flag run ${state.run} ${body.flag}`, "/api/run/flag", body)) {
+    document.getElementById("run-flag-why").value = "";
+    await showRun();
+  }
+});
+
+// --- the Logbook page -------------------------------------------------------------------------------------
+
+function attachmentNode(a) {
+  const href = `/api/logbook/attachments/${a.sha256}`;
+  const label = `${a.name} (${size(a.size)})`;
+  if (/^image\/(png|jpeg|gif)$/.test(a.type)) {
+    return el("figure", { class: "attachment" },
+      el("a", { href, target: "_blank" }, el("img", { src: href, alt: a.name })), el("figcaption", {}, label));
+  }
+  return el("div", { class: "attachment" }, el("a", { href, download: a.name }, label));
+}
+
+function entryHeader(e) {
+  const runs = e.runs.flatMap((run, i) => [i ? ", " : "", el("a", { href: `#run/${run}` }, String(run))]);
+  const edited = e.version > 1 ? ` · version ${e.version} by ${e.by}, ${clock(e.written)}` : "";
+  return el("div", { class: "entry-head" }, el("b", {}, `#${e.entry}`), ` ${e.kind === "run" ? "run entry" : "note"}`,
+    ` by ${e.author}, ${clock(e.kind === "run" ? e.time : e.created)}`, runs.length ? " · runs " : "", ...runs,
+    el("span", { class: "entry-version" }, edited));
+}
+
+function versionsNode(e) {
+  const details = el("details", { class: "versions" }, el("summary", {}, `${e.version - 1} older version(s)`));
+  details.addEventListener("toggle", async () => {
+    if (!details.open || details.dataset.loaded) return;
+    details.dataset.loaded = "1";
+    try {
+      const whole = await api(`/api/logbook/entries/${e.entry}`);
+      details.append(...whole.versions.map((v) => el("div", { class: "version", "data-version": v.version },
+        el("div", { class: "entry-head" }, `version ${v.version} by ${v.by}, ${clock(v.written)}`),
+        v.text === null ? el("p", {}, "(too long to show with the others)") : markdown(v.text),
+        ...v.attachments.map(attachmentNode))));
+    } catch (exc) {
+      details.append(el("p", { class: "bad" }, exc.message));
+    }
+  });
+  return details;
+}
+
+function entryNode(e) {
+  const node = el("article", { class: `entry entry-${e.kind}`, "data-entry": e.entry }, entryHeader(e));
+  if (e.snippet) node.append(el("p", { class: "snippet" }, ...inline(e.snippet)));
+  node.append(el("div", { class: "entry-text" }, markdown(e.text)), ...e.attachments.map(attachmentNode));
+  if (e.cut) {   // a list gives the first 2,000 characters of each text
+    const whole = () => api(`/api/logbook/entries/${e.entry}`).then((full) => {
+      node.querySelector(".entry-text").replaceChildren(markdown(full.text));
+      more.remove();
+    }).catch((exc) => say(exc.message, true));
+    const more = el("button", { class: "whole", on: { click: whole } }, "the whole text");
+    node.append(more);
+  }
+  if (e.version > 1) node.append(versionsNode(e));
+  if (state.user && e.kind === "note") {
+    node.append(el("button", { class: "action edit", on: { click: () => editForm(node, e) } }, "edit"));
+  }
+  return node;
+}
+
+// An operator edits note `e` in place: its text, and files added to those it has; saved as a new version.
+async function editForm(node, e) {
+  const whole = e.cut ? await api(`/api/logbook/entries/${e.entry}`) : e;
+  const text = el("textarea", { class: "edit-text", rows: 6, cols: 80 });
+  text.value = whole.text;
+  const files = el("input", { type: "file", multiple: "", class: "edit-files" });
+  const save = el("button", { class: "action save", type: "submit" }, "save a new version");
+  const stop = () => { state.editing = null; refreshEntries(); };
+  const cancel = el("button", { type: "button", on: { click: stop } }, "cancel");
+  const form = el("form", { class: "edit-form" }, text, el("br"), files, save, cancel);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (await writeNote(`edit note ${e.entry}`, `/api/logbook/entries/${e.entry}`, text.value, null, files)) {
+      state.editing = null;
+      refreshEntries();
+    }
+  });
+  state.editing = e.entry;
+  node.querySelector(".entry-text").replaceChildren(form);
+}
+
+function refreshEntries() {
+  if (state.page === "logbook") showLogbook().catch((exc) => say(exc.message, true));
+  if (state.page === "run") showRunEntries().catch((exc) => say(exc.message, true));
+}
+
+async function writeNote(label, path, text, runs, filesInput) {
+  const form = new FormData();
+  form.append("text", text);
+  if (runs !== null) form.append("runs", runs);
+  for (const file of filesInput.files) form.append("attachments", file, file.name);
+  return action(label, path, form);
+}
+
+async function showLogbook() {
+  if (state.editing !== null) return;   // not drawn over a note being edited
+  const asked = ++state.logbookAsked;
+  const search = state.logbookSearch;
+  const query = new URLSearchParams({ limit: LOGBOOK_PAGE, offset: state.logbookOffset });
+  if (search) query.set("text", search);
+  const summary = document.getElementById("logbook-summary");
+  let answer;
+  try {
+    answer = await api(search ? `/api/logbook/search?${query}` : `/api/logbook?${query}`);
+  } catch (exc) {
+    if (asked !== state.logbookAsked) return;
+    summary.textContent = exc.message;
+    summary.className = "bad";
+    fill(document.getElementById("logbook-entries"), []);
+    return;
+  }
+  if (asked !== state.logbookAsked || state.editing !== null) return;
+  const last = state.logbookOffset + answer.entries.length;
+  summary.className = "";
+  summary.textContent = (search ? `found by “${search}”: ` : "") + (answer.entries.length
+    ? `${state.logbookOffset + 1} to ${last}${answer.total !== undefined ? ` of ${answer.total}` : ""}, newest first`
+    : "no entry");
+  fill(document.getElementById("logbook-entries"), answer.entries.map(entryNode));
+  document.getElementById("logbook-newer").disabled = state.logbookOffset === 0;
+  document.getElementById("logbook-older").disabled = !answer.more;
+}
+
+document.getElementById("logbook-search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  state.logbookSearch = document.getElementById("logbook-search").value.trim();
+  state.logbookOffset = 0;
+  showLogbook().catch((exc) => say(exc.message, true));
+});
+document.getElementById("logbook-all").addEventListener("click", () => {
+  document.getElementById("logbook-search").value = "";
+  state.logbookSearch = "";
+  state.logbookOffset = 0;
+  showLogbook().catch((exc) => say(exc.message, true));
+});
+for (const [id, step] of [["logbook-newer", -LOGBOOK_PAGE], ["logbook-older", LOGBOOK_PAGE]]) {
+  document.getElementById(id).addEventListener("click", () => {
+    state.logbookOffset = Math.max(0, state.logbookOffset + step);
+    showLogbook().catch((exc) => say(exc.message, true));
+  });
+}
+
+for (const [formId, textId, runsId, filesId] of [["note-form", "note-text", "note-runs", "note-files"],
+                                                   ["run-note-form", "run-note-text", null, "run-note-files"]]) {
+  document.getElementById(formId).addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = document.getElementById(textId);
+    const files = document.getElementById(filesId);
+    const runs = runsId ? document.getElementById(runsId).value : String(state.run);
+    if (await writeNote("write the note", "/api/logbook/notes", text.value, runs, files)) {
+      text.value = "";
+      files.value = "";
+      if (runsId) document.getElementById(runsId).value = "";
+      refreshEntries();
+    }
+  });
+}
 
 // --- pages and the live stream ---------------------------------------------------------------------
 
@@ -575,10 +1063,16 @@ function showPage() {
   const [page, ...rest] = (location.hash || "#status").slice(1).split("/");
   state.page = page || "status";
   state.focus = page === "alarms" && rest.length ? fragmentName(rest.join("/")) : null;
+  if (state.page === "run") {   // #run/12
+    state.run = /^\d+$/.test(rest[0] || "") ? Number(rest[0]) : null;
+    if (state.run === null) state.page = "runs";
+  }
+  state.editing = null;
   for (const section of document.querySelectorAll("main > section")) section.hidden = section.id !== `page-${state.page}`;
-  for (const link of document.querySelectorAll("nav a")) link.classList.toggle("current", link.hash === `#${state.page}`);
+  const tab = state.page === "run" ? "runs" : state.page;
+  for (const link of document.querySelectorAll("nav a")) link.classList.toggle("current", link.hash === `#${tab}`);
   const loaders = { runs: showRuns, alarms: showAlarms, events: loadEvents, history: showHistoryNames,
-                    settings: showSettings, sequences: showSequences };
+                    settings: showSettings, sequences: showSequences, run: showRun, logbook: showLogbook };
   if (loaders[state.page]) loaders[state.page]().catch((exc) => say(exc.message, true));
 }
 
@@ -598,6 +1092,8 @@ function connect() {
     if (state.page === "alarms" && String(event.kind).startsWith("alarm_")) showAlarms().catch(() => {});
     if (state.page === "alarms" && String(event.kind).startsWith("maintenance")) showNotifications().catch(() => {});
     if (state.page === "settings" && String(event.kind).startsWith("config_")) showSettings().catch(() => {});
+    if (event.kind === "logbook_entry" && (state.page === "logbook" ||
+        (state.page === "run" && (event.runs || []).includes(state.run)))) refreshEntries();
   });
 }
 

@@ -26,7 +26,6 @@ BY = {"type": "string", "minLength": 1, "maxLength": protocol.BY_MAX,
 RUN_NUMBER = {"type": "integer", "minimum": 1, "description": "a run number"}
 TIMEOUT = {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TRANSITION_TIMEOUT_S,
            "description": f"seconds to wait for every participant (default {TRANSITION_TIMEOUT_S:g})"}
-TRANSITION = {"type": "object", "properties": {"timeout": TIMEOUT}}
 SEQUENCE = {"type": "object", "description": "the step of a sequence the run belongs to (the sequencer's tag: "
                                              "its `id`, `sequence`, `step`, `loop`), kept in the run log"}
 

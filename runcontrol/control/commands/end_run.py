@@ -4,17 +4,19 @@
   -> {"cmd": "_reply", "re": 1, "ok": true, "result": {"state": "STOP", "run": 12, "participants": ["lta1", "lta2"],
       "problems": {}}}
   `timeout` as for prepare_run. The run log gets the run's record: `result` "ended", its duration.
+  `by` (who asks, default the sender) and `sequence` (the sequence step ending it) go into the record's
+  `ended_by`.
 
 Errors: `busy` (another transition is under way), `bad_state` (the state is not RUN), `bad_field` (`timeout`),
 `failed` (a participant refused, stayed silent or is not registered: each is named; the state stays RUN).
 """
 
-from runcontrol.control.commands.base import TRANSITION
+from runcontrol.control.commands.base import BY, SEQUENCE, TIMEOUT
 
 NAME = "end_run"
 ACTS = True
 WAIT_S = 10.0
-SCHEMA = TRANSITION
+SCHEMA = {"type": "object", "properties": {"timeout": TIMEOUT, "by": BY, "sequence": SEQUENCE}}
 
 
 def handle(ctl, msg):
