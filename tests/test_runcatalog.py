@@ -243,6 +243,12 @@ def test_damicm_records_runs_ended_by_a_sequence_an_alarm_and_ctrl_c(tmp_path):
                                   what=f"run {run} complete")
             first, second, third = complete(by_sequence), complete(by_alarm), complete(by_ctrl_c)
             good = send(path, "--csv", "run", "find", "flag=good", "temperature.max<145")
+
+            def entry_of(run):   # the logbook's entry of the run, once it shows the complete record
+                entries = op.logbook.entries(run=run)["entries"]
+                return next((e for e in entries if e["kind"] == "run" and not e.get("pending")), None)
+            entries = [wait_until(lambda r=r: entry_of(r), 60, 0.5, what=f"run {r}'s logbook entry")
+                       for r in (by_sequence, by_alarm, by_ctrl_c)]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(90)
@@ -270,5 +276,6 @@ def test_damicm_records_runs_ended_by_a_sequence_an_alarm_and_ctrl_c(tmp_path):
         assert temperature["min"] <= temperature["mean"] <= temperature["max"] < 145
         assert record["values"]["bias_output"]["units"] == "V"
         assert_files_read_back(record, ["lta1", "lta2"])
+    assert all("vacuum_high" in e["text"] for e in entries[1:2]) and "SIGINT" in entries[2]["text"]
     assert good.returncode == 0, good.stderr
     assert [int(r["run"]) for r in csv.DictReader(io.StringIO(good.stdout))] == [by_sequence]
