@@ -255,7 +255,8 @@ def catalog_problems(catalog):
     """Two catalog values of one name; a rule's condition that is no KEY OP VALUE."""
     problems, seen = [], {}
     for i, value in enumerate(catalog.get("values", [])):
-        name = value.rpartition(".")[2] if isinstance(value, str) else value.get("name") or value["value"].rpartition(".")[2]
+        named = value if isinstance(value, str) else value.get("name") or value["value"]
+        name = named.rpartition(".")[2]
         if name in seen:
             problems.append(f"catalog.values.{i}: the name {name!r} is taken by catalog.values.{seen[name]} "
                             "(give one a \"name\")")

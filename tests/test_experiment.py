@@ -271,6 +271,27 @@ def test_a_malformed_liveness_probe_is_refused_with_its_path(tmp_path):
         "programs.f.liveness: unknown key(s) ('grpc' was unexpected)"])
 
 
+def test_a_catalog_section_loads_and_a_malformed_one_is_refused_with_its_path(tmp_path):
+    exp = experiments.load(write(tmp_path, {"programs": {}, "catalog": {
+        "values": ["cryo.values.temperature", {"value": "bias.values.volts", "name": "bias_output", "units": "V"}],
+        "rules": [{"flag": "bad", "when": ["result!=ended"], "why": "not as planned"}]}}))
+    assert [(v.name, v.value, v.units) for v in exp.catalog.values] == [
+        ("temperature", "cryo.values.temperature", None), ("bias_output", "bias.values.volts", "V")]
+    assert [(r.flag, r.when, r.why) for r in exp.catalog.rules] == [("bad", ("result!=ended",), "not as planned")]
+    assert experiments.load(write(tmp_path, {"programs": {}})).catalog.values == ()
+    with pytest.raises(ConfigError) as info:
+        experiments.load(write(tmp_path, {"programs": {}, "catalog": {
+            "values": ["cryo.values.temperature", {"value": "other.values.temperature"}],
+            "rules": [{"flag": "bad", "when": ["temperature hot"]}]}}))
+    assert sorted(info.value.problems) == sorted([
+        "catalog.values.1: the name 'temperature' is taken by catalog.values.0 (give one a \"name\")",
+        "catalog.rules.0.when.0: 'temperature hot' is no condition KEY OP VALUE (OP one of = != < <= > >= ~), "
+        "e.g. \"temperature.max<145\""])
+    with pytest.raises(ConfigError) as info:
+        experiments.load(write(tmp_path, {"programs": {}, "catalog": {"rules": [{"flag": "maybe", "when": []}]}}))
+    assert any(p.startswith("catalog.rules.0.flag") for p in info.value.problems), info.value.problems
+
+
 def test_the_earlier_name_of_participant_still_loads_with_a_warning(tmp_path):
     exp = experiments.load(write(tmp_path, {"programs": {"a": program(client="a", run=True),
                                                          "b": program(client="b", participant=True), "c": program()}}))
