@@ -124,6 +124,20 @@ def test_command_that_exits_at_once_backs_off_then_gives_up(experiment_path):
     assert "needed 6 restarts within 30 s (at most 5): giving up" in out
 
 
+def test_command_that_never_writes_its_pid_file_is_killed_after_its_start_allowance(experiment_path):
+    silent = [sys.executable, "-c", "import time; time.sleep(120)"]
+    dog = Watchdog(ServerProcess(experiment_path), "--stale-after", "1", "--start-within", "3",
+                   "--max-restarts", "1", command=silent).start()
+    try:
+        assert dog.proc.wait(60) == 1
+    finally:
+        dog.stop()
+    out = dog.output()
+    hung = re.findall(r"not written since the start for ([0-9.]+) s \(must be within 3 s\)", out)
+    assert len(hung) == 2 and all(float(s) >= 3 for s in hung), out   # not after --stale-after's 1 s
+    assert "needed 2 restarts within 30 s (at most 1): giving up" in out
+
+
 def test_second_watchdog_on_same_pid_file_is_refused(kept):
     second = Watchdog(kept.server).start()
     assert second.proc.wait(20) == 2

@@ -12,7 +12,8 @@ import sys
 
 from runcontrol import logsetup
 from runcontrol.standby import ENV as STANDBY_ENV
-from watchdog.keeper import (DEFAULT_GRACE_S, DEFAULT_MAX_RESTARTS, DEFAULT_STALE_AFTER_S, DEFAULT_WINDOW_S,
+from watchdog.keeper import (DEFAULT_GRACE_S, DEFAULT_MAX_RESTARTS, DEFAULT_STALE_AFTER_S, DEFAULT_START_WITHIN_S,
+                             DEFAULT_WINDOW_S,
                              Keeper, WatchdogError)
 
 
@@ -30,6 +31,9 @@ def main(argv=None):
     parser.add_argument("--stale-after", type=positive, default=DEFAULT_STALE_AFTER_S, metavar="S",
                         help=f"seconds without a touch before the command counts as hung "
                              f"(default {DEFAULT_STALE_AFTER_S:g})")
+    parser.add_argument("--start-within", type=positive, default=DEFAULT_START_WITHIN_S, metavar="S",
+                        help=f"seconds a starting command has to write its pid file before it counts as hung "
+                             f"(default {DEFAULT_START_WITHIN_S:g}, at least --stale-after)")
     parser.add_argument("--grace", type=positive, default=DEFAULT_GRACE_S, metavar="S",
                         help=f"seconds between SIGTERM and SIGKILL (default {DEFAULT_GRACE_S:g})")
     parser.add_argument("--max-restarts", type=int, default=DEFAULT_MAX_RESTARTS, metavar="N",
@@ -47,7 +51,7 @@ def main(argv=None):
         parser.error("give the command to keep alive after --")
     logsetup.configure("INFO")
     keeper = Keeper(command, args.pidfile, args.stale_after, args.grace, args.max_restarts, args.window,
-                    standby=args.standby)
+                    standby=args.standby, start_within_s=args.start_within)
     try:
         return keeper.keep()
     except WatchdogError as exc:

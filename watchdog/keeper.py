@@ -32,6 +32,9 @@ log = logging.getLogger("watchdog")
 
 DEFAULT_STALE_AFTER_S = 30.0
 DEFAULT_GRACE_S = 5.0
+# A command that has not written its pid file yet is starting: under load its imports alone can take seconds,
+# so it is given this long (or --stale-after, if longer) before it counts as hung.
+DEFAULT_START_WITHIN_S = 30.0
 DEFAULT_MAX_RESTARTS = 5
 DEFAULT_WINDOW_S = 30.0
 BACKOFF_INITIAL_S = 0.1
@@ -49,11 +52,13 @@ class WatchdogError(RunControlError):
 
 class Keeper:
     def __init__(self, argv, pidfile_path, stale_after_s=DEFAULT_STALE_AFTER_S, grace_s=DEFAULT_GRACE_S,
-                 max_restarts=DEFAULT_MAX_RESTARTS, window_s=DEFAULT_WINDOW_S, standby=False):
+                 max_restarts=DEFAULT_MAX_RESTARTS, window_s=DEFAULT_WINDOW_S, standby=False,
+                 start_within_s=DEFAULT_START_WITHIN_S):
         self.argv = list(argv)
         self.pidfile = Path(pidfile_path)
         self.lockfile = self.pidfile.with_name(self.pidfile.name + ".lock")
         self.stale_after_s = stale_after_s
+        self.start_within_s = max(start_within_s, stale_after_s)
         self.grace_s = grace_s
         self.max_restarts = max_restarts
         self.window_s = window_s
@@ -280,9 +285,12 @@ class Keeper:
             elif pid != self.replaced_pid:
                 return f"pid file {self.pidfile} names pid {pid}, not the server's {self.child.pid}"
         silent_s = time.time() - last_sign
-        if silent_s > self.stale_after_s:
-            what = "touched" if last_sign != self.started_wall else "written since the start"
-            return f"pid file {self.pidfile} not {what} for {silent_s:.1f} s (stale after {self.stale_after_s:g} s)"
+        if last_sign == self.started_wall:
+            if silent_s > self.start_within_s:
+                return (f"pid file {self.pidfile} not written since the start for {silent_s:.1f} s "
+                        f"(must be within {self.start_within_s:g} s)")
+        elif silent_s > self.stale_after_s:
+            return f"pid file {self.pidfile} not touched for {silent_s:.1f} s (stale after {self.stale_after_s:g} s)"
         return None
 
     def _stop_child(self, reason):
