@@ -1,6 +1,7 @@
 """The data path: a simulated CCD board streaming UDP packets, its reader (a receiver with an acquisition loop)
 writing FITS files per run, under a real run controller; the reader fed packets made by hand, out of order,
-twice, lost, late, of another size and outside a run; and a receiver of our own publishing under CURVE."""
+twice, lost, late, of another size and outside a run, and in bursts it takes in full batches (a writer slower than
+they come, more than its socket's buffer holds); and a receiver of our own publishing under CURVE."""
 
 import calendar
 import hashlib

@@ -134,7 +134,7 @@ def test_legacy_clients_find_a_server_restarted_by_its_watchdog_by_iamabcd(tmp_p
     port = free_port()
     path = write_experiment(tmp_path, "legacyw", heartbeat=0.5, timeout=2.0, legacy={"port": port})
     server = ServerProcess(path)
-    dog = Watchdog(server, "--stale-after", "2", "--grace", "2").start()
+    dog = Watchdog(server, "--stale-after", "2", "--grace", "2", "--standby").start()   # as run.py keeps it
     clients = []
     try:
         wait_until(dog.server_pid, 20, what="the server under its watchdog")

@@ -170,6 +170,15 @@ def test_no_ended_run_loses_its_record_to_sigkills_of_the_run_controller(system,
     s.replace_controller(meanwhile=lose_the_catalog)
     assert [r["run"] for r in s.op.request("run", "find", limit=1000)["runs"]] == [r["run"] for r in reversed(ended)]
 
+    last = ended[-1]
+    again = {**last, "end": last["end"] + 5, "duration": last["duration"] + 5, "logged": last["logged"] + 5}
+
+    def ended_again():   # a resumed run ended a second time, and its controller died before the catalog heard
+        with open(s.path.parent / "state" / "runs.jsonl", "a") as log:
+            log.write(json.dumps(again) + "\n")
+    s.replace_controller(meanwhile=ended_again)
+    assert s.op.request("run", "record", number=last["run"])["end"] == again["end"]
+
 
 def start_damicm(path):
     return subprocess.Popen([sys.executable, "run.py", str(path), "--headless"], cwd=ROOT, env=env_for_children(),

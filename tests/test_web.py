@@ -460,7 +460,8 @@ def click(driver, selector, what):
 
 def log_in(driver, name, password):
     """Log in through the page's form (the page is open), and wait until the page says who is logged in."""
-    wait_until(lambda: driver.find_elements("css selector", "#login-name"), 20, 0.2, what="the login form")
+    wait_until(lambda: [e for e in driver.find_elements("css selector", "#login-name") if e.is_displayed()], 20, 0.2,
+               what="the login form")
     for field, text in (("#login-name", name), ("#login-password", password)):
         driver.find_element("css selector", field).clear()
         driver.find_element("css selector", field).send_keys(text)

@@ -42,9 +42,9 @@ class Batch:
     A datagram longer than `max_size` keeps its first `max_size` bytes in its slot, and its whole length in
     `sizes()`, so its reader can tell it was cut."""
 
-    def __init__(self, max_size=MAX_DATAGRAM, slots=None):
+    def __init__(self, max_size=MAX_DATAGRAM):
         self.max_size = max_size
-        slots = slots or max(1, BATCH_BYTES // max_size)
+        slots = max(1, BATCH_BYTES // max_size)
         self.array = numpy.zeros((slots, max_size), numpy.uint8)
         view = memoryview(self.array).cast("B")
         self._slots = [view[at:at + max_size] for at in range(0, slots * max_size, max_size)]
@@ -73,10 +73,6 @@ class Batch:
     def sizes(self):
         """The datagrams' lengths (int64)."""
         return numpy.frombuffer(self._sizes, numpy.int64, self.count)
-
-    def packet(self, index):
-        """Datagram `index` (as much of it as its slot holds), as a memoryview of the batch's buffer."""
-        return self._slots[index][:min(self._sizes[index], self.max_size)]
 
     def total(self):
         """Bytes in the batch's datagrams, whole lengths."""

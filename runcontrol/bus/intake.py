@@ -11,17 +11,15 @@ clients or answer a command itself.
 
 import logging
 import time
-from time import monotonic
 
 from runcontrol import protocol
 from runcontrol.bus import limits
 from runcontrol.errors import ProtocolError
-from runcontrol.protocol import BROADCAST, PONG, SERVER, check_envelope, decode
 
 log = logging.getLogger("runcontrol.server")
 
 BATCH = 1000                 # messages taken in before the timers get a turn
-HELLO = "_hello"
+HELLO_CMD = "_hello"
 
 
 class Intake:
@@ -60,31 +58,31 @@ class Intake:
         data = frames[0]
         one = len(frames) == 1
         self._count_in(peer, len(data) if one else sum(map(len, frames)))
-        lane = None
+        budget = None
         if peer is None:
-            lane = self._admit_anonymous(conn, data if one else b"")
-            if lane is None:
+            budget = self._admit_anonymous(conn, data if one else b"")
+            if budget is None:
                 return
         if not one:
-            self._reject_unread(conn, lane, protocol.BAD_FRAMES,
+            self._reject_unread(conn, budget, protocol.BAD_FRAMES,
                                 f"a message is one frame of JSON, not {len(frames)} frames")
             return
-        if data == PONG:
+        if data == protocol.PONG:
             return
         if peer is not None and not limits.admit(peer, self.client_rate):
             self._throttled(peer)
             return
         if len(data) > self.max_bytes:
-            self._reject_unread(conn, lane, protocol.TOO_LARGE,
+            self._reject_unread(conn, budget, protocol.TOO_LARGE,
                                 f"message of {len(data)} bytes exceeds the limit of {self.max_bytes}",
                                 protocol.find_id_in_prefix(data))
             return
         try:
-            msg = decode(data)
+            msg = protocol.decode(data)
         except ProtocolError as exc:
-            self._reject_unread(conn, lane, exc.code, str(exc))
+            self._reject_unread(conn, budget, exc.code, str(exc))
             return
-        if lane is limits.HELLO and msg.get("cmd") != HELLO and not self._admit_not_hello():
+        if budget is limits.HELLO and msg.get("cmd") != HELLO_CMD and not self._admit_not_hello():
             return
         self.take_message(conn, peer, msg)
 
@@ -101,12 +99,12 @@ class Intake:
     def take_message(self, conn, peer, msg, oneway=False):
         """A decoded message of `conn`: check its envelope, then route it or serve it. `oneway`: its `id` is
         its own payload, not a request awaiting an answer (libABCD's clients)."""
-        problem = check_envelope(msg)
+        problem = protocol.check_envelope(msg)
         if problem is not None:
             self.routing.reject(conn, *problem, protocol.request_id(msg))
             return
         to = msg.get("to")
-        if to is None or to == SERVER:
+        if to is None or to == protocol.SERVER:
             self.serve(conn, peer, msg)
         elif peer is None:
             self.routing.reject(conn, protocol.NOT_REGISTERED,
@@ -114,7 +112,7 @@ class Intake:
         else:
             msg["from"] = peer.name
             msg["ts"] = time.time()
-            if to == BROADCAST:
+            if to == protocol.BROADCAST:
                 self.routing.broadcast(peer, msg, oneway)
             else:
                 self.routing.route(peer, to, msg, oneway)
@@ -122,7 +120,7 @@ class Intake:
     def _count_in(self, peer, size):
         self.traffic.count_in(peer, size)
         if peer is not None:
-            peer.last_seen_mono = monotonic()  # whatever it sends shows it alive, a bare pong too
+            peer.last_seen_mono = time.monotonic()  # whatever it sends shows it alive, a bare pong too
 
     def _throttled(self, peer):
         """`peer` sent more than its rate allows: told (and an event published) at most once a second."""
@@ -140,25 +138,25 @@ class Intake:
         authenticated with a key on the server's list is no stranger: nothing is charged."""
         if conn.key is not None:
             return limits.KNOWN
-        now = monotonic()
-        lane = limits.HELLO if protocol.says_hello(data) else limits.OTHER
-        if self.anonymous.admit(conn.identity, now, lane):
-            return lane
+        now = time.monotonic()
+        budget = limits.HELLO if protocol.says_hello(data) else limits.OTHER
+        if self.anonymous.admit(conn.identity, now, budget):
+            return budget
         self._report_anonymous(now)
         return None
 
     def _admit_not_hello(self):
         """A message charged to the hellos' budget turned out, once read, to be something else: charged to the
         budget of everything else after all, and dropped when that has no room."""
-        now = monotonic()
+        now = time.monotonic()
         if self.anonymous.admit_late(now):
             return True
         self._report_anonymous(now)
         return False
 
-    def _reject_unread(self, conn, lane, code, text, msg_id=None):
+    def _reject_unread(self, conn, budget, code, text, msg_id=None):
         """Refuse what could not be read; one charged to the hellos' budget is no `_hello`: it is charged again."""
-        if lane is limits.HELLO and not self._admit_not_hello():
+        if budget is limits.HELLO and not self._admit_not_hello():
             return
         self.routing.reject(conn, code, text, msg_id)
 

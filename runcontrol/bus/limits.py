@@ -68,7 +68,7 @@ class AnonymousBudget:
     Each connection has its own budget for all it sends; together, `_hello`s have one of `max_clients` a second
     (HELLO_MIN_RATE at least) and everything else one of ANONYMOUS_TOTAL_RATE."""
 
-    def __init__(self, now, max_clients=0):
+    def __init__(self, now, max_clients):
         self.total = Bucket(ANONYMOUS_TOTAL_RATE, ANONYMOUS_TOTAL_RATE, now)
         hello_rate = max(HELLO_MIN_RATE, float(max_clients))
         self.hellos = Bucket(hello_rate, hello_rate, now)
@@ -86,10 +86,10 @@ class AnonymousBudget:
                 self._each.popitem(last=False)
         return buckets
 
-    def admit(self, identity, now, lane=OTHER):
-        """Whether an unregistered connection's message may be looked at, charged to `lane` (HELLO or OTHER);
+    def admit(self, identity, now, budget=OTHER):
+        """Whether an unregistered connection's message may be looked at, charged to `budget` (HELLO or OTHER);
         counts the ones dropped."""
-        if self._buckets(identity, now)[0].take(now) and (self.hellos if lane is HELLO else self.total).take(now):
+        if self._buckets(identity, now)[0].take(now) and (self.hellos if budget is HELLO else self.total).take(now):
             return True
         self._dropped()
         return False

@@ -239,7 +239,7 @@ class Server:
                 "replay": self.replay.describe(time.time())}
 
 
-class Prepared:
+class PreparedExperiment:
     """An experiment loaded ahead by a standby; `current()` is the experiment as its file is at the takeover."""
 
     def __init__(self, name):
@@ -263,10 +263,10 @@ class Prepared:
         return experiments.load(self.name)
 
 
-def when_told(standby, name):
+def wait_for_turn(standby, name):
     """As a standby: the experiment loaded ahead, then wait for the watchdog's word; the experiment as it is then,
     or None when the watchdog went away first."""
-    prepared = Prepared(name)
+    prepared = PreparedExperiment(name)
     try:
         told = standby.ready() and standby.wait()
     finally:
@@ -282,7 +282,7 @@ def main(argv=None):
                                       "pid file (default: <paths.state>/server.pid)", argv)
     try:
         standby = Standby.from_environment()
-        experiment = experiments.load(args.experiment) if standby is None else when_told(standby, args.experiment)
+        experiment = experiments.load(args.experiment) if standby is None else wait_for_turn(standby, args.experiment)
         if experiment is not None:
             Server(experiment, args.pidfile).serve()
     except ConfigError as exc:

@@ -25,7 +25,8 @@ log = logging.getLogger("runcontrol.controller")
 ASK_AGAIN_S = 30.0        # a record waiting for the history asks again this often
 SUMMARY_WAIT_S = 10.0
 LOG_LINES = 20000         # of the alarm and settings logs looked through for a run's span
-FIND_LIMIT, FIND_MAX = 100, 10000
+FIND_LIMIT = 100
+RECHECKED = 50            # the latest ended runs whose records are held against the run log at start
 
 
 class CatalogDesk:
@@ -70,7 +71,12 @@ class CatalogDesk:
 
     def _catch_up(self):
         have = self.book.numbers()
-        missing = [e for e in self.runs.book.records() if e.get("result") != "running" and e["run"] not in have]
+        ended = [e for e in self.runs.book.records() if e.get("result") != "running"]
+        missing = [e for e in ended if e["run"] not in have]
+        # A run resumed after a crash may have ended again since its record was written: the latest runs are held
+        # against the run log's line their record was made from.
+        missing += [e for e in ended[-RECHECKED:] if e["run"] in have
+                    and (self.book.get(e["run"]) or {}).get("logged") != e.get("logged")]
         if missing:
             logs = self._logs()
             for entry in missing:

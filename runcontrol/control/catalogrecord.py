@@ -41,6 +41,7 @@ def build(entry, settings, previous, alarm_log, config_log, recorded):
                            and k != "run"}
                     for name, report in sorted(reports.items()) if isinstance(report, dict)},
         "flag": dict(UNFLAGGED), "pending": [], "recorded": recorded,
+        "logged": entry.get("logged"),   # which line of the run log it was made from
     }
 
 
