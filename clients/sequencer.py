@@ -101,7 +101,7 @@ class Sequencer(Client):
         entry = self.book.current()
         position = entry and entry.get("position")
         if position and position["phase"] == "running" and event.get("run") == position["data"].get("run") \
-                and event.get("state") != "RUN":
+                and event.get("state") not in ("RUN", "PAUSED"):
             self.runner.run_ended(entry)
 
     def _on_alarm(self, topic, event):

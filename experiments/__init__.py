@@ -117,6 +117,14 @@ class LivenessSpec:
 
 
 @dataclass(frozen=True)
+class Participation:
+    """How a participant takes part in run transitions (the program's `transitions`; the schema's defaults)."""
+    order: int = 500              # equal orders asked together; lower first on the way up, higher on the way down
+    defer_limit_s: float = 60.0   # how long it may hold a transition while it reports progress
+    past_limit: str = "fail"      # past that: "fail" the transition, or "go_on" without it
+
+
+@dataclass(frozen=True)
 class ChildSpec:
     """One program of the experiment, as the supervisor runs it."""
     name: str
@@ -138,6 +146,8 @@ class ChildSpec:
     # first settings: a change is no reason to restart the program (the run controller keeps the current ones)
     config: MappingProxyType = field(default_factory=lambda: MappingProxyType({}), compare=False)
     liveness: object = None   # LivenessSpec, or None
+    # how its client takes part in run transitions (order, deferral): no reason to restart it when it changes
+    participation: Participation = field(default=Participation(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -194,7 +204,8 @@ class AlarmSpec:
     hold_s: float
     severity: str
     message: str
-    actions: tuple        # "log", "publish", "end_run", or {"send": {...}}
+    actions: tuple        # "log", "publish", "end_run", "pause_run", or {"send": {...}}
+    resume: str = "cleared"   # a run it paused resumes once it "cleared", "acked" (and cleared), or "never"
 
 
 @dataclass(frozen=True)
@@ -462,7 +473,8 @@ def alarm_spec(name, alarm):
     return AlarmSpec(name, alarm["value"], kind, limit, alarm.get("relative_to"), float(alarm["for"]),
                      alarm["severity"], alarm.get("message") or describe_condition(alarm["value"], kind, limit,
                                                                                      alarm.get("relative_to")),
-                     tuple(MappingProxyType(a) if isinstance(a, dict) else a for a in alarm["actions"]))
+                     tuple(MappingProxyType(a) if isinstance(a, dict) else a for a in alarm["actions"]),
+                     alarm["resume"])
 
 
 def describe_condition(value, kind, limit, relative_to=None):
@@ -510,7 +522,9 @@ def child_spec(name, program, folder, start_timeout_s):
         stop_signal=signal.Signals[f"SIG{program['stop_signal']}"],
         stop_timeout_s=float(program["stop_timeout"]), env=MappingProxyType(dict(program["env"])),
         cwd=(folder / program["cwd"]).resolve(), host=program["host"],
-        config=MappingProxyType(copy.deepcopy(program["config"])), liveness=liveness_spec(program.get("liveness")))
+        config=MappingProxyType(copy.deepcopy(program["config"])), liveness=liveness_spec(program.get("liveness")),
+        participation=Participation(program["transitions"]["order"], float(program["transitions"]["defer_limit"]),
+                                    program["transitions"]["past_limit"]))
 
 
 def our_python(argv):

@@ -308,12 +308,12 @@ PONG = encode(make_pong())
 
 # --- run transitions -------------------------------------------------------------
 
-TRANSITIONS = ("prepare", "begin", "end")
+TRANSITIONS = ("prepare", "begin", "pause", "resume", "end")
 
 
 @dataclass(frozen=True)
 class Transition:
-    """A `_transition` request: `transition` is prepare, begin or end of run `run`."""
+    """A `_transition` request: `transition` is prepare, begin, pause, resume or end of run `run`."""
     transition: str
     run: object
     comment: str = ""
@@ -342,7 +342,7 @@ def parse_transition(msg):
     """Read a `_transition`; ProtocolError (bad_field) when the transition is not one of TRANSITIONS."""
     transition = msg.get("transition")
     if transition not in TRANSITIONS:
-        raise ProtocolError(BAD_FIELD, f"unknown transition {transition!r}: prepare, begin or end")
+        raise ProtocolError(BAD_FIELD, f"unknown transition {transition!r}: {', '.join(TRANSITIONS)}")
     comment, params, reason = msg.get("comment"), msg.get("params"), msg.get("reason")
     return Transition(transition, msg.get("run"), comment if type(comment) is str else "",
                       params if type(params) is dict else {}, msg.get("abort") is True, msg.get("rejoin") is True,

@@ -111,6 +111,7 @@ def test_each_operator_method_of_a_command_sends_that_command_and_its_payload_pa
                                          ("start", ("echo",), {}), ("restart", ("echo",), {}), ("reload", (), {}),
                                          ("prepare_run", (), {"timeout": 5}), ("abort_run", (), {}),
                                          ("prepare_run", (), {}), ("begin_run", (), {"comment": "all", "seconds": 1}),
+                                         ("pause_run", (), {"why": "a look"}), ("resume_run", (), {}),
                                          ("end_run", (), {}), ("ack", (), {"by": "anna"})]:
                 assert sent(op, method, *args, **kwargs) == [method]
             run = op.runs(1)[-1]["run"]
@@ -122,6 +123,8 @@ def test_each_operator_method_of_a_command_sends_that_command_and_its_payload_pa
                 assert sent(op, method, refused="refused", **kwargs) == [method]
             assert sent(op, "record", run) == ["record"] and sent(op, "flag", run, "good", why="seen") == ["flag"]
             assert sent(op, "find", "run>0", flag="good", limit=5) == ["find"]
+            for method in ("exclude", "include"):   # echo takes no part in runs
+                assert sent(op, method, "echo", refused="no_such_client") == [method]
             assert sent(op, "programs") == ["status"] and sent(op, "snapshot") == ["status"]
     finally:
         seen.close()

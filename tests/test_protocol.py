@@ -119,8 +119,8 @@ def test_make_transition_parse_transition_are_inverse(transition, run, comment, 
 
 def test_an_unknown_transition_is_a_bad_field():
     with pytest.raises(ProtocolError) as info:
-        protocol.parse_transition({"cmd": "_transition", "transition": "pause", "run": 3})
-    assert info.value.code == "bad_field" and "'pause'" in str(info.value)
+        protocol.parse_transition({"cmd": "_transition", "transition": "jump", "run": 3})
+    assert info.value.code == "bad_field" and "'jump'" in str(info.value) and "pause, resume" in str(info.value)
 
 
 @given(names, st.text(min_size=1, max_size=12), st.floats(0.01, 100), st.floats(0.01, 100))

@@ -62,7 +62,8 @@ def test_a_refusing_participant_keeps_the_state_and_is_named(system, tmp_path):
         s.op.call({"to": "run", "cmd": "begin_run", "timeout": 5}, 15)
     text = str(refused.value)
     assert refused.value.code == "failed" and "the state stays READY" in text
-    assert "grumpy refused: grumpy will not begin" in text and "good" not in text.split(":", 1)[1]
+    said, taken_back = text.split(":", 1)[1].split("; taken back: ")
+    assert "grumpy refused: grumpy will not begin" in said and "good" not in said and taken_back == "end to good"
     assert s.op.request("run", "status")["state"] == "READY"
     wait_until(lambda: [t["abort"] for t in transitions(tmp_path / "g")][-1:] == [True], 10)
     aborted = s.op.request("run", "abort_run")
@@ -103,7 +104,9 @@ def test_a_client_whose_hello_says_participant_takes_part_and_an_unregistered_pr
     with pytest.raises(Refused) as refused:
         s.op.call({"to": "run", "cmd": "prepare_run", "timeout": 3}, 15)
     assert "absent silent (not registered)" in str(refused.value)
-    assert [t["transition"] for t in transitions(tmp_path / "extra.jsonl")] == ["prepare"]
+    assert "taken back: end to extra" in str(refused.value)   # it had prepared: it is back in STOP
+    wait_until(lambda: [(t["transition"], t["abort"]) for t in transitions(tmp_path / "extra.jsonl")]
+               == [("prepare", False), ("end", True)], 10)
 
 
 @pytest.fixture

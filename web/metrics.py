@@ -13,7 +13,7 @@ from prometheus_client.registry import CollectorRegistry
 from runcontrol import protocol
 from runcontrol.states import ChildState
 
-RUN_STATES = ("STOP", "READY", "RUN")
+RUN_STATES = ("STOP", "READY", "RUN", "PAUSED")
 
 
 class SnapshotCollector:

@@ -36,7 +36,8 @@ from runcontrol import protocol
 log = logging.getLogger("clients.sequencer")
 
 CONTROLLER = "run"
-RUN, READY, STOP = "RUN", "READY", "STOP"
+RUN, READY, STOP, PAUSED = "RUN", "READY", "STOP", "PAUSED"
+IN_RUN = (RUN, PAUSED)   # a paused run is still this step's run
 RECENT_RUNS = 50         # runs read back to find this step's own
 IMAGES_EVERY_S = 2.0     # how often a reader is asked for its images during a run step that counts them
 
@@ -168,7 +169,7 @@ class Runner:
         state, current = status.get("state"), status.get("current_run") or {}
         current_id = str((current.get("sequence") or {}).get("id"))
         ours = current_id.rsplit(":", 1)[0] == tag["id"].rsplit(":", 1)[0]   # this step's, of any attempt
-        if ours and current_id != tag["id"] and state == RUN:   # begun by an earlier attempt: that attempt it is
+        if ours and current_id != tag["id"] and state in IN_RUN:   # begun by an earlier attempt: that attempt it is
             data["attempt"] = int(current_id.rsplit(":", 1)[1])
         if ended:
             record = ended[-1]
@@ -182,7 +183,7 @@ class Runner:
                 self.retake(entry, step, data)
             else:
                 self.done(entry, step, run=record.get("run"), result=record.get("result"))
-        elif state == RUN and ours:
+        elif state in IN_RUN and ours:
             if data.get("cut") or data.get("alarm"):
                 cmd = "abort_run" if data.get("cut") == "abort" or data.get("alarm") else "end_run"
                 self._end(entry, data, cmd, tag)
@@ -200,7 +201,7 @@ class Runner:
                 self._begin(entry, step, data, tag)
         elif data.get("cut"):
             self.apply_cut(entry, step, data)
-        elif state in (RUN, READY):
+        elif state in (*IN_RUN, READY):
             self.waiting = f"run {current.get('run')} ({state}, not this sequence's) to end"
         elif state == STOP and absent(status):
             self.waiting = f"participant(s) {', '.join(absent(status))} to register"

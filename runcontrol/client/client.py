@@ -153,9 +153,14 @@ class Client(ServerConnection, Program):
         return self.wait(self.start(msg, on_progress), timeout).value()
 
     def wait(self, pending, timeout=DEFAULT_REQUEST_TIMEOUT_S):
-        """Poll until `pending` has its final answer (a protocol.Answer) or raise on timeout."""
+        """Poll until `pending` has its final answer (a protocol.Answer) or raise on timeout; progress from the
+        other side (`_progress`) says it is still at work: the wait runs `timeout` from the latest."""
         deadline = time.monotonic() + timeout
+        heard = len(pending.progress)
         while pending.answer is None:
+            if len(pending.progress) != heard:
+                heard = len(pending.progress)
+                deadline = max(deadline, time.monotonic() + timeout)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.abandon(pending)

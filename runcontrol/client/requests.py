@@ -63,7 +63,8 @@ class Deferred:
 
 
 class Run:
-    """What `on_prepare`, `on_begin` and `on_end` get: the run, and the message that carried it.
+    """What `on_prepare`, `on_begin`, `on_pause`, `on_resume` and `on_end` get: the run, and the message that
+    carried it.
 
     `abort` is set on an `end` that aborts; `rejoin` when the run controller tells a
     client that (re)joined during a run where the run is; `reason` says why a run
@@ -83,7 +84,7 @@ class Run:
         self.reason = transition.reason
 
 
-RUN_STATE_AFTER = {"prepare": "READY", "begin": "RUN", "end": "STOP"}
+RUN_STATE_AFTER = {"prepare": "READY", "begin": "RUN", "pause": "PAUSED", "resume": "RUN", "end": "STOP"}
 
 
 class AnswerMemory:

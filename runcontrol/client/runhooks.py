@@ -1,6 +1,6 @@
 """Taking part in runs and in settings: the hooks a program overrides, and what they leave.
 
-Owns `on_prepare`, `on_begin`, `on_end` (run transitions, `run_state` and
+Owns `on_prepare`, `on_begin`, `on_pause`, `on_resume`, `on_end` (run transitions, `run_state` and
 `run_number` after them), `config_schema`, `config` and `on_config` (settings
 the run controller delivers), and the library's own commands that call them
 (`_transition`, `_config`). Must not send: their results are the answers the
@@ -37,8 +37,16 @@ class RunHooks:
     def on_begin(self, run):
         """Override to start taking data for `run.number` (with `run.comment`, `run.params`)."""
 
+    def on_pause(self, run):
+        """Override to hold data taking while the run is paused (nothing to do by default)."""
+
+    def on_resume(self, run):
+        """Override to take data again after a pause."""
+
     def on_end(self, run):
-        """Override to stop taking data (`run.abort` when the run is aborted)."""
+        """Override to stop taking data (`run.abort` when the run is aborted). A slow end (draining buffers)
+        returns a Deferred, reports `deferred.progress(fraction=0.4, text="...")` while it works, and resolves it
+        when done: the run controller waits for it up to the program's `transitions.defer_limit`."""
 
     def on_config(self, new, old):
         """Override to apply settings (`new`, all of them; `old`: those before); raise Refused to keep `old`."""
@@ -48,7 +56,8 @@ class RunHooks:
             run = Run(protocol.parse_transition(msg), msg)
         except ProtocolError as exc:
             raise Refused(str(exc), exc.code) from None
-        hook = {"prepare": self.on_prepare, "begin": self.on_begin, "end": self.on_end}[run.transition]
+        hook = {"prepare": self.on_prepare, "begin": self.on_begin, "pause": self.on_pause, "resume": self.on_resume,
+                "end": self.on_end}[run.transition]
         result = hook(run)
         self.run_state = RUN_STATE_AFTER[run.transition]
         self.run_number = run.number

@@ -4,8 +4,8 @@ Owns following the published numbers the experiment's alarms watch (and the
 retained ones after a start), evaluating the declared and the built-in
 conditions twice a second, turning what `conditions.Holds` decides into changes
 of the `AlarmBook` with an event each (`alarm_raised`, `alarm_cleared`,
-`alarm_acked`), the actions of a raised alarm (log, publish, end the run, send
-a command), and the work of the commands `alarms` and `ack`. Must not spawn
+`alarm_acked`), the actions of a raised alarm (log, publish, end the run, pause
+it and resume it once the alarm cleared, send a command), and the work of the commands `alarms` and `ack`. Must not spawn
 processes.
 """
 
@@ -82,7 +82,7 @@ class AlarmDesk:
         runs = self.runs.book
         checks = [value_check(alarm, self.values, now) for alarm in self.specs.values()]
         checks += program_checks(self.supervisor.brief(), self.supervisor.hosts(), runs.state, runs.run,
-                                 runs.current.get("participants", ()) if runs.state == runbook.RUN else (),
+                                 runs.current.get("participants", ()) if runs.state in runbook.IN_RUN else (),
                                  self.registered)
         raised, cleared = self.holds.update(checks, self.book.active(), now)
         for check in raised:
@@ -96,6 +96,7 @@ class AlarmDesk:
             self._emit("alarm_cleared", record)
             log.info("alarm %s cleared: %s", name, record["message"])
             self._publish(name, record)
+        self.resume_suspended(now)
 
     def _emit(self, kind, record):
         self.client.send(None, "_event", kind=kind, **record)
@@ -113,6 +114,8 @@ class AlarmDesk:
             self._publish(name, record)
         if "end_run" in actions:
             self._end_run(name, record, now)
+        if "pause_run" in actions:
+            self._pause_run(name, record, now)
         for action in actions:
             if not isinstance(action, str):
                 self._send(name, dict(action["send"]), now)
@@ -134,6 +137,33 @@ class AlarmDesk:
         else:
             log.error("ending run %s: %s", self.runs.book.run, why)
             self.book.note(name, "end_run", now, done=True, run=self.runs.book.run)
+
+    def _pause_run(self, name, record, now):
+        why = f"alarm {name}: {record['message']}"
+        pausing = self.runs.suspend_because(why, name)
+        if pausing is None:
+            busy = self.runs.busy
+            self.book.note(name, "pause_run", now, done=False,
+                           why=f"{busy} in progress" if busy else f"no run to pause (state {self.runs.book.state})")
+        else:
+            log.error("pausing run %s: %s", self.runs.book.run, why)
+            self.book.note(name, "pause_run", now, done=True, run=self.runs.book.run)
+
+    def resume_suspended(self, now):
+        """A run an alarm paused resumes once that alarm cleared (and was acknowledged, if its `resume` says so);
+        tried at each evaluation until it is done, so a busy moment or a restart only delays it."""
+        runs = self.runs.book
+        alarm = runs.current.get("suspended_by") if runs.state == runbook.PAUSED else None
+        spec = self.specs.get(alarm)
+        if alarm is None or self.runs.busy or (spec is not None and spec.resume == "never"):
+            return
+        record = self.book.alarms.get(alarm)
+        if record is not None and (record["state"] == "active" or (spec is not None and spec.resume == "acked"
+                                                                   and not record["acked"])):
+            return
+        if self.runs.suspend_because(f"alarm {alarm} cleared", alarm, resume=True) is not None:
+            log.warning("resuming run %s: alarm %s cleared", runs.run, alarm)
+            self.book.note(alarm, "resume_run", now, done=True, run=runs.run)
 
     def _send(self, name, send, now):
         msg = {k: v for k, v in send.items() if k not in ("id", "re", "from")}

@@ -45,7 +45,8 @@ NUMBER, OBJECT, LIST = (int, float), dict, list
 FIELD_TYPES = {"start": NUMBER, "end": NUMBER, "duration": NUMBER, "recorded": NUMBER, "result": str, "why": str,
                "comment": str, "params": OBJECT, "began_by": OBJECT, "ended_by": OBJECT, "participants": LIST,
                "problems": OBJECT, "settings": OBJECT, "settings_changed": OBJECT, "values": OBJECT,
-               "alarms": LIST, "actions": LIST, "files": LIST, "readers": OBJECT, "flag": OBJECT, "pending": LIST}
+               "alarms": LIST, "actions": LIST, "files": LIST, "readers": OBJECT, "flag": OBJECT, "pending": LIST,
+               "excluded": OBJECT, "deferred": OBJECT, "pauses": LIST, "paused_s": NUMBER}
 DAMAGED = ("not a database", "malformed", "corrupt")
 
 

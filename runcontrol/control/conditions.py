@@ -92,7 +92,7 @@ def program_checks(programs, hosts, run_state, run, participants, registered):
         checks.append(Check(f"host.{name}.unreachable", not info.get("reachable", True), "alarm",
                             f"host {name} cannot be reached: {info.get('problem') or 'no answer'}"))
     for name in participants:
-        checks.append(Check(f"run.{name}.absent", run_state == "RUN" and name not in registered, "alarm",
+        checks.append(Check(f"run.{name}.absent", run_state in ("RUN", "PAUSED") and name not in registered, "alarm",
                             f"{name} takes part in run {run} but is not registered", ABSENT_HOLD_S))
     return checks
 

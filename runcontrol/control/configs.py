@@ -133,7 +133,7 @@ class ConfigDesk:
 
     def _check_frozen(self, program, schema, changes):
         frozen = sorted(set(changes) - configschema.live(schema))
-        if frozen and self.runs.book.state == runbook.RUN:
+        if frozen and self.runs.book.state in runbook.IN_RUN:
             raise Refused(f"{', '.join(f'{program}.{k}' for k in frozen)} cannot change during run "
                           f"{self.runs.book.run}: end the run first (only settings marked \"live\" in "
                           f"{program}'s schema change during a run)", protocol.BAD_STATE)
@@ -172,7 +172,7 @@ class ConfigDesk:
     def _entry(self, program, by, changes, accepted, why=None):
         runs = self.runs.book
         return {"ts": round(time.time(), 3), "program": program, "by": by, "changes": changes, "accepted": accepted,
-                "run": runs.run if runs.state == runbook.RUN else None, **({"why": why} if why else {})}
+                "run": runs.run if runs.state in runbook.IN_RUN else None, **({"why": why} if why else {})}
 
     def changes(self, n, program):
         """The change log, newest last: `n` lines, of `program` when not None."""
@@ -205,7 +205,7 @@ class ConfigDesk:
     def changed_in_run(self, program):
         runs = self.runs.book
         changed, start = self.book.changed(program), runs.current.get("start")
-        return bool(runs.state == runbook.RUN and changed and start and changed >= start)
+        return bool(runs.state in runbook.IN_RUN and changed and start and changed >= start)
 
 
 def initial_problems(experiment):

@@ -101,7 +101,7 @@ class Controller:
             self.registered.add(name)
             self.supervisor.client_registered(name, pid)
             self.configs.client_joined(name, event.get("meta"), pid)   # its settings first, then the run
-            self.runs.client_joined(name, event.get("meta"))
+            self.runs.client_joined(name, event.get("meta"), pid)
             self.runs.rejoin(name)
         elif kind == "client_left":
             self.registered.discard(name)
@@ -110,6 +110,7 @@ class Controller:
         elif kind == "client_lost":
             self.registered.discard(name)
             self.supervisor.client_gone(name, pid, hung=True)
+            self.runs.client_gone(name, "its client was lost (silent past the server's timeout)")
         elif kind == "server_started":
             self._refresh_registrations()
 
@@ -165,8 +166,30 @@ class Controller:
             figures["config_changed"] = self.configs.changed_in_run(name)
         return {"experiment": self.spec.name, "state": self.runbook.state, "run": self.runbook.run,
                 "current_run": self.runbook.current, "participants": self.runs.participants(),
+                "transition": self.runs.holding(), "excluded": self.runbook.excluded,
                 "programs": programs, "hosts": self.supervisor.hosts(), "clients": sorted(clients),
                 "alarms": self.alarms.book.listing(), "controller": {"pid": os.getpid(), "host": socket.gethostname()}}
+
+    def exclude(self, msg):
+        """Leave a participant out of the next runs; with `stop`, its program is stopped too (answered at once:
+        the status shows it stopping)."""
+        name = msg["program"]
+        answer = self.runs.exclude(name, msg.get("why") or "", protocol.parse_by(msg), msg.get("stop") is True)
+        if msg.get("stop") is True:
+            for program in self._programs_of(name):
+                self.supervisor.stop(program)
+        return answer
+
+    def include(self, msg):
+        name = msg["program"]
+        said = self.runs.include(name, protocol.parse_by(msg))
+        if said.get("stopped"):
+            for program in self._programs_of(name):
+                self.supervisor.start(program)
+        return {"included": name, "excluded": dict(self.runbook.excluded)}
+
+    def _programs_of(self, client):
+        return [name for name, p in self.supervisor.programs.items() if p.spec.client == client and not p.retired]
 
     def reload(self):
         """Re-read the experiment file and apply the difference (programs, alarms); an invalid file, or one of

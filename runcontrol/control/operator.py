@@ -126,11 +126,27 @@ class Operator:
         """READY -> RUN; keyword arguments other than `comment`, `timeout` and `by` are the run's parameters."""
         return self._run("begin_run", comment=comment, params=params, timeout=timeout, by=by)
 
+    def pause_run(self, why=None, timeout=None, by=None):
+        """RUN -> PAUSED: the run stays open; `why` goes into the run log."""
+        return self._run("pause_run", why=why, timeout=timeout, by=by)
+
+    def resume_run(self, timeout=None, by=None):
+        """PAUSED -> RUN."""
+        return self._run("resume_run", timeout=timeout, by=by)
+
     def end_run(self, timeout=None, by=None):
         return self._run("end_run", timeout=timeout, by=by)
 
     def abort_run(self, timeout=None, by=None):
         return self._run("abort_run", timeout=timeout, by=by)
+
+    def exclude(self, program, why=None, stop=False, by=None):
+        """Leave participant `program` out of the runs prepared from now on (in STOP); `stop`: stop it too."""
+        return self._run("exclude", program=program, why=why, stop=stop, by=by)
+
+    def include(self, program, by=None):
+        """Take `program` part in runs again from the next prepare_run."""
+        return self._run("include", program=program, by=by)
 
     def runs(self, n=20):
         """The run log: the latest record of each of the last `n` runs."""

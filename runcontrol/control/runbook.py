@@ -1,8 +1,9 @@
 """Run numbers, the run state and the run log, kept on disk so that no crash can repeat a number.
 
 Owns, under the experiment's `paths.state`: `run_number` (the last number handed
-out), `run_state.json` (STOP, READY or RUN, and the current run) and `runs.jsonl`
-(one JSON record per change of a run; the last record of a run is its outcome).
+out), `run_state.json` (STOP, READY, RUN or PAUSED, the current run, and the
+participants left out of the next runs) and `runs.jsonl` (one JSON record per
+change of a run; the last record of a run is its outcome).
 Every write is flushed and fsynced before the caller goes on. Must not send
 messages: the run controller does.
 """
@@ -14,11 +15,18 @@ from pathlib import Path
 from runcontrol.control.durable import append_line, read_lines, write_durably
 from runcontrol.errors import RunControlError
 
-STOP, READY, RUN = "STOP", "READY", "RUN"
-ALLOWED_FROM = {"prepare_run": (STOP,), "begin_run": (READY,), "end_run": (RUN,), "abort_run": (READY, RUN)}
-TARGET = {"prepare_run": READY, "begin_run": RUN, "end_run": STOP, "abort_run": STOP}
-WIRE = {"prepare_run": "prepare", "begin_run": "begin", "end_run": "end", "abort_run": "end"}
-HINTS = {STOP: "prepare_run first", READY: "begin_run or abort_run", RUN: "end_run or abort_run"}
+STOP, READY, RUN, PAUSED = "STOP", "READY", "RUN", "PAUSED"
+STATES = (STOP, READY, RUN, PAUSED)
+IN_RUN = (RUN, PAUSED)   # a run is under way: settings frozen, participants missed
+ALLOWED_FROM = {"prepare_run": (STOP,), "begin_run": (READY,), "pause_run": (RUN,), "resume_run": (PAUSED,),
+                "end_run": (RUN, PAUSED), "abort_run": (READY, RUN, PAUSED)}
+TARGET = {"prepare_run": READY, "begin_run": RUN, "pause_run": PAUSED, "resume_run": RUN, "end_run": STOP,
+          "abort_run": STOP}
+WIRE = {"prepare_run": "prepare", "begin_run": "begin", "pause_run": "pause", "resume_run": "resume",
+        "end_run": "end", "abort_run": "end"}
+UP = ("prepare_run", "begin_run", "resume_run")   # lower `order` first; the others higher first
+HINTS = {STOP: "prepare_run first", READY: "begin_run or abort_run", RUN: "pause_run, end_run or abort_run",
+         PAUSED: "resume_run, end_run or abort_run"}
 
 
 class RunBookError(RunControlError):
@@ -35,6 +43,7 @@ class RunBook:
         saved = self._read_state()
         self.state = saved.get("state", STOP)
         self.current = saved.get("current") or {}
+        self.excluded = saved.get("excluded") or {}   # client -> {"why", "by", "at", "stopped"}
 
     @property
     def run(self):
@@ -47,7 +56,7 @@ class RunBook:
             return {}
         except (OSError, ValueError) as exc:
             raise RunBookError(f"{self.state_path}: unreadable ({exc}); move it away to start from STOP") from None
-        if not isinstance(saved, dict) or saved.get("state") not in (STOP, READY, RUN):
+        if not isinstance(saved, dict) or saved.get("state") not in STATES:
             raise RunBookError(f"{self.state_path}: not a run state; move it away to start from STOP")
         return saved
 
@@ -72,7 +81,22 @@ class RunBook:
         """Make `state` (with the current run's fields) the state on disk."""
         self.state = state
         self.current = current if state != STOP else {}
-        write_durably(self.state_path, json.dumps({"state": state, "current": self.current}))
+        self._save()
+
+    def exclude(self, name, **why):
+        """Leave `name` out of the runs prepared from now on (durably), with why and by whom."""
+        self.excluded[name] = why
+        self._save()
+
+    def include(self, name):
+        """Take `name` part again; what excluding it said (None if it was not excluded)."""
+        said = self.excluded.pop(name, None)
+        self._save()
+        return said
+
+    def _save(self):
+        write_durably(self.state_path, json.dumps({"state": self.state, "current": self.current,
+                                                   **({"excluded": self.excluded} if self.excluded else {})}))
 
     def log(self, record):
         """Append one record to the run log, durably."""

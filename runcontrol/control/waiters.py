@@ -22,8 +22,11 @@ class Waiters:
         self._waiting = []
 
     def add(self, ready, finish, timeout_s, expire):
-        self._waiting.append(Waiter(ready, finish, self.clock() + timeout_s, expire))
+        """Wait for `ready`; the Waiter returned may have its `deadline` moved (a deferral extends it)."""
+        waiter = Waiter(ready, finish, self.clock() + timeout_s, expire)
+        self._waiting.append(waiter)
         self.check()
+        return waiter
 
     def deadlines(self):
         return [w.deadline for w in self._waiting]

@@ -11,11 +11,13 @@ field and what is wrong, before the command runs. Modules hold no state of their
 """
 
 from runcontrol.control.commands import (abort_run, ack, alarms, begin_run, config, config_diff, config_log,
-                                         end_run, find, flag, maintenance, notifications, notify_test, prepare_run,
-                                         record, reload, restart, run_config, runs, set_config, start, status, stop)
+                                         end_run, exclude, find, flag, include, maintenance, notifications,
+                                         notify_test, pause_run, prepare_run, record, reload, restart, resume_run,
+                                         run_config, runs, set_config, start, status, stop)
 from runcontrol.control.commands.base import VALIDATOR, check
 
-MODULES = (status, start, stop, restart, reload, prepare_run, begin_run, end_run, abort_run, runs, alarms, ack,
+MODULES = (status, start, stop, restart, reload, prepare_run, begin_run, pause_run, resume_run, end_run, abort_run,
+           exclude, include, runs, alarms, ack,
            config, set_config, config_log, run_config, config_diff, notify_test, notifications, maintenance,
            record, find, flag)
 COMMANDS = {module.NAME: module for module in MODULES}

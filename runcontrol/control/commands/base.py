@@ -23,6 +23,7 @@ VALIDATOR = jsonschema.validators.extend(
 PROGRAM = {"type": "string", "minLength": 1, "description": "the name of a program of the experiment"}
 BY = {"type": "string", "minLength": 1, "maxLength": protocol.BY_MAX,
       "description": "who asks, for the logs (default: the sender)"}
+WHY = {"type": "string", "maxLength": 500, "description": "why, in words, for the run log"}
 RUN_NUMBER = {"type": "integer", "minimum": 1, "description": "a run number"}
 TIMEOUT = {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TRANSITION_TIMEOUT_S,
            "description": f"seconds to wait for every participant (default {TRANSITION_TIMEOUT_S:g})"}

@@ -1,0 +1,193 @@
+"""One run transition asked of its participants stage by stage, in their `order`, with deferrals and take-backs.
+
+A stage is the participants with equal `order`, asked together: lower numbers first on the way up (prepare,
+begin, resume), higher first on the way down (end, pause, abort). Each participant answers within the
+transition's timeout, or says it is still at work (`_progress` to the request, with `fraction` and `text`): it
+then holds the stage up to its own `defer_limit`; past it, it fails the transition or is gone past, as its
+`past_limit` says. One lost while it defers (its client gone) no longer holds anything. A refusal stops the
+stages after it and takes back the ones before, in reverse order: whoever had done the transition is told its
+inverse. An abort goes through every stage whatever anyone answers. Must not touch the run book: the run desk
+concludes from what this gathered.
+"""
+
+import time
+
+from runcontrol import protocol
+
+GO_ON = "go_on"
+TEXT_MAX = 200
+# What takes back a transition a participant had done, when a later stage refused.
+INVERSE = {"prepare": ("end", {"abort": True}), "begin": ("end", {"abort": True}), "pause": ("resume", {}),
+           "resume": ("pause", {}), "end": ("begin", {"rejoin": True})}
+
+
+def stages_of(participations, up):
+    """The participants' names (`participations`: name -> Participation) grouped by equal order, lower orders
+    first when `up`, higher first otherwise."""
+    orders = sorted({p.order for p in participations.values()}, reverse=not up)
+    return [sorted(n for n, p in participations.items() if p.order == order) for order in orders]
+
+
+def progress_of(msg):
+    """The `fraction` (0 to 1, or None) and `text` of a participant's `_progress`, whatever it sent."""
+    fraction = msg.get("fraction")
+    fraction = float(fraction) if isinstance(fraction, (int, float)) and not isinstance(fraction, bool) \
+        and 0 <= fraction <= 1 else None
+    text = msg.get("text")
+    return fraction, text[:TEXT_MAX] if isinstance(text, str) else ""
+
+
+class StagedTransition:
+    """Asks `ask` (a `_transition` message) of `participations` stage by stage; calls `done(self)` once every
+    stage has answered (or the first refusing stage and its take-backs have), `on_progress(self, name)` when a
+    participant reports progress."""
+
+    def __init__(self, client, waiters, ask, participations, up, timeout_s, stops_on_refusal, on_progress, done):
+        self.client, self.waiters, self.ask = client, waiters, ask
+        self.participations = participations
+        self.stages = stages_of(participations, up)
+        self.timeout_s = timeout_s
+        self.stops_on_refusal = stops_on_refusal
+        self.on_progress, self.done = on_progress, done
+        self.answers = {}        # name -> protocol.Answer
+        self.holders = {}        # name -> {"fraction", "text", "since"}: deferring now
+        self.deferred = {}       # name -> seconds it deferred, once it answered or was given up on
+        self.problems = {}       # name -> what went wrong, in words
+        self.blocking = []       # the names whose problem fails the transition
+        self.failed_stage = None
+        self.taken_back = []     # {"transition", "names", "problems"} per stage taken back, in the order done
+        self.stage = -1
+        self._pendings = {}
+        self._deadlines = {}
+        self._waiter = None
+
+    @property
+    def names(self):
+        return sorted(self.participations)
+
+    def start(self):
+        self._next_stage()
+
+    def status(self):
+        """Where it is, for the status: the stage, who it still waits for, who defers and how far along."""
+        stage = self.stages[self.stage] if 0 <= self.stage < len(self.stages) else []
+        return {"stage": self.stage + 1, "stages": len(self.stages),
+                "waiting": [n for n in stage if n not in self.answers], "holders": dict(self.holders),
+                "taking_back": self.failed_stage is not None}
+
+    def lost(self, name, why):
+        """`name`'s client is gone (lost, left, or a new process registered under its name): if it was deferring,
+        it holds nothing any more; otherwise its answer is awaited as usual (the server answers for it)."""
+        pending = self._pendings.get(name)
+        if pending is None or name in self.answers or name not in self.holders:
+            return
+        self.client.abandon(pending)
+        self._answered(name, protocol.Answer(pending.id, False, error=why, code=protocol.CLIENT_LOST))
+
+    # --- the stages --------------------------------------------------------------------------------------
+
+    def _next_stage(self):
+        self.stage += 1
+        if self.stage >= len(self.stages):
+            self.done(self)
+            return
+        names = self.stages[self.stage]
+        now = self.waiters.clock()
+        self._started = now
+        self._deadlines = {name: now + self.timeout_s for name in names}
+        self._pendings = {name: self.client.start(
+            {"to": name, **self.ask}, on_progress=lambda msg, n=name: self._progressed(n, msg),
+            on_answer=lambda answer, n=name: self._answered(n, answer)) for name in names}
+        self._waiter = self.waiters.add(lambda: all(n in self.answers for n in names), self._stage_done,
+                                        self.timeout_s, self._stage_done)
+
+    def _progressed(self, name, msg):
+        if name in self.answers or name not in self._pendings:
+            return
+        fraction, text = progress_of(msg)
+        held = self.holders.get(name)
+        self.holders[name] = {"fraction": fraction, "text": text, "since": held["since"] if held else time.time()}
+        limit = max(self.timeout_s, self.participations[name].defer_limit_s)
+        self._deadlines[name] = self._started + limit
+        if self._waiter is not None:
+            self._waiter.deadline = max(self._deadlines[n] for n in self._pendings if n not in self.answers)
+        self.on_progress(self, name)
+
+    def _answered(self, name, answer):
+        self.answers[name] = answer
+        held = self.holders.pop(name, None)
+        if held is not None:
+            self.deferred[name] = round(time.time() - held["since"], 3)
+            if answer.code == protocol.CLIENT_LOST:   # gone while it deferred: it holds nothing any more
+                self.problems[name] = f"lost while deferring ({answer.error})"
+                return
+        if not answer.ok:
+            self._problem(name, describe_problem(answer))
+
+    def _stage_done(self):
+        self._waiter = None
+        for name, pending in self._pendings.items():
+            if name in self.answers:
+                continue
+            self.client.abandon(pending)
+            held = self.holders.pop(name, None)
+            if held is None:
+                self._problem(name, describe_problem(None))
+                continue
+            self.deferred[name] = round(time.time() - held["since"], 3)
+            participation = self.participations[name]
+            said = f"{held['text']}, " if held["text"] else ""
+            done = f"{held['fraction']:.0%} done" if held["fraction"] is not None else "no fraction said"
+            words = f"deferred past its limit of {participation.defer_limit_s:g} s ({said}{done})"
+            if participation.past_limit == GO_ON:
+                self.problems[name] = f"{words}: gone on without it"
+            else:
+                self._problem(name, words)
+        if self.blocking and self.stops_on_refusal:
+            self.failed_stage = self.stage
+            done_here = [n for n in self.stages[self.stage] if n in self.answers and self.answers[n].ok]
+            back = [stage for stage in self.stages[:self.stage]] + [done_here]
+            self._take_back([[n for n in stage if n not in self.problems] for stage in reversed(back)])
+            return
+        self._next_stage()
+
+    def _problem(self, name, words):
+        self.problems[name] = words
+        self.blocking.append(name)
+
+    # --- taking back ---------------------------------------------------------------------------------------
+
+    def _take_back(self, stages):
+        """Tell each of `stages` (names, latest stage first) the inverse transition, one stage after the other."""
+        stages = [stage for stage in stages if stage]
+        if not stages:
+            self.done(self)
+            return
+        names, rest = stages[0], stages[1:]
+        transition, extra = INVERSE[self.ask["transition"]]
+        ask = protocol.make_transition(transition, self.ask["run"], comment=self.ask.get("comment"),
+                                       params=self.ask.get("params"), reason="a later stage refused", **extra)
+        answers = {}
+        pendings = {name: self.client.start({"to": name, **ask}, on_answer=lambda a, n=name: answers.__setitem__(n, a))
+                    for name in names}
+
+        def finish():
+            for name, pending in pendings.items():
+                if name not in answers:
+                    self.client.abandon(pending)
+            self.taken_back.append({"transition": transition, "names": names,
+                                    "problems": {n: describe_problem(answers.get(n)) for n in names
+                                                 if n not in answers or not answers[n].ok}})
+            self._take_back(rest)
+        self.waiters.add(lambda: len(answers) == len(names), finish, self.timeout_s, finish)
+
+
+def describe_problem(answer):
+    """What a participant's answer to a transition (None: no answer) says went wrong."""
+    if answer is None:
+        return "silent (no answer in time)"
+    if answer.code == protocol.NO_SUCH_CLIENT:
+        return "silent (not registered)"
+    if answer.code == protocol.CLIENT_LOST:
+        return f"lost ({answer.error})"
+    return f"refused: {answer.error}"
