@@ -1,6 +1,9 @@
-"""The status view: --once and --json against a live damicm, and the live view in a real terminal (tmux)."""
+"""The status view: --once and --json against a live damicm, a pause and a transition's holder of a real run
+controller, snapshots rendered (a pause, a transition under way, participants left out), and the live view in a
+real terminal (tmux)."""
 
 import calendar
+import io
 import json
 import os
 import re
@@ -14,8 +17,9 @@ import psutil
 import pytest
 from rich.console import Console
 
-from runcontrol.control.view import SPARKS, render
-from tests.helpers import DAMICM_PROGRAMS, ROOT, apt_install, damicm_copy, env_for_children, wait_until
+from runcontrol.control.operator import Operator
+from runcontrol.control.view import RUN_STYLES, SPARKS, render, snapshot
+from tests.helpers import DAMICM_PROGRAMS, ROOT, apt_install, damicm_copy, env_for_children, helper, wait_until
 
 
 def tool(*args, timeout_s=60):
@@ -138,6 +142,132 @@ def test_the_view_shows_open_maintenance_windows_under_the_alarms_and_the_notifi
     assert raised == "alarm_raised" and delivery.startswith("notify.delivery: notifications cannot be delivered")
     assert rest == [["maintenance_ended", "maintenance ended: over"],
                     ["maintenance", "maintenance by anna for 150 min (cryo): warming up"]]
+
+
+def shown(snap, width=80, height=24):
+    """The lines of `snap` rendered for a terminal of `width` x `height`, and the console (for styles)."""
+    console = Console(record=True, width=width, height=height, file=io.StringIO())
+    console.print(render(snap, width, height))
+    return console.export_text().splitlines(), console
+
+
+def run_snapshot(taken, run):
+    return {"taken": taken, "server": {"experiment": "demo", "instance": "abc", "uptime": 60, "clients": 2},
+            "stats": {}, "clients": [], "retained": {}, "events": [],
+            "run": {"programs": {"lta1": {"state": "RUNNING"}, "lta3": {"state": "RUNNING"}}, "alarms": [], **run}}
+
+
+def progress(ts, transition, run, said):
+    return {"kind": "run_progress", "ts": ts, "from": "run", "transition": transition, "run": run, "stage": 1,
+            "stages": 1, "message": f"{transition} of run {run} held by lta1 {said}"}
+
+
+def test_the_view_shows_a_pause_for_how_long_by_whom_and_why_and_a_transitions_progress_once():
+    taken = calendar.timegm((2026, 3, 1, 12, 0, 0))
+    anna = {"client": "op-1", "operator": "anna", "alarm": None}
+    events = [{"kind": "run_state", "ts": taken - 80, "from": "run", "state": "PAUSED", "run": 12,
+               "transition": "pause_run", "message": "Paused run 12: fill the dewar"},
+              *(progress(taken - 80.1 - i / 5, "pause_run", 12, f"{80 - 20 * i}%: draining {4 - i} of 5")
+                for i in range(3)),
+              {"kind": "run_state", "ts": taken - 300, "from": "run", "state": "RUN", "run": 12,
+               "transition": "begin_run", "message": "Beginning run 12"},
+              *(progress(taken - 900 - i / 5, "end_run", 11, f"{90 - 10 * i}%") for i in range(2))]
+    snap = run_snapshot(taken, {"state": "PAUSED", "run": 12, "transition": None, "excluded": {},
+                                "current_run": {"run": 12, "start": taken - 300, "comment": "dark current",
+                                                "pauses": [{"at": taken - 250, "until": taken - 200, "duration": 50,
+                                                            "why": "first", "by": anna},
+                                                           {"at": taken - 80, "why": "fill the dewar", "by": anna}]}})
+    snap["events"] = events
+    lines, console = shown(snap, 100, 30)
+    assert lines[1].rstrip() == 'run PAUSED  number 12  paused for 1m 20s by anna: fill the dewar  "dark current"'
+    assert lines[2].startswith("programs")   # no transition under way, nobody left out: no line for them
+    painted = {segment.text: str(segment.style) for line in console.render_lines(render(snap, 100, 30))
+               for segment in line}
+    assert painted["PAUSED"] == RUN_STYLES["PAUSED"] != RUN_STYLES["RUN"]
+    assert "yellow" in painted["  paused for 1m 20s by anna: fill the dewar"]
+    assert event_rows(lines) == [["run_state", "Paused run 12: fill the dewar"],
+                                 ["run_progress", "pause_run of run 12 held by lta1 80%: draining 4 of 5"],
+                                 ["run_state", "Beginning run 12"],
+                                 ["run_progress", "end_run of run 11 held by lta1 90%"]]
+
+    snap["run"]["current_run"]["pauses"][-1]["why"] = "fill the dewar: the level is under 20 % and the pump " * 3
+    lines, _ = shown(snap, 80, 24)
+    assert lines[1].startswith("run PAUSED  number 12  paused for 1m 20s by anna: fill the dewar: the level")
+    assert len(lines[1].rstrip()) == 80 and lines[1].rstrip().endswith("…"), lines[1]   # the why cut, not the rest
+    assert "dark current" not in lines[1]   # the pause's why comes before the run's comment
+
+    alarm = {"client": "run", "operator": None, "alarm": "vacuum_high"}
+    snap["run"]["current_run"].update(pauses=[{"at": taken - 3960, "why": "alarm vacuum_high: too high", "by": alarm}],
+                                      suspended_by="vacuum_high", comment="")
+    lines, _ = shown(snap, 80, 24)
+    assert lines[1].rstrip() == "run PAUSED  number 12  paused for 1h 06m: alarm vacuum_high: too high"
+
+
+def test_the_view_says_who_holds_a_transition_under_way_and_who_is_left_out():
+    taken = calendar.timegm((2026, 3, 1, 12, 0, 0))
+    holding = {"transition": "end_run", "run": 12, "stage": 2, "stages": 3, "waiting": ["lta1", "lta3"],
+               "holders": {"lta1": {"fraction": 0.4, "text": "draining 2 of 5", "since": taken - 12}},
+               "taking_back": False}
+    left_out = {"lta2": {"why": "board 2 keeps timing out", "by": "anna", "at": taken - 900, "stopped": False},
+                "lta4": {"why": "", "by": "bob", "at": taken - 800, "stopped": True}}
+    snap = run_snapshot(taken, {"state": "RUN", "run": 12, "current_run": {"run": 12, "start": taken - 300},
+                                "transition": holding, "excluded": left_out})
+    snap["events"] = [*(progress(taken - i, "end_run", 12, f"{40 - i}%") for i in range(30)),
+                      *({"kind": "program_restarting", "ts": taken - 100 - i, "program": "lta3", "restarts": 3 - i,
+                         "delay": 1} for i in range(3))]
+    lines, _ = shown(snap, 100, 30)
+    assert [line.rstrip() for line in lines[1:5]] == [
+        "run RUN  number 12  for 5m",
+        "end_run of run 12: stage 2/3, waiting for lta1 40% draining 2 of 5 (for 12s), lta3",
+        "left out: lta2 (board 2 keeps timing out), lta4 (stopped)",
+        "programs"]
+    assert event_rows(lines) == [["run_progress", "end_run of run 12 held by lta1 40%"],   # not 30 of them
+                                 *(["program_restarting", f"lta3 restart {3 - i} after 1 s"] for i in range(3))]
+
+    lines, _ = shown(snap, 80, 24)   # what a participant says is cut, not who holds it, for how long, or who else
+    assert lines[2].startswith("end_run of run 12: stage 2/3, waiting for lta1 40% draining")
+    assert lines[2].rstrip().endswith("… (for 12s), lta3") and len(lines[2].rstrip()) <= 80, lines[2]
+    for height in (24, 13):   # the lines added to the header are counted: nothing falls off the bottom
+        lines, _ = shown(snap, 80, height)
+        assert len(lines) <= height, lines
+    assert [kind for kind, _ in event_rows(lines)] == ["run_progress"]   # the one event line 13 leave
+
+    snap["run"].update(excluded={}, transition={**holding, "transition": "begin_run", "holders": {},
+                                                "waiting": ["a", "b", "c", "d", "e", "f"]})
+    lines, _ = shown(snap, 80, 24)
+    assert lines[2].rstrip() == "begin_run of run 12: stage 2/3, waiting for a, b, c and 3 more"
+    assert lines[3].startswith("programs")
+    snap["run"]["transition"]["taking_back"] = True
+    lines, _ = shown(snap, 80, 24)
+    assert lines[2].rstrip() == "begin_run of run 12: stage 2/3 refused: taking back what was done"
+
+
+def test_the_view_shows_a_real_run_paused_and_the_participant_that_held_the_pause(system, tmp_path):
+    s = system({"drain": helper("participant.py", "drain", tmp_path / "drain.jsonl", "--defer", "pause", 6,
+                                client="drain", participant=True, transitions={"defer_limit": 60}),
+                "lta2": helper("participant.py", "lta2", tmp_path / "lta2.jsonl", client="lta2", participant=True)})
+    for name in ("drain", "lta2"):
+        s.wait_state(name, "RUNNING", registered=True)
+    s.op.request("run", "exclude", program="lta2", why="board 2 keeps timing out", by="anna")
+    s.op.request("run", "prepare_run")
+    run = s.op.request("run", "begin_run", comment="dark current")["run"]
+    pausing = s.op.start({"to": "run", "cmd": "pause_run", "why": "fill the dewar", "by": "anna"})
+    with Operator(str(s.path), name="viewer", timeout=5) as op:
+        def holder_shown():
+            s.op.poll(0.05)   # the operator client keeps answering its heartbeats
+            lines, _ = shown(snapshot(op), 100, 30)
+            return lines if lines[2].startswith(f"pause_run of run {run}: stage 1/1, waiting for drain ") else None
+        lines = wait_until(holder_shown, 20, 0, what="the view to show drain holding the pause")
+    assert re.fullmatch(r"pause_run of run \d+: stage 1/1, waiting for drain \d+% draining \d+ of \d+ \(for \d+s\) *",
+                        lines[2]), lines[2]
+    assert lines[3].rstrip() == "left out: lta2 (board 2 keeps timing out)"
+    assert s.op.wait(pausing, 30).value()["state"] == "PAUSED"
+    lines = view_once(s.path, 100, 30)
+    assert re.fullmatch(rf'run PAUSED  number {run}  paused for (\d+m )?\d+s by anna: fill the dewar  "dark current" *',
+                        lines[1]), lines[1]
+    rows = event_rows(lines)
+    assert rows[0] == ["run_state", f"Paused run {run}: fill the dewar"], rows
+    assert [kind for kind, _ in rows].count("run_progress") == 1, rows
 
 
 def view_once(path, columns=80, rows=24):

@@ -25,7 +25,7 @@ log = logging.getLogger("runcontrol.controller")
 TRANSITION_TIMEOUT_S = 10.0
 SHUTDOWN_TIMEOUT_S = 5.0   # how long a stop of the experiment waits for the participants to end the run
 MAX_TRANSITION_TIMEOUT_S = 600.0   # the most a request's `timeout` may ask for (commands/ checks it)
-PROGRESS_EVENT_EVERY_S = 0.2       # a participant's progress goes out as an event at most this often
+PROGRESS_EVENT_EVERY_S = 1.0       # a participant's progress goes out as an event at most this often (the event log keeps them)
 WORDS = {"prepare_run": "Prepared run", "begin_run": "Beginning run", "pause_run": "Paused run",
          "resume_run": "Resumed run", "end_run": "Ending run", "abort_run": "Aborted run"}
 

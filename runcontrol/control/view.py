@@ -2,10 +2,12 @@
 
 Renders a snapshot (`Operator.snapshot()`) into a screen that never wraps: the
 standing alarms and the notifier's open maintenance windows on top, a header
-with the server and the run, the program table whose columns drop from the
-right to fit, monitoring values and notable events; the live loop keeps the
-last snapshot while the server is away. Must not change anything it shows; the
-one thing it writes is an operator's note to the logbook (key `n`).
+with the server and the run (a pause: since when, by whom, why; who holds a
+transition under way; who is left out of runs), the program table whose
+columns drop from the right to fit, monitoring values and notable events (of a
+transition's progress, the latest only); the live loop keeps the last snapshot
+while the server is away. Must not change anything it shows; the one thing it
+writes is an operator's note to the logbook (key `n`).
 """
 
 import contextlib
@@ -37,15 +39,18 @@ NOTE_KEY = "n"        # in the live view: write a note to the logbook
 SAID_S = 10.0         # how long what came of a note stays on top of the view
 STATE_STYLES = {"RUNNING": "green", "REGISTERED": "green", "STARTING": "yellow", "BACKOFF": "yellow", "STOPPING": "yellow",
                 "STOPPED": "dim", "EXITED": "dim", "FATAL": "bold red", "UNKNOWN": "bold magenta"}
-RUN_STYLES = {"RUN": "bold green", "READY": "bold yellow", "STOP": "bold"}
+RUN_STYLES = {"RUN": "bold green", "READY": "bold yellow", "STOP": "bold", "PAUSED": "bold black on yellow"}
 ALARMS = {"program_fatal", "client_lost", "host_unreachable", "alarm_raised"}
 SEQUENCE_EVENTS = ("queued", "started", "step", "run", "paused", "resumed", "skipped", "aborted", "done")
 MAINTENANCE_EVENTS = ("maintenance", "maintenance_ended")   # the notifier's (clients/notifier.py)
 LOGBOOK_EVENTS = ("logbook_entry",)                         # the logbook's (clients/logbook.py)
 NOTABLE = {"program_restarting", "program_fatal", "program_exited", "client_lost", "run_state",
            "server_started", "client_replaced", "host_unreachable", "host_reachable", "alarm_raised",
-           "alarm_cleared", "alarm_acked", *(f"sequence_{what}" for what in SEQUENCE_EVENTS), *MAINTENANCE_EVENTS,
-           *LOGBOOK_EVENTS}
+           "alarm_cleared", "alarm_acked", "run_progress", *(f"sequence_{what}" for what in SEQUENCE_EVENTS),
+           *MAINTENANCE_EVENTS, *LOGBOOK_EVENTS}
+NAMES_SHOWN = 3        # names listed in the transition's line; more are counted
+WHY_MIN = 20           # characters of a pause's why at least, before the run's comment
+HELD_TEXT_MIN = 12     # characters at least of what a participant holding a transition says
 MAINTENANCE_ROWS = 2   # lines for open maintenance windows at most; more are counted on the last
 # Program columns, most important first; the narrowest terminals keep only the first ones.
 COLUMNS = [("program", 12), ("state", 8), ("pid", 7), ("up", 5), ("rst", 3), ("reg", 3), ("hb", 4),
@@ -61,6 +66,16 @@ def age(seconds):
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
+
+
+def span(seconds):
+    """A duration: seconds under a minute, then minutes and seconds (1m 20s), then hours and minutes."""
+    seconds = int(max(0, seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
 def size(value):
@@ -142,8 +157,9 @@ def maintenance_block(windows, now, width, rows):
     return Group(*lines)
 
 
-def header(snap, hint=None):
-    """The server's line, and the run's (after it `hint`, the keys the view takes)."""
+def header(snap, width, hint=None):
+    """The server's line, the run's (after it `hint`, the keys the view takes), and while it applies, who holds the
+    transition under way and who is left out of runs."""
     server, run = as_dict(snap.get("server")), as_dict(snap.get("run"))
     rate = as_dict(as_dict(snap.get("stats")).get("total")).get("msgs_in_per_s", 0)
     line = Text.assemble((str(server.get("experiment", "?")), "bold"), f"  server {server.get('instance', '?')} ",
@@ -158,9 +174,85 @@ def header(snap, hint=None):
     running = f"  for {age(snap['taken'] - started)}" if isinstance(started, (int, float)) and state == "RUN" else ""
     comment = f"  \"{short(current.get('comment'), 30)}\"" if current.get("comment") else ""
     number = run.get("run")
-    return Group(line, Text.assemble("run ", (state, RUN_STYLES.get(state, "bold")),
-                                     f"  number {number if number is not None else '-'}{running}{comment}", keys,
-                                     no_wrap=True, overflow="crop"))
+    head = f"  number {number if number is not None else '-'}{running}"
+    paused = ""
+    if state == "PAUSED":   # the pause's why before the run's comment
+        room = width - len(f"run {state}{head}{keys[0]}")
+        comment = comment if room - len(comment) >= len(pause_text(current, snap["taken"], 0)) else ""
+        paused = pause_text(current, snap["taken"], room - len(comment))
+    lines = [line, Text.assemble("run ", (state, RUN_STYLES.get(state, "bold")), head, (paused, "yellow"), comment,
+                                 keys, no_wrap=True, overflow="crop")]
+    if isinstance(run.get("transition"), dict):
+        lines.append(Text(short(transition_text(run["transition"], snap["taken"], width), width), style="yellow"))
+    if as_dict(run.get("excluded")):
+        lines.append(Text(short(excluded_text(run["excluded"]), width), style="yellow"))
+    return Group(*lines)
+
+
+def header_rows(snap):
+    run = as_dict(snap.get("run"))
+    return 2 + isinstance(run.get("transition"), dict) + bool(as_dict(run.get("excluded")))
+
+
+def pauser(by):
+    """Who paused, in a word: the operator, else the client that asked; None for an alarm (its `why` names it)."""
+    if not isinstance(by, dict):
+        return by if isinstance(by, str) and by else None
+    return by.get("operator") or (None if by.get("alarm") else by.get("client"))
+
+
+def pause_text(current, now, room):
+    """The pause under way: for how long, by whom, why (cut to leave `room` for the line)."""
+    pauses = [p for p in as_list(current.get("pauses")) if isinstance(p, dict)]
+    last = pauses[-1] if pauses else {}
+    at = last.get("at")
+    text = f"  paused for {span(now - at)}" if isinstance(at, (int, float)) else "  paused"
+    who = pauser(last.get("by"))
+    text += f" by {who}" if who else ""
+    why = str(last.get("why") or "")
+    return text + (f": {short(why, max(WHY_MIN, room - len(text) - 2))}" if why else "")
+
+
+def names(listed):
+    listed = [str(n) for n in listed]
+    more = f" and {len(listed) - NAMES_SHOWN} more" if len(listed) > NAMES_SHOWN + 1 else ""
+    return ", ".join(listed if not more else listed[:NAMES_SHOWN]) + more
+
+
+def held_text(name, held, now, room):
+    """One participant holding a transition: how far along, what it says (in `room` characters), for how long."""
+    fraction, since = held.get("fraction"), held.get("since")
+    words = [str(name), f"{fraction:.0%}" if isinstance(fraction, (int, float)) else "",
+             short(str(held.get("text") or ""), room) if room > 0 else "",
+             f"(for {span(now - since)})" if isinstance(since, (int, float)) else ""]
+    return " ".join(w for w in words if w)
+
+
+def transition_text(transition, now, width):
+    """Where the transition under way is: its stage and who it waits for, those holding it first (how far along,
+    what they say, for how long), in `width` characters when it can."""
+    t = as_dict(transition)
+    text = f"{t.get('transition', '?')} of run {t.get('run', '-')}: stage {t.get('stage', '?')}/{t.get('stages', '?')}"
+    if t.get("taking_back"):
+        return f"{text} refused: taking back what was done"
+    holders = {str(n): as_dict(h) for n, h in as_dict(t.get("holders")).items()}
+    others = [str(n) for n in as_list(t.get("waiting")) if str(n) not in holders]
+
+    def line(room):
+        waiting = [held_text(name, h, now, room) for name, h in holders.items()] + others
+        return text + (f", waiting for {names(waiting)}" if waiting else "")
+    spare = width - len(line(0)) - len(holders)   # a space before each holder's words
+    return line(max(HELD_TEXT_MIN, spare // max(1, len(holders))))
+
+
+def excluded_text(excluded):
+    """The participants left out of runs, and why."""
+    said = []
+    for name, why in as_dict(excluded).items():
+        why = as_dict(why)
+        words = "; ".join(filter(None, [str(why.get("why") or ""), "stopped" if why.get("stopped") else ""]))
+        said.append(f"{name} ({words})" if words else str(name))
+    return "left out: " + ", ".join(said)
 
 
 def program_cells(name, info):
@@ -304,7 +396,7 @@ def retained_table(snap, width, rows):
 def event_text(event):
     """The gist of an event, most telling words first (the line may be cut at the right)."""
     kind, e = event.get("kind"), event
-    if (kind == "run_state" or kind in MAINTENANCE_EVENTS or kind in LOGBOOK_EVENTS
+    if (kind in ("run_state", "run_progress") or kind in MAINTENANCE_EVENTS or kind in LOGBOOK_EVENTS
             or str(kind).startswith("sequence_")) and e.get("message"):
         return str(e["message"])
     if kind == "program_exited":
@@ -330,12 +422,26 @@ def event_text(event):
     return " ".join(f"{k}={short(v, 24)}" for k, v in detail.items() if v is not None)
 
 
+def notable_events(snap):
+    """The events worth a line, newest first: of a transition's progress, only the latest."""
+    shown, progressed = [], set()
+    for event in as_list(snap.get("events")):
+        if not isinstance(event, dict) or event.get("kind") not in NOTABLE:
+            continue
+        if event["kind"] == "run_progress":
+            which = (str(event.get("transition")), str(event.get("run")))
+            if which in progressed:
+                continue
+            progressed.add(which)
+        shown.append(event)
+    return shown
+
+
 def events_table(snap, width, rows):
     table = Table("time", "event", "detail", title="events", title_justify="left", box=None, padding=(0, 1))
     for column in table.columns:
         column.no_wrap, column.overflow = True, "ellipsis"
-    events = [e for e in as_list(snap.get("events")) if isinstance(e, dict) and e.get("kind") in NOTABLE]
-    for event in events[:rows]:  # newest first
+    for event in notable_events(snap)[:rows]:  # newest first
         kind = str(event.get("kind"))
         ts = event.get("ts")
         table.add_row(logsetup.utc_stamp(ts)[11:19] if isinstance(ts, (int, float)) else "",
@@ -351,14 +457,14 @@ def render(snap, width=80, height=24, note=None, hint=None):
     alarm_rows = min(len(standing_alarms(snap)), max(1, height // 4))
     windows = maintenance_windows(snap)
     maintenance_rows = min(len(windows), MAINTENANCE_ROWS)
-    spare = max(0, height - 2 - (programs + 2) - (hosts + 2 if hosts else 0) - (1 if note else 0) - alarm_rows
-                - maintenance_rows)
+    spare = max(0, height - header_rows(snap) - (programs + 2) - (hosts + 2 if hosts else 0) - (1 if note else 0)
+                - alarm_rows - maintenance_rows)
     retained_rows = min(len(monitored(snap)), max(0, (spare - 4) // 2))
     event_rows = max(0, spare - 4 - retained_rows)
     parts = [Text(note, style="bold yellow")] if note else []
     parts += [alarms_block(snap, width, alarm_rows)] if alarm_rows else []
     parts += [maintenance_block(windows, snap["taken"], width, maintenance_rows)] if maintenance_rows else []
-    parts += [header(snap, hint), programs_table(snap, width)]
+    parts += [header(snap, width, hint), programs_table(snap, width)]
     parts += [hosts_table(snap, width)] if hosts else []
     parts += [retained_table(snap, width, retained_rows), events_table(snap, width, event_rows)]
     return Group(*parts)
