@@ -21,11 +21,13 @@ each, and every file is closed and complete when the run ends, on `stop`,
 SIGTERM or Ctrl-C, every queued item written first; the run's counters (files,
 acquisitions, bytes, resyncs, reconnects, writer_waits, unwritten, and the
 reader's own from `more_counters`) and each file closed (`files_written`: path,
-size, SHA-256 read back, items) are written beside them (`run.json`) and
-returned by `end()`. A reader restarted into a run it took part in goes on
-from that record, and counts the items of the files the record does not cover
-(open at a crash) from the files themselves (`Writer.count`). Knows nothing of
-any device's or file's format.
+size, SHA-256, items) are written beside them (`run.json`) and returned by
+`end()`. A file's size and SHA-256 are those of the bytes its writer wrote, as
+it wrote them (`HashedFile`, returned by `Writer.close`): a file is read back
+only when its writer cannot tell. A reader restarted into a run it took part in
+goes on from that record, and counts the items of the files the record does
+not cover (open at a crash) from the files themselves (`Writer.count`; their
+SHA-256 read back). Knows nothing of any device's or file's format.
 """
 
 import asyncio
@@ -74,8 +76,9 @@ class Source:
 
 
 class Writer:
-    """Items into files: `open(path, run)`, `write(item)` -> bytes written, `close()`; every file complete after each.
-    `count(path)`: what an existing file holds."""
+    """Items into files: `open(path, run)`, `write(item)` -> bytes written, `close()` -> (size, sha256) of the file
+    as written (a `HashedFile`'s), or None when this writer cannot tell (the file is read back then); every file
+    complete after each. `count(path)`: what an existing file holds."""
 
     suffix = ".dat"
 
@@ -94,6 +97,32 @@ class Writer:
         return None
 
 
+class HashedFile:
+    """A binary file written through in order, every byte also into a SHA-256 and a size: the file as it was
+    written, for its description, without reading it back. Only for files written from their start and never
+    sought in: the digest is of the bytes in the order they were given."""
+
+    def __init__(self, out):
+        self.out = out
+        self.size = 0
+        self._digest = hashlib.sha256()
+
+    def write(self, data):
+        data = memoryview(data)   # an array's size in bytes, not in items
+        written = self.out.write(data)
+        self._digest.update(data)
+        self.size += data.nbytes
+        return written
+
+    def flush(self):
+        self.out.flush()
+
+    def close(self):
+        """Close the file; (size, sha256) of what was written."""
+        self.out.close()
+        return self.size, self._digest.hexdigest()
+
+
 class RunCounters:
     FIELDS = ("files", "acquisitions", "bytes", "resyncs", "reconnects", "ignored", "writer_waits", "unwritten")
 
@@ -108,13 +137,17 @@ class RunCounters:
                 "files_written": list(self.written)}   # a copy: the writer's thread appends to it
 
 
-def describe_file(path, images):
-    """A closed file for the run's record: where, how big, its SHA-256 (read back from the disk), how many items."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as data:
-        while chunk := data.read(1 << 20):
-            digest.update(chunk)
-    return {"path": str(path), "size": path.stat().st_size, "sha256": digest.hexdigest(), "images": images}
+def describe_file(path, images, written=None):
+    """A closed file for the run's record: where, how big, its SHA-256, how many items. `written`: (size, sha256) as
+    its writer wrote it; without it (a file found after a crash, a writer that cannot tell) the file is read back."""
+    if written is None:
+        digest = hashlib.sha256()
+        with open(path, "rb") as data:
+            while chunk := data.read(1 << 20):
+                digest.update(chunk)
+        written = path.stat().st_size, digest.hexdigest()
+    size, sha256 = written
+    return {"path": str(path), "size": size, "sha256": sha256, "images": images}
 
 
 class Acquisition:
@@ -266,9 +299,9 @@ class Acquisition:
 
     def _close_file(self):
         if self.file_open:
-            self.writer.close()
+            written = self.writer.close()
             self.file_open = False
-            self.run.written.append(describe_file(self.path, self.in_file))
+            self.run.written.append(describe_file(self.path, self.in_file, written))
             log.info("wrote %s: %d acquisitions", self.path, self.in_file)
             self._write_record()
 

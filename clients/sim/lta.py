@@ -39,7 +39,7 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 
 from clients.instrument import data_folder
-from clients.kit.acquisition import Acquisition, GaveUp, Source, Writer
+from clients.kit.acquisition import Acquisition, GaveUp, HashedFile, Source, Writer
 from clients.kit.receiver import Receiver
 from runcontrol.client.busaccess import host_port
 from clients.sim import ccdpackets
@@ -139,7 +139,8 @@ class PixelPool:
 class FitsWriter(Writer):
     """Each image an extension of the file, written whole (header, data, padding) before the next is begun: the file
     is complete after each. Pixels as FITS keeps unsigned 16-bit ones: big-endian signed, BZERO 32768. An image
-    written, its pixels are handed to `written` (to be used again)."""
+    written, its pixels are handed to `written` (to be used again). `close` returns the file's size and SHA-256,
+    taken from the bytes as they were written."""
 
     suffix = ".fits"
 
@@ -156,9 +157,12 @@ class FitsWriter(Writer):
         primary = fits.PrimaryHDU()
         primary.header["RUN"] = (run, "run number")
         partial = path.with_name(path.name + ".partial")
-        primary.writeto(partial, overwrite=True)
+        # every byte through one HashedFile, in order (a primary without data is its header alone, as writeto writes
+        # it): the file's SHA-256 without reading it back
+        self.out = HashedFile(open(partial, "wb"))
+        self.out.write(primary.header.tostring().encode("ascii"))
+        self.out.flush()
         os.replace(partial, path)   # a reader killed meanwhile leaves no file, rather than an empty one
-        self.out = open(path, "ab")
 
     def write(self, image):
         header = fits.Header([
@@ -182,8 +186,9 @@ class FitsWriter(Writer):
         return image.pixels.nbytes
 
     def close(self):
-        self.out.close()
+        written = self.out.close()
         self.path = self.out = None
+        return written
 
     def count(self, path):
         """Images whose data is all in the file (a reader killed while appending may have torn the last one)."""
