@@ -33,6 +33,7 @@ SCRIPTS = (
     ("probes", 900, ["--programs", "20", "--period", "1", "--seconds", "5"]),
     ("hosts", 1200, ["--kills", "3", "--programs", "10", "--seconds", "5"]),
     ("runs", 600, ["--participants", "20", "--rounds", "5"]),
+    ("stages", 600, ["--participants", "20", "--many", "100", "--rounds", "5"]),
     ("sequences", 600, ["--sequences", "20", "--runs", "5"]),
     ("flood", 600, ["--runs", "1", "--round-trips", "100"]),
     ("legacy", 600, ["--runs", "1", "--messages", "1000", "--round-trips", "100"]),

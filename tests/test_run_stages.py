@@ -221,3 +221,14 @@ def test_an_alarm_pauses_the_run_and_resumes_it_once_it_cleared_and_was_acknowle
     assert pause["by"]["alarm"] == "warm" and pause["why"] == "alarm warm: too warm to take data" and pause["until"]
     assert [t["transition"] for t in got(record)][-2:] == ["pause", "resume"]
     s.op.request("run", "end_run")
+
+
+def test_a_stage_larger_than_the_servers_pending_limit_is_asked_a_window_at_a_time(system, tmp_path):
+    names = ("w1", "w2", "w3", "w4", "w5")
+    s = system({name: participant(name, tmp_path / f"{name}.jsonl") for name in names}, max_pending=4)
+    ready(s, *names)   # the run controller may have 4 requests awaiting answers: 2 go to a stage at once
+    assert s.op.request("run", "prepare_run")["problems"] == {}
+    assert s.op.request("run", "begin_run")["participants"] == list(names)
+    assert s.op.request("run", "end_run")["problems"] == {}
+    assert all([t["transition"] for t in got(tmp_path / f"{name}.jsonl")] == ["prepare", "begin", "end"]
+               for name in names)

@@ -19,7 +19,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from runcontrol.control import commands
-from tests.helpers import DAMICM_PROGRAMS, ROOT, WebSite, apt_install, damicm_copy, env_for_children, wait_until
+from tests.helpers import (DAMICM_PROGRAMS, ROOT, System, WebSite, apt_install, damicm_copy, env_for_children,
+                           free_port, helper, wait_until, write_experiment)
 from tests.test_notify import Hook
 
 pytestmark = pytest.mark.xdist_group(name="web")   # one damicm for the whole module, on one worker
@@ -237,8 +238,12 @@ REACH = {
     "reload": ({}, 200, None),
     "prepare_run": ({"timeout": -1}, 400, "bad_field"),
     "begin_run": ({"params": []}, 400, "bad_field"),
+    "pause_run": ({"timeout": -1}, 400, "bad_field"),
+    "resume_run": ({"timeout": 0}, 400, "bad_field"),
     "end_run": ({"timeout": 601}, 400, "bad_field"),
     "abort_run": ({"timeout": "soon"}, 400, "bad_field"),
+    "exclude": ({"program": "nosuch"}, 404, "no_such_client"),
+    "include": ({"program": "nosuch"}, 404, "no_such_client"),
     "ack": ({"alarm": "nothing"}, 404, "no_such_alarm"),
     "set_config": ({"program": "nosuch", "values": {"volts": 1}}, 404, "unknown_program"),
     "notifications": ("?n=2000", 400, "bad_field"),
@@ -663,3 +668,120 @@ def test_a_route_that_refuses_shows_as_failing_on_the_alarms_page_with_its_alarm
     wait_until(lambda: {a["alarm"]: a["state"] for a in site.get("/api/alarms")[1]["alarms"]}
                .get("notify.delivery") == "cleared", 30, 0.2, what="the notify.delivery alarm cleared")
     assert site.post("/api/alarms/notify.delivery/ack", cookie=cookie)[0] == 200
+
+
+# --- a run paused, resumed, and its end held, on the page -----------------------------------------------------------
+
+
+@pytest.fixture
+def held_site(tmp_path):
+    """A system of its own: a server, the run controller, the web program (operator anna) and one participant,
+    `drain`, that holds the end of a run for 6 s (deferring, with progress; its defer_limit 60 s)."""
+    listen = f"127.0.0.1:{free_port()}"
+    drain = helper("participant.py", "drain", tmp_path / "drain.jsonl", "--defer", "end", 6, client="drain",
+                   participant=True, transitions={"defer_limit": 60})
+    web_program = {"cmd": ["python", "-m", "web", "--name", "web", "--listen", listen], "client": "web",
+                   "cwd": str(ROOT)}
+    path = write_experiment(tmp_path, "held", timeout=5.0, programs={"drain": drain, "web": web_program})
+    made = subprocess.run([sys.executable, "-m", "web.users", "--experiment", str(path), "add", "anna"],
+                          input=PASSWORD + "\n", cwd=ROOT, env=env_for_children(), capture_output=True, text=True,
+                          timeout=60)
+    assert made.returncode == 0, made.stderr
+    system = System(path)
+    try:
+        site = WebSite(f"http://{listen}")
+        wait_until(lambda: (p := site.programs()) and all(i["state"] == "RUNNING" and i["registered"] is not False
+                                                       for i in p.values()), 30, 0.2, what="drain and web up")
+        yield system, site
+    finally:
+        system.close()
+
+
+def run_buttons(driver):
+    """The run buttons the page offers: their ids, and whether each can be pressed."""
+    return driver.execute_script("return [...document.querySelectorAll('#run-controls button')]"
+                                 ".map(b => [b.id, !b.disabled])")
+
+
+def shown(driver, selector):
+    return driver.execute_script("const e = document.querySelector(arguments[0]); return !!e && !e.hidden", selector)
+
+
+def held_on_page(driver):
+    """What the page shows of a transition under way, read in one go: its text, drain's line, where it came from
+    (the status or a run_progress event), and the run buttons."""
+    return driver.execute_script(
+        "const node = document.getElementById('run-transition'), holder = node.querySelector('[data-holder=drain]');"
+        "return {text: node.hidden ? null : node.textContent, holder: holder && holder.textContent,"
+        " from: node.dataset.from, buttons: [...document.querySelectorAll('#run-controls button')]"
+        ".map(b => [b.id, !b.disabled])}")
+
+
+def colour(driver, selector):
+    return driver.execute_script("const e = document.querySelector(arguments[0]); const s = getComputedStyle(e);"
+                                 "return [s.color, s.backgroundColor]", selector)
+
+
+@pytest.mark.timeout(900)   # the browser may have to be installed first
+def test_an_operator_pauses_and_resumes_a_run_on_the_page_and_sees_who_holds_its_end(held_site):
+    s, site = held_site
+    cookie = site.login("anna", PASSWORD)
+    with chromium() as driver:
+        driver.get(site.url + "/#status")
+        log_in(driver, "anna", PASSWORD)
+        assert site.post("/api/run/prepare_run", cookie=cookie)[0] == 200
+        run = site.post("/api/run/begin_run", {"comment": "paused from the page"}, cookie=cookie)[1]["run"]
+        wait_until(lambda: run_buttons(driver) == [["do-pause_run", True], ["do-end_run", True],
+                                                   ["do-abort_run", True]], 20, 0.2, what="RUN's buttons")
+        assert text_of(driver, "#run-state") == "RUN" and not shown(driver, "#run-pause")
+        running_look = colour(driver, "#run-state")
+        driver.find_element("css selector", "#run-why").send_keys("fill the dewar")
+        click(driver, "#do-pause_run", "the pause button")
+
+        wait_until(lambda: text_of(driver, "#run-state") == "PAUSED", 20, 0.2, what="PAUSED on the page")
+        status = s.op.request("run", "status")
+        pause = status["current_run"]["pauses"][-1]
+        assert status["state"] == "PAUSED" and (pause["why"], pause["by"]["operator"]) == ("fill the dewar", "anna")
+        wait_until(lambda: shown(driver, "#run-pause") and text_of(driver, "#run-pause-why") == "fill the dewar",
+                   20, 0.2, what="the pause's why on the page")
+        assert re.fullmatch(r"PAUSED since .+ \(\d+s\) by anna: fill the dewar", text_of(driver, "#run-pause"))
+        assert colour(driver, "#run-state") != running_look   # a style of its own
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "web-paused.png"))
+        wait_until(lambda: run_buttons(driver) == [["do-resume_run", True], ["do-end_run", True],
+                                                   ["do-abort_run", True]], 20, 0.2, what="PAUSED's buttons")
+        click(driver, "#do-resume_run", "the resume button")
+        wait_until(lambda: text_of(driver, "#run-state") == "RUN" and not shown(driver, "#run-pause"), 20, 0.2,
+                   what="RUN again on the page")
+        assert s.op.request("run", "status")["state"] == "RUN"
+
+        # The end, held 6 s by drain: asked with a 0.5 s timeout, for which the web program waits 5.5 s, and as long
+        # as progress comes.
+        ended = {}
+        ending = threading.Thread(target=lambda: ended.update(answer=site.post("/api/run/end_run", {"timeout": 0.5},
+                                                                                cookie=cookie)))
+        ending.start()
+        try:
+            # one look at the page: the end lasts only 6 s
+            shown_live = wait_until(lambda: (seen := held_on_page(driver))["from"] == "run_progress" and
+                                    "draining" in (seen["holder"] or "") and seen, 20, 0.05,
+                                    what="drain holding the end, live from a run_progress event, on the page")
+            driver.save_screenshot(str(ARTIFACTS / "web-held.png"))
+            assert re.fullmatch(r"held by drain \d+%: draining \d+ of 30 \(for \d+s\)", shown_live["holder"])
+            assert shown_live["text"].startswith(f"ending run {run}: stage 1 of 1, waiting for drain")
+            assert shown_live["buttons"] == [["do-pause_run", False], ["do-end_run", False], ["do-abort_run", False]]
+        finally:
+            ending.join(60)
+        status, answer, _ = ended["answer"]
+        assert status == 200 and answer["state"] == "STOP" and set(answer["deferred"]) == {"drain"}, answer
+        wait_until(lambda: text_of(driver, "#run-state") == "STOP" and not shown(driver, "#run-transition"), 20,
+                   0.2, what="STOP on the page, no transition shown")
+
+        assert site.post("/api/run/exclude", {"program": "drain", "why": "keeps deferring"}, cookie=cookie)[0] == 200
+        wait_until(lambda: shown(driver, "#run-excluded") and re.fullmatch(
+            r"left out of runs: drain \(keeps deferring, by anna, .+\)", text_of(driver, "#run-excluded")), 20, 0.2,
+            what="drain left out, on the page")
+        assert site.post("/api/run/include", {"program": "drain"}, cookie=cookie)[0] == 200
+        wait_until(lambda: not shown(driver, "#run-excluded"), 20, 0.2, what="no one left out")
+    record = s.op.request("run", "runs", n=1)[-1]
+    assert record["run"] == run and [p["why"] for p in record["pauses"]] == ["fill the dewar"]

@@ -13,8 +13,10 @@
   GET  /api/run/CMD?KEY=VALUE  any command of the run controller that only reads (runcontrol/control/commands/:
                               status, runs, alarms, config, ..., notifications), the query parameters its payload
   POST /api/run/CMD {payload}  any command of the run controller that acts (prepare_run, begin_run {"comment"},
-                              end_run, abort_run, start, stop, restart, reload, ack, set_config, notify_test,
-                              maintenance), `by` the operator
+                              pause_run {"why"}, resume_run, end_run, abort_run, exclude {"program", "why"},
+                              include {"program"}, start, stop, restart, reload, ack, set_config, notify_test,
+                              maintenance), `by` the operator; a transition a participant holds (deferring, with
+                              progress) is waited for as long as progress comes
   GET  /api/sequencer/CMD?KEY=VALUE  a command of the sequencer that only reads (status, sequences, log), the query
                               parameters its payload
   POST /api/sequencer/CMD {payload}  a command of the sequencer (queue, start, pause, resume, skip, abort, load,
@@ -426,7 +428,8 @@ async def run_act(request):
     """A command of the run controller that acts: the JSON body is its payload, `by` the operator."""
     who, body = await operator(request)
     module = command_of(request, acts=True)
-    for key in ("comment", "reason"):   # a run's comment, a maintenance window's reason: shown on every page
+    # a run's comment, a maintenance window's reason, a pause's why: shown on every page
+    for key in ("comment", "reason", "why"):
         check_text(body, key)
     return await order(request, who, module.NAME, body)
 

@@ -5,8 +5,11 @@ the server's status, rates, clients and retained values (the notifier's
 maintenance windows among them), the run controller's status and the
 sequencer's, asked together each second, and the current or last run number
 (`last_run`: the status has none in STOP). Each open page has a queue;
-the event stream and each new snapshot go into every queue as server-sent event
-frames, and a page too slow to take them is dropped (it reconnects). Must not block the event loop.
+the event stream (every kind: a transition's `run_progress` too, as a deferring
+participant sends it) and each new snapshot go into every queue as server-sent
+event frames, and a page too slow to take them is dropped (it reconnects). A
+request answered with progress (a transition held by a deferring participant)
+is waited for its timeout from the latest progress. Must not block the event loop.
 """
 
 import asyncio
@@ -15,7 +18,6 @@ import time
 
 import orjson
 
-from runcontrol.client.aio import ask
 from runcontrol import protocol
 from runcontrol.control.operator import historian_in
 from runcontrol.control.view import maintenance_text, maintenance_windows
@@ -65,13 +67,37 @@ class Feed:
         if not self.client.registered:
             raise BusError("not connected to the server yet; try again in a moment", 503)
         try:
-            answer = await ask(self.client, msg, timeout)
+            answer = await self._ask(msg, timeout)
         except asyncio.TimeoutError:
             raise BusError(f"{msg.get('to') or 'the server'} did not answer {msg['cmd']!r} within {timeout:g} s",
                            504) from None
         if not answer.ok:
-            raise BusError(answer.error, REFUSAL_STATUS.get(answer.code, 409), answer.code)
+            status = REFUSAL_STATUS.get(answer.code, 409)
+            if answer.code == protocol.NO_SUCH_CLIENT and not answer.from_server:
+                status = 404   # the one asked answered: a name it does not know (`include` of one not left out)
+            raise BusError(answer.error, status, answer.code)
         return answer.result
+
+    async def _ask(self, msg, timeout):
+        """The answer to `msg` (a protocol.Answer); TimeoutError after `timeout` seconds, counted from the latest
+        progress the other side sent (a run transition held by a deferring participant), as Client.wait counts."""
+        loop = asyncio.get_running_loop()
+        answered, heard = loop.create_future(), [loop.time()]   # when the request went, then its latest progress
+
+        def progressed(_):
+            heard[0] = loop.time()
+        pending = self.client.start(msg, on_progress=progressed,
+                                    on_answer=lambda answer: answered.done() or answered.set_result(answer))
+        try:
+            while True:
+                try:
+                    return await asyncio.wait_for(asyncio.shield(answered), heard[0] + timeout - loop.time())
+                except asyncio.TimeoutError:
+                    if heard[0] + timeout <= loop.time():
+                        raise
+        except BaseException:
+            self.client.abandon(pending)
+            raise
 
     def historian(self):
         return historian_in((self.snapshot or {}).get("clients"))

@@ -63,7 +63,8 @@ class Controller:
                                      env={"ORBIT_EXPERIMENT": str(experiment.path)})
         self.waiters = Waiters()
         self.runbook = runbook.RunBook(experiment.paths.state)
-        self.runs = RunDesk(self.client, self.supervisor, self.runbook, self.waiters)
+        self.runs = RunDesk(self.client, self.supervisor, self.runbook, self.waiters,
+                            window=max(1, experiment.server.max_pending // 2))
         self.programs = ProgramDesk(self.client, self.supervisor, self.waiters, lambda: self.spec)
         self.registered = set()   # the clients registered on the server, as last listed
         # A program that did not come back to a restarted server within this is hung.

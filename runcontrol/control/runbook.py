@@ -44,6 +44,7 @@ class RunBook:
         self.state = saved.get("state", STOP)
         self.current = saved.get("current") or {}
         self.excluded = saved.get("excluded") or {}   # client -> {"why", "by", "at", "stopped"}
+        self._latest = None   # run -> its latest record, once the log was read
 
     @property
     def run(self):
@@ -100,12 +101,19 @@ class RunBook:
 
     def log(self, record):
         """Append one record to the run log, durably."""
-        append_line(self.log_path, {**record, "logged": round(time.time(), 3)})
+        line = {**record, "logged": round(time.time(), 3)}
+        append_line(self.log_path, line)
+        if self._latest is not None:
+            self._take(json.loads(json.dumps(line)))   # as it reads back from the file
 
     def records(self):
-        """The latest record of each run, in run order."""
-        latest = {}
-        for record in read_lines(self.log_path):
-            if isinstance(record, dict) and isinstance(record.get("run"), int):
-                latest[record["run"]] = record
-        return [latest[n] for n in sorted(latest)]
+        """The latest record of each run, in run order (the log is read once; what this book logs is added)."""
+        if self._latest is None:
+            self._latest = {}
+            for record in read_lines(self.log_path):
+                self._take(record)
+        return [self._latest[n] for n in sorted(self._latest)]
+
+    def _take(self, record):
+        if isinstance(record, dict) and isinstance(record.get("run"), int):
+            self._latest[record["run"]] = record

@@ -33,7 +33,9 @@ WORDS = {"prepare_run": "Prepared run", "begin_run": "Beginning run", "pause_run
 TAGS = ("by", "sequence")   # what a run carries of who asked for it, into every record of the run log
 
 class RunDesk:
-    def __init__(self, client, supervisor, book, waiters):
+    def __init__(self, client, supervisor, book, waiters, window=500):
+        """`window`: the most transition requests awaiting answers at once (half the server's `max_pending`)."""
+        self.window = window
         self.client = client
         self.supervisor = supervisor
         self.book = book
@@ -172,7 +174,7 @@ class RunDesk:
             self._conclude(reply, action, fields, staged, why, result, cause or {})
         self.staged = StagedTransition(self.client, self.waiters, ask, participations, action in runbook.UP, timeout,
                                        action != "abort_run", lambda staged, name: self._progressed(reply, staged, name),
-                                       done)
+                                       done, self.window)
         self.staged.start()
         return reply
 

@@ -42,8 +42,12 @@ class StagedTransition:
     stage has answered (or the first refusing stage and its take-backs have), `on_progress(self, name)` when a
     participant reports progress."""
 
-    def __init__(self, client, waiters, ask, participations, up, timeout_s, stops_on_refusal, on_progress, done):
+    def __init__(self, client, waiters, ask, participations, up, timeout_s, stops_on_refusal, on_progress, done,
+                 window=500):
+        """`window`: the most requests of a stage awaiting answers at once (the server refuses a client more than
+        its `max_pending`); the others go out as answers come in."""
         self.client, self.waiters, self.ask = client, waiters, ask
+        self.window = max(1, window)
         self.participations = participations
         self.stages = stages_of(participations, up)
         self.timeout_s = timeout_s
@@ -58,6 +62,8 @@ class StagedTransition:
         self.taken_back = []     # {"transition", "names", "problems"} per stage taken back, in the order done
         self.stage = -1
         self._pendings = {}
+        self._unsent = []
+        self._answered_here = 0
         self._deadlines = {}
         self._waiter = None
 
@@ -95,11 +101,17 @@ class StagedTransition:
         now = self.waiters.clock()
         self._started = now
         self._deadlines = {name: now + self.timeout_s for name in names}
-        self._pendings = {name: self.client.start(
-            {"to": name, **self.ask}, on_progress=lambda msg, n=name: self._progressed(n, msg),
-            on_answer=lambda answer, n=name: self._answered(n, answer)) for name in names}
-        self._waiter = self.waiters.add(lambda: all(n in self.answers for n in names), self._stage_done,
+        self._pendings, self._unsent, self._answered_here = {}, list(reversed(names)), 0
+        self._send_more()
+        self._waiter = self.waiters.add(lambda: self._answered_here == len(names), self._stage_done,
                                         self.timeout_s, self._stage_done)
+
+    def _send_more(self):
+        while self._unsent and len(self._pendings) - self._answered_here < self.window:
+            name = self._unsent.pop()
+            self._pendings[name] = self.client.start(
+                {"to": name, **self.ask}, on_progress=lambda msg, n=name: self._progressed(n, msg),
+                on_answer=lambda answer, n=name: self._answered(n, answer))
 
     def _progressed(self, name, msg):
         if name in self.answers or name not in self._pendings:
@@ -114,7 +126,11 @@ class StagedTransition:
         self.on_progress(self, name)
 
     def _answered(self, name, answer):
+        if name in self.answers:
+            return
         self.answers[name] = answer
+        self._answered_here += 1
+        self._send_more()
         held = self.holders.pop(name, None)
         if held is not None:
             self.deferred[name] = round(time.time() - held["since"], 3)
@@ -126,6 +142,9 @@ class StagedTransition:
 
     def _stage_done(self):
         self._waiter = None
+        for name in self._unsent:   # never sent: the others of its stage held every place until the end
+            self._problem(name, "not asked: the others of its stage held the transition past its time")
+        self._unsent = []
         for name, pending in self._pendings.items():
             if name in self.answers:
                 continue
@@ -190,4 +209,6 @@ def describe_problem(answer):
         return "silent (not registered)"
     if answer.code == protocol.CLIENT_LOST:
         return f"lost ({answer.error})"
+    if answer.from_server:
+        return f"not asked: the server said {answer.error}"
     return f"refused: {answer.error}"

@@ -3,10 +3,14 @@
 
 const state = { user: null, canAct: false, status: null, events: [], page: "status", plot: null, focus: null,
                 scrolledTo: null, notificationsAsked: 0, catalogOffset: 0, catalogAsked: 0, run: null, runPlots: [],
-                logbookOffset: 0, logbookSearch: "", logbookAsked: 0, editing: null };
+                logbookOffset: 0, logbookSearch: "", logbookAsked: 0, editing: null, progress: null };
 const CATALOG_PAGE = 50;    // runs a page of the Runs page shows
 const LOGBOOK_PAGE = 20;    // entries a page of the Logbook page shows
 const NOTIFICATIONS_EVERY_S = 5;   // how often the alarms page asks again what the notifier sent and what waits
+const IN_RUN = ["RUN", "PAUSED"];   // a run is under way: its settings frozen
+// what a transition under way is doing, as the page says it
+const DOING = { prepare_run: "preparing", begin_run: "beginning", pause_run: "pausing", resume_run: "resuming",
+                end_run: "ending", abort_run: "aborting" };
 
 // --- small helpers -------------------------------------------------------------------------------
 
@@ -135,9 +139,62 @@ function renderHeader(status) {
     runNode.replaceChildren(el("span", { class: "lost" }, `run: unknown (${status.run_error || "no run controller"})`));
     return;
   }
-  const running = run.state === "RUN" && current.start ? ` for ${age(status.taken - current.start)}` : "";
+  const running = IN_RUN.includes(run.state) && current.start ? ` for ${age(status.taken - current.start)}` : "";
   runNode.replaceChildren("run ", el("span", { class: run.state, id: "run-state" }, run.state),
     ` number ${run.run ?? status.last_run ?? "-"}${running}`, current.comment ? ` “${current.comment}”` : "");
+}
+
+function byWhom(by) {
+  if (!by || typeof by !== "object") return by || "";
+  return by.operator || (by.alarm ? `alarm ${by.alarm}` : "") || by.client || "";
+}
+
+// The run's state beyond its name: the pause it is in (why, since when, by whom), the transition under way (who it
+// waits for, who holds it and how far) and the participants left out of runs.
+function renderRunDetail(status) {
+  const run = status.run || {};
+  const pauses = (run.current_run || {}).pauses || [];
+  const pause = run.state === "PAUSED" ? pauses[pauses.length - 1] : null;
+  const node = document.getElementById("run-pause");
+  node.hidden = !pause;
+  if (pause) {
+    const by = run.current_run.suspended_by ? `alarm ${run.current_run.suspended_by}` : byWhom(pause.by);
+    node.replaceChildren(el("b", {}, "PAUSED"), ` since ${clock(pause.at)} (${age(status.taken - pause.at)})`,
+      by ? ` by ${by}` : "", ": ", el("span", { id: "run-pause-why" }, pause.why || "no reason given"));
+  }
+  renderTransition();
+  const excluded = Object.entries(run.excluded || {});
+  const left = document.getElementById("run-excluded");
+  left.hidden = excluded.length === 0;
+  left.replaceChildren("left out of runs: ", ...excluded.flatMap(([name, e], i) => [i ? "; " : "",
+    el("span", { "data-participant": name }, `${name} (${e.why || "no reason given"}, by ${byWhom(e.by)}, ` +
+      `${clock(e.at)}${e.stopped ? ", its program stopped" : ""})`)]));
+}
+
+// The transition under way, as the status (each second) or a run_progress event (between) tells it, whichever
+// came last.
+function renderTransition() {
+  const run = (state.status && state.status.run) || {};
+  const doing = state.progress || run.transition;
+  const node = document.getElementById("run-transition");
+  node.hidden = !doing;
+  if (!doing) {
+    node.replaceChildren();
+    return;
+  }
+  node.dataset.from = state.progress ? "run_progress" : "status";
+  const now = state.progress ? state.progress.ts : state.status.taken;
+  const waiting = (doing.waiting || []).length ? `, waiting for ${doing.waiting.join(", ")}` : "";
+  const parts = [el("b", {}, `${DOING[doing.transition] || doing.transition} run ${doing.run ?? ""}`),
+    `: stage ${doing.stage} of ${doing.stages}${waiting}${doing.taking_back ? "; taking back the stages done" : ""}`];
+  for (const [name, held] of Object.entries(doing.holders || {})) {
+    const share = typeof held.fraction === "number" ? ` ${(held.fraction * 100).toFixed(0)}%` : "";
+    parts.push(el("div", { class: "holder", "data-holder": name },
+      `held by ${name}${share}${held.text ? `: ${held.text}` : ""}`,
+      typeof held.since === "number" ? ` (for ${age(now - held.since)})` : "",
+      typeof held.fraction === "number" ? el("progress", { value: held.fraction, max: 1 }) : ""));
+  }
+  node.replaceChildren(...parts);
 }
 
 function renderBanner(status) {
@@ -166,15 +223,20 @@ function renderControls(status) {
     node.replaceChildren();
     return;
   }
-  if (node.dataset.state === status.run.state && node.childElementCount) return; // keep what is being typed
-  node.dataset.state = status.run.state;
+  const busy = !!(status.run.transition || state.progress);   // the run controller takes no other until it is done
+  const drawn = `${status.run.state}${busy ? " busy" : ""}`;
+  if (node.dataset.state === drawn && node.childElementCount) return; // keep what is being typed
+  node.dataset.state = drawn;
   const comment = el("input", { id: "run-comment", placeholder: "comment", size: 40 });
-  const button = (label, name, body) => el("button", { class: "action", id: `do-${name}`,
+  const why = el("input", { id: "run-why", placeholder: "why pause (for the run log)", size: 40, maxlength: 500 });
+  const button = (label, name, body) => el("button", { class: "action", id: `do-${name}`, disabled: busy ? "" : null,
     on: { click: () => action(label, `/api/run/${name}`, body ? body() : {}) } }, label);
   const byState = {
     STOP: [button("prepare run", "prepare_run")],
     READY: [comment, button("begin run", "begin_run", () => ({ comment: comment.value })), button("abort", "abort_run")],
-    RUN: [button("end run", "end_run"), button("abort", "abort_run")],
+    RUN: [why, button("pause", "pause_run", () => ({ why: why.value.trim() || undefined })),
+          button("end run", "end_run"), button("abort", "abort_run")],
+    PAUSED: [button("resume", "resume_run"), button("end run", "end_run"), button("abort", "abort_run")],
   };
   node.replaceChildren(...(byState[status.run.state] || []));
 }
@@ -206,7 +268,9 @@ function renderStatus(status) {
   renderHeader(status);
   renderBanner(status);
   renderMaintenance(status);
+  state.progress = null;   // the status is newer than any run_progress event before it
   renderControls(status);
+  renderRunDetail(status);
   if (state.page === "alarms" && status.taken - state.notificationsAsked >= NOTIFICATIONS_EVERY_S) {
     showNotifications().catch(() => {});
   }
@@ -483,7 +547,7 @@ function runState() {
 
 function settingRow(program, name, value, spec, live) {
   const run = (state.status && state.status.run) || {};
-  const frozen = !live && run.state === "RUN";   // the run controller refuses a change of it until the run ends
+  const frozen = !live && IN_RUN.includes(run.state);   // the run controller refuses a change of it until the run ends
   const input = el("input", { value: JSON.stringify(value ?? null), size: 14, "data-setting": `${program}.${name}` });
   const apply = () => {
     let parsed;
@@ -1086,6 +1150,11 @@ function connect() {
     const event = JSON.parse(message.data);
     state.events.unshift(event);
     state.events.length = Math.min(state.events.length, 500);
+    if (event.kind === "run_progress" || event.kind === "run_state") {   // the latter ends the transition
+      state.progress = event.kind === "run_progress" ? event : null;
+      renderTransition();
+      if (state.status) renderControls(state.status);
+    }
     if (state.page === "events") renderEvents();
     if (state.page === "sequences" && String(event.kind).startsWith("sequence_")) renderSequenceEvents();
     if (state.page === "runs" && event.kind === "run_state") showRuns().catch(() => {});
