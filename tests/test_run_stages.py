@@ -158,6 +158,8 @@ def test_past_its_limit_a_deferral_fails_the_transition_or_is_gone_past_and_a_pa
     record = s.op.request("run", "runs", n=1)[-1]
     assert record["run"] == run and record["excluded"]["stuck"]["why"] == "keeps deferring"
     assert record["excluded"]["stuck"]["by"] == "carla"
+    catalogued = wait_until(lambda: s.op.request("run", "record", number=run), 20, what="the run's catalog record")
+    assert catalogued["excluded"]["stuck"]["why"] == "keeps deferring" and set(catalogued["deferred"]) == {"goer"}
     assert "run.stuck.absent" not in {a["alarm"] for a in s.op.request("run", "alarms")["alarms"]}
 
     s.replace_controller()   # the list of those left out survives the run controller
