@@ -234,7 +234,8 @@ def test_a_killed_server_is_replaced_by_its_standby_and_a_new_standby_is_prepare
         os.kill(first, signal.SIGKILL)
         server.beacon = next_beacon(server, server.beacon.instance)
         assert server.beacon.pid == standby and dog.server_pid() == standby   # the pid file names the one serving
-        assert f"standby pid {standby} takes over" in dog.output()
+        # the watchdog says so once it has told the standby to go: its line may come after the first beacon
+        wait_until(lambda: f"standby pid {standby} takes over" in dog.output(), 10, what="the takeover's log line")
         assert router_port in listening_ports(standby)
         pump([client], lambda: client.registered and client.instance == server.beacon.instance, 15)
         assert client.instance != old_instance and client.router == server.router
