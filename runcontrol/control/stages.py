@@ -62,6 +62,7 @@ class StagedTransition:
         self.taken_back = []     # {"transition", "names", "problems"} per stage taken back, in the order done
         self.stage = -1
         self._pendings = {}
+        self._settled = set()    # names whose outcome is decided: a later answer (already on its way) changes nothing
         self._unsent = []
         self._answered_here = 0
         self._deadlines = {}
@@ -85,7 +86,7 @@ class StagedTransition:
         """`name`'s client is gone (lost, left, or a new process registered under its name): if it was deferring,
         it holds nothing any more; otherwise its answer is awaited as usual (the server answers for it)."""
         pending = self._pendings.get(name)
-        if pending is None or name in self.answers or name not in self.holders:
+        if pending is None or name in self._settled or name not in self.holders:
             return
         self.client.abandon(pending)
         self._answered(name, protocol.Answer(pending.id, False, error=why, code=protocol.CLIENT_LOST))
@@ -114,7 +115,7 @@ class StagedTransition:
                 on_answer=lambda answer, n=name: self._answered(n, answer))
 
     def _progressed(self, name, msg):
-        if name in self.answers or name not in self._pendings:
+        if name in self._settled or name not in self._pendings:
             return
         fraction, text = progress_of(msg)
         held = self.holders.get(name)
@@ -126,8 +127,10 @@ class StagedTransition:
         self.on_progress(self, name)
 
     def _answered(self, name, answer):
-        if name in self.answers:
+        # An answer the client had read before `lost()` or the stage's end abandoned its request still comes here.
+        if name in self._settled or name not in self._pendings:
             return
+        self._settled.add(name)
         self.answers[name] = answer
         self._answered_here += 1
         self._send_more()
@@ -146,8 +149,9 @@ class StagedTransition:
             self._problem(name, "not asked: the others of its stage held the transition past its time")
         self._unsent = []
         for name, pending in self._pendings.items():
-            if name in self.answers:
+            if name in self._settled:
                 continue
+            self._settled.add(name)
             self.client.abandon(pending)
             held = self.holders.pop(name, None)
             if held is None:

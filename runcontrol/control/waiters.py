@@ -34,6 +34,8 @@ class Waiters:
     def check(self):
         now = self.clock()
         for waiter in list(self._waiting):
+            if waiter not in self._waiting:   # finished meanwhile, by a check() from another waiter's finish()
+                continue
             if waiter.ready():
                 self._waiting.remove(waiter)
                 waiter.finish()
