@@ -246,6 +246,31 @@ DELIVERY_ALARM = "notify.delivery"
 
 
 @dataclass(frozen=True)
+class EpicsImport:
+    """A channel of another IOC, published on the bus by the epics program on the topic `name` (its `as`)."""
+    pv: str
+    name: str
+    units: object = None     # its units as the experiment gives them, or None: the IOC's
+
+
+@dataclass(frozen=True)
+class EpicsSpec:
+    """The epics program: what it serves as process variables (published numbers matching `export`, the run
+    state and number, the `writable` settings) under `prefix`, what it imports, and where Channel Access goes."""
+    prefix: str
+    export: tuple = ()       # names, or prefixes ending in *
+    imports: tuple = ()      # EpicsImports
+    writable: tuple = ()     # <program>.config.<setting>
+    client: str = "epics"
+    interfaces: tuple = ("127.0.0.1",)
+    addresses: tuple = ("127.255.255.255",)
+    server_port: int = 5064
+    repeater_port: int = 5065
+    republish_s: float = 5.0
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     path: Path
@@ -259,6 +284,7 @@ class Experiment:
     alarms: tuple = ()       # AlarmSpecs
     notify: object = None    # NotifySpec, or None
     catalog: CatalogSpec = CatalogSpec()
+    epics: object = None     # EpicsSpec, or None
 
     def program(self, name):
         return next((p for p in self.programs if p.name == name), None)
@@ -360,7 +386,8 @@ def validate(raw):
     if not isinstance(raw, dict):
         return problems
     return problems + checks.cross_check(raw) + checks.network_exposure(raw) + checks.host_credentials(raw) \
-        + checks.legacy_exposure(raw) + checks.alarm_definitions(raw) + checks.liveness_probes(raw)
+        + checks.legacy_exposure(raw) + checks.alarm_definitions(raw) + checks.liveness_probes(raw) \
+        + checks.epics_section(raw)
 
 
 def json_path(parts):
@@ -438,6 +465,7 @@ def freeze(raw, path):
         + ((delivery_alarm(raw["notify"]),) if "notify" in raw else ()),
         notify=notify_spec(raw["notify"], folder) if "notify" in raw else None,
         catalog=catalog_spec(raw["catalog"]),
+        epics=epics_spec(raw["epics"]) if "epics" in raw else None,
         warnings=tuple(checks.missing_commands(programs) + checks.renamed_keys(raw)),
     )
 
@@ -448,6 +476,13 @@ def catalog_spec(catalog):
                    for v in catalog["values"])
     rules = tuple(CatalogRule(r["flag"], tuple(r["when"]), r.get("why")) for r in catalog["rules"])
     return CatalogSpec(values, rules, catalog["historian"])
+
+
+def epics_spec(epics):
+    imports = tuple(EpicsImport(pv, entry["as"], entry.get("units")) for pv, entry in epics["import"].items())
+    return EpicsSpec(epics["prefix"], tuple(epics["export"]), imports, tuple(epics["writable"]), epics["client"],
+                     tuple(epics["interfaces"]), tuple(epics["addresses"]), epics["server_port"],
+                     epics["repeater_port"], float(epics["republish"]), epics["insecure"])
 
 
 def notify_spec(notify, folder):

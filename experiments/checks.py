@@ -108,6 +108,82 @@ def alarm_definitions(raw):
     return problems
 
 
+def epics_section(raw):
+    """The epics section against the rest: each writable setting exported, of a program with a client; settings
+    served off loopback only with `insecure`; imported names once each, not from its own prefix; alarms that name
+    an imported channel by its Orbit name, `missing` ones longer than its republications."""
+    epics = raw.get("epics")
+    if not isinstance(epics, dict):
+        return []
+    writable = [n for n in listed(epics, "writable") if ".config." in n]
+    problems = epics_writable(writable, listed(epics, "export"), raw.get("programs"))
+    exposed = [a for a in listed(epics, "interfaces") if not is_loopback_host(a)]
+    if writable and exposed and epics.get("insecure") is not True:
+        problems.append(f"epics.interfaces: {', '.join(exposed)} can be reached from the network, and Channel Access "
+                        "has no authentication (a put names the user and host its client says): keep writable settings "
+                        "on loopback, or set epics.insecure to true on a private network")
+    return problems + epics_imports(epics, raw.get("alarms"), raw.get("programs"))
+
+
+def epics_writable(writable, export, programs):
+    programs = programs if isinstance(programs, dict) else {}
+    problems = []
+    for i, name in enumerate(writable):
+        program = name.split(".config.", 1)[0]
+        if program not in programs:
+            problems.append(f"epics.writable.{i}: {program!r} is no program of the experiment")
+        elif not isinstance(programs[program], dict) or not programs[program].get("client"):
+            problems.append(f"epics.writable.{i}: program {program!r} has no client (its settings come with its "
+                            "client's registration)")
+        if not matches_any(export, name):
+            problems.append(f"epics.writable.{i}: {name!r} is not exported: add it (or a pattern covering it) to "
+                            "epics.export")
+    return problems
+
+
+def epics_imports(epics, alarms, programs):
+    imports = epics.get("import") if isinstance(epics.get("import"), dict) else {}
+    client, prefix = epics.get("client", "epics"), epics.get("prefix")
+    programs = programs if isinstance(programs, dict) else {}
+    clients = {p.get("client") for p in programs.values() if isinstance(p, dict)}
+    problems, names = [], {}
+    for pv, entry in imports.items():
+        name = entry.get("as") if isinstance(entry, dict) else None
+        if isinstance(prefix, str) and pv.startswith(prefix):
+            problems.append(f"epics.import.{pv}: {prefix!r} is this experiment's own prefix: it would import what it "
+                            "serves")
+        if not isinstance(name, str):
+            continue
+        if name in names:
+            problems.append(f"epics.import.{pv}.as: {name!r} is already the name of {names[name]}")
+        names.setdefault(name, pv)
+    republish = epics.get("republish", 5)
+    for alarm_name, alarm in (alarms.items() if isinstance(alarms, dict) else ()):
+        value = alarm.get("value") if isinstance(alarm, dict) else None
+        if not isinstance(value, str):
+            continue
+        if value in names and value.split(".", 1)[0] not in clients:
+            problems.append(f"alarms.{alarm_name}.value: {value!r} is imported from {names[value]}, published as "
+                            f"{client}.{value}: name it so")
+        missing = alarm.get("missing")
+        if value.removeprefix(f"{client}.") in names and value.startswith(f"{client}.") \
+                and isinstance(missing, (int, float)) and isinstance(republish, (int, float)) and missing <= republish:
+            problems.append(f"alarms.{alarm_name}.missing: {missing} s is not more than epics.republish ({republish} "
+                            "s), how often an imported value that does not change is published again")
+    return problems
+
+
+def listed(section, key):
+    """The strings of a list in a section not yet validated."""
+    value = section.get(key)
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def matches_any(patterns, name):
+    """Whether `name` is one of `patterns`, or starts with one that ends in `*` (`cryo.values.*`)."""
+    return any(name == p or (p.endswith("*") and name.startswith(p[:-1])) for p in patterns)
+
+
 PROBES = ("exec", "tcp", "http")
 
 
