@@ -234,3 +234,53 @@ def test_a_stage_larger_than_the_servers_pending_limit_is_asked_a_window_at_a_ti
     assert s.op.request("run", "end_run")["problems"] == {}
     assert all([t["transition"] for t in got(tmp_path / f"{name}.jsonl")] == ["prepare", "begin", "end"]
                for name in names)
+
+
+def test_in_a_paused_run_a_refused_end_is_taken_back_to_paused(system, tmp_path):
+    files = {n: tmp_path / f"{n}.jsonl" for n in ("first", "balky")}
+    s = system({"first": participant("first", files["first"], order=2),
+                "balky": participant("balky", files["balky"], "--refuse", "end", order=1)})
+    ready(s, "first", "balky")
+    s.op.request("run", "prepare_run")
+    s.op.request("run", "begin_run")
+    s.op.request("run", "pause_run", why="a look")
+    with pytest.raises(Refused) as refused:
+        s.op.request("run", "end_run")
+    assert "at stage 2 of 2, the state stays PAUSED" in str(refused.value)
+    assert str(refused.value).endswith("taken back: begin to first; pause to first")
+    told = got(files["first"])
+    assert [t["transition"] for t in told][-3:] == ["end", "begin", "pause"] and told[-1]["rejoin"]
+    s.op.call({"to": "run", "cmd": "abort_run", "timeout": 1}, 30)
+
+
+def test_a_deferral_gives_no_one_else_of_its_stage_more_time(system, tmp_path):
+    files = {n: tmp_path / f"{n}.jsonl" for n in ("slow", "mute")}
+    s = system({"slow": participant("slow", files["slow"], "--defer", "end", 0, defer_limit=600),
+                "mute": participant("mute", files["mute"], "--silent", "end")})
+    ready(s, "slow", "mute")
+    s.op.request("run", "prepare_run")
+    run = s.op.request("run", "begin_run")["run"]
+    s.op.start({"to": "run", "cmd": "end_run", "timeout": 1})
+
+    def mute_given_up():
+        holding = s.op.request("run", "status")["transition"]
+        return holding and holding["waiting"] == ["slow"] and "slow" in holding["holders"]
+    wait_until(mute_given_up, 30, what="mute given up at its 1 s while slow holds the stage")
+    os.kill(s.program("slow")["pid"], signal.SIGKILL)   # the stage ends: slow lost, mute silent
+    wait_until(lambda: s.op.request("run", "runs", n=1)[-1].get("run") == run
+               and s.op.request("run", "status")["transition"] is None, 30)
+    assert s.op.request("run", "status")["state"] == "RUN"
+
+
+def test_a_participant_excluded_with_its_program_stopped_stays_stopped_when_the_run_controller_restarts(
+        system, tmp_path):
+    s = system({"a": participant("a", tmp_path / "a.jsonl"), "b": participant("b", tmp_path / "b.jsonl")})
+    ready(s, "a", "b")
+    s.op.request("run", "exclude", program="b", why="board 2 away", stop=True)
+    s.wait_state("b", "STOPPED")
+    s.replace_controller()
+    ready(s, "a")
+    assert s.program("b")["state"] == "STOPPED" and s.op.request("run", "prepare_run")["participants"] == ["a"]
+    s.op.request("run", "abort_run")
+    s.op.request("run", "include", program="b")
+    ready(s, "b")

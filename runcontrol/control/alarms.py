@@ -23,6 +23,7 @@ log = logging.getLogger("runcontrol.controller")
 EVERY_S = 0.5
 LOG_LINES_MAX = 1000
 SEND_TIMEOUT_S = 10.0
+RESUME_AGAIN_S = 30.0   # a run an alarm paused, whose resume failed (a participant away), is tried again after this
 
 
 class AlarmDesk:
@@ -42,6 +43,8 @@ class AlarmDesk:
         self.values = Values(self.started)
         self.grace_s = grace_s   # after a start nothing clears this long: states and values are not known yet
         self.evaluated = 0.0
+        self._resuming = None          # the Outcome of a resume of a run an alarm paused, until it has its answer
+        self._resume_not_before = 0.0
         self.use(alarms)
 
     def use(self, alarms):
@@ -155,15 +158,27 @@ class AlarmDesk:
         runs = self.runs.book
         alarm = runs.current.get("suspended_by") if runs.state == runbook.PAUSED else None
         spec = self.specs.get(alarm)
-        if alarm is None or self.runs.busy or (spec is not None and spec.resume == "never"):
+        resuming, self._resuming = self._resuming, None
+        if resuming is not None and not resuming.done:
+            self._resuming = resuming
+            return
+        if resuming is not None:   # the last try has its answer
+            self.book.note(alarm or "?", "resume_run", now, done=resuming.error is None, run=runs.run,
+                           **({"why": resuming.error} if resuming.error else {}))
+            if resuming.error:
+                log.warning("resuming run %s failed (tried again in %g s): %s", runs.run, RESUME_AGAIN_S,
+                            resuming.error)
+                self._resume_not_before = time.monotonic() + RESUME_AGAIN_S
+        if alarm is None or self.runs.busy or (spec is not None and spec.resume == "never") \
+                or time.monotonic() < self._resume_not_before:
             return
         record = self.book.alarms.get(alarm)
         if record is not None and (record["state"] == "active" or (spec is not None and spec.resume == "acked"
                                                                    and not record["acked"])):
             return
-        if self.runs.suspend_because(f"alarm {alarm} cleared", alarm, resume=True) is not None:
+        self._resuming = self.runs.suspend_because(f"alarm {alarm} cleared", alarm, resume=True)
+        if self._resuming is not None:
             log.warning("resuming run %s: alarm %s cleared", runs.run, alarm)
-            self.book.note(alarm, "resume_run", now, done=True, run=runs.run)
 
     def _send(self, name, send, now):
         msg = {k: v for k, v in send.items() if k not in ("id", "re", "from")}

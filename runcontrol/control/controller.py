@@ -265,7 +265,9 @@ class Controller:
         if self.client.registered:
             self.supervisor.env["ORBIT_SERVER"] = self.client.router
         self.catalog.catch_up()
-        self.supervisor.start_all()
+        left_out = [name for client, said in self.runbook.excluded.items() if said.get("stopped")
+                    for name in self._programs_of(client)]   # `exclude ... stop=true` holds across restarts
+        self.supervisor.start_all(leave=left_out)
         while wakeup.stop_signal is None:
             self.step()
         # run.py stops us by SIGTERM whatever stopped it, and leaves the cause (SIGINT, say) for the run log.

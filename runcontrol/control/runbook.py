@@ -45,6 +45,11 @@ class RunBook:
         self.current = saved.get("current") or {}
         self.excluded = saved.get("excluded") or {}   # client -> {"why", "by", "at", "stopped"}
         self._latest = None   # run -> its latest record, once the log was read
+        if self.state != STOP and self.run is not None:
+            # Killed between logging a run's outcome and entering STOP: the log says it ended, so it has.
+            latest = next((r for r in reversed(self.records()) if r.get("run") == self.run), None)
+            if latest is not None and latest.get("result") not in (None, "running"):
+                self.enter(STOP)
 
     @property
     def run(self):

@@ -94,6 +94,8 @@ class RunDesk:
     def exclude(self, name, why, by, stop):
         """Leave `name` (a participant's client) out of the runs prepared from now on; its program is stopped too
         when `stop` (the caller stops it)."""
+        if self.busy:
+            raise Refused(f"{self.busy} is in progress; try again when it has answered", protocol.BUSY)
         if self.book.state != runbook.STOP:
             raise Refused(f"exclude needs state STOP (it applies from the next prepare_run); the state is "
                           f"{self.book.state}", protocol.BAD_STATE)
@@ -108,6 +110,8 @@ class RunDesk:
 
     def include(self, name, by):
         """Take `name` part again from the next prepare_run; what excluding it said (its `stopped`: start it)."""
+        if self.busy:
+            raise Refused(f"{self.busy} is in progress; try again when it has answered", protocol.BUSY)
         if self.book.state != runbook.STOP:
             raise Refused(f"include needs state STOP (it applies from the next prepare_run); the state is "
                           f"{self.book.state}", protocol.BAD_STATE)
@@ -125,16 +129,18 @@ class RunDesk:
         (participants told `end` with `why`, the record saying so). Returns an Outcome to wait on, or None when no
         run is open."""
         return self.end_because(why, "ended by shutdown", (runbook.READY, *runbook.IN_RUN), SHUTDOWN_TIMEOUT_S,
-                                signal=signal)
+                                defer_cap_s=SHUTDOWN_TIMEOUT_S, signal=signal)
 
-    def end_because(self, why, result, states=runbook.IN_RUN, timeout=TRANSITION_TIMEOUT_S, **cause):
+    def end_because(self, why, result, states=runbook.IN_RUN, timeout=TRANSITION_TIMEOUT_S, defer_cap_s=None,
+                    **cause):
         """End the run in one of `states` whatever the participants answer, `why` told to them and logged in
         the record with `result` and `cause` (alarm=NAME, signal=TEXT: what ended it). An Outcome to wait on, or
         None when there is no such run or one is changing."""
         if self.book.state not in states or self.busy:
             return None
         outcome = Outcome()
-        self.transition({"timeout": timeout, "from": self.client.name}, "abort_run", outcome, why, result, cause)
+        self.transition({"timeout": timeout, "from": self.client.name}, "abort_run", outcome, why, result, cause,
+                        defer_cap_s)
         return outcome
 
     def suspend_because(self, why, alarm, resume=False):
@@ -148,7 +154,7 @@ class RunDesk:
                         cause={"alarm": alarm})
         return outcome
 
-    def transition(self, msg, action, reply=None, why=None, result=None, cause=None):
+    def transition(self, msg, action, reply=None, why=None, result=None, cause=None, defer_cap_s=None):
         """Start `action` (a run command) asked by `msg`: the answer comes when every stage has answered (or the
         first that refused, and its take-backs); `reply` (default: a deferred answer to `msg`) takes it. Refused at
         once when another transition is under way or the state does not allow it."""
@@ -174,7 +180,8 @@ class RunDesk:
             self._conclude(reply, action, fields, staged, why, result, cause or {})
         self.staged = StagedTransition(self.client, self.waiters, ask, participations, action in runbook.UP, timeout,
                                        action != "abort_run", lambda staged, name: self._progressed(reply, staged, name),
-                                       done, self.window)
+                                       done, self.window, paused=self.book.state == runbook.PAUSED,
+                                       defer_cap_s=defer_cap_s)
         self.staged.start()
         return reply
 
@@ -184,6 +191,8 @@ class RunDesk:
         if holding is None:
             return
         reply.progress(**holding)
+        if name is None:   # a stage or a take-back begins: the requester knows it goes on
+            return
         now = time.monotonic()
         if now - self._progress_sent.get(name, 0.0) >= PROGRESS_EVENT_EVERY_S:
             self._progress_sent[name] = now

@@ -16,9 +16,11 @@ from runcontrol import protocol
 
 GO_ON = "go_on"
 TEXT_MAX = 200
-# What takes back a transition a participant had done, when a later stage refused.
-INVERSE = {"prepare": ("end", {"abort": True}), "begin": ("end", {"abort": True}), "pause": ("resume", {}),
-           "resume": ("pause", {}), "end": ("begin", {"rejoin": True})}
+# What takes back a transition a participant had done, when a later stage refused: one step, or two one after the
+# other (an end taken back in a paused run: begin again, then pause).
+INVERSE = {"prepare": [("end", {"abort": True})], "begin": [("end", {"abort": True})], "pause": [("resume", {})],
+           "resume": [("pause", {})], "end": [("begin", {"rejoin": True})]}
+PAUSED_END_INVERSE = [("begin", {"rejoin": True}), ("pause", {"rejoin": True})]
 
 
 def stages_of(participations, up):
@@ -43,10 +45,14 @@ class StagedTransition:
     participant reports progress."""
 
     def __init__(self, client, waiters, ask, participations, up, timeout_s, stops_on_refusal, on_progress, done,
-                 window=500):
+                 window=500, paused=False, defer_cap_s=None):
         """`window`: the most requests of a stage awaiting answers at once (the server refuses a client more than
-        its `max_pending`); the others go out as answers come in."""
+        its `max_pending`); the others go out as answers come in. `paused`: the run is paused (an end taken back
+        leaves its participants paused again). `on_progress(self, name)` also comes with name None as each stage
+        or take-back begins, so that whoever waits knows the transition goes on."""
         self.client, self.waiters, self.ask = client, waiters, ask
+        self.defer_cap_s = defer_cap_s   # no deferral longer than this (a stop of the experiment will not wait)
+        self.inverse = PAUSED_END_INVERSE if paused and ask["transition"] == "end" else INVERSE[ask["transition"]]
         self.window = max(1, window)
         self.participations = participations
         self.stages = stages_of(participations, up)
@@ -64,7 +70,7 @@ class StagedTransition:
         self._pendings = {}
         self._settled = set()    # names whose outcome is decided: a later answer (already on its way) changes nothing
         self._unsent = []
-        self._answered_here = 0
+        self._done_here = 0
         self._deadlines = {}
         self._waiter = None
 
@@ -79,7 +85,7 @@ class StagedTransition:
         """Where it is, for the status: the stage, who it still waits for, who defers and how far along."""
         stage = self.stages[self.stage] if 0 <= self.stage < len(self.stages) else []
         return {"stage": self.stage + 1, "stages": len(self.stages),
-                "waiting": [n for n in stage if n not in self.answers], "holders": dict(self.holders),
+                "waiting": [n for n in stage if n not in self._settled], "holders": dict(self.holders),
                 "taking_back": self.failed_stage is not None}
 
     def lost(self, name, why):
@@ -102,13 +108,23 @@ class StagedTransition:
         now = self.waiters.clock()
         self._started = now
         self._deadlines = {name: now + self.timeout_s for name in names}
-        self._pendings, self._unsent, self._answered_here = {}, list(reversed(names)), 0
+        self._pendings, self._unsent, self._done_here = {}, list(reversed(names)), 0
         self._send_more()
-        self._waiter = self.waiters.add(lambda: self._answered_here == len(names), self._stage_done,
-                                        self.timeout_s, self._stage_done)
+        if self.stage:
+            self.on_progress(self, None)
+        self._waiter = self.waiters.add(lambda: self._settle_overdue(names), self._stage_done, self.timeout_s,
+                                        self._stage_done)
+
+    def _settle_overdue(self, names):
+        """Give up on each participant past its own deadline (another's deferral gives it no more time); whether
+        every one of the stage is settled."""
+        now = self.waiters.clock()
+        for name in [n for n in self._pendings if n not in self._settled and now >= self._deadlines[n]]:
+            self._give_up(name)
+        return not self._unsent and len(self._settled & set(names)) == len(names)
 
     def _send_more(self):
-        while self._unsent and len(self._pendings) - self._answered_here < self.window:
+        while self._unsent and len(self._pendings) - self._done_here < self.window:
             name = self._unsent.pop()
             self._pendings[name] = self.client.start(
                 {"to": name, **self.ask}, on_progress=lambda msg, n=name: self._progressed(n, msg),
@@ -121,6 +137,8 @@ class StagedTransition:
         held = self.holders.get(name)
         self.holders[name] = {"fraction": fraction, "text": text, "since": held["since"] if held else time.time()}
         limit = max(self.timeout_s, self.participations[name].defer_limit_s)
+        if self.defer_cap_s is not None:
+            limit = min(limit, max(self.timeout_s, self.defer_cap_s))
         self._deadlines[name] = self._started + limit
         if self._waiter is not None:
             self._waiter.deadline = max(self._deadlines[n] for n in self._pendings if n not in self.answers)
@@ -132,7 +150,7 @@ class StagedTransition:
             return
         self._settled.add(name)
         self.answers[name] = answer
-        self._answered_here += 1
+        self._done_here += 1
         self._send_more()
         held = self.holders.pop(name, None)
         if held is not None:
@@ -148,24 +166,8 @@ class StagedTransition:
         for name in self._unsent:   # never sent: the others of its stage held every place until the end
             self._problem(name, "not asked: the others of its stage held the transition past its time")
         self._unsent = []
-        for name, pending in self._pendings.items():
-            if name in self._settled:
-                continue
-            self._settled.add(name)
-            self.client.abandon(pending)
-            held = self.holders.pop(name, None)
-            if held is None:
-                self._problem(name, describe_problem(None))
-                continue
-            self.deferred[name] = round(time.time() - held["since"], 3)
-            participation = self.participations[name]
-            said = f"{held['text']}, " if held["text"] else ""
-            done = f"{held['fraction']:.0%} done" if held["fraction"] is not None else "no fraction said"
-            words = f"deferred past its limit of {participation.defer_limit_s:g} s ({said}{done})"
-            if participation.past_limit == GO_ON:
-                self.problems[name] = f"{words}: gone on without it"
-            else:
-                self._problem(name, words)
+        for name in list(self._pendings):
+            self._give_up(name)
         if self.blocking and self.stops_on_refusal:
             self.failed_stage = self.stage
             done_here = [n for n in self.stages[self.stage] if n in self.answers and self.answers[n].ok]
@@ -173,6 +175,28 @@ class StagedTransition:
             self._take_back([[n for n in stage if n not in self.problems] for stage in reversed(back)])
             return
         self._next_stage()
+
+    def _give_up(self, name):
+        """No answer from `name` in its time (the timeout, or its defer_limit once it deferred): silent, or
+        deferred past its limit."""
+        if name in self._settled:
+            return
+        self._settled.add(name)
+        self._done_here += 1
+        self.client.abandon(self._pendings[name])
+        held = self.holders.pop(name, None)
+        if held is None:
+            self._problem(name, describe_problem(None))
+            return
+        self.deferred[name] = round(time.time() - held["since"], 3)
+        participation = self.participations[name]
+        said = f"{held['text']}, " if held["text"] else ""
+        done = f"{held['fraction']:.0%} done" if held["fraction"] is not None else "no fraction said"
+        words = f"deferred past its limit of {participation.defer_limit_s:g} s ({said}{done})"
+        if participation.past_limit == GO_ON:
+            self.problems[name] = f"{words}: gone on without it"
+        else:
+            self._problem(name, words)
 
     def _problem(self, name, words):
         self.problems[name] = words
@@ -186,13 +210,17 @@ class StagedTransition:
         if not stages:
             self.done(self)
             return
-        names, rest = stages[0], stages[1:]
-        transition, extra = INVERSE[self.ask["transition"]]
+        self._take_back_stage(stages[0], self.inverse, lambda: self._take_back(stages[1:]))
+
+    def _take_back_stage(self, names, steps, then):
+        """The first of `steps` to `names`, the next ones each to those that accepted the one before; then `then`."""
+        (transition, extra), later = steps[0], steps[1:]
         ask = protocol.make_transition(transition, self.ask["run"], comment=self.ask.get("comment"),
                                        params=self.ask.get("params"), reason="a later stage refused", **extra)
         answers = {}
         pendings = {name: self.client.start({"to": name, **ask}, on_answer=lambda a, n=name: answers.__setitem__(n, a))
                     for name in names}
+        self.on_progress(self, None)
 
         def finish():
             for name, pending in pendings.items():
@@ -201,7 +229,11 @@ class StagedTransition:
             self.taken_back.append({"transition": transition, "names": names,
                                     "problems": {n: describe_problem(answers.get(n)) for n in names
                                                  if n not in answers or not answers[n].ok}})
-            self._take_back(rest)
+            accepted = [n for n in names if n in answers and answers[n].ok]
+            if later and accepted:
+                self._take_back_stage(accepted, later, then)
+            else:
+                then()
         self.waiters.add(lambda: len(answers) == len(names), finish, self.timeout_s, finish)
 
 

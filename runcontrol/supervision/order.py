@@ -26,10 +26,11 @@ class Order:
         self.life = life
         self.stopping_all = False
 
-    def start_all(self):
+    def start_all(self, leave=()):
+        """Want every program up but those named in `leave`."""
         self.stopping_all = False
         for program in self.programs.values():
-            program.wanted = True
+            program.wanted = program.name not in leave
         self.start_ready()
 
     def stop_all(self):

@@ -68,8 +68,9 @@ class Supervisor:
 
     # --- what operators and the controller ask -----------------------------------------
 
-    def start_all(self):
-        self.order.start_all()
+    def start_all(self, leave=()):
+        """Start every program but those named in `leave` (stopped on purpose: they stay stopped)."""
+        self.order.start_all(leave)
 
     def stop_all(self):
         """Stop every program, dependents before what they depend on; see `all_stopped`."""

@@ -1,4 +1,4 @@
-"""READY or RUN -> STOP whatever the participants answer, for when things went wrong.
+"""READY, RUN or PAUSED -> STOP whatever the participants answer, for when things went wrong.
 
   {"to": "run", "cmd": "abort_run", "id": 1, "timeout": 10}
   -> {"cmd": "_reply", "re": 1, "ok": true, "result": {"state": "STOP", "run": 12, "participants": ["lta1", "lta2"],

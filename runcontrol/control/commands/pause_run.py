@@ -1,4 +1,4 @@
-"""RUN -> PAUSED: every participant holds its data taking; the run stays open.
+"""RUN -> PAUSED: every participant is told to pause (`on_pause`); the run stays open.
 
   {"to": "run", "cmd": "pause_run", "id": 1, "why": "cryocooler service", "timeout": 10}
   -> {"cmd": "_reply", "re": 1, "ok": true, "result": {"state": "PAUSED", "run": 12, "participants": ["lta1", "lta2"],
