@@ -43,6 +43,7 @@ SCRIPTS = (
     ("notify", 600, ["--alarms", "5", "--direct", "20"]),
     ("catalog", 900, ["--runs", "10000", "--repeat", "5"]),
     ("logbook", 600, ["--entries", "10000", "--repeat", "5", "--notes", "50"]),
+    ("epics", 600, ["--pvs", "1000", "--seconds", "3", "--warmup", "1"]),
 )
 KILL_AFTER_S = 60   # after SIGTERM, what a script has not stopped is killed
 

@@ -214,7 +214,7 @@ def test_epics_put_is_set_config_by_its_ca_user_refused_with_the_reason_frozen_i
     with pytest.raises(ErrorResponseReceived, match="bad_config"):
         bridge.put("knob:config:gain", 11)             # the schema says no
     with pytest.raises(ErrorResponseReceived, match="cannot write"):
-        bridge.put("op:values:t", 1.0)                 # not writable
+        bridge.put("run:state", 1)                     # served (from the start), not writable
     assert bridge.value("knob:config:gain") == 5
 
     s.op.request("run", "prepare_run", timeout=20)
