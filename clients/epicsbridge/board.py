@@ -13,7 +13,7 @@ a clock: times come in.
 """
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from experiments.checks import matches_any
 
@@ -137,13 +137,17 @@ class Board:
         self.unservable = []      # names that cannot be process variables, for the driver to log once each
         self.units = {}           # Orbit name -> units known otherwise (an imported channel's), when none is published
         self._refused = set()
+        self._exported = {}       # Orbit name -> whether it is exported (the patterns matched once per name)
 
     # --- what comes in ----------------------------------------------------------------------------------
 
     def take_publication(self, sender, topic, data, ts):
         """A publication on the bus: each exported number in it is served with its units and the bus's time."""
         for name, value, units in numbers_with_units(f"{sender}.{topic}", data):
-            if name not in self.writable and matches_any(self.export, name):
+            exported = self._exported.get(name)
+            if exported is None:
+                exported = self._exported[name] = name not in self.writable and matches_any(self.export, name)
+            if exported:
                 units = units or self.units.get(name, "")
                 self._put(name, "double", value, ts, units=units[:UNITS_MAX], publisher=sender)
 
@@ -252,7 +256,9 @@ class Board:
         news = force or (severity, status) != (served.severity, served.status)
         served.severity, served.status = severity, status
         if news or moved:
-            self.changes.append((replace(served), news))
+            copy = object.__new__(Served)   # a plain copy: dataclasses.replace was 7 % of the program's time
+            copy.__dict__.update(served.__dict__)
+            self.changes.append((copy, news))
 
     def _alarm_of(self, served):
         if served.stale:
