@@ -18,100 +18,17 @@ Run: python benchmarks/bench_runs.py [--participants 100] [--rounds 20]
 
 import argparse
 import multiprocessing as mp
-import os
-import signal
 import statistics
 import subprocess
 import sys
 import time
 
 import common
-import orjson
-import zmq
 from figures import Report
 
-from runcontrol import protocol
 from runcontrol.control.operator import Operator
 
 PER_PROCESS = 25
-
-
-def participants(router, names, ready):
-    """Serve `names` as run participants on bare sockets until SIGTERM."""
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    ctx = zmq.Context()
-    poller = zmq.Poller()
-    socks = []
-    for name in names:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(router)
-        sock.send(orjson.dumps({"cmd": "_hello", "name": name, "id": "h", "pid": os.getpid(),
-                                "meta": {"participant": True}}))
-        poller.register(sock, zmq.POLLIN)
-        socks.append(sock)
-    for sock in socks:
-        sock.recv()  # the welcome
-    ready.put(len(socks))
-    deadline = common.deadline()
-    while time.monotonic() < deadline:
-        for sock, _ in poller.poll(1000):
-            while True:
-                try:
-                    msg = orjson.loads(sock.recv(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
-                if msg.get("cmd") == "_ping":
-                    sock.send(orjson.dumps({"cmd": "_pong", "re": msg.get("id")}))
-                elif msg.get("cmd") == "_transition":
-                    sock.send(orjson.dumps({"cmd": "_reply", "re": msg["id"], "to": msg["from"], "ok": True,
-                                            "result": {"state": msg["transition"], "run": msg["run"]}}))
-
-
-class BareAsker:
-    """A raw DEALER client of the server that asks every participant at once and waits for every reply."""
-
-    def __init__(self, router, names):
-        self.names = names
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(router)
-        self.sock.send(orjson.dumps({"cmd": "_hello", "name": f"bench-bare-{os.getpid()}", "id": "h"}))
-        self.receive(lambda msg: msg.get("re") == "h", 10)
-        self.round = 0
-
-    def ask_all(self, timeout_s=10):
-        """Seconds from the first `_transition` sent to the last reply received."""
-        self.round += 1
-        waiting = {f"{self.round}-{i}" for i in range(len(self.names))}
-        started = time.perf_counter()
-        for i, name in enumerate(self.names):
-            self.sock.send(orjson.dumps({**protocol.make_transition("begin", self.round), "to": name,
-                                         "id": f"{self.round}-{i}"}))
-        while waiting:
-            msg = self.receive(lambda msg: msg.get("cmd") == "_reply", timeout_s)
-            if not msg.get("ok"):
-                raise RuntimeError(f"a participant refused: {msg}")
-            waiting.discard(msg.get("re"))
-        return time.perf_counter() - started
-
-    def receive(self, wanted, timeout_s):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.sock.poll(100):
-                continue
-            msg = orjson.loads(self.sock.recv())
-            if msg.get("cmd") == "_ping":
-                self.sock.send(orjson.dumps({"cmd": "_pong", "re": msg.get("id")}))
-            elif wanted(msg):
-                return msg
-        raise RuntimeError(f"no answer within {timeout_s} s")
-
-    def close(self):
-        self.sock.send(b'{"cmd":"_bye"}')
-        self.sock.close()
-        self.ctx.term()
 
 
 def main():
@@ -130,12 +47,12 @@ def main():
                                       start_new_session=True)
         ready = mp.Queue()
         names = [f"p{i:03d}" for i in range(args.participants)]
-        helpers = [mp.Process(target=participants, args=(server.router, names[start:start + PER_PROCESS], ready))
+        helpers = [mp.Process(target=common.serve_participants, args=(server.router, names[start:start + PER_PROCESS], ready))
                    for start in range(0, len(names), PER_PROCESS)]
         for proc in helpers:
             proc.start()
         registered = sum(ready.get(timeout=60) for _ in helpers)
-        bare = BareAsker(server.router, names)
+        bare = common.BareAsker(server.router, names)
         with Operator(experiment=str(server.path), server=server.router, name="bench-op") as op:
             common.wait_for(lambda: len(op.status()["participants"]) == args.participants, 30, 0.2)
             timings, references = [], []

@@ -20,20 +20,14 @@ Run: python benchmarks/bench_stages.py [--participants 100] [--stages 3] [--many
 
 import argparse
 import multiprocessing as mp
-import os
-import resource
-import signal
 import statistics
 import subprocess
 import sys
 import time
 
 import common
-import orjson
-import zmq
 from figures import Report
 
-from runcontrol import protocol
 from runcontrol.control.operator import Operator
 
 PROCESSES = 4          # helper processes holding the participants' sockets, whatever their number
@@ -46,92 +40,6 @@ def orders(stages):
     return [round(1000 * (k + 1) / (stages + 1)) for k in range(stages)]
 
 
-def participants(router, names, order_of, ready):
-    """Serve `names` as run participants on bare sockets until SIGTERM: register each with its order, answer pings
-    and acknowledge every `_transition`."""
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # 250 sockets and their mailboxes
-    ctx = zmq.Context()
-    ctx.set(zmq.MAX_SOCKETS, len(names) + 64)
-    poller = zmq.Poller()
-    socks = []
-    for name in names:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(router)
-        sock.send(orjson.dumps({"cmd": "_hello", "name": name, "id": "h", "pid": os.getpid(),
-                                "meta": {"participant": True, "order": order_of[name]}}))
-        poller.register(sock, zmq.POLLIN)
-        socks.append(sock)
-    deadline = time.monotonic() + REGISTER_S
-    for sock in socks:
-        if not sock.poll(max(0, int(1000 * (deadline - time.monotonic())))):
-            ready.put(0)   # not welcomed in time: the benchmark counts too few and gives up
-            return
-        sock.recv()   # the welcome
-    ready.put(len(socks))
-    deadline = common.deadline()
-    while time.monotonic() < deadline:
-        for sock, _ in poller.poll(1000):
-            while True:
-                try:
-                    msg = orjson.loads(sock.recv(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
-                if msg.get("cmd") == "_ping":
-                    sock.send(orjson.dumps({"cmd": "_pong", "re": msg.get("id")}))
-                elif msg.get("cmd") == "_transition":
-                    sock.send(orjson.dumps({"cmd": "_reply", "re": msg["id"], "to": msg["from"], "ok": True,
-                                            "result": {"state": msg["transition"], "run": msg["run"]}}))
-
-
-class BareAsker:
-    """A raw DEALER client of the server that asks every participant at once and waits for every reply."""
-
-    def __init__(self, router, names):
-        self.names = names
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(router)
-        self.sock.send(orjson.dumps({"cmd": "_hello", "name": f"bench-bare-{os.getpid()}", "id": "h"}))
-        self.receive(lambda msg: msg.get("re") == "h", 10)
-        self.round = 0
-
-    def ask_all(self):
-        """Seconds from the first `_transition` sent to the last reply received."""
-        self.round += 1
-        waiting = {f"{self.round}-{i}" for i in range(len(self.names))}
-        started = time.perf_counter()
-        for i, name in enumerate(self.names):
-            self.sock.send(orjson.dumps({**protocol.make_transition("begin", self.round), "to": name,
-                                         "id": f"{self.round}-{i}"}))
-        while waiting:
-            msg = self.receive(lambda msg: msg.get("cmd") == "_reply", ANSWER_S)
-            if not msg.get("ok"):
-                raise RuntimeError(f"a participant refused the bare asker: {msg}")
-            waiting.discard(msg.get("re"))
-        return time.perf_counter() - started
-
-    def receive(self, wanted, timeout_s):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.sock.poll(100):
-                continue
-            msg = orjson.loads(self.sock.recv())
-            if msg.get("cmd") == "_ping":
-                self.sock.send(orjson.dumps({"cmd": "_pong", "re": msg.get("id")}))
-            elif wanted(msg):
-                return msg
-        raise RuntimeError(f"no answer within {timeout_s} s")
-
-    def close(self):
-        self.sock.send(b'{"cmd":"_bye"}')
-        self.sock.close()
-        self.ctx.term()
-
-
 def checked(answer, what, count, stages):
     """`answer` (of begin_run or end_run), having made sure every participant answered in `stages` stages."""
     asked = answer.get("stages", [answer["participants"]])
@@ -142,7 +50,7 @@ def checked(answer, what, count, stages):
 
 def one_round(op, bare, count, stages):
     """(bare round trip, begin_run, end_run) in ms."""
-    reference = 1000 * bare.ask_all()
+    reference = 1000 * bare.ask_all(ANSWER_S)
     op.prepare_run()
     started = time.perf_counter()
     checked(op.begin_run(comment="bench"), "begin_run", count, stages)
@@ -167,14 +75,14 @@ def measure(count, stages, rounds):
         order_of = {name: spread[i % stages] for i, name in enumerate(names)}
         ready = mp.Queue()
         share = -(-count // PROCESSES)
-        helpers = [mp.Process(target=participants, args=(server.router, names[first:first + share], order_of, ready))
+        helpers = [mp.Process(target=common.serve_participants, args=(server.router, names[first:first + share], ready, order_of))
                    for first in range(0, count, share)]
         for proc in helpers:
             proc.start()
         registered = sum(ready.get(timeout=REGISTER_S + 10) for _ in helpers)
         if registered != count:
             raise RuntimeError(f"{registered} of {count} participants registered")
-        bare = BareAsker(server.router, names)
+        bare = common.BareAsker(server.router, names)
         with Operator(experiment=str(server.path), server=server.router, name="bench-op", timeout=30.0) as op:
             common.wait_for(lambda: len(op.status()["participants"]) == count, REGISTER_S, 0.2)
             one_round(op, bare, count, stages)   # not timed: the first run of a fresh controller

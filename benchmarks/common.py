@@ -8,6 +8,7 @@ process) or from binding port 0; every process a benchmark starts is stopped by 
 import atexit
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -16,12 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import orjson
 import psutil
+import zmq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runcontrol import discovery  # noqa: E402
+from runcontrol import discovery, protocol  # noqa: E402
 from tests.helpers import free_port  # noqa: E402,F401  (the tests' own: one finder of free ports)
 
 HELPER_S = 900.0   # a helper process that sends traffic gives up after this long, should its benchmark not stop it
@@ -154,3 +157,93 @@ def wait_for(predicate, timeout_s, interval_s=0.05):
         if time.monotonic() > deadline:
             raise RuntimeError("timed out")
         time.sleep(interval_s)
+
+
+PARTICIPANTS_REGISTER_S = 60.0   # how long a helper's participants may take to be welcomed
+
+
+def serve_participants(router, names, ready, order_of=None):
+    """Serve `names` as run participants on bare sockets (one process, as many sockets as names) until SIGTERM or
+    the benchmark's deadline: register each (with its order from `order_of`, if given), put how many were welcomed
+    on `ready` (0 when not all within PARTICIPANTS_REGISTER_S), answer pings and acknowledge every `_transition` at once."""
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # 250 sockets and their mailboxes
+    ctx = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, len(names) + 64)
+    poller = zmq.Poller()
+    socks = []
+    for name in names:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(router)
+        sock.send(orjson.dumps({"cmd": "_hello", "name": name, "id": "h", "pid": os.getpid(),
+                                "meta": {"participant": True, **({"order": order_of[name]} if order_of else {})}}))
+        poller.register(sock, zmq.POLLIN)
+        socks.append(sock)
+    welcome_by = time.monotonic() + PARTICIPANTS_REGISTER_S
+    for sock in socks:
+        if not sock.poll(max(0, int(1000 * (welcome_by - time.monotonic())))):
+            ready.put(0)   # not welcomed in time: the benchmark counts too few and gives up
+            return
+        sock.recv()   # the welcome
+    ready.put(len(socks))
+    until = deadline()
+    while time.monotonic() < until:
+        for sock, _ in poller.poll(1000):
+            while True:
+                try:
+                    msg = orjson.loads(sock.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                if msg.get("cmd") == "_ping":
+                    sock.send(orjson.dumps({"cmd": "_pong", "re": msg.get("id")}))
+                elif msg.get("cmd") == "_transition":
+                    sock.send(orjson.dumps({"cmd": "_reply", "re": msg["id"], "to": msg["from"], "ok": True,
+                                            "result": {"state": msg["transition"], "run": msg["run"]}}))
+
+
+class BareAsker:
+    """A raw DEALER client of the server that asks every participant at once and waits for every reply."""
+
+    def __init__(self, router, names):
+        self.names = names
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(router)
+        self.sock.send(orjson.dumps({"cmd": "_hello", "name": f"bench-bare-{os.getpid()}", "id": "h"}))
+        self.receive(lambda msg: msg.get("re") == "h", 10)
+        self.round = 0
+
+    def ask_all(self, timeout_s=10):
+        """Seconds from the first `_transition` sent to the last reply received."""
+        self.round += 1
+        waiting = {f"{self.round}-{i}" for i in range(len(self.names))}
+        started = time.perf_counter()
+        for i, name in enumerate(self.names):
+            self.sock.send(orjson.dumps({**protocol.make_transition("begin", self.round), "to": name,
+                                         "id": f"{self.round}-{i}"}))
+        while waiting:
+            msg = self.receive(lambda msg: msg.get("cmd") == "_reply", timeout_s)
+            if not msg.get("ok"):
+                raise RuntimeError(f"a participant refused: {msg}")
+            waiting.discard(msg.get("re"))
+        return time.perf_counter() - started
+
+    def receive(self, wanted, timeout_s):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.sock.poll(100):
+                continue
+            msg = orjson.loads(self.sock.recv())
+            if msg.get("cmd") == "_ping":
+                self.sock.send(orjson.dumps({"cmd": "_pong", "re": msg.get("id")}))
+            elif wanted(msg):
+                return msg
+        raise RuntimeError(f"no answer within {timeout_s} s")
+
+    def close(self):
+        self.sock.send(b'{"cmd":"_bye"}')
+        self.sock.close()
+        self.ctx.term()
